@@ -1,0 +1,12 @@
+"""vqgen tokenizers: discrete autoencoders for images and audio (VQ-VAE, FSQ, Gumbel-softmax dVAE)."""
+
+from .config import TokenizerConfig
+from .mulaw import mu_law_decode, mu_law_encode
+from .quantizers import QuantizerOutput, build_quantizer
+from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from .types import TokenizerOutput
+
+__all__ = [
+    "TokenizerConfig", "Tokenizer", "TokenizerOutput", "QuantizerOutput", "build_tokenizer", "build_quantizer",
+    "load_tokenizer", "mu_law_encode", "mu_law_decode",
+]

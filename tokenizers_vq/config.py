@@ -1,0 +1,110 @@
+"""`TokenizerConfig`: one dataclass for image and audio tokenizers, JSON round-tripping."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MODALITIES = ("image", "audio")
+QUANTIZERS = ("vq", "fsq", "gumbel")
+
+
+@dataclass
+class TokenizerConfig:
+    """Everything needed to rebuild a tokenizer; every field has a working default.
+
+    Fields marked *derived* are filled in by ``__post_init__`` when left as ``None``.
+    """
+
+    modality: str = "image"  # "image" | "audio"
+    quantizer: str = "fsq"  # "vq" | "fsq" | "gumbel"
+    # --- image ---
+    channels: int = 1  # 1 (grayscale) or 3 (RGB)
+    image_size: int = 32  # square side in pixels; the data layer resizes/crops to it
+    # --- audio ---
+    sample_rate: int = 16000  # Hz; inputs at other rates are resampled by the data layer
+    clip_samples: int = 16000  # training clip length in samples (1 s at 16 kHz)
+    mu_law_channels: int = 256  # mu-law classes the audio decoder predicts per sample
+    mel_loss_weight: float = 1.0  # multi-resolution log-mel loss on the decoded waveform
+    chunk_tokens: int = 256  # audio encode/decode works on chunks of this many tokens (bounded memory)
+    chunk_overlap_tokens: int = 16  # context tokens either side of a chunk, discarded after
+    # --- shared ---
+    downsample: int | None = None  # *derived*: 4 for images, 64 for audio; factor per axis
+    hidden_channels: int = 32  # width of the first conv stage
+    num_res_blocks: int = 2  # residual blocks per resolution
+    latent_dim: int = 64  # channels of the encoder output fed to vq (codebook_dim); fsq projects it
+    codebook_size: int = 512  # vq and gumbel: number of codes
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # 1,000 codes
+    commitment_weight: float = 0.25  # vq: beta in van den Oord et al. 2017, eq. 3
+    ema_decay: float = 0.99  # vq: EMA codebook decay
+    kmeans_init: bool = True  # vq: initialise codes with k-means on the first batch
+    dead_code_threshold: float = 2.0  # vq: replace codes whose EMA usage falls below this
+    gumbel_temperature_start: float = 1.0  # gumbel: tau at step 0 (DALL-E anneals 1 -> 1/16)
+    gumbel_temperature_end: float = 1.0 / 16  # gumbel: tau after `gumbel_anneal_steps`
+    gumbel_anneal_steps: int = 5000  # gumbel: steps of exponential annealing
+    gumbel_kl_weight: float = 1e-3  # gumbel: weight of KL(q || uniform)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.downsample is None:
+            self.downsample = 4 if self.modality == "image" else 64
+        ds = int(self.downsample)
+        if ds < 1 or ds & (ds - 1):
+            raise ValueError(f"downsample must be a power of two >= 1, got {ds}")
+        self.downsample = ds
+        if self.modality == "image":
+            if self.channels not in (1, 3):
+                raise ValueError(f"channels must be 1 or 3 for images, got {self.channels}")
+            if self.image_size % ds:
+                raise ValueError(f"image_size {self.image_size} is not divisible by downsample {ds}")
+        else:
+            if self.sample_rate <= 0:
+                raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+            if self.clip_samples % ds:
+                raise ValueError(f"clip_samples {self.clip_samples} is not divisible by downsample {ds}")
+        self.fsq_levels = [int(v) for v in self.fsq_levels]
+        if any(v < 2 for v in self.fsq_levels):
+            raise ValueError(f"every FSQ level must be >= 2, got {self.fsq_levels}")
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"this tokenizer was saved with format_version {self.format_version}, newer than this vqgen "
+                f"understands ({FORMAT_VERSION}): upgrade vqgen"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct tokens: prod(fsq_levels) for fsq, codebook_size otherwise."""
+        return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.codebook_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known - {"class_name"}
+        if unknown:
+            raise ValueError(f"unknown TokenizerConfig fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps({"class_name": "Tokenizer", **self.to_dict()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TokenizerConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TokenizerConfig:
+        return cls.from_json(Path(path).read_text())

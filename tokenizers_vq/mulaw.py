@@ -1,0 +1,40 @@
+"""mu-law companding (ITU-T G.711), via torchaudio, with range checking torchaudio leaves out."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio.functional as AF
+from torch import Tensor
+
+
+def mu_law_encode(x: Tensor, quantization_channels: int = 256) -> Tensor:
+    """Waveform float [...] in [-1, 1] -> int64 codes [...] in [0, quantization_channels).
+
+    Identical to ``torchaudio.functional.mu_law_encoding`` on [-1, 1]. Raises ``ValueError`` for samples
+    outside [-1, 1] or NaN: torchaudio would silently return out-of-range codes (1.5 -> 264).
+    """
+    if not torch.is_floating_point(x):
+        raise ValueError(f"mu_law_encode expects a float waveform, got dtype {x.dtype}")
+    if x.numel():
+        if torch.isnan(x).any():
+            raise ValueError("mu_law_encode: the waveform contains NaN samples")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < -1.0 or hi > 1.0:
+            raise ValueError(
+                f"mu_law_encode: samples must lie in [-1, 1], got range [{lo:.4g}, {hi:.4g}]; "
+                "peak-normalise or clip the waveform first"
+            )
+    return AF.mu_law_encoding(x, quantization_channels).long()
+
+
+def mu_law_decode(q: Tensor, quantization_channels: int = 256) -> Tensor:
+    """int codes [...] in [0, quantization_channels) -> float32 waveform [...] in [-1, 1].
+
+    Identical to ``torchaudio.functional.mu_law_decoding``; out-of-range codes are a ``ValueError``.
+    """
+    if q.numel() and (q.min().item() < 0 or q.max().item() >= quantization_channels):
+        raise ValueError(
+            f"mu_law_decode: codes must lie in [0, {quantization_channels}), got range "
+            f"[{q.min().item()}, {q.max().item()}]"
+        )
+    return AF.mu_law_decoding(q, quantization_channels).float()

@@ -1,0 +1,163 @@
+"""``Tokenizer``: one module and one interface for image and audio tokenizers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import TokenizerConfig
+from .hub import FolderMixin
+from .types import TokenizerOutput
+
+
+def _build_backbone(config: TokenizerConfig) -> nn.Module:
+    if config.modality == "image":
+        from .image import ImageAutoencoder
+
+        return ImageAutoencoder(config)
+    from .audio import AudioAutoencoder
+
+    return AudioAutoencoder(config)
+
+
+class Tokenizer(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "tokenizer"]):
+    """A discrete autoencoder. Images: float32 [B, C, H, W] in [0, 1] <-> int64 tokens [B, h, w].
+    Audio: float32 [B, T] in [-1, 1] at ``config.sample_rate`` <-> int64 tokens [B, t].
+
+    Tokens are integers in ``[0, vocab_size)``. ``save_pretrained(dir)`` / ``load_tokenizer(dir)``
+    round-trip exactly (same tokens, same reconstructions).
+    """
+
+    config_class = TokenizerConfig
+    kind = "tokenizer"
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        self.config = config
+        self.model = _build_backbone(config)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def modality(self) -> str:
+        return self.config.modality
+
+    def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Token grid for one input of ``input_shape`` ((C, H, W) or (H, W) for images, (T,) for audio)."""
+        return tuple(self.model.token_shape(tuple(input_shape)))
+
+    @property
+    def default_input_shape(self) -> tuple[int, ...]:
+        c = self.config
+        return (c.channels, c.image_size, c.image_size) if c.modality == "image" else (c.clip_samples,)
+
+    # ------------------------------------------------------------------ validation
+    def _check_input(self, x: Tensor) -> None:
+        c = self.config
+        if not torch.is_floating_point(x):
+            raise ValueError(f"Tokenizer input must be a float tensor, got {x.dtype}")
+        if c.modality == "image":
+            if x.dim() != 4:
+                raise ValueError(f"image tokenizer expects [B, C, H, W], got shape {tuple(x.shape)}")
+            if x.shape[1] != c.channels:
+                raise ValueError(
+                    f"this tokenizer was built for {c.channels}-channel images but got {x.shape[1]} channels "
+                    f"(shape {tuple(x.shape)}); convert the images (e.g. --channels {c.channels} in the data "
+                    f"layer) or use a tokenizer trained on {x.shape[1]}-channel data"
+                )
+            d = c.downsample
+            if x.shape[2] % d or x.shape[3] % d:
+                raise ValueError(f"image height and width must be divisible by downsample={d}, got {tuple(x.shape[2:])}")
+            lo, hi = 0.0, 1.0
+        else:
+            if x.dim() != 2:
+                raise ValueError(f"audio tokenizer expects a waveform [B, T], got shape {tuple(x.shape)}")
+            if x.shape[1] == 0:
+                raise ValueError("audio tokenizer got a 0-length clip")
+            lo, hi = -1.0, 1.0
+        if x.numel():
+            if not torch.isfinite(x).all():
+                raise ValueError("Tokenizer input contains NaN or inf values")
+            mn, mx = x.min().item(), x.max().item()
+            if mn < lo or mx > hi:
+                raise ValueError(
+                    f"{c.modality} tokenizer input must lie in [{lo:g}, {hi:g}], got range [{mn:.4g}, {mx:.4g}]"
+                    + ("; scale 8-bit images by 1/255" if c.modality == "image" else "; peak-normalise the audio")
+                )
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        """Raise ``ValueError`` unless ``tokens`` is an integer tensor with values in [0, vocab_size)."""
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
+        expected_dims = 3 if self.config.modality == "image" else 2
+        if tokens.dim() != expected_dims:
+            raise ValueError(f"{self.config.modality} tokens must have {expected_dims} dims [B, *grid], got {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min().item() < 0 or tokens.max().item() >= self.vocab_size):
+            raise ValueError(
+                f"tokens must lie in [0, {self.vocab_size}), got range [{tokens.min().item()}, {tokens.max().item()}]"
+            )
+
+    # ------------------------------------------------------------------ API
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Image float32 [B, C, H, W] in [0, 1] -> int64 [B, h, w]; audio float32 [B, T] in [-1, 1] -> int64 [B, t]."""
+        self._check_input(x)
+        return self.model.encode(x).long()
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor) -> Tensor:
+        """int64 tokens [B, *grid] -> image float32 [B, C, h*d, w*d] in [0, 1] or audio float32 [B, t*d] in [-1, 1]."""
+        self.check_tokens(tokens)
+        return self.model.decode(tokens.long())
+
+    def forward(self, x: Tensor) -> TokenizerOutput:
+        """Reconstruction, training loss and metrics (a ``TokenizerOutput``)."""
+        self._check_input(x)
+        return self.model(x)
+
+    def model_card(self, extra: dict[str, Any] | None = None) -> str:
+        extra = extra or {}
+        c = self.config
+        shape = self.token_shape(self.default_input_shape)
+        lines = [
+            f"# vqgen {c.modality} tokenizer ({c.quantizer})",
+            "",
+            f"A discrete autoencoder made with [vqgen](https://example.invalid/vqgen): {c.modality} in, "
+            f"integer tokens in [0, {self.vocab_size}) out, token grid {shape} for an input of {self.default_input_shape}.",
+            "",
+        ]
+        if extra.get("dataset"):
+            lines += [f"Trained on: `{extra['dataset']}`" + (f" for {extra['steps']} steps." if extra.get("steps") else "."), ""]
+        if extra.get("metrics"):
+            lines += ["Test metrics:", "", "```json", json.dumps(extra["metrics"], indent=2), "```", ""]
+        lines += [
+            "Load and encode:",
+            "",
+            "```python",
+            "from tokenizers_vq import load_tokenizer",
+            "tok = load_tokenizer('path/to/this/folder')",
+            "tokens = tok.encode(x)  # " + ("x: float32 [B, C, H, W] in [0, 1]" if c.modality == "image" else "x: float32 [B, T] in [-1, 1]"),
+            "```",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def build_tokenizer(config: TokenizerConfig | None = None, **overrides: Any) -> Tokenizer:
+    """A freshly initialised ``Tokenizer`` for ``config`` (default ``TokenizerConfig()``), with field overrides."""
+    if config is None:
+        config = TokenizerConfig(**overrides)
+    elif overrides:
+        config = TokenizerConfig.from_dict({**config.to_dict(), **overrides})
+    return Tokenizer(config)
+
+
+def load_tokenizer(path: str, map_location: str | torch.device = "cpu") -> Tokenizer:
+    """Rebuild a tokenizer from a folder written by ``save_pretrained`` (never unpickles)."""
+    return Tokenizer.from_pretrained(path, map_location=map_location)
