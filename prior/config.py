@@ -1,0 +1,111 @@
+"""`PriorConfig`: one JSON-round-tripping dataclass for every autoregressive prior."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+ARCHS = ("transformer", "sparse_transformer", "wavenet", "pixelcnn", "made", "lstm", "histogram")
+
+
+@dataclass
+class PriorConfig:
+    """A prior over integer grids of ``shape`` with values in ``[0, vocab_size)``, read in raster order.
+
+    Defaults give a working (small) model for any grid, down to a 2x3 grid with a 3-token vocabulary.
+    """
+
+    arch: str = "transformer"  # one of ARCHS
+    vocab_size: int = 512  # tokens are in [0, vocab_size)
+    shape: tuple[int, ...] = (8, 8)  # token grid: (h, w) for images, (t,) for audio
+    num_classes: int = 0  # 0 = unconditional; else p(grid | label) with labels in [0, num_classes)
+    label_dropout: float = 0.1  # classifier-free guidance: P(label -> null label) while training (conditional only)
+    # --- transformer / sparse_transformer ---
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    dropout: float = 0.0
+    # --- sparse_transformer (Child et al. 2019) ---
+    attention: str = "strided"  # "strided" | "fixed"
+    stride: int | None = None  # the paper's l; derived: the row width for 2-D grids, ~sqrt(L) for 1-D
+    summary: int = 1  # the paper's c ("fixed" only): last c positions of each block are summaries
+    # --- wavenet (van den Oord et al. 2016) ---
+    residual_channels: int = 64
+    skip_channels: int = 64
+    dilation_cycle: int = 10  # layers per cycle: dilations 1, 2, ..., 2**(cycle-1)
+    n_cycles: int = 1  # receptive field = n_cycles * (2**dilation_cycle - 1) + 2
+    # --- pixelcnn (gated, van den Oord et al. 2016) ---
+    pixelcnn_layers: int = 6
+    pixelcnn_channels: int = 64
+    # --- made (Germain et al. 2015) ---
+    made_hidden: tuple[int, ...] = (256, 256)
+    made_order: str = "raster"  # "raster" | "random" (a fixed permutation drawn from made_seed)
+    made_seed: int = 0
+    # --- lstm ---
+    lstm_hidden: int = 128
+    lstm_layers: int = 2
+    # --- histogram ---
+    laplace_alpha: float = 1.0  # add-alpha (Laplace) smoothing of the per-position count tables
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        self.shape = tuple(int(s) for s in self.shape)
+        self.made_hidden = tuple(int(s) for s in self.made_hidden)
+        if not self.shape or any(s < 1 for s in self.shape):
+            raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {self.shape}")
+        if len(self.shape) > 2:
+            raise ValueError(f"grids of 1 or 2 axes are supported, got shape {self.shape}")
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.attention not in ("strided", "fixed"):
+            raise ValueError(f"attention must be 'strided' or 'fixed', got {self.attention!r}")
+        if self.stride is None:
+            self.stride = self.shape[-1] if len(self.shape) == 2 else max(1, math.isqrt(self.seq_len))
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.attention == "fixed" and not 1 <= self.summary <= self.stride:
+            raise ValueError(f"summary must be in [1, stride={self.stride}], got {self.summary}")
+        if self.made_order not in ("raster", "random"):
+            raise ValueError(f"made_order must be 'raster' or 'random', got {self.made_order!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(f"prior saved with format_version {self.format_version} > {FORMAT_VERSION}: upgrade vqgen")
+
+    @property
+    def seq_len(self) -> int:
+        """Number of positions L = prod(shape)."""
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PriorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known - {"class_name"}
+        if unknown:
+            raise ValueError(f"unknown PriorConfig fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps({"class_name": "Prior", **self.to_dict()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PriorConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PriorConfig:
+        return cls.from_json(Path(path).read_text())

@@ -1,0 +1,45 @@
+"""Histogram prior: an independent categorical per position (one table per class when conditional).
+
+The baseline every bits/dim number is compared against. ``fit`` sets the tables to Laplace-smoothed
+counts (the closed-form maximum-likelihood estimate with add-alpha smoothing); the logits are also a
+parameter, so the generic gradient training loop works on it too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import PriorNet
+from .config import PriorConfig
+
+
+class HistogramNet(PriorNet):
+    variable_length = True  # position i's table does not depend on anything, so a prefix is fine
+    supports_cache = False
+
+    def __init__(self, config: PriorConfig):
+        super().__init__(config)
+        tables = max(1, config.num_classes + 1) if config.num_classes else 1  # + null label
+        self.logits = nn.Parameter(torch.zeros(tables, config.seq_len, config.vocab_size))
+
+    def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        idx = labels if labels is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.logits[idx, : x.shape[1]]  # [B, L', V]
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, labels: Tensor | None = None) -> None:
+        """Set the tables to log((count + alpha) / (n + alpha V)). x: int64 [N, L]; labels: int64 [N] or None.
+        The null-label table (conditional priors) is fitted on all data."""
+        V, a = self.config.vocab_size, self.config.laplace_alpha
+        onehot_counts = lambda rows: torch.nn.functional.one_hot(rows, V).sum(0).double()  # noqa: E731
+        tables = []
+        groups = range(self.config.num_classes) if self.config.num_classes else [None]
+        for k in groups:
+            rows = x if k is None else x[labels == k]
+            counts = onehot_counts(rows) if len(rows) else torch.zeros(x.shape[1], V, dtype=torch.float64)
+            tables.append(counts)
+        if self.config.num_classes:
+            tables.append(onehot_counts(x))
+        counts = torch.stack(tables)
+        self.logits.copy_(torch.log((counts + a) / (counts.sum(-1, keepdim=True) + a * V)).float())
