@@ -1,0 +1,310 @@
+"""Scoring: negative log-likelihood, bits per token / per dimension, and out-of-distribution detection.
+
+What the numbers mean
+---------------------
+* ``nll_nats``: -ln p(grid [| label]) under the prior, summed over the grid's positions.
+* ``bits_per_token`` = nll / (ln 2 * L), L = number of grid positions.
+* ``bits_per_dim`` = nll / (ln 2 * D), D = number of input dimensions one grid stands for: C*H*W of the
+  image (or T audio samples) for tokenizer tokens, the grid size for raw pixel / mu-law grids.
+
+For raw grids, bits/dim is the usual likelihood of the (quantized) pixels and is comparable with
+published PixelCNN-style numbers at the same quantization. For tokenizer tokens it is only the code
+length of the *tokens* spread over the pixels: it says nothing about the pixels the tokenizer throws
+away, so it is a lower bound on nothing and must not be compared with raw-pixel bits/dim. The CSV's
+``bits_per_dim_kind`` column and the summary's ``bits_per_dim_kind`` say which one you have.
+
+OOD detection
+-------------
+Two scores, higher = more anomalous: the plain NLL, and the per-example typicality score
+|NLL - mean train NLL| (Nalisnick et al. 2019, "Detecting out-of-distribution inputs to deep generative
+models using typicality", with batch size M = 1). Typicality exists because deep generative models can
+assign *higher* likelihood to some OOD sets (SVHN under a CIFAR model) than to their own test data: such
+inputs are atypically likely, and the absolute deviation catches them where plain NLL cannot.
+``ood_auroc`` compares two sets of scores with the Mann-Whitney rank statistic.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from prior import Prior
+
+from .data import Splits
+
+LN2 = math.log(2.0)
+BPD_KINDS = {
+    "raw": "raw_likelihood",  # -log2 p(quantized pixels or mu-law samples) per input dimension
+    "tokens": "token_code_length",  # -log2 p(tokens) spread over the input's dimensions; NOT a pixel likelihood
+}
+
+
+# ---------------------------------------------------------------------------------------------- raw grids
+def quantize_raw(x: Tensor, levels: int = 256, modality: str | None = None) -> Tensor:
+    """The raw-data grid a prior models directly (``vqgen tokenize --raw``): the single place for this logic.
+
+    Images: x float [C, H, W] or [B, C, H, W] in [0, 1] -> int64 [H, W*C] or [B, H, W*C]. ``levels=2``
+    binarises (1 where x >= 0.5); ``levels=256`` is round(x * 255) (round half to even). Channels are
+    interleaved per pixel (R, G, B of one pixel are consecutive), so raster order over the grid is the
+    PixelCNN order: pixel by pixel, channel by channel within a pixel (van den Oord et al. 2016, §2).
+    Audio: x float [T] or [B, T] in [-1, 1] -> int64 mu-law codes [T] or [B, T] in [0, 256) (``levels``
+    must be 256). ``modality`` defaults to "image" for 3-/4-D inputs and "audio" for 1-/2-D inputs.
+    """
+    modality = modality or ("image" if x.dim() in (3, 4) else "audio")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"quantize_raw expects a float tensor, got {x.dtype}; images must be scaled to [0, 1]")
+    if x.numel() and not torch.isfinite(x).all():
+        raise ValueError("quantize_raw: the input contains NaN or inf values")
+    if modality == "audio":
+        if levels != 256:
+            raise ValueError(f"raw audio is quantized with 256-level mu-law; got levels={levels} (use --levels 256)")
+        if x.dim() not in (1, 2):
+            raise ValueError(f"raw audio must be [T] or [B, T], got shape {tuple(x.shape)}")
+        from tokenizers_vq import mu_law_encode
+
+        return mu_law_encode(x, 256)
+    if modality != "image":
+        raise ValueError(f"modality must be 'image' or 'audio', got {modality!r}")
+    if levels not in (2, 256):
+        raise ValueError(f"raw images use levels 2 (binarised) or 256 (8-bit), got {levels}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"raw images must be [C, H, W] or [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.numel() and (x.min().item() < 0 or x.max().item() > 1):
+        raise ValueError(f"raw images must lie in [0, 1], got range [{x.min().item():.4g}, {x.max().item():.4g}]; "
+                         "scale 8-bit images by 1/255")
+    q = (x >= 0.5).long() if levels == 2 else torch.round(x * 255).long()
+    q = q.movedim(-3, -1)  # [..., H, W, C]: channels of a pixel adjacent in raster order
+    return q.reshape(*q.shape[:-2], q.shape[-2] * q.shape[-1])
+
+
+def dequantize_raw(grid: Tensor, levels: int, input_shape: tuple[int, ...]) -> Tensor:
+    """Inverse of ``quantize_raw``: int grid [B, *grid_shape] -> float32 [B, *input_shape].
+
+    Images (input_shape (C, H, W)): values in [0, 1] (levels 2: {0, 1}; 256: q / 255), and
+    ``quantize_raw(dequantize_raw(q)) == q`` exactly. Audio (input_shape (T,)): mu-law decoded in [-1, 1].
+    """
+    if len(input_shape) == 1:
+        from tokenizers_vq import mu_law_decode
+
+        return mu_law_decode(grid.reshape(grid.shape[0], -1), 256).reshape(grid.shape[0], *input_shape)
+    c, h, w = input_shape
+    x = grid.reshape(grid.shape[0], h, w, c).movedim(-1, 1).float()
+    return x if levels == 2 else x / 255.0
+
+
+def raw_grid_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Grid shape ``quantize_raw`` gives for one input: (C, H, W) -> (H, W*C); (T,) -> (T,)."""
+    if len(input_shape) == 1:
+        return tuple(input_shape)
+    c, h, w = input_shape
+    return (h, w * c)
+
+
+# ---------------------------------------------------------------------------------------------- likelihood
+def net_labels(prior: Prior, labels: Tensor | None, n: int, device: torch.device) -> Tensor | None:
+    """Labels as the prior's net takes them: int64 [n] in [0, num_classes], or None (unconditional prior).
+
+    A conditional prior given ``labels=None`` or a label of -1 (unknown) uses the null label
+    ``num_classes``, i.e. the unconditional p(grid) that classifier-free-guidance training also fits.
+    An unconditional prior ignores labels (they are only carried along).
+    """
+    k = prior.config.num_classes
+    if k == 0:
+        return None
+    if labels is None:
+        return torch.full((n,), k, dtype=torch.long, device=device)
+    labels = torch.as_tensor(labels).to(device)
+    if labels.dtype.is_floating_point or labels.shape != (n,):
+        raise ValueError(f"labels must be an integer tensor of shape [{n}], got {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel() and (labels.min().item() < -1 or labels.max().item() >= k):
+        raise ValueError(f"labels must lie in [0, {k}) (or -1 for unknown), got range "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
+    return torch.where(labels < 0, torch.full_like(labels, k), labels).long()
+
+
+@torch.no_grad()
+def score_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, batch_size: int = 256) -> Tensor:
+    """Per-example negative log-likelihood in nats: float64 [N] (>= 0).
+
+    tokens: int [N, *prior.shape] in [0, vocab_size); labels: int64 [N] (-1 = unknown -> null label) or None.
+    Runs the prior in eval mode (no dropout) on its own device, ``batch_size`` grids at a time.
+    """
+    prior.check_tokens(tokens)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(prior.parameters(), torch.empty(0)).device
+    n = tokens.shape[0]
+    lab = net_labels(prior, labels, n, torch.device("cpu"))
+    was_training = prior.training
+    prior.eval()
+    out = []
+    try:
+        for i in range(0, n, batch_size):
+            flat = tokens[i: i + batch_size].reshape(-1, prior.config.seq_len).long().to(device)
+            lb = None if lab is None else lab[i: i + batch_size].to(device)
+            logp = torch.log_softmax(prior.net(flat, lb).double(), -1)  # [b, L, V]
+            out.append(-logp.gather(-1, flat.unsqueeze(-1)).squeeze(-1).sum(1).cpu())
+    finally:
+        prior.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def bits_per_token(nll_nats: Tensor | float, seq_len: int) -> Tensor | float:
+    """NLL in nats of a whole grid -> bits per grid position: nll / (ln 2 * seq_len)."""
+    return nll_nats / (LN2 * seq_len)
+
+
+def bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
+    """NLL in nats of a whole grid -> bits per input dimension: nll / (ln 2 * dims).
+
+    ``dims`` is C*H*W (image) or T (audio) of the input the grid stands for; for raw grids it equals the
+    grid size. For tokenizer tokens the result is the tokens' code length per pixel, not a pixel
+    likelihood (see the module docstring).
+    """
+    if dims < 1:
+        raise ValueError(f"dims must be >= 1, got {dims}")
+    return nll_nats / (LN2 * dims)
+
+
+# ---------------------------------------------------------------------------------------------- OOD
+def typicality_score(nll: Tensor | np.ndarray, train_mean_nll: float) -> np.ndarray:
+    """|NLL - mean train NLL| per example (Nalisnick et al. 2019, M = 1); higher = more anomalous."""
+    return np.abs(np.asarray(nll, dtype=np.float64) - float(train_mean_nll))
+
+
+def ood_auroc(scores_in: Any, scores_out: Any) -> float:
+    """Area under the ROC curve for telling OOD inputs from in-distribution ones, higher score = OOD.
+
+    Equals P(score_out > score_in) + 0.5 P(tie) over all (in, out) pairs: the Mann-Whitney U statistic
+    divided by n_in * n_out, computed from average ranks so ties count half. 1.0 = perfect, 0.5 = chance.
+    """
+    a = np.asarray(scores_in, dtype=np.float64).ravel()
+    b = np.asarray(scores_out, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"ood_auroc needs at least one score on each side, got {a.size} in and {b.size} out")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("ood_auroc: scores contain NaN or inf")
+    allv = np.concatenate([a, b])
+    order = np.argsort(allv, kind="mergesort")
+    sorted_v = allv[order]
+    ranks = np.empty_like(allv)
+    # average rank (1-based) within each run of equal values, so a tie contributes one half
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_v)) + 1]
+    ends = np.r_[starts[1:], allv.size]
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    u_out = ranks[a.size:].sum() - b.size * (b.size + 1) / 2.0
+    return float(u_out / (a.size * b.size))
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def _batches(dataset: Dataset, batch_size: int, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    for i in range(0, n, batch_size):
+        items = [dataset[j] for j in range(i, min(i + batch_size, n))]
+        xs = torch.stack([torch.as_tensor(x) for x, _ in items])
+        ys = torch.tensor([int(y) if y is not None else -1 for _, y in items], dtype=torch.long)
+        yield xs, ys
+
+
+def to_grids(x: Tensor, tokenizer: Any | None, raw_levels: int | None) -> Tensor:
+    """A batch of inputs -> int64 grids: ``tokenizer.encode(x)``, or ``quantize_raw(x, raw_levels)``.
+
+    Exactly one of ``tokenizer`` / ``raw_levels`` must be given.
+    """
+    if (tokenizer is None) == (raw_levels is None):
+        raise ValueError("pass either a tokenizer (--tokenizer DIR) or raw_levels (--raw --levels 2|256), not both "
+                         "or neither")
+    if tokenizer is not None:
+        dev = next(tokenizer.parameters(), torch.empty(0)).device
+        return tokenizer.encode(x.to(dev)).cpu()
+    return quantize_raw(x, raw_levels)
+
+
+@torch.no_grad()
+def score_dataset(prior: Prior, tokenizer: Any | None, data: Splits | Dataset, out_csv: str | Path,
+                  batch_size: int = 64, raw_levels: int | None = None, progress: bool = True, *,
+                  train_mean_nll: float | None = None, reference_limit: int = 2000,
+                  use_labels: bool = True) -> dict[str, Any]:
+    """Score every input of a dataset, write one CSV row per input, return a summary dict.
+
+    data: ``Splits`` (the test split is scored; the mean train NLL for the typicality score is computed
+    on up to ``reference_limit`` training examples) or a plain ``Dataset`` of (x, label) (then the
+    typicality score needs ``train_mean_nll``; without it ``ood_score`` is the plain NLL).
+    Inputs become grids through ``tokenizer.encode`` or, with ``raw_levels``, ``quantize_raw``.
+    ``use_labels``: a conditional prior scores p(grid | label); otherwise (or for label -1) p(grid) via the
+    null label.
+
+    CSV columns: index, label, nll_nats, bits_per_token, bits_per_dim, bits_per_dim_kind, ood_score
+    (higher = more anomalous), ood_method ("typicality" or "nll").
+    Summary: n, mean nll / bits_per_token / bits_per_dim, bits_per_dim_kind, train_mean_nll, ood_method, csv.
+    """
+    if isinstance(data, Splits):
+        dataset, reference = data.test, data.train
+    else:
+        dataset, reference = data, None
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("score_dataset: the dataset to score is empty")
+
+    def nll_of(ds: Dataset, limit: int | None, desc: str) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+        nlls, labs, shape = [], [], ()
+        total = len(ds) if limit is None else min(limit, len(ds))  # type: ignore[arg-type]
+        bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+        for x, y in _batches(ds, batch_size, limit):
+            shape = tuple(x.shape[1:])
+            grids = to_grids(x, tokenizer, raw_levels)
+            if tuple(grids.shape[1:]) != prior.shape:
+                raise ValueError(
+                    f"inputs of shape {shape} give grids of shape {tuple(grids.shape[1:])} but the prior models "
+                    f"{prior.shape}; score with the tokenizer / --levels and image size the prior was trained on"
+                )
+            lab = y if (use_labels and prior.config.num_classes) else None
+            nlls.append(score_grids(prior, grids, lab, batch_size))
+            labs.append(y)
+            bar.update(len(y))
+        bar.close()
+        return torch.cat(nlls), torch.cat(labs), shape
+
+    nll, labels, input_shape = nll_of(dataset, None, "scoring")
+    dims = math.prod(input_shape) if tokenizer is not None else prior.config.seq_len
+    kind = BPD_KINDS["tokens" if tokenizer is not None else "raw"]
+    if train_mean_nll is None and reference is not None and len(reference) > 0:  # type: ignore[arg-type]
+        train_mean_nll = float(nll_of(reference, reference_limit, "scoring train (reference)")[0].mean())
+    if train_mean_nll is not None:
+        ood, method = typicality_score(nll, train_mean_nll), "typicality"
+    else:
+        ood, method = nll.numpy(), "nll"
+    bpt = bits_per_token(nll, prior.config.seq_len)
+    bpd = bits_per_dim(nll, dims)
+
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_name(f".{out_csv.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "label", "nll_nats", "bits_per_token", "bits_per_dim", "bits_per_dim_kind",
+                    "ood_score", "ood_method"])
+        for i in range(len(nll)):
+            w.writerow([i, int(labels[i]), f"{nll[i].item():.6f}", f"{bpt[i].item():.6f}", f"{bpd[i].item():.6f}",
+                        kind, f"{float(ood[i]):.6f}", method])
+    tmp.replace(out_csv)
+    return {
+        "n": int(len(nll)),
+        "nll_nats": float(nll.mean()),
+        "bits_per_token": float(bpt.mean()),
+        "bits_per_dim": float(bpd.mean()),
+        "bits_per_dim_kind": kind,
+        "dims_per_input": int(dims),
+        "train_mean_nll": train_mean_nll,
+        "ood_method": method,
+        "csv": str(out_csv),
+    }
