@@ -1,0 +1,464 @@
+"""The `vqgen` command. All command-line parsing lives here; the work is done by library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+DATA_HELP = ("a built-in name (mnist5k, shapes, tones, spoken-digits), a local folder of images or audio files "
+             "(subfolder names become labels), or a Hugging Face Hub dataset id")
+BUILTIN_CHANNELS = {"mnist5k": 1, "shapes": 3}
+
+
+# ---------------------------------------------------------------------------- argument groups
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same machine, same result (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=required, help=DATA_HELP)
+    g.add_argument("--image-size", type=int, default=None, help="images: square side (default: the tokenizer's, else 32)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="images: 1 (grayscale) or 3 (RGB) (default: the tokenizer's, else 1 for mnist5k, 3 otherwise)")
+    g.add_argument("--sample-rate", type=int, default=None, help="audio: sample rate in Hz (default 16000)")
+    g.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length in seconds (default 1.0)")
+    g.add_argument("--image-column", default="image", help="Hub datasets: image column (default image)")
+    g.add_argument("--audio-column", default="audio", help="Hub datasets: audio column (default audio)")
+    g.add_argument("--label-column", default="label", help="Hub datasets: label column (default label)")
+    g.add_argument("--limit", type=int, default=None, help="use at most this many training examples")
+    g.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of a counted skip")
+    g.add_argument("--cache-dir", default=None, help="where generated data (spoken-digits) is cached")
+
+
+def _loop(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+    g = p.add_argument_group("training loop")
+    g.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    g.add_argument("--batch-size", type=int, default=batch, help=f"per-process batch size (default {batch})")
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate of AdamW (default {lr:g})")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default min(100, steps/10))")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 to disable (default 1)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    g.add_argument("--eval-every", type=int, default=500, help="evaluate on the test split every N steps")
+    g.add_argument("--save-every", type=int, default=500, help="write a resumable checkpoint every N steps")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="keep the last K checkpoints (default 2)")
+    g.add_argument("--max-seconds", type=float, default=None, help="stop after this wall-clock budget and save")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under OUT/checkpoints")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+
+
+def _train_config(a: argparse.Namespace) -> Any:
+    from .train import TrainConfig
+
+    return TrainConfig(
+        out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        warmup_steps=a.warmup_steps, grad_clip=a.grad_clip or None, grad_accum=a.grad_accum,
+        mixed_precision=a.mixed_precision, eval_every=a.eval_every, save_every=a.save_every,
+        keep_checkpoints=a.keep_checkpoints, seed=a.seed, resume=a.resume, max_seconds=a.max_seconds,
+        num_workers=a.num_workers, progress=not a.quiet, compile=a.compile,
+    )
+
+
+def data_spec(a: argparse.Namespace, tokenizer_config: Any = None, modality: str | None = None) -> Any:
+    """A ``DataSpec`` from the data arguments, filling sizes from the tokenizer when one is given."""
+    from .data import DataSpec
+
+    tc = tokenizer_config
+    channels = a.channels or (tc.channels if tc is not None and tc.modality == "image" else None) \
+        or BUILTIN_CHANNELS.get(a.dataset, 3)
+    if tc is not None and tc.modality == "image" and a.channels and a.channels != tc.channels:
+        raise ValueError(f"--channels {a.channels} but the tokenizer expects {tc.channels}-channel images; "
+                         f"drop --channels (images are converted to the tokenizer's {tc.channels} channels)")
+    image_size = a.image_size or (tc.image_size if tc is not None and tc.modality == "image" else 32)
+    sample_rate = a.sample_rate or (tc.sample_rate if tc is not None and tc.modality == "audio" else 16000)
+    if a.clip_seconds is not None:
+        clip = int(round(a.clip_seconds * sample_rate))
+    elif tc is not None and tc.modality == "audio":
+        clip = tc.clip_samples
+    else:
+        clip = sample_rate
+    return DataSpec(name=a.dataset, modality=modality or (tc.modality if tc is not None else None), image_size=image_size,
+                    channels=channels, sample_rate=sample_rate, clip_samples=clip, image_column=a.image_column,
+                    audio_column=a.audio_column, label_column=a.label_column, limit=a.limit, seed=a.seed,
+                    strict=a.strict, cache_dir=a.cache_dir)
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    print(title)
+    for k, v in metrics.items():
+        print(f"  {k:>18}: {v:.4f}" if isinstance(v, float) else f"  {k:>18}: {v}")
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train_tokenizer(a: argparse.Namespace) -> int:
+    from tokenizers_vq import TokenizerConfig, build_tokenizer
+    from tokenizers_vq.hub import atomic_write_text
+
+    from .data import infer_modality, load_data
+    from .tasks import TokenizerTask
+    from .train import train
+
+    spec = data_spec(a, modality=a.modality)
+    modality = infer_modality(spec)
+    if a.modality and modality != a.modality:
+        raise ValueError(f"--modality {a.modality} but {a.dataset} holds {modality} data")
+    splits = load_data(spec)
+    fields: dict[str, Any] = {"modality": modality, "quantizer": a.quantizer}
+    if modality == "image":
+        fields |= {"channels": spec.channels, "image_size": spec.image_size}
+    else:
+        fields |= {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples}
+    for name in ("downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size"):
+        if getattr(a, name) is not None:
+            fields[name] = getattr(a, name)
+    if a.fsq_levels:
+        fields["fsq_levels"] = [int(v) for v in a.fsq_levels.split(",")]
+    if a.quantizer == "gumbel":
+        fields["gumbel_anneal_steps"] = a.steps  # anneal over the whole run
+    config = TokenizerConfig(**fields)
+    out = Path(a.out)
+    if a.resume and (out / "config.json").is_file():
+        saved = TokenizerConfig.from_file(out / "config.json")
+        if saved != config:
+            raise ValueError(f"--resume: the arguments give a different tokenizer than the one in {out}/config.json; "
+                             "resume with the same arguments")
+    tokenizer = build_tokenizer(config)
+    atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
+    result = train(TokenizerTask(tokenizer, a.dataset, eval_limit=a.eval_limit), splits.train, splits.test,
+                   _train_config(a), hparams=config.to_dict())
+    _report_result(result, out)
+    return 0 if result.status != "preempted" else 0
+
+
+def _report_result(result: Any, out: Path) -> None:
+    if result.status == "preempted":
+        print(f"stopped at step {result.step}; checkpoint: {result.checkpoint}. Re-run with --resume to continue.")
+        return
+    _print_metrics(f"finished at step {result.step}; saved to {out}", result.metrics)
+
+
+def cmd_reconstruct(a: argparse.Namespace) -> int:
+    from tokenizers_vq import load_tokenizer
+
+    from .data import load_data
+    from .reconstruct import reconstruct
+
+    tok = load_tokenizer(a.tokenizer)
+    splits = load_data(data_spec(a, tok.config))
+    metrics = reconstruct(tok, splits, a.out, n=a.n, seed=a.seed, progress=not a.quiet)
+    _print_metrics(f"test-split metrics of {a.tokenizer} on {a.dataset}:", metrics)
+    return 0
+
+
+def cmd_tokenize(a: argparse.Namespace) -> int:
+    from tokenizers_vq import load_tokenizer
+
+    from .data import load_data
+    from .tokenize import tokenize_splits
+
+    if bool(a.tokenizer) == bool(a.raw):
+        raise ValueError("pass exactly one of --tokenizer DIR or --raw")
+    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
+    splits = load_data(data_spec(a, tok.config if tok else None))
+    levels = a.levels if a.raw else None
+    if a.raw and splits.modality == "audio":
+        levels = 256 if a.levels in (None, 256) else a.levels
+    elif a.raw:
+        levels = a.levels or 256
+    header = tokenize_splits(splits, a.out, a.dataset, tokenizer=tok, tokenizer_path=a.tokenizer, raw_levels=levels,
+                             batch_size=a.batch_size, progress=not a.quiet)
+    print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}")
+    return 0
+
+
+def cmd_train_prior(a: argparse.Namespace) -> int:
+    from prior import PriorConfig, build_prior
+    from tokenizers_vq.hub import atomic_write_text
+
+    from .tasks import PriorTask, TokenGridDataset, evaluate_prior
+    from .tokens import load_token_header, load_tokens
+    from .train import train
+
+    header = load_token_header(a.tokens)
+    tr_tokens, tr_labels = load_tokens(a.tokens, "train")
+    te_tokens, te_labels = load_tokens(a.tokens, "test")
+    num_classes = 0
+    if a.conditional:
+        if header.num_classes < 1 or (tr_labels < 0).any():
+            raise ValueError(f"--conditional: the token folder {a.tokens} has no labels for every example")
+        num_classes = header.num_classes
+    fields: dict[str, Any] = {"arch": a.arch, "vocab_size": header.vocab_size, "shape": tuple(header.token_shape),
+                              "num_classes": num_classes}
+    for name in ("n_layer", "n_head", "d_model", "dropout", "attention", "stride", "summary", "label_dropout",
+                 "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
+                 "lstm_hidden", "lstm_layers"):
+        if getattr(a, name, None) is not None:
+            fields[name] = getattr(a, name)
+    config = PriorConfig(**fields)
+    prior = build_prior(config)
+    out = Path(a.out)
+    dims = header.dims_per_input
+    if a.arch == "histogram":
+        # Closed-form maximum likelihood: counting beats gradient descent for a table.
+        prior.net.fit(tr_tokens.reshape(len(tr_tokens), -1), tr_labels if num_classes else None)
+        metrics = evaluate_prior(prior, TokenGridDataset(te_tokens, te_labels), 512, dims, num_classes > 0)
+        prior.save_pretrained(out, card_info={"tokens": a.tokens, "metrics": metrics})
+        (out / "class_names.json").write_text(json.dumps(header.class_names))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _print_metrics(f"histogram fitted by counting; saved to {out}", metrics)
+        return 0
+    atomic_write_text(out / "config.json", config.to_json())
+    atomic_write_text(out / "class_names.json", json.dumps(header.class_names))
+    result = train(PriorTask(prior, a.tokens, dims), TokenGridDataset(tr_tokens, tr_labels),
+                   TokenGridDataset(te_tokens, te_labels), _train_config(a), hparams=config.to_dict())
+    _report_result(result, out)
+    return 0
+
+
+def _parse_label(value: str | None, names: list[str]) -> int | None:
+    if value is None:
+        return None
+    if value in names:
+        return names.index(value)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--label {value!r} is neither a class index nor one of {names}") from None
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from prior import load_prior
+    from tokenizers_vq import load_tokenizer
+
+    from .generate import check_compatible, generate
+
+    prior, tok = load_prior(a.prior), load_tokenizer(a.tokenizer)
+    check_compatible(prior, tok, a.prior, a.tokenizer)
+    names = _class_names(a.prior)
+    labels = None
+    if prior.config.num_classes:
+        if a.label is None:
+            labels = [i % prior.config.num_classes for i in range(a.n)]  # every class in turn
+        else:
+            labels = [_parse_label(a.label, names)] * a.n
+    elif a.label is not None:
+        raise ValueError(f"--label given but the prior {a.prior} is unconditional")
+    res = generate(prior, tok, a.n, a.out, labels=labels, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                   cfg_scale=a.cfg_scale, batch_size=a.batch_size, seed=a.seed, progress=not a.quiet, class_names=names,
+                   settings={"prior": a.prior, "tokenizer": a.tokenizer})
+    print(f"wrote {a.n} samples to {a.out} ({', '.join(res['summary']['files'][:3])}, ...)")
+    return 0
+
+
+def _class_names(prior_dir: str) -> list[str]:
+    """Class names recorded by train-prior (from the token folder header), if any."""
+    p = Path(prior_dir) / "class_names.json"
+    return json.loads(p.read_text()) if p.is_file() else []
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from prior import load_prior
+    from tokenizers_vq import load_tokenizer
+
+    from .data import load_data
+    from .score import score_dataset
+
+    prior = load_prior(a.prior)
+    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
+    if tok is not None:
+        from .generate import check_compatible
+
+        check_compatible(prior, tok, a.prior, a.tokenizer)
+    splits = load_data(data_spec(a, tok.config if tok else None))
+    dataset = splits.test if a.split == "test" else splits.train
+    summary = score_dataset(prior, tok, dataset, a.out, batch_size=a.batch_size,
+                            raw_levels=None if tok else prior.vocab_size, progress=not a.quiet)
+    _print_metrics(f"scored {a.dataset} ({a.split}) -> {a.out}", summary)
+    return 0
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from prior import load_prior
+    from tokenizers_vq import load_tokenizer
+
+    from .compress import compress_files
+
+    prior = load_prior(a.prior)
+    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
+    res = compress_files(prior, tok, a.inputs, a.out, raw_levels=None if tok else prior.vocab_size)
+    _print_metrics(f"compressed {len(a.inputs)} file(s) -> {a.out}", res if isinstance(res, dict) else {"result": res})
+    return 0
+
+
+def cmd_decompress(a: argparse.Namespace) -> int:
+    from prior import load_prior
+    from tokenizers_vq import load_tokenizer
+
+    from .compress import decompress_file
+
+    prior = load_prior(a.prior)
+    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
+    res = decompress_file(prior, tok, a.file, a.out)
+    print(f"decompressed {a.file} -> {a.out}" + (f": {res}" if res else ""))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_model
+
+    if bool(a.tokenizer) == bool(a.prior):
+        raise ValueError("pass exactly one of --tokenizer DIR or --prior DIR")
+    path = export_model(a.tokenizer or a.prior, a.out, kind="tokenizer" if a.tokenizer else "prior")
+    print(f"exported to {path} (config.json, model.safetensors, README.md)")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(modality=a.modality, out=a.out, seed=a.seed, quick=a.quick, progress=not a.quiet)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vqgen", description="Tokenize images and audio, model the tokens, generate.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="train a tokenizer and a prior on built-in data and generate samples")
+    s.add_argument("--modality", choices=("image", "audio"), default="image")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    _common(s)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("train-tokenizer", help="train a discrete autoencoder (vq, fsq or gumbel)")
+    s.add_argument("--modality", choices=("image", "audio"), default=None, help="default: from the dataset")
+    s.add_argument("--quantizer", choices=("vq", "fsq", "gumbel"), default="fsq")
+    s.add_argument("--out", required=True, help="run folder: becomes a save_pretrained folder")
+    _data(s)
+    m = s.add_argument_group("model")
+    m.add_argument("--downsample", type=int, default=None, help="input-to-token factor per axis (default 4 image, 64 audio)")
+    m.add_argument("--hidden-channels", type=int, default=None)
+    m.add_argument("--num-res-blocks", type=int, default=None)
+    m.add_argument("--latent-dim", type=int, default=None)
+    m.add_argument("--codebook-size", type=int, default=None, help="vq/gumbel codes (default 512)")
+    m.add_argument("--fsq-levels", default=None, help="comma-separated FSQ levels (default 8,5,5,5)")
+    m.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test examples")
+    _loop(s, steps=2000, batch=64, lr=2e-3)
+    _common(s)
+    s.set_defaults(func=cmd_train_tokenizer)
+
+    s = sub.add_parser("reconstruct", help="write originals and reconstructions and print test metrics")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--out", required=True, help="a .png file or a folder")
+    s.add_argument("--n", type=int, default=16, help="how many examples to show (default 16)")
+    _data(s)
+    _common(s)
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("tokenize", help="encode a dataset's splits into a token folder (the prior's input)")
+    s.add_argument("--tokenizer", default=None)
+    s.add_argument("--raw", action="store_true", help="use raw pixels / mu-law samples as the grid")
+    s.add_argument("--levels", type=int, choices=(2, 256), default=None, help="--raw images: 2 (binarised) or 256")
+    s.add_argument("--out", required=True)
+    s.add_argument("--batch-size", type=int, default=256)
+    _data(s)
+    _common(s)
+    s.set_defaults(func=cmd_tokenize)
+
+    s = sub.add_parser("train-prior", help="train an autoregressive prior on a token folder")
+    s.add_argument("--tokens", required=True, help="a folder written by `vqgen tokenize`")
+    s.add_argument("--arch", required=True, choices=("transformer", "sparse_transformer", "wavenet", "pixelcnn",
+                                                     "made", "lstm", "histogram"))
+    s.add_argument("--out", required=True)
+    s.add_argument("--conditional", action="store_true", help="model p(tokens | label) (needs labels)")
+    m = s.add_argument_group("model")
+    for name, typ in (("n-layer", int), ("n-head", int), ("d-model", int), ("dropout", float), ("stride", int),
+                      ("summary", int), ("label-dropout", float), ("residual-channels", int), ("dilation-cycle", int),
+                      ("n-cycles", int), ("pixelcnn-layers", int), ("pixelcnn-channels", int), ("lstm-hidden", int),
+                      ("lstm-layers", int)):
+        m.add_argument(f"--{name}", type=typ, default=None)
+    m.add_argument("--attention", choices=("strided", "fixed"), default=None, help="sparse_transformer pattern")
+    _loop(s, steps=2000, batch=64, lr=1e-3)
+    _common(s)
+    s.set_defaults(func=cmd_train_prior)
+
+    s = sub.add_parser("sample", help="sample token grids and decode them into PNGs or WAVs")
+    s.add_argument("--prior", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--out", required=True)
+    s.add_argument("--label", default=None, help="class index or name (conditional priors; default: cycle through classes)")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (conditional priors)")
+    s.add_argument("--batch-size", type=int, default=64)
+    _common(s)
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("score", help="per-input NLL, bits/dim and OOD scores into a CSV")
+    s.add_argument("--prior", required=True)
+    s.add_argument("--tokenizer", default=None, help="omit for a prior over raw pixels / mu-law samples")
+    s.add_argument("--out", required=True, help="CSV file")
+    s.add_argument("--split", choices=("train", "test"), default="test")
+    s.add_argument("--batch-size", type=int, default=128)
+    _data(s)
+    _common(s)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("compress", help="losslessly compress inputs with the prior and arithmetic coding")
+    s.add_argument("--prior", required=True)
+    s.add_argument("--tokenizer", default=None)
+    s.add_argument("inputs", nargs="+")
+    s.add_argument("--out", required=True)
+    _common(s)
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("decompress", help="decode a file written by `vqgen compress`")
+    s.add_argument("--prior", required=True)
+    s.add_argument("--tokenizer", default=None)
+    s.add_argument("file")
+    s.add_argument("--out", required=True)
+    _common(s)
+    s.set_defaults(func=cmd_decompress)
+
+    s = sub.add_parser("export", help="re-write a clean save_pretrained folder from a run or checkpoint")
+    s.add_argument("--tokenizer", default=None, help="a run folder, checkpoint folder or saved folder")
+    s.add_argument("--prior", default=None, help="the same, for a prior")
+    s.add_argument("--out", required=True)
+    _common(s)
+    s.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("datasets", "accelerate", "urllib3", "filelock", "fsspec", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import torch
+
+    torch.manual_seed(a.seed)
+    try:
+        return int(a.func(a) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if a.debug:
+            raise
+        print(f"vqgen {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""`vqgen reconstruct`: originals next to their reconstructions, plus the tokenizer's test metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenizers_vq import Tokenizer
+
+from .data import Splits
+from .outputs import image_grid, save_wav, spectrogram_image
+from .tasks import evaluate_tokenizer
+
+
+@torch.no_grad()
+def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 16, seed: int = 0,
+                progress: bool = True) -> dict[str, Any]:
+    """Write reconstructions of ``n`` test examples and return the test-split metrics.
+
+    Images: ``out`` is a PNG file (originals above reconstructions) or a folder (``reconstructions.png``).
+    Audio: ``out`` is a folder with ``NN_original.wav`` / ``NN_reconstruction.wav`` pairs and
+    ``spectrograms.png`` (each pair side by side, one pair per row). ``metrics.json`` goes beside them.
+    """
+    tokenizer.eval()
+    out = Path(out)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(splits.test), generator=g)[:n].tolist()
+    x = torch.stack([splits.test[i][0] for i in idx]).float()
+    recon = tokenizer.decode(tokenizer.encode(x))
+    metrics = evaluate_tokenizer(tokenizer, splits.test, progress=progress)
+    if tokenizer.modality == "image":
+        png = out if out.suffix.lower() == ".png" else out / "reconstructions.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        nrow = min(8, n)
+        rows = []
+        for start in range(0, n, nrow):  # originals row, then their reconstructions row
+            rows += [x[start:start + nrow], recon[start:start + nrow]]
+        image_grid(torch.cat(rows), nrow=nrow, scale=4).save(png)
+        (png.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics["written"] = str(png)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        sr = tokenizer.config.sample_rate
+        pics = []
+        for k in range(len(idx)):
+            save_wav(x[k], out / f"{k:02d}_original.wav", sr)
+            save_wav(recon[k], out / f"{k:02d}_reconstruction.wav", sr)
+            pics.append(spectrogram_image([x[k], recon[k]], sr))
+        from PIL import Image
+
+        canvas = Image.new("RGB", (max(p.width for p in pics), sum(p.height + 4 for p in pics)), "white")
+        y = 0
+        for p in pics:
+            canvas.paste(p, (0, y))
+            y += p.height + 4
+        canvas.save(out / "spectrograms.png")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics["written"] = str(out)
+    return metrics

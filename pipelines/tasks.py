@@ -1,0 +1,171 @@
+"""What tokenizer and prior training supply to the shared loop in ``pipelines.train``: loss, metrics, saving."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from prior import Prior
+from tokenizers_vq import Tokenizer
+from tokenizers_vq import metrics as M
+
+from .train import TrainTask
+
+
+def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 128, progress: bool = False,
+                       limit: int | None = None) -> dict[str, float]:
+    """Test-split metrics of a tokenizer.
+
+    Images: PSNR (dB), SSIM, codebook usage (fraction of codes used on the split), code perplexity.
+    Audio: SI-SNR (dB), log-mel L1, mu-law class accuracy, codebook usage, perplexity, bitrate (kbit/s).
+    """
+    was = tokenizer.training
+    tokenizer.eval()
+    counts = torch.zeros(tokenizer.vocab_size, dtype=torch.long)
+    sums: dict[str, float] = {}
+    n = 0
+    device = next(tokenizer.parameters()).device
+    for x, _ in tqdm(_loader(dataset, batch_size), desc="evaluate", disable=not progress, leave=False):
+        if limit is not None and n >= limit:
+            break
+        x = x.to(device).float()
+        out = tokenizer(x)
+        counts += M.code_histogram(out.codes, tokenizer.vocab_size)
+        b = x.shape[0]
+        if tokenizer.modality == "image":
+            batch_metrics = {"psnr": M.psnr(out.recon.clamp(0, 1), x).item(), "ssim": M.ssim(out.recon.clamp(0, 1), x).item()}
+        else:
+            batch_metrics = {"si_snr": M.si_snr(out.recon, x).mean().item(),
+                             "log_mel_l1": M.log_mel_l1(out.recon, x, tokenizer.config.sample_rate).item()}
+            if "accuracy" in out.metrics:
+                batch_metrics["mu_law_accuracy"] = float(out.metrics["accuracy"])
+        batch_metrics["loss"] = out.loss.item()
+        for k, v in batch_metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        n += b
+    tokenizer.train(was)
+    res = {k: v / max(n, 1) for k, v in sums.items()}
+    res["codebook_usage"] = M.codebook_usage(counts)
+    res["perplexity"] = M.code_perplexity(counts)
+    c = tokenizer.config
+    grid = tokenizer.token_shape(tokenizer.default_input_shape)
+    bits = math.prod(grid) * math.log2(tokenizer.vocab_size)
+    if c.modality == "image":
+        res["bits_per_image"] = bits
+    else:
+        res["kbps"] = c.sample_rate / c.downsample * math.log2(tokenizer.vocab_size) / 1000
+    return res
+
+
+class TokenizerTask(TrainTask):
+    """Train a ``Tokenizer`` on (x, label) batches with its own reconstruction + quantizer loss."""
+
+    name = "tokenizer"
+
+    def __init__(self, tokenizer: Tokenizer, dataset_name: str, eval_limit: int | None = None):
+        self.model = tokenizer
+        self.dataset_name = dataset_name
+        self.eval_limit = eval_limit
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        x = batch[0].float()
+        out = model(x)
+        shown = {k: float(v) for k, v in out.metrics.items() if k in ("psnr", "accuracy", "temperature")}
+        return out.loss, shown
+
+    def count(self, batch: Any) -> int:
+        return int(batch[0].numel())
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
+        return evaluate_tokenizer(model, dataset, batch_size, limit=self.eval_limit)  # type: ignore[arg-type]
+
+    def save_final(self, model: nn.Module, out: Path, metrics: dict[str, Any]) -> None:
+        model.save_pretrained(out, card_info={"dataset": self.dataset_name, "steps": metrics.get("step"),  # type: ignore[attr-defined]
+                                              "metrics": metrics})
+
+
+class TokenGridDataset(Dataset):
+    """(tokens int64 [*shape], label int64) pairs from tensors."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor):
+        self.tokens, self.labels = tokens, labels
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens[i], self.labels[i]
+
+
+@torch.no_grad()
+def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_grid: int,
+                   conditional: bool) -> dict[str, float]:
+    """Held-out NLL: nats per grid, bits per token, bits per dimension (grid code length / input dims)."""
+    was = prior.training
+    prior.eval()
+    total, n = 0.0, 0
+    device = next(prior.parameters()).device
+    for tokens, labels in _loader(dataset, batch_size):
+        tokens = tokens.to(device)
+        lp = prior.log_prob(tokens, labels.to(device) if conditional else None)
+        total += -lp.double().sum().item()
+        n += tokens.shape[0]
+    prior.train(was)
+    nll = total / max(n, 1)
+    return {"nll_nats": nll, "bits_per_token": nll / math.log(2) / prior.config.seq_len,
+            "bits_per_dim": nll / math.log(2) / dims_per_grid}
+
+
+class PriorTask(TrainTask):
+    """Train a ``Prior`` by maximum likelihood on (tokens, label) batches."""
+
+    name = "prior"
+
+    def __init__(self, prior: Prior, tokens_dir: str, dims_per_grid: int):
+        self.model = PriorLossWrapper(prior)
+        self.tokens_dir = tokens_dir
+        self.dims_per_grid = dims_per_grid
+        self.conditional = prior.config.num_classes > 0
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        tokens, labels = batch
+        loss = model(tokens, labels if self.conditional else None)
+        return loss, {"bits_per_token": loss.item() / math.log(2)}
+
+    def count(self, batch: Any) -> int:
+        return int(batch[0].numel())
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
+        return evaluate_prior(model.prior, dataset, batch_size, self.dims_per_grid, self.conditional)  # type: ignore[union-attr]
+
+    def save_final(self, model: nn.Module, out: Path, metrics: dict[str, Any]) -> None:
+        model.prior.save_pretrained(out, card_info={"tokens": self.tokens_dir, "steps": metrics.get("step"),  # type: ignore[union-attr]
+                                                    "metrics": metrics})
+
+
+class PriorLossWrapper(nn.Module):
+    """Makes ``Prior.loss`` the ``forward`` so DDP/FSDP wrap the call that computes the loss (their gradient
+    hooks are armed in ``forward``). Its state dict is the prior's under ``prior.``."""
+
+    def __init__(self, prior: Prior):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.prior.loss(tokens, labels)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2))
