@@ -158,61 +158,65 @@ def _pack(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, metad
 
 
 def read_header(data: bytes, name: str = "the compressed data") -> ContainerHeader:
-    """Parse and check a container (magic, version, lengths, CRC) without a prior. ``name`` (e.g. the file
+    """Parse and check a container (magic, lengths, CRC, version) without a prior. ``name`` (e.g. the file
     path) appears in errors. Raises ``ValueError`` for a file that is not ours, truncated or corrupted."""
     if len(data) < 4 or data[:4] != MAGIC:
         raise ValueError(f"{name} is not a vqgen compressed file (no {MAGIC!r} magic); make one with "
                          "`vqgen compress --prior DIR INPUT... --out FILE`")
-    truncated = ValueError(f"{name} is truncated ({len(data)} bytes): the file was cut short while copying or "
-                           "writing; compress the inputs again")
+    # the trailing CRC covers every byte, so check it before trusting any field
+    crc_ok = len(data) >= 8 and zlib.crc32(data[:-4]) == int.from_bytes(data[-4:], "little")
+    again = "compress the inputs again"
     try:
-        off = 4
-        (version,) = struct.unpack_from("<B", data, off)
+        h, end = _parse(data)
+    except (struct.error, ValueError, UnicodeDecodeError):
+        if crc_ok:  # pragma: no cover - only a writer bug gets here
+            raise ValueError(f"{name} is corrupted (its fields are inconsistent); {again}") from None
+        raise ValueError(f"{name} is truncated or corrupted ({len(data)} bytes, shorter than its header says): "
+                         f"the file was cut short while copying or writing; {again}") from None
+    if end != len(data):
+        raise ValueError(f"{name} has {len(data) - end} unexpected trailing bytes: it is corrupted (or two files "
+                         f"were concatenated); {again}")
+    if not crc_ok:
+        raise ValueError(f"{name} is corrupted (checksum mismatch): some bytes changed after it was written; {again}")
+    if h.version > FORMAT_VERSION:
+        raise ValueError(f"{name} uses container format {h.version}, newer than this vqgen ({FORMAT_VERSION}): "
+                         "upgrade vqgen")
+    return h
+
+
+def _parse(data: bytes) -> tuple[ContainerHeader, int]:
+    """The fields of a container and the offset just past its CRC; struct.error / ValueError when short."""
+    off = 4
+    (version,) = struct.unpack_from("<B", data, off)
+    fp = data[off + 1: off + 17]
+    off += 17
+    vocab, ndim = struct.unpack_from("<IB", data, off)
+    off += 5
+    shape = struct.unpack_from(f"<{ndim}I", data, off)
+    off += 4 * ndim
+    n, chunk, has_labels = struct.unpack_from("<IIB", data, off)
+    off += 9
+    labels = None
+    if has_labels:
+        (width,) = struct.unpack_from("<B", data, off)
         off += 1
-        if version > FORMAT_VERSION:
-            raise ValueError(f"{name} uses container format {version}, newer than this vqgen ({FORMAT_VERSION}): "
-                             "upgrade vqgen")
-        fp = data[off: off + 16]
-        off += 16
-        vocab, ndim = struct.unpack_from("<IB", data, off)
-        off += 5
-        shape = struct.unpack_from(f"<{ndim}I", data, off)
-        off += 4 * ndim
-        n, chunk, has_labels = struct.unpack_from("<IIB", data, off)
-        off += 9
-        labels = None
-        if has_labels:
-            (width,) = struct.unpack_from("<B", data, off)
-            off += 1
-            if width not in (1, 2, 4):
-                raise ValueError(f"{name} is corrupted (label width {width})")
-            if off + width * n > len(data):
-                raise truncated
-            labels = torch.from_numpy(np.frombuffer(data, dtype=f"<i{width}", count=n, offset=off).astype(np.int64))
-            off += width * n
-        tokens_crc, meta_len = struct.unpack_from("<II", data, off)
-        off += 8
-        meta_raw = data[off: off + meta_len]
-        off += meta_len
-        (payload_len,) = struct.unpack_from("<I", data, off)
-        off += 4
-        payload = data[off: off + payload_len]
-        off += payload_len
-        (crc,) = struct.unpack_from("<I", data, off)
-    except struct.error:
-        raise truncated from None
-    if len(payload) != payload_len or len(meta_raw) != meta_len:
-        raise truncated
-    if off + 4 != len(data):
-        raise ValueError(f"{name} has {len(data) - off - 4} unexpected trailing bytes: it is corrupted "
-                         "(or two files were concatenated); compress the inputs again")
-    if zlib.crc32(data[:off]) != crc:
-        raise ValueError(f"{name} is corrupted (checksum mismatch): some bytes changed after it was written; "
-                         "compress the inputs again")
-    if chunk < 1 or payload_len % 4:
-        raise ValueError(f"{name} is corrupted (chunk={chunk}, payload length {payload_len})")
-    return ContainerHeader(version, fp, vocab, tuple(shape), n, chunk, labels, tokens_crc,
-                           json.loads(meta_raw.decode()), payload)
+        if width not in (1, 2, 4) or off + width * n > len(data):
+            raise ValueError("bad labels")
+        labels = torch.from_numpy(np.frombuffer(data, dtype=f"<i{width}", count=n, offset=off).astype(np.int64))
+        off += width * n
+    tokens_crc, meta_len = struct.unpack_from("<II", data, off)
+    off += 8
+    meta_raw = data[off: off + meta_len]
+    off += meta_len
+    (payload_len,) = struct.unpack_from("<I", data, off)
+    off += 4
+    payload = data[off: off + payload_len]
+    off += payload_len
+    struct.unpack_from("<I", data, off)  # the CRC itself must be there
+    if len(meta_raw) != meta_len or len(payload) != payload_len or payload_len % 4 or chunk < 1 or not ndim:
+        raise ValueError("inconsistent lengths")
+    meta = json.loads(meta_raw.decode())
+    return ContainerHeader(version, fp, vocab, tuple(shape), n, chunk, labels, tokens_crc, meta, payload), off + 4
 
 
 # ---------------------------------------------------------------------------------------------- grids
