@@ -1,0 +1,132 @@
+"""MADE (Germain et al. 2015): masks against the written-out definition, orderings, sampling."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from prior import build_prior
+from prior.made import made_order, sample_made
+
+
+def make(order: str = "raster", shape: tuple[int, ...] = (2, 3), vocab: int = 3, hidden=(8, 7), seed: int = 0,
+         num_classes: int = 0):
+    torch.manual_seed(0)
+    p = build_prior(arch="made", vocab_size=vocab, shape=shape, made_hidden=hidden, made_order=order,
+                    made_seed=seed, num_classes=num_classes)
+    with torch.no_grad():
+        for q in p.parameters():
+            q.add_(torch.randn_like(q) * 0.5)
+    return p.eval()
+
+
+@pytest.mark.parametrize("order", ["raster", "random"])
+def test_masks_match_the_definition(order: str) -> None:
+    """Written out unit by unit: input unit (p, v) has degree o(p) in 1..L, hidden unit k has degree
+    k mod L; W_hidden[k, j] allowed iff m(k) >= m(j) (Eq. 12); W_out[(p, v), k] iff o(p) > m(k) (Eq. 13)."""
+    p = make(order, shape=(2, 3), vocab=3, hidden=(8, 7), seed=3)
+    L, V = 6, 3
+    o = made_order(p.config) + 1
+    deg_io = [int(o[u // V]) for u in range(L * V)]  # unit u = position u // V, value u % V
+    degs = [deg_io, [k % L for k in range(8)], [k % L for k in range(7)]]
+    masks = [layer.mask for layer in p.net.layers]
+    assert [tuple(m.shape) for m in masks] == [(8, 18), (7, 8), (18, 7)]
+    for li in range(2):
+        for k in range(masks[li].shape[0]):
+            for j in range(masks[li].shape[1]):
+                assert masks[li][k, j] == float(degs[li + 1][k] >= degs[li][j])
+    for u in range(L * V):
+        for k in range(7):
+            assert masks[2][u, k] == float(deg_io[u] > degs[2][k])
+
+
+@pytest.mark.parametrize("order", ["raster", "random"])
+def test_connectivity_is_autoregressive(order: str) -> None:
+    """Through the product of the masks, output (p, .) is reachable from input (q, .) iff o(q) < o(p)
+    (every degree is present because the hidden layers are at least L wide)."""
+    p = make(order, shape=(3, 3), vocab=2, hidden=(9, 9), seed=1)
+    L, V = 9, 2
+    path = p.net.layers[2].mask @ p.net.layers[1].mask @ p.net.layers[0].mask  # [L*V, L*V]
+    reach = (path.reshape(L, V, L, V) > 0).any(3).any(1)  # [L out, L in]
+    o = made_order(p.config)
+    assert torch.equal(reach, o[None, :] < o[:, None])
+    if order == "random":
+        assert not torch.equal(o, torch.arange(L))
+
+
+def test_masks_are_not_saved() -> None:
+    p = make()
+    assert not any(k.endswith("mask") or k.endswith("order") for k in p.state_dict())
+
+
+@pytest.mark.parametrize("num_classes", [0, 2])
+def test_random_order_is_normalised_and_follows_its_order(num_classes: int) -> None:
+    p = make("random", shape=(2, 3), vocab=3, seed=5, num_classes=num_classes)
+    grids = torch.tensor(list(itertools.product(range(3), repeat=6))).reshape(-1, 2, 3)
+    for label in range(num_classes) if num_classes else [None]:
+        lab = None if label is None else torch.full((729,), label)
+        with torch.no_grad():
+            lp = p.log_prob(grids, lab).double()
+        assert abs(torch.logsumexp(lp, 0).item()) < 1e-4
+    # perturbation: the logits at position i move only with tokens earlier in the MADE order
+    o = made_order(p.config)
+    x = torch.randint(0, 3, (4, 6))
+    lab = torch.zeros(4, dtype=torch.long) if num_classes else None
+    with torch.no_grad():
+        base = p.net(x, lab)
+        for j in range(6):
+            y = x.clone()
+            y[:, j] = (y[:, j] + 1) % 3
+            changed = (p.net(y, lab) != base).any(-1).any(0)
+            assert not changed[o <= o[j]].any()
+
+
+def test_random_order_refuses_raster_decoding() -> None:
+    p = make("random", seed=5)
+    assert not p.net.supports_cache
+    for use_cache in (True, False):
+        with pytest.raises(ValueError, match="sample_made"):
+            p.sample(2, use_cache=use_cache)
+
+
+def test_sample_made_matches_the_model_distribution() -> None:
+    """Draws in the MADE order follow exp(log_prob) (8 grids; a raster-order sampler would not)."""
+    p = make("random", shape=(3,), vocab=2, hidden=(16,), seed=2)
+    assert not torch.equal(made_order(p.config), torch.arange(3))
+    grids = torch.tensor(list(itertools.product(range(2), repeat=3)))
+    with torch.no_grad():
+        probs = p.log_prob(grids).exp()
+    x = sample_made(p, 20000, generator=torch.Generator().manual_seed(0))
+    counts = torch.stack([(x == g).all(1).sum() for g in grids]).double() / len(x)
+    torch.testing.assert_close(counts, probs.double(), rtol=0, atol=0.015)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(top_k=2, temperature=0.8), dict(labels=1, cfg_scale=2.0, top_p=0.9)])
+def test_sample_made_equals_prior_sample_for_raster_order(settings: dict) -> None:
+    p = make("raster", num_classes=2 if "labels" in settings else 0)
+    a = sample_made(p, 6, generator=torch.Generator().manual_seed(3), **settings)
+    for use_cache in (True, False):
+        b = p.sample(6, generator=torch.Generator().manual_seed(3), use_cache=use_cache, **settings)
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("num_classes", [0, 2])
+def test_incremental_step_matches_forward(num_classes: int) -> None:
+    p = make("raster", shape=(3, 4), vocab=5, hidden=(16, 16), num_classes=num_classes)
+    x = torch.randint(0, 5, (3, 12))
+    lab = torch.tensor([0, 2, 1]) if num_classes else None
+    cache = p.net.init_cache(3, torch.device("cpu"))
+    with torch.no_grad():
+        full = p.net(x, lab)
+        torch.testing.assert_close(p.net(x[:, :5], lab), full[:, :5], rtol=0, atol=0)
+        for pos in range(12):
+            torch.testing.assert_close(p.net.step(cache, x, pos, lab), full[:, pos], rtol=0, atol=1e-5)
+
+
+def test_bad_config() -> None:
+    with pytest.raises(ValueError, match="made_hidden"):
+        build_prior(arch="made", vocab_size=3, shape=(2, 3), made_hidden=())
+    with pytest.raises(ValueError, match="sample_made needs a MADE"):
+        sample_made(build_prior(arch="histogram", vocab_size=3, shape=(2, 3)), 1)
