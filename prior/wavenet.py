@@ -34,25 +34,27 @@ def _delay(h: Tensor, d: int) -> Tensor:
 
 
 class _GatedResidualLayer(nn.Module):
-    """One dilated layer: width-2 causal conv -> gated unit -> (residual, skip) 1x1 convs (§2.3-2.4)."""
+    """One dilated layer: width-2 causal conv -> gated unit -> residual 1x1 conv (§2.3-2.4).
 
-    def __init__(self, channels: int, skip_channels: int, dilation: int, cond_dim: int):
+    The skip 1x1 convs of all layers are summed, so they are applied together in ``WaveNet.skip`` as one
+    1x1 conv on the concatenated gate outputs (the same sum, one matmul instead of one per layer)."""
+
+    def __init__(self, channels: int, dilation: int, cond_dim: int):
         super().__init__()
         self.dilation = dilation
         self.conv = nn.Linear(2 * channels, 2 * channels)  # kernel [h[t-d], h[t]] -> (filter, gate)
         self.cond = nn.Linear(cond_dim, 2 * channels, bias=False) if cond_dim else None  # V_f c, V_g c
         self.res = nn.Linear(channels, channels)
-        self.skip = nn.Linear(channels, skip_channels)
 
     def gate(self, past: Tensor, now: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         """past, now float [..., C] (inputs at t - d and t); cond float [..., 2C] or None ->
-        (residual output [..., C], skip contribution [..., S])."""
+        (residual output [..., C], gate output z [..., C] for the skip connection)."""
         a = self.conv(torch.cat([past, now], -1))
         if cond is not None:
             a = a + cond
         f, g = a.chunk(2, -1)
         z = torch.tanh(f) * torch.sigmoid(g)
-        return now + self.res(z), self.skip(z)
+        return now + self.res(z), z
 
 
 @dataclass
@@ -90,7 +92,8 @@ class WaveNet(PriorNet):
         cond_dim = C if c.num_classes else 0
         self.input_conv = nn.Linear(2 * C, C)  # the initial causal conv of width 2 (§2.1, Fig. 2)
         self.dilations = [2**i for _ in range(c.n_cycles) for i in range(c.dilation_cycle)]
-        self.layers = nn.ModuleList(_GatedResidualLayer(C, S, d, cond_dim) for d in self.dilations)
+        self.layers = nn.ModuleList(_GatedResidualLayer(C, d, cond_dim) for d in self.dilations)
+        self.skip = nn.Linear(C * len(self.dilations), S)  # all layers' skip 1x1 convs, summed
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(S, S), nn.ReLU(), nn.Linear(S, c.vocab_size))
 
     @property
@@ -116,11 +119,11 @@ class WaveNet(PriorNet):
         # shift right: input at t is the embedding of x[t-1]; t = 0 gets the start vector
         h = torch.cat([self._start(labels, B)[:, None], self.embed(x[:, :-1])], 1)  # [B, L, C]
         h = self.input_conv(torch.cat([_delay(h, 1), h], -1))
-        skip = 0.0
+        zs = []
         for layer, cond in zip(self.layers, self._conds(labels)):
-            h, s = layer.gate(_delay(h, layer.dilation), h, None if cond is None else cond[:, None])
-            skip = skip + s
-        return self.head(skip)  # [B, L, V]
+            h, z = layer.gate(_delay(h, layer.dilation), h, None if cond is None else cond[:, None])
+            zs.append(z)
+        return self.head(self.skip(torch.cat(zs, -1)))  # [B, L, V]
 
     # ------------------------------------------------------------------ fast generation
     def init_cache(self, batch_size: int, device: torch.device) -> WaveNetCache:
@@ -143,12 +146,14 @@ class WaveNet(PriorNet):
             h = self.embed(x[:, pos - 1])  # [B, C]
         prev, cache.first = cache.first, h
         h = self.input_conv(torch.cat([prev, h], -1))
-        skip = 0.0
+        zs = []
         for layer, queue, cond in zip(self.layers, cache.queues, cache.cond):
             slot = pos % layer.dilation
-            past = queue[:, slot].clone()  # this layer's input at pos - d (zeros while pos < d)
+            # queue[:, slot] holds this layer's input at pos - d (zeros while pos < d); the gate's cat
+            # copies it before the slot is overwritten with the input at pos
+            h_next, z = layer.gate(queue[:, slot], h, cond)
             queue[:, slot] = h
-            h, s = layer.gate(past, h, cond)
-            skip = skip + s
+            h = h_next
+            zs.append(z)
         cache.pos = pos + 1
-        return self.head(skip)  # [B, V]
+        return self.head(self.skip(torch.cat(zs, -1)))  # [B, V]
