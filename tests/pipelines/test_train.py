@@ -1,0 +1,154 @@
+"""The shared training loop: learning, checkpoints, resume, signals, NaN guard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines.tasks import PriorTask, TokenGridDataset, TokenizerTask
+from pipelines.train import (NoCheckpointError, TrainConfig, TrainingDiverged, TrainTask, latest_checkpoint,
+                             list_checkpoints, train)
+from prior import build_prior
+from tokenizers_vq import build_tokenizer
+
+
+def _token_data(n: int = 64, seed: int = 0) -> TokenGridDataset:
+    g = torch.Generator().manual_seed(seed)
+    # a learnable rule: each row repeats its first token
+    first = torch.randint(0, 4, (n, 2, 1), generator=g)
+    return TokenGridDataset(first.expand(n, 2, 3).contiguous(), torch.randint(0, 2, (n,), generator=g))
+
+
+def _prior():
+    return build_prior(arch="lstm", vocab_size=4, shape=(2, 3), lstm_hidden=16, lstm_layers=1)
+
+
+def _cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(out=str(out), steps=6, batch_size=8, lr=1e-2, eval_every=3, save_every=2, progress=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_prior_training_lowers_loss_and_writes_folder(tmp_path):
+    data = _token_data()
+    prior = _prior()
+    before = -prior.log_prob(data.tokens).mean().item()
+    res = train(PriorTask(prior, "toy", dims_per_grid=6), data, data, _cfg(tmp_path, steps=40, eval_every=40))
+    after = -prior.log_prob(data.tokens).mean().item()
+    assert res.status == "finished" and res.step == 40
+    assert after < before - 1.0
+    for f in ("config.json", "model.safetensors", "README.md", "metrics.json", "train_log.csv"):
+        assert (tmp_path / f).is_file(), f
+    assert res.metrics["bits_per_token"] == pytest.approx(res.metrics["nll_nats"] / math.log(2) / 6)
+    assert len(list_checkpoints(tmp_path)) <= 2  # pruned to keep_checkpoints
+
+
+def test_tokenizer_training_lowers_loss(tmp_path):
+    x = torch.rand(32, 1, 8, 8) * 0.2 + torch.linspace(0, 0.8, 8).view(1, 1, 1, 8)
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long))
+    tok = build_tokenizer(modality="image", quantizer="fsq", image_size=8, hidden_channels=8, latent_dim=8,
+                          num_res_blocks=1, fsq_levels=[5, 5])
+    before = tok(x).loss.item()
+    train(TokenizerTask(tok, "toy"), ds, ds, _cfg(tmp_path, steps=30, lr=3e-3, eval_every=30))
+    tok.train()
+    assert tok(x).loss.item() < 0.5 * before
+
+
+@pytest.mark.parametrize("kind", ["prior", "tokenizer"])
+def test_stop_and_resume_equals_uninterrupted(tmp_path, kind):
+    def make():
+        if kind == "prior":
+            return PriorTask(_prior(), "toy", 6), _token_data(), _token_data(16, 1)
+        x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+        ds = torch.utils.data.TensorDataset(x, torch.zeros(24, dtype=torch.long))
+        tok = build_tokenizer(modality="image", quantizer="fsq", image_size=8, hidden_channels=8, latent_dim=8,
+                              num_res_blocks=1, fsq_levels=[5, 5])
+        return TokenizerTask(tok, "toy"), ds, ds
+
+    torch.manual_seed(0)
+    task, tr, te = make()
+    full = train(task, tr, te, _cfg(tmp_path / "full", steps=7))  # 64/8 = 8 batches per epoch: crosses no epoch
+    torch.manual_seed(0)
+    task, tr, te = make()
+    stopped = train(task, tr, te, _cfg(tmp_path / "cut", steps=7, stop_after_step=3))
+    assert stopped.status == "preempted" and stopped.step == 3
+    assert latest_checkpoint(tmp_path / "cut").name == "checkpoint-00000003"
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    torch.manual_seed(123)  # resume must not depend on the caller's RNG: the checkpoint restores it
+    task, tr, te = make()
+    resumed = train(task, tr, te, _cfg(tmp_path / "cut", steps=7, resume=True))
+    assert resumed.status == "finished" and resumed.step == 7
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_resume_across_epoch_boundary(tmp_path):
+    torch.manual_seed(0)
+    full = tmp_path / "full"
+    train(PriorTask(_prior(), "toy", 6), _token_data(24), None, _cfg(full, steps=8))  # 3 batches per epoch
+    torch.manual_seed(0)
+    cut = tmp_path / "cut"
+    train(PriorTask(_prior(), "toy", 6), _token_data(24), None, _cfg(cut, steps=8, stop_after_step=4))
+    train(PriorTask(_prior(), "toy", 6), _token_data(24), None, _cfg(cut, steps=8, resume=True))
+    a, b = _weights(full), _weights(cut)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_resume_without_checkpoint_says_so(tmp_path):
+    with pytest.raises(NoCheckpointError, match="no checkpoint"):
+        train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, resume=True))
+
+
+def test_half_written_checkpoint_is_never_latest(tmp_path):
+    train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, steps=4))
+    good = latest_checkpoint(tmp_path)
+    # a save cut off halfway leaves only the temporary folder
+    (tmp_path / "checkpoints" / ".tmp-checkpoint-00000009").mkdir()
+    (tmp_path / "checkpoints" / ".tmp-checkpoint-00000009" / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert latest_checkpoint(tmp_path) == good
+    res = train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, steps=6, resume=True))
+    assert res.step == 6
+
+
+class _NaNAfter(TrainTask):
+    name = "nan"
+
+    def __init__(self, at: int):
+        self.model = torch.nn.Linear(2, 1)
+        self.at, self.calls = at, 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        out = model(batch[0]).pow(2).mean()
+        return (out * float("nan") if self.calls >= self.at else out), {}
+
+    def save_final(self, model, out, metrics):  # pragma: no cover - never reached
+        raise AssertionError("a diverged run must not save a final model")
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+    ds = torch.utils.data.TensorDataset(torch.randn(16, 2), torch.zeros(16))
+    with pytest.raises(TrainingDiverged, match=r"at step 5.*checkpoint-00000004"):
+        train(_NaNAfter(5), ds, None, _cfg(tmp_path, steps=10, batch_size=4))
+    assert latest_checkpoint(tmp_path).name == "checkpoint-00000004"
+    assert load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))["weight"].isfinite().all()
+
+
+def test_bad_settings_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(out=str(tmp_path), steps=0)
+    with pytest.raises(ValueError, match="mixed-precision"):
+        TrainConfig(out=str(tmp_path), mixed_precision="fp8")
+    with pytest.raises(ValueError, match="fewer than --batch-size"):
+        train(PriorTask(_prior(), "toy", 6), _token_data(4), None, _cfg(tmp_path, batch_size=8))
