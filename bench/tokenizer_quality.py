@@ -1,0 +1,289 @@
+"""Tokenizer quality on CPU: each quantizer trained for a fixed wall-clock budget, scored on the test split.
+
+Every row goes through the product path: ``build_tokenizer`` -> ``pipelines.train.train`` with a
+``TokenizerTask`` and ``TrainConfig(max_seconds=budget)`` -> ``evaluate_tokenizer`` on the whole test
+split. Before each run a throwaway copy of the model is timed for a few steps, so that ``steps`` (and with
+it the cosine LR schedule and, for ``gumbel``, the temperature annealing) ends close to the budget instead
+of being cut off at full learning rate.
+
+Targets (mnist5k, 32x32 -> 8x8 tokens, 5 CPU-minutes each): test PSNR >= 27 dB for fsq and vq, >= 24 dB
+for gumbel; codebook usage >= 80% for vq and fsq. Audio at <= 2.5 kbit/s: tones SI-SNR >= 10 dB;
+spoken-digits log-mel L1 at most half that of the decoder fed all-zero codes.
+
+Run: ``OMP_NUM_THREADS=2 python bench/tokenizer_quality.py`` (writes bench/results/tokenizer_quality.json
+and docs/benchmarks/tokenizer_quality.md); ``--quick`` for a short smoke run that only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from pipelines.data import DataSpec, load_data
+from pipelines.tasks import TokenizerTask, evaluate_tokenizer
+from pipelines.train import TrainConfig, train
+from tokenizers_vq import TokenizerConfig, build_tokenizer
+from tokenizers_vq import metrics as M
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_DATASETS = ("mnist5k",)
+AUDIO_DATASETS = ("tones", "spoken-digits")
+# Loop settings per modality (the CLI's train-tokenizer defaults should match these for images).
+LOOP = {"image": {"batch_size": 64, "lr": 2e-3}, "audio": {"batch_size": 16, "lr": 2e-3}}
+TARGETS = {
+    ("mnist5k", "fsq"): {"psnr": 27.0, "codebook_usage": 0.8},
+    ("mnist5k", "vq"): {"psnr": 27.0, "codebook_usage": 0.8},
+    ("mnist5k", "gumbel"): {"psnr": 24.0},
+    ("tones", "*"): {"si_snr": 10.0, "kbps_max": 2.5},
+    ("spoken-digits", "*"): {"log_mel_ratio_max": 0.5, "kbps_max": 2.5},
+}
+
+
+def cpu_model() -> str:
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
+            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as JSON when possible) for ``TokenizerConfig``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def steps_per_second(tokenizer: torch.nn.Module, dataset: Any, batch_size: int, lr: float, n: int = 8) -> float:
+    """Training steps per second of a throwaway copy (forward, backward, AdamW), after 2 warm-up steps."""
+    model = copy.deepcopy(tokenizer).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+    batches = [b[0] for _, b in zip(range(n + 2), itertools.cycle(loader))]
+    t = 0.0
+    for i, x in enumerate(batches):
+        x = x.float()
+        t0 = time.perf_counter()
+        loss = model(x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            t += time.perf_counter() - t0
+    return n / t
+
+
+@torch.no_grad()
+def zero_code_log_mel(tokenizer: Any, dataset: Any, batch_size: int = 16) -> float:
+    """Log-mel L1 of the decoder fed all-zero codes: the trivial baseline a useful code must beat."""
+    tokenizer.eval()
+    total, n = 0.0, 0
+    for x, _ in DataLoader(dataset, batch_size=batch_size):
+        tokens = tokenizer.encode(x.float())
+        est = tokenizer.decode(torch.zeros_like(tokens))[..., : x.shape[-1]]
+        total += M.log_mel_l1(est, x.float(), tokenizer.config.sample_rate).item() * len(x)
+        n += len(x)
+    return total / max(n, 1)
+
+
+def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, Any], loop: dict[str, Any],
+            splits: Any, seed: int) -> dict[str, Any]:
+    modality = splits.modality
+    fields: dict[str, Any] = {"modality": modality, "quantizer": quantizer}
+    if modality == "image":
+        c, h, _ = splits.input_shape
+        fields |= {"channels": c, "image_size": h}
+    fields |= {k: v for k, v in overrides.items() if k in TokenizerConfig.__dataclass_fields__}
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(TokenizerConfig(**fields))
+    rate = steps_per_second(tokenizer, splits.train, loop["batch_size"], loop["lr"])
+    steps = max(20, int(rate * budget))
+    if quantizer == "gumbel":  # anneal over the whole run, as `vqgen train-tokenizer` does
+        fields["gumbel_anneal_steps"] = steps
+        torch.manual_seed(seed)
+        tokenizer = build_tokenizer(TokenizerConfig(**fields))
+    out = Path(tempfile.mkdtemp(prefix=f"tq-{dataset}-{quantizer}-"))
+    try:
+        cfg = TrainConfig(out=str(out), steps=steps, batch_size=loop["batch_size"], lr=loop["lr"], max_seconds=budget,
+                          eval_every=10**9, save_every=10**9, log_every=50, seed=seed, progress=False)
+        t0 = time.time()
+        result = train(TokenizerTask(tokenizer, dataset), splits.train, None, cfg, hparams=tokenizer.config.to_dict())
+        train_s = time.time() - t0
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    metrics = evaluate_tokenizer(tokenizer, splits.test, batch_size=128 if modality == "image" else 16)
+    row: dict[str, Any] = {"dataset": dataset, "modality": modality, "quantizer": quantizer, "budget_s": budget,
+                           "steps": result.step, "planned_steps": steps, "calibrated_steps_per_s": round(rate, 3),
+                           "train_s": round(train_s, 1), "stopped_by": result.status,
+                           "params": sum(p.numel() for p in tokenizer.parameters()),
+                           "vocab_size": tokenizer.vocab_size,
+                           "token_shape": list(tokenizer.token_shape(tokenizer.default_input_shape)),
+                           "batch_size": loop["batch_size"], "lr": loop["lr"],
+                           "config": {k: v for k, v in tokenizer.config.to_dict().items()
+                                      if k in ("hidden_channels", "num_res_blocks", "latent_dim", "codebook_size",
+                                               "fsq_levels", "downsample", "commitment_weight",
+                                               "dead_code_threshold", "gumbel_kl_weight")},
+                           **{k: round(v, 4) for k, v in metrics.items()}}
+    if dataset == "spoken-digits":
+        row["zero_code_log_mel_l1"] = round(zero_code_log_mel(tokenizer, splits.test), 4)
+    row["meets_target"] = meets_target(row)
+    return row
+
+
+def meets_target(row: dict[str, Any]) -> bool | None:
+    t = TARGETS.get((row["dataset"], row["quantizer"])) or TARGETS.get((row["dataset"], "*"))
+    if t is None:
+        return None
+    ok = True
+    if "psnr" in t:
+        ok &= row["psnr"] >= t["psnr"]
+    if "codebook_usage" in t:
+        ok &= row["codebook_usage"] >= t["codebook_usage"]
+    if "si_snr" in t:
+        ok &= row["si_snr"] >= t["si_snr"]
+    if "kbps_max" in t:
+        ok &= row["kbps"] <= t["kbps_max"]
+    if "log_mel_ratio_max" in t:
+        ok &= row["log_mel_l1"] <= t["log_mel_ratio_max"] * row["zero_code_log_mel_l1"]
+    return bool(ok)
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| quantizer | dataset | budget s | steps | test PSNR dB | SSIM | codebook usage | perplexity | "
+             "bits/image | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    audio = ["| quantizer | dataset | budget s | steps | test SI-SNR dB | log-mel L1 | zero-code log-mel L1 | "
+             "kbit/s | codebook usage | perplexity | target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ok = {True: "met", False: "missed", None: "-"}[r.get("meets_target")]
+        if "skipped" in r:
+            (lines if r["modality"] == "image" else audio).append(
+                f"| {r['quantizer']} | {r['dataset']} | - | - | skipped: {r['skipped']} |")
+        elif r["modality"] == "image":
+            lines.append(f"| {r['quantizer']} | {r['dataset']} | {r['budget_s']:.0f} | {r['steps']} | {r['psnr']:.2f} | "
+                         f"{r['ssim']:.3f} | {r['codebook_usage']:.1%} | {r['perplexity']:.0f} | "
+                         f"{r['bits_per_image']:.0f} | {ok} |")
+        else:
+            zero = f"{r['zero_code_log_mel_l1']:.3f}" if "zero_code_log_mel_l1" in r else "-"
+            audio.append(f"| {r['quantizer']} | {r['dataset']} | {r['budget_s']:.0f} | {r['steps']} | {r['si_snr']:.2f} | "
+                         f"{r['log_mel_l1']:.3f} | {zero} | {r['kbps']:.2f} | {r['codebook_usage']:.1%} | "
+                         f"{r['perplexity']:.0f} | {ok} |")
+    out = lines if len(lines) > 2 else []
+    if len(audio) > 2:
+        out += ([""] if out else []) + audio
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = ["# Tokenizer quality on CPU at a fixed wall-clock budget", "",
+             "`bench/tokenizer_quality.py`: each quantizer is trained through the product path "
+             "(`pipelines.train.train` + `TokenizerTask`, `max_seconds` = the budget) and scored on the whole "
+             "test split. `steps` is what the budget allowed; the cosine schedule (and gumbel's temperature "
+             "annealing) is planned from a short timing of the model so that it ends near the budget.", "",
+             *table(rows), "",
+             "Targets: mnist5k (32x32 -> 8x8 tokens) test PSNR >= 27 dB for fsq and vq, >= 24 dB for gumbel, "
+             "codebook usage >= 80% for fsq and vq; audio at <= 2.5 kbit/s: tones SI-SNR >= 10 dB, "
+             "spoken-digits log-mel L1 at most half the zero-code baseline (the decoder fed all-zero codes). "
+             "Bits per image = tokens x log2(vocabulary), the fixed-length code before any prior.", "",
+             f"Model settings: {meta['settings']}.", "",
+             f"Machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}, {meta['threads']} threads "
+             f"(OMP_NUM_THREADS={meta['omp_num_threads']}); load average {meta['load_average_start']} at the start "
+             f"and {meta.get('load_average_end')} at the end. {meta.get('note', '')}", "",
+             "Reproduce: `OMP_NUM_THREADS=2 python bench/tokenizer_quality.py --budget 300`.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=300.0, help="training seconds per image row (default 300)")
+    ap.add_argument("--audio-budget", type=float, default=None, help="training seconds per audio row (default --budget)")
+    ap.add_argument("--quantizers", nargs="+", default=["fsq", "vq", "gumbel"], choices=["fsq", "vq", "gumbel"])
+    ap.add_argument("--datasets", nargs="+", default=["mnist5k", "tones", "spoken-digits"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TokenizerConfig overrides (all rows)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 64 images / 16 audio clips")
+    ap.add_argument("--lr", type=float, default=None, help="default 2e-3")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="10-second budgets and a data subset; print only")
+    ap.add_argument("--no-write", action="store_true", help="print only (experiments)")
+    ap.add_argument("--note", default="", help="a sentence for the markdown (e.g. about machine load)")
+    ap.add_argument("--merge", action="store_true", help="keep rows of the existing results file that this run "
+                    "does not redo (e.g. audio rows run separately)")
+    args = ap.parse_args()
+    budget = 10.0 if args.quick else args.budget
+    audio_budget = 10.0 if args.quick else (args.audio_budget or budget)
+    overrides = parse_overrides(args.set)
+    meta = machine()
+    rows: list[dict[str, Any]] = []
+    for dataset in args.datasets:
+        modality = "image" if dataset in IMAGE_DATASETS else "audio" if dataset in AUDIO_DATASETS else None
+        try:
+            splits = load_data(DataSpec(dataset, limit=256 if args.quick else None))
+            modality = splits.modality
+        except Exception as e:  # e.g. espeak-ng missing for spoken-digits: skip the row, say why
+            for q in args.quantizers:
+                rows.append({"dataset": dataset, "modality": modality or "audio", "quantizer": q,
+                             "skipped": f"{type(e).__name__}: {str(e).splitlines()[0]}"})
+                print(json.dumps(rows[-1]), flush=True)
+            continue
+        loop = dict(LOOP[modality])
+        if args.batch_size:
+            loop["batch_size"] = args.batch_size
+        if args.lr:
+            loop["lr"] = args.lr
+        for q in args.quantizers:
+            row = run_one(dataset, q, budget if modality == "image" else audio_budget, overrides, loop, splits, args.seed)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    meta["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    meta["settings"] = (f"TokenizerConfig defaults{' + ' + json.dumps(overrides) if overrides else ''}; "
+                        f"image loop batch {args.batch_size or LOOP['image']['batch_size']}, "
+                        f"lr {args.lr or LOOP['image']['lr']}; audio loop batch "
+                        f"{args.batch_size or LOOP['audio']['batch_size']}, lr {args.lr or LOOP['audio']['lr']}")
+    meta["note"] = args.note
+    print("\n".join(table(rows)))
+    if args.quick or args.no_write:
+        return
+    res_path = ROOT / "bench/results/tokenizer_quality.json"
+    if args.merge and res_path.is_file():
+        old = json.loads(res_path.read_text())
+        done = {(r["dataset"], r["quantizer"]) for r in rows}
+        rows = [r for r in old["results"] if (r["dataset"], r["quantizer"]) not in done] + rows
+        meta = {**old.get("meta", {}), "runs": old.get("meta", {}).get("runs", [old.get("meta")]) + [meta]} \
+            if old.get("meta") else meta
+    order = {d: i for i, d in enumerate(IMAGE_DATASETS + AUDIO_DATASETS)}
+    rows.sort(key=lambda r: (order.get(r["dataset"], 99), ["fsq", "vq", "gumbel"].index(r["quantizer"])))
+    res_path.parent.mkdir(parents=True, exist_ok=True)
+    res_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    (ROOT / "docs/benchmarks").mkdir(parents=True, exist_ok=True)
+    (ROOT / "docs/benchmarks/tokenizer_quality.md").write_text(markdown(rows, meta))
+    print(f"wrote {res_path} and docs/benchmarks/tokenizer_quality.md")
+
+
+if __name__ == "__main__":
+    main()
