@@ -88,6 +88,14 @@ class TokenizerTask(TrainTask):
     def count(self, batch: Any) -> int:
         return int(batch[0].numel())
 
+    def on_step(self, step: int) -> None:
+        # Codebook state (EMA statistics, k-means init flags, Gumbel annealing step) lives in buffers. The VQ
+        # all-reduces its statistics, but we measured ranks drifting apart by one EMA update under DDP, so
+        # after every optimizer step rank 0's buffers are made authoritative: codebooks cannot diverge.
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            for buf in self.model.buffers():
+                torch.distributed.broadcast(buf, src=0)
+
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
         return evaluate_tokenizer(model, dataset, batch_size, limit=self.eval_limit)  # type: ignore[arg-type]
 

@@ -263,7 +263,10 @@ class _SignalFlag:
 def make_accelerator(cfg: TrainConfig, out: Path, with_trackers: bool = True) -> Accelerator:
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
+    # Accelerate only picks the gloo CPU backend under torchrun when told the run is on CPU.
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=multi_process and not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         # The scheduler is stepped by hand once per optimizer step: Accelerate's default steps it once per

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch import distributed
 from vector_quantize_pytorch import FSQ, VectorQuantize
+from vector_quantize_pytorch import vector_quantize_pytorch as vqp
 
 from .config import TokenizerConfig
 
@@ -73,6 +75,7 @@ class VQQuantizer(Quantizer):
             threshold_ema_dead_code=config.dead_code_threshold,
             commitment_weight=config.commitment_weight,
         )
+        _sync_codebook_when_distributed(self.vq)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         seq, grid = _to_seq(z)
@@ -85,6 +88,28 @@ class VQQuantizer(Quantizer):
         grid = tuple(codes.shape[1:])
         out = self.vq.get_output_from_indices(codes.reshape(codes.shape[0], -1))
         return _from_seq(out, grid)
+
+
+def _when_distributed(dist_fn, local_fn):
+    def fn(*args, **kwargs):
+        return (dist_fn if vqp.is_distributed() else local_fn)(*args, **kwargs)
+
+    return fn
+
+
+def _sync_codebook_when_distributed(vq: VectorQuantize) -> None:
+    """Make k-means initialisation, dead-code replacement and EMA statistics all-reduce across processes
+    whenever a process group is up *at call time*.
+
+    vector-quantize-pytorch decides ``sync_codebook`` when the module is built; a tokenizer is usually built
+    before Accelerate starts the process group, so each rank would silently keep its own codebook (and
+    k-means could deadlock when only some ranks take the distributed path: its issues #25 and #105).
+    """
+    cb = vq._codebook
+    cb.all_reduce_fn = _when_distributed(distributed.all_reduce, vqp.noop)
+    cb.kmeans_all_reduce_fn = _when_distributed(distributed.all_reduce, vqp.noop)
+    cb.sample_fn = _when_distributed(vqp.sample_vectors_distributed, vqp.batched_sample_vectors)
+    cb.replace_sample_fn = _when_distributed(vqp.sample_vectors_distributed, vqp.batched_sample_vectors)
 
 
 class FSQQuantizer(Quantizer):
