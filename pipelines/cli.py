@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -279,8 +280,8 @@ def cmd_score(a: argparse.Namespace) -> int:
 
         check_compatible(prior, tok, a.prior, a.tokenizer)
     splits = load_data(data_spec(a, tok.config if tok else None))
-    dataset = splits.test if a.split == "test" else splits.train
-    summary = score_dataset(prior, tok, dataset, a.out, batch_size=a.batch_size,
+    data = splits if a.split == "test" else splits.train  # Splits: typicality uses the train NLL as reference
+    summary = score_dataset(prior, tok, data, a.out, batch_size=a.batch_size,
                             raw_levels=None if tok else prior.vocab_size, progress=not a.quiet)
     _print_metrics(f"scored {a.dataset} ({a.split}) -> {a.out}", summary)
     return 0
@@ -294,8 +295,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
     prior = load_prior(a.prior)
     tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
-    res = compress_files(prior, tok, a.inputs, a.out, raw_levels=None if tok else prior.vocab_size)
-    _print_metrics(f"compressed {len(a.inputs)} file(s) -> {a.out}", res if isinstance(res, dict) else {"result": res})
+    stats = compress_files(prior, tok, a.inputs, a.out, raw_levels=None if tok else prior.vocab_size,
+                           progress=not a.quiet)
+    _print_metrics(f"compressed {len(a.inputs)} file(s) -> {a.out}", dataclasses.asdict(stats))
     return 0
 
 
@@ -307,8 +309,8 @@ def cmd_decompress(a: argparse.Namespace) -> int:
 
     prior = load_prior(a.prior)
     tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
-    res = decompress_file(prior, tok, a.file, a.out)
-    print(f"decompressed {a.file} -> {a.out}" + (f": {res}" if res else ""))
+    paths = decompress_file(prior, tok, a.file, a.out, progress=not a.quiet)
+    print(f"decompressed {a.file} -> {len(paths)} file(s) in {a.out}")
     return 0
 
 

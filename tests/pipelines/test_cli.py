@@ -1,0 +1,161 @@
+"""Every `vqgen` subcommand end to end on built-in data with tiny models, plus pre-emption by SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines.cli import main
+
+TINY_TOK = ["--hidden-channels", "8", "--latent-dim", "8", "--num-res-blocks", "1", "--fsq-levels", "5,4"]
+TINY_PRIOR = ["--n-layer", "1", "--n-head", "2", "--d-model", "16"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tokenizer, token folder and prior trained once for the module."""
+    d = tmp_path_factory.mktemp("cli")
+    assert main(["train-tokenizer", "--dataset", "mnist5k", "--limit", "64", "--quantizer", "fsq", "--out", str(d / "tok"),
+                 "--steps", "3", "--batch-size", "16", "--eval-limit", "32", "--quiet", *TINY_TOK]) == 0
+    assert main(["tokenize", "--tokenizer", str(d / "tok"), "--dataset", "mnist5k", "--limit", "64", "--out",
+                 str(d / "tokens"), "--quiet"]) == 0
+    assert main(["train-prior", "--tokens", str(d / "tokens"), "--arch", "transformer", "--conditional", "--out",
+                 str(d / "prior"), "--steps", "3", "--batch-size", "16", "--quiet", *TINY_PRIOR]) == 0
+    return d
+
+
+def test_train_tokenizer_writes_a_saved_folder(run):
+    for f in ("config.json", "model.safetensors", "metrics.json", "README.md"):
+        assert (run / "tok" / f).is_file()
+    metrics = json.loads((run / "tok" / "metrics.json").read_text())
+    assert {"psnr", "ssim", "codebook_usage", "perplexity"} <= metrics.keys()
+    assert metrics["step"] == 3
+    assert "load_tokenizer" in (run / "tok" / "README.md").read_text()
+
+
+def test_tokenize_header_and_grids(run):
+    header = json.loads((run / "tokens" / "tokens.json").read_text())
+    assert header["vocab_size"] == 20 and header["token_shape"] == [8, 8] and header["num_classes"] == 10
+    t = load_file(str(run / "tokens" / "train.safetensors"))
+    assert t["tokens"].shape == (64, 8, 8) and 0 <= t["tokens"].min() and t["tokens"].max() < 20
+
+
+def test_reconstruct_writes_png_and_metrics(run, capsys):
+    assert main(["reconstruct", "--tokenizer", str(run / "tok"), "--dataset", "mnist5k", "--out",
+                 str(run / "rec.png"), "--n", "8", "--quiet"]) == 0
+    assert (run / "rec.png").stat().st_size > 100
+    assert "psnr" in capsys.readouterr().out
+
+
+def test_sample_is_reproducible_and_checks_pairing(run, tmp_path):
+    args = ["sample", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), "--n", "4", "--label", "3", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--seed", "7"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--seed", "7"]) == 0
+    a = json.loads((tmp_path / "a" / "tokens.json").read_text())
+    assert a == json.loads((tmp_path / "b" / "tokens.json").read_text())
+    meta = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert meta["labels"] == [3] * 4 and meta["seed"] == 7
+    assert (tmp_path / "a" / "grid.png").is_file() and (tmp_path / "a" / "sample_0003.png").is_file()
+    # a tokenizer with another vocabulary is refused before any work
+    assert main(["train-tokenizer", "--dataset", "mnist5k", "--limit", "32", "--out", str(tmp_path / "tok2"), "--steps", "1",
+                 "--batch-size", "16", "--eval-limit", "16", "--quiet", *TINY_TOK[:-1], "6,4"]) == 0
+    assert main(["sample", "--prior", str(run / "prior"), "--tokenizer", str(tmp_path / "tok2"), "--n", "2",
+                 "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert not (tmp_path / "c").exists()
+
+
+def test_score_and_compress_roundtrip(run, tmp_path, capsys):
+    assert main(["score", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), "--dataset", "mnist5k",
+                 "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(lines) == 501 and "bits_per_dim" in lines[0]
+    from PIL import Image
+
+    from pipelines.data import DataSpec, load_data
+
+    splits = load_data(DataSpec("mnist5k"))
+    files = []
+    for i in range(3):
+        f = tmp_path / f"d{i}.png"
+        Image.fromarray((splits.test[i][0][0].numpy() * 255).astype("uint8")).save(f)
+        files.append(str(f))
+    assert main(["compress", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), *files,
+                 "--out", str(tmp_path / "c.vqz"), "--quiet"]) == 0
+    assert main(["decompress", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), str(tmp_path / "c.vqz"),
+                 "--out", str(tmp_path / "dec"), "--quiet"]) == 0
+    assert len(list((tmp_path / "dec").glob("*.png"))) == 3
+
+
+def test_export_from_checkpoint_matches_final(run, tmp_path):
+    assert main(["export", "--tokenizer", str(run / "tok" / "checkpoints" / "checkpoint-00000003"),
+                 "--out", str(tmp_path / "exp")]) == 0
+    a, b = load_file(str(run / "tok" / "model.safetensors")), load_file(str(tmp_path / "exp" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["export", "--prior", str(run / "prior"), "--out", str(tmp_path / "pexp")]) == 0
+    from prior import load_prior
+
+    p1, p2 = load_prior(str(run / "prior")), load_prior(str(tmp_path / "pexp"))
+    t = torch.randint(0, 20, (2, 8, 8))
+    assert torch.equal(p1.log_prob(t, torch.tensor([1, 2])), p2.log_prob(t, torch.tensor([1, 2])))
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["train-tokenizer", "--dataset", "no-such-data", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset" in err and "mnist5k" in err and "shapes" in err
+    assert main(["train-prior", "--tokens", str(tmp_path), "--arch", "transformer", "--out", str(tmp_path / "p")]) == 2
+    assert "vqgen tokenize" in capsys.readouterr().err
+    assert main(["reconstruct", "--tokenizer", str(tmp_path), "--dataset", "mnist5k", "--out", str(tmp_path / "r.png")]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_demo_quick(tmp_path):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert 0.0 <= summary["samples_label_agreement"] <= 1.0
+    assert (tmp_path / "demo" / "samples" / "grid.png").is_file()
+    assert (tmp_path / "demo" / "reconstructions.png").is_file()
+
+
+def _vqgen(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
+    from pipelines.tokens import TokenHeader, save_tokens
+
+    g = torch.Generator().manual_seed(0)
+    first = torch.randint(0, 4, (256, 4, 1), generator=g)
+    t = first.expand(256, 4, 4).contiguous()
+    save_tokens(tmp_path / "tok", TokenHeader(vocab_size=4, token_shape=(4, 4), modality="image", dataset="toy"),
+                {"train": (t, torch.zeros(256, dtype=torch.long)), "test": (t[:32], torch.zeros(32, dtype=torch.long))})
+    common = ["train-prior", "--tokens", str(tmp_path / "tok"), "--arch", "transformer", "--steps", "300",
+              "--batch-size", "8", "--save-every", "5", "--eval-every", "1000", "--quiet", *TINY_PRIOR]
+    p = _vqgen(*common, "--out", str(tmp_path / "cut"))
+    deadline = time.time() + 120
+    while not list((tmp_path / "cut" / "checkpoints").glob("checkpoint-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out
+    assert "stopped at step" in out, out
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    r = _vqgen(*common, "--out", str(tmp_path / "cut"), "--resume")
+    out2, _ = r.communicate(timeout=300)
+    assert r.returncode == 0 and "resumed from" in out2, out2
+    f = _vqgen(*common, "--out", str(tmp_path / "full"))
+    f.communicate(timeout=300)
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
