@@ -1,0 +1,24 @@
+"""Assemble docs/BENCHMARKS.md from the sections each bench script writes to docs/benchmarks/*.md."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ["tokenizer_quality", "demo", "prior_sampling", "wavenet_generation", "sparse_attention", "prior_throughput",
+         "compression"]
+
+
+def main() -> None:
+    parts = sorted((ROOT / "docs" / "benchmarks").glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
+    text = ["# Benchmarks", "",
+            "Every number here is produced by a script in `bench/` (its command is given in each section); the raw",
+            "results, with the machine described, are in `bench/results/*.json`. Ratios compare two things measured",
+            "in the same run on the same machine. CPU runs were made on the 2-core development machine while other",
+            "jobs were running, so absolute timings are noisy; ratios are more stable.", ""]
+    for p in parts:
+        text += [p.read_text().strip(), ""]
+    (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(text))
+    print(f"wrote docs/BENCHMARKS.md from {len(parts)} section(s)")
+
+
+if __name__ == "__main__":
+    main()
