@@ -149,13 +149,22 @@ class _Validated:
     sources: list[Any]
     labels: list[int]
     waves: list[torch.Tensor | None]  # decoded at the target rate, or None when over the cache budget
+    bad: list[str]  # the rejected sources, described
 
 
-def validate_sources(sources: list[Any], labels: list[int], sample_rate: int, where: str, strict: bool) -> _Validated:
+def warn_skipped(bad: list[str], where: str) -> None:
+    """The one warning for a dataset's rejected files: how many, and the first few."""
+    if bad:
+        log.warning("%s: skipped %d unreadable audio file(s) (first: %s); use --strict to make this an error",
+                    where, len(bad), ", ".join(bad[:3]))
+
+
+def validate_sources(sources: list[Any], labels: list[int], sample_rate: int, where: str, strict: bool,
+                     cached: int = 0, warn: bool = True) -> _Validated:
     """Decode every source once; drop the ones ``read_audio`` rejects with one warning naming the count and
-    the first few (or raise under ``strict``). Keeps decoded waveforms while they fit in ``CACHE_BYTES``."""
+    the first few (or raise under ``strict``). Keeps decoded waveforms while the total (``cached`` bytes
+    already held elsewhere, plus these) fits in ``CACHE_BYTES``."""
     good, good_labels, waves, bad = [], [], [], []
-    cached = 0
     for src, label in zip(tqdm(sources, desc=f"checking audio in {where}", unit="file", leave=False,
                                disable=len(sources) < 200), labels):
         try:
@@ -170,12 +179,11 @@ def validate_sources(sources: list[Any], labels: list[int], sample_rate: int, wh
         keep = cached + wave.numel() * 4 <= CACHE_BYTES
         cached += wave.numel() * 4 if keep else 0
         waves.append(wave if keep else None)
-    if bad:
-        log.warning("%s: skipped %d unreadable audio file(s) (first: %s); use --strict to make this an error",
-                    where, len(bad), ", ".join(bad[:3]))
+    if warn:
+        warn_skipped(bad, where)
     if not good:
         raise ValueError(f"{where}: no readable audio found ({len(bad)} file(s) rejected: {', '.join(bad[:3])})")
-    return _Validated(good, good_labels, waves)
+    return _Validated(good, good_labels, waves, bad)
 
 
 class AudioClipDataset(Dataset):
@@ -235,8 +243,10 @@ def _make_splits(train: tuple[list[Any], list[int]], test: tuple[list[Any], list
         # A seeded subset, not the first N (sorted folders would give one class).
         keep = np.sort(np.random.default_rng(spec.seed).permutation(len(tr_src))[:spec.limit])
         tr_src, tr_lab = [tr_src[i] for i in keep], [tr_lab[i] for i in keep]
-    tr = validate_sources(tr_src, tr_lab, spec.sample_rate, f"{where} [train]", spec.strict)
-    te = validate_sources(test[0], test[1], spec.sample_rate, f"{where} [test]", spec.strict)
+    tr = validate_sources(tr_src, tr_lab, spec.sample_rate, f"{where} [train]", spec.strict, warn=False)
+    held = sum(w.numel() * 4 for w in tr.waves if w is not None)
+    te = validate_sources(test[0], test[1], spec.sample_rate, f"{where} [test]", spec.strict, held, warn=False)
+    warn_skipped(tr.bad + te.bad, where)  # one warning per dataset, not per split
     return Splits(
         train=AudioClipDataset(tr, spec.sample_rate, spec.clip_samples, train=True, seed=spec.seed),
         test=AudioClipDataset(te, spec.sample_rate, spec.clip_samples, train=False, seed=spec.seed),
