@@ -191,7 +191,7 @@ def test_a_few_training_steps_lower_the_loss():
         losses.append(out.loss.item())
         mels.append(out.metrics["mel_l1"].item())
     # Early on the log-mel term dominates (the expected waveform starts silent, far below the floor of
-    # the log), and the cross-entropy term only starts falling after ~100 steps.
+    # the log), while cross-entropy stays near log(256) for the first few dozen steps (5.56 after 34 on tones).
     assert losses[-1] < 0.8 * losses[0], losses
     assert mels[-1] < 0.7 * mels[0], mels
 
