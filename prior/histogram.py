@@ -16,7 +16,7 @@ from .config import PriorConfig
 
 class HistogramNet(PriorNet):
     variable_length = True  # position i's table does not depend on anything, so a prefix is fine
-    supports_cache = False
+    supports_cache = True  # a "step" is a table lookup: O(V) per position instead of a prefix forward
 
     def __init__(self, config: PriorConfig):
         super().__init__(config)
@@ -26,6 +26,13 @@ class HistogramNet(PriorNet):
     def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
         idx = labels if labels is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return self.logits[idx, : x.shape[1]]  # [B, L', V]
+
+    def init_cache(self, batch_size: int, device: torch.device) -> dict:
+        return {}  # nothing to carry: the tables do not look at earlier tokens
+
+    def step(self, cache: dict, x: Tensor, pos: int, labels: Tensor | None) -> Tensor:
+        idx = labels if labels is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.logits[idx, pos]  # [B, V]
 
     @torch.no_grad()
     def fit(self, x: Tensor, labels: Tensor | None = None) -> None:
