@@ -204,7 +204,8 @@ def test_learns_better_than_histogram(arch: str) -> None:
     assert hist_bits > 1.9  # ~log2(4): the positions are marginally uniform
     torch.manual_seed(0)
     p = build_prior(arch=arch, vocab_size=V, shape=shape, **LEARN[arch])
-    opt = torch.optim.Adam(p.parameters(), lr=1e-2 if arch != "histogram" else 1e-1)
+    lr = {"histogram": 1e-1, "transformer": 3e-3, "sparse_transformer": 3e-3}.get(arch, 1e-2)
+    opt = torch.optim.Adam(p.parameters(), lr=lr)
     p.train()
     for _ in range(250 if arch != "histogram" else 50):
         batch = train[torch.randint(0, len(train), (64,), generator=g)]
