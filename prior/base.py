@@ -202,6 +202,15 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
                   + ", ".join(map(str, c.shape)) + "]", "```", ""]
         return "\n".join(lines)
 
+    def beam_search(self, beam_size: int = 4, labels: Tensor | int | None = None, use_cache: bool = True,
+                    progress: bool = False) -> Any:
+        """The most likely grid (per label) by beam search: ``(tokens [n, *shape], log_probs [n])``. For finding
+        a high-likelihood grid, not for creative sampling (its output is repetitive, low-entropy); see
+        ``prior.beam_search.beam_search``."""
+        from .beam_search import beam_search
+
+        return beam_search(self, beam_size, labels, use_cache=use_cache, progress=progress)
+
 
 def build_prior(config: PriorConfig | None = None, **overrides: Any) -> Prior:
     """A freshly initialised ``Prior`` for ``config`` (default ``PriorConfig()``), with field overrides."""
