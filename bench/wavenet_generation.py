@@ -6,7 +6,7 @@ Three ways to draw the same sequence (same generator seed, checked token for tok
   * windowed: only the last receptive field (R + 1 tokens) recomputed per token, the naive baseline of
               Paine et al. (what a careful implementation without queues would do).
 
-Run: ``OMP_NUM_THREADS=2 python bench/wavenet_generation.py`` (writes bench/results/wavenet_generation.json
+Run: ``OMP_NUM_THREADS=1 python bench/wavenet_generation.py`` (writes bench/results/wavenet_generation.json
 and docs/benchmarks/wavenet_generation.md); ``--quick`` for a short run that only prints.
 """
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def main() -> None:
     t_win, x_win = timed(lambda: sample_windowed(prior, args.batch, gen()))
     same = bool(torch.equal(x_fast, x_naive) and torch.equal(x_fast.reshape(args.batch, -1), x_win))
 
+    command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}".strip(), "python",
+                        "bench/wavenet_generation.py", *sys.argv[1:]])
     rows = [("fast (ring buffers)", t_fast), ("naive (whole prefix)", t_naive), ("windowed (last R+1 tokens)", t_win)]
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version()}
@@ -96,6 +99,7 @@ def main() -> None:
         "speedup_vs_windowed": t_win / t_fast,
         "identical_tokens": same,
         "quick": args.quick,
+        "command": command,
     }
 
     header = (f"WaveNet generation, CPU ({machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}): "
@@ -121,7 +125,7 @@ def main() -> None:
             f"**{t_naive / t_fast:.1f}x** faster than recomputing the prefix (`use_cache=False`) and "
             f"{t_win / t_fast:.1f}x faster than recomputing one receptive field per token; all three draw "
             f"{'the same' if same else 'DIFFERENT'} tokens from the same generator seed. "
-            "Command: `OMP_NUM_THREADS=2 python bench/wavenet_generation.py`.", ""]))
+            f"Command: `{command}`.", ""]))
         print(f"wrote {out.relative_to(ROOT)} and {md.relative_to(ROOT)}")
 
 
