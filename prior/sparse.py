@@ -31,8 +31,8 @@ give the same numbers (tests check < 1e-4):
 
 ``SparseTransformerNet.impl`` picks the path: ``"auto"`` (default) runs compiled flex on CUDA and the dense
 path elsewhere. On CPU (torch 2.14) eager flex is correct but slow (it materialises the scores) and
-compiled flex takes ~1 minute to compile per shape, so dense wins there for prior-sized sequences; see
-``bench/sparse_attention.py``. Attention dropout is applied on the dense path only (flex has none).
+compiled flex took ~70 s to compile per shape here and has no CPU backward (training on CPU with ``"flex"``
+raises), so dense wins there for prior-sized sequences; see ``bench/sparse_attention.py``. Attention dropout is applied on the dense path only (flex has none).
 KV-cache decoding uses row ``pos`` of the dense mask, so cached sampling follows the same pattern.
 """
 
