@@ -250,6 +250,14 @@ def _encode(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, pro
     return enc.get_compressed().astype("<u4").tobytes(), ideal[0]
 
 
+def _check_raster_order(prior: Prior) -> None:
+    """The coder walks positions in raster order; a MADE with a random ordering factorises p(x) in another
+    order, so its raster-order conditionals are not available."""
+    if prior.config.arch == "made" and prior.config.made_order != "raster":
+        raise ValueError("compression codes positions in raster order, but this MADE uses made_order="
+                         f"{prior.config.made_order!r}; train the prior with made_order='raster' to compress with it")
+
+
 def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, chunk_size: int = DEFAULT_CHUNK,
                    metadata: dict[str, Any] | None = None, progress: bool = False) -> bytes:
     """Losslessly compress grids with ``prior``: tokens int [N, *prior.shape] in [0, vocab_size) -> bytes.
@@ -259,6 +267,7 @@ def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *
     stored verbatim (file names etc.). Decode with ``decompress_grids`` and the same prior on the same
     kind of device.
     """
+    _check_raster_order(prior)
     if labels is not None:
         labels = torch.as_tensor(labels).long().cpu()
         if labels.shape != (tokens.shape[0],):
@@ -277,6 +286,7 @@ def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed d
     Raises ``ValueError`` when the data is not a vqgen container, is truncated or corrupted, was made with
     another prior, or decodes to tokens whose checksum differs (device/dtype mismatch, see module doc).
     """
+    _check_raster_order(prior)
     h = read_header(data, name)
     _check_prior_matches(prior, h, name)
     words = np.frombuffer(h.payload, dtype="<u4").astype(np.uint32)

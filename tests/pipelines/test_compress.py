@@ -315,3 +315,11 @@ def test_tokenizer_files_round_trip_tokens(tmp_path):
     other = build_tokenizer(tok.config)
     with pytest.raises(ValueError, match="different tokenizer"):
         decompress_file(prior, other, tmp_path / "t.vqz", tmp_path / "dec2")
+
+
+def test_random_order_made_is_refused():
+    from prior import build_prior
+
+    prior = build_prior(arch="made", vocab_size=3, shape=(2, 2), made_hidden=(8,), made_order="random")
+    with pytest.raises(ValueError, match="made_order='raster'"):
+        compress_grids(prior, torch.zeros(1, 2, 2, dtype=torch.long))
