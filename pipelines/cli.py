@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--codebook-size", type=int, default=None, help="vq/gumbel codes (default 512)")
     m.add_argument("--fsq-levels", default=None, help="comma-separated FSQ levels (default 8,5,5,5)")
     m.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test examples")
-    _loop(s, steps=2000, batch=64, lr=2e-3)
+    _loop(s, steps=3000, batch=16, lr=2e-3)
     _common(s)
     s.set_defaults(func=cmd_train_tokenizer)
 

@@ -31,9 +31,9 @@ from .train import TrainConfig, train
 log = logging.getLogger("vqgen.demo")
 
 # Budgets (seconds of training) chosen so the whole image demo fits in 10 minutes on 2 CPU cores.
-IMAGE_PLAN = {"tok_steps": 3000, "tok_seconds": 200, "prior_steps": 4000, "prior_seconds": 230, "batch": 64}
-AUDIO_PLAN = {"tok_steps": 3000, "tok_seconds": 200, "prior_steps": 3000, "prior_seconds": 200, "batch": 16}
-QUICK_PLAN = {"tok_steps": 6, "tok_seconds": 30, "prior_steps": 6, "prior_seconds": 30, "batch": 16}
+IMAGE_PLAN = {"tok_steps": 6000, "tok_seconds": 200, "tok_batch": 16, "prior_steps": 4000, "prior_seconds": 230, "batch": 64}
+AUDIO_PLAN = {"tok_steps": 3000, "tok_seconds": 200, "tok_batch": 8, "prior_steps": 3000, "prior_seconds": 200, "batch": 16}
+QUICK_PLAN = {"tok_steps": 6, "tok_seconds": 30, "tok_batch": 16, "prior_steps": 6, "prior_seconds": 30, "batch": 16}
 
 
 def _say(msg: str) -> None:
@@ -74,7 +74,7 @@ def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
          f"up to {plan['tok_seconds']} s")
     tok = build_tokenizer(TokenizerConfig(modality="image", quantizer="fsq", channels=1, image_size=32))
     train(TokenizerTask(tok, "mnist5k", eval_limit=100 if quick else None), splits.train, splits.test,
-          _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["batch"], 2e-3, seed, progress))
+          _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["tok_batch"], 2e-3, seed, progress))
     tok.eval()
     _say("2/5 reconstructions")
     rec = reconstruct(tok, splits, out / "reconstructions.png", n=16, seed=seed, progress=progress)
@@ -125,7 +125,7 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
          f"up to {plan['tok_seconds']} s")
     tok = build_tokenizer(TokenizerConfig(modality="audio", quantizer="fsq", sample_rate=16000, clip_samples=16000))
     train(TokenizerTask(tok, name, eval_limit=16 if quick else 64), splits.train, splits.test,
-          _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["batch"], 2e-3, seed, progress))
+          _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["tok_batch"], 2e-3, seed, progress))
     tok.eval()
     _say("2/5 reconstructions (WAV pairs and spectrograms)")
     rec = reconstruct(tok, splits, out / "reconstructions", n=4, seed=seed, progress=progress)

