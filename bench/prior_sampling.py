@@ -20,20 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from prior import build_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:

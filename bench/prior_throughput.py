@@ -36,6 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 from pipelines.tasks import PriorLossWrapper  # noqa: E402
 from prior import build_prior  # noqa: E402
 
@@ -44,12 +46,6 @@ MODEL = dict(arch="transformer", vocab_size=1000, shape=(16, 16), n_layer=4, n_h
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def machine(device: torch.device) -> dict:

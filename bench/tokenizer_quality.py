@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
 from torch.utils.data import DataLoader
 
 from pipelines.data import DataSpec, load_data
@@ -58,14 +59,6 @@ TARGETS = {
 }
 
 
-def cpu_model() -> str:
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict[str, Any]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from prior import Prior, build_prior
 from prior.sampling import logits_to_probs, sample_from_probs
@@ -28,14 +29,6 @@ from prior.sampling import logits_to_probs, sample_from_probs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @torch.no_grad()
