@@ -251,11 +251,12 @@ def _encode(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, pro
 
 
 def _check_raster_order(prior: Prior) -> None:
-    """The coder walks positions in raster order; a MADE with a random ordering factorises p(x) in another
-    order, so its raster-order conditionals are not available."""
-    if prior.config.arch == "made" and prior.config.made_order != "raster":
-        raise ValueError("compression codes positions in raster order, but this MADE uses made_order="
-                         f"{prior.config.made_order!r}; train the prior with made_order='raster' to compress with it")
+    """The coder walks positions in raster order; a net that factorises p(x) in another order (a MADE with
+    a random ordering sets ``decode_order``) has no raster-order conditionals to code with."""
+    if prior.net.decode_order is not None:
+        raise ValueError("compression codes positions in raster order, but this prior factorises p(x) in another "
+                         f"order (made_order={prior.config.made_order!r}); train it with made_order='raster' to "
+                         "compress with it")
 
 
 def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, chunk_size: int = DEFAULT_CHUNK,

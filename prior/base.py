@@ -47,6 +47,10 @@ class PriorNet(nn.Module):
 
     variable_length: bool = False
     supports_cache: bool = False
+    # The order in which ``Prior.sample`` fills positions: None = raster. A net that factorises p(x) in
+    # another order (a MADE with a random ordering) sets an int64 [L] permutation; decoding then runs the
+    # full forward on the whole buffer at each step, since prefixes and caches assume raster order.
+    decode_order: Tensor | None = None
 
     def __init__(self, config: PriorConfig):
         super().__init__()
@@ -170,12 +174,15 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
         self.eval()
         L, b = self.config.seq_len, (2 * n if guided else n)
         x = torch.zeros(b, L, dtype=torch.long, device=device)
-        cache = self.net.init_cache(b, device) if (use_cache and self.net.supports_cache) else None
-        for pos in tqdm(range(L), desc="sampling", disable=not progress, leave=False):
+        order = self.net.decode_order
+        raster = order is None
+        cache = self.net.init_cache(b, device) if (use_cache and raster and self.net.supports_cache) else None
+        positions = range(L) if raster else order.tolist()
+        for pos in tqdm(positions, desc="sampling", disable=not progress, leave=False):
             if cache is not None:
                 logits = self.net.step(cache, x, pos, lab)
             else:
-                inp = x[:, : pos + 1] if self.net.variable_length else x
+                inp = x[:, : pos + 1] if (self.net.variable_length and raster) else x
                 logits = self.net(inp, lab)[:, pos]
             if guided:
                 cond, uncond = logits.float().chunk(2)

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
+
+from tokenizers_vq.jsonconfig import JsonConfig
 
 FORMAT_VERSION = 1
 ARCHS = ("transformer", "sparse_transformer", "wavenet", "pixelcnn", "made", "lstm", "histogram")
 
 
 @dataclass
-class PriorConfig:
+class PriorConfig(JsonConfig):
     """A prior over integer grids of ``shape`` with values in ``[0, vocab_size)``, read in raster order.
 
     Defaults give a working (small) model for any grid, down to a 2x3 grid with a 3-token vocabulary.
     """
+
+    class_name: ClassVar[str] = "Prior"
 
     arch: str = "transformer"  # one of ARCHS
     vocab_size: int = 512  # tokens are in [0, vocab_size)
@@ -87,25 +88,3 @@ class PriorConfig:
     def seq_len(self) -> int:
         """Number of positions L = prod(shape)."""
         return math.prod(self.shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PriorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known - {"class_name"}
-        if unknown:
-            raise ValueError(f"unknown PriorConfig fields {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_json(self) -> str:
-        return json.dumps({"class_name": "Prior", **self.to_dict()}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> PriorConfig:
-        return cls.from_dict(json.loads(text))
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> PriorConfig:
-        return cls.from_json(Path(path).read_text())

@@ -14,7 +14,7 @@ Orderings: ``made_order="raster"`` (o(p) = p + 1) gives the raster factorisation
 in, and incremental decoding (the first layer's pre-activation is a sum over the inputs seen so far).
 ``made_order="random"`` uses a fixed permutation drawn from ``made_seed``: ``log_prob`` stays exact and
 normalised (p(x) factorises in that order), but the raster conditionals p(x_i | x_<i) are not available,
-so ``Prior.sample`` refuses with a ``ValueError`` and ``sample_made`` draws in the MADE order instead.
+so the net sets ``decode_order`` and ``Prior.sample`` fills positions in the MADE order instead.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 from .base import Prior, PriorNet
 from .config import PriorConfig
-from .sampling import check_sampling_args, logits_to_probs, sample_from_probs
 
 
 def made_order(config: PriorConfig) -> Tensor:
@@ -98,6 +97,7 @@ class MADE(PriorNet):
         self.raster = config.made_order == "raster"
         self.supports_cache = self.raster  # instance attribute: incremental decoding needs the raster order
         self.register_buffer("order", made_order(config), persistent=False)  # [L] rank of each position
+        self.decode_order = None if self.raster else torch.argsort(self.order)  # positions by increasing rank
         sizes = [L * V, *config.made_hidden, L * V]
         self.layers = nn.ModuleList(MaskedLinear(sizes[i], sizes[i + 1], m) for i, m in enumerate(made_masks(config)))
         self.label_embed = nn.Embedding(config.num_classes + 1, sizes[1]) if config.num_classes else None
@@ -119,8 +119,7 @@ class MADE(PriorNet):
             if not self.raster:
                 raise ValueError(
                     "a MADE with made_order='random' has no raster-order conditionals, so it cannot score a "
-                    f"prefix of {Lp} < {L} tokens or decode in raster order (Prior.sample); use "
-                    "prior.made.sample_made(prior, n, ...) to sample in the MADE order, or made_order='raster'")
+                    f"prefix of {Lp} < {L} tokens; pass whole grids (Prior.sample decodes in the MADE order)")
             x = F.pad(x, (0, L - Lp))  # positions >= Lp cannot influence logits < Lp (raster masks)
         onehot = F.one_hot(x, V).float().reshape(B, L * V)
         pre = self.layers[0](onehot) + self._label_term(labels)
@@ -129,7 +128,7 @@ class MADE(PriorNet):
     # ------------------------------------------------------------------ incremental decoding (raster order)
     def init_cache(self, batch_size: int, device: torch.device) -> MADECache:
         if not self.raster:
-            raise ValueError("incremental decoding needs made_order='raster'; use prior.made.sample_made")
+            raise ValueError("incremental decoding needs made_order='raster' (Prior.sample handles other orders)")
         first = self.layers[0]
         return MADECache(pre=first.bias.detach().expand(batch_size, -1).clone().to(device))
 
@@ -154,36 +153,10 @@ class MADE(PriorNet):
         return F.linear(h, out.masked_weight()[rows], out.bias[rows])  # [B, V]
 
 
-@torch.no_grad()
-def sample_made(prior: Prior, n: int, labels: Tensor | int | None = None, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None, cfg_scale: float | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
-    """Draw ``n`` grids int64 [n, *shape] from a MADE prior in its own ordering (any ``made_order``).
-
-    Same arguments and filtering as ``Prior.sample``; position order[p] = t is filled at step t, so each
-    conditional is the exact one the masks define. For raster order this equals ``Prior.sample``.
-    """
+def sample_made(prior: Prior, n: int, **kwargs) -> Tensor:
+    """Draw ``n`` grids int64 [n, *shape] from a MADE prior in its own ordering (any ``made_order``): the same
+    as ``prior.sample(n, **kwargs)``, which follows ``MADE.decode_order``. Kept for callers that want the
+    MADE order made explicit."""
     if not isinstance(prior.net, MADE):
         raise ValueError(f"sample_made needs a MADE prior, got arch={prior.config.arch!r}")
-    check_sampling_args(temperature, top_k, top_p, cfg_scale)
-    net = prior.net
-    device = net.order.device
-    lab = prior._labels(labels, n, device)
-    guided = cfg_scale is not None and cfg_scale != 1.0
-    if guided and lab is None:
-        raise ValueError("cfg_scale needs a conditional prior (num_classes > 0) and labels")
-    if guided:
-        lab = torch.cat([lab, torch.full_like(lab, prior.config.num_classes)])
-    was_training = prior.training
-    prior.eval()
-    b = 2 * n if guided else n
-    x = torch.zeros(b, prior.config.seq_len, dtype=torch.long, device=device)
-    for pos in torch.argsort(net.order).tolist():  # positions by increasing rank
-        logits = net(x, lab)[:, pos]
-        if guided:
-            cond, uncond = logits.float().chunk(2)
-            logits = uncond + cfg_scale * (cond - uncond)
-        tok = sample_from_probs(logits_to_probs(logits, temperature, top_k, top_p), generator)
-        x[:, pos] = tok.repeat(2) if guided else tok
-    prior.train(was_training)
-    return x[:n].reshape(n, *prior.shape)
+    return prior.sample(n, **kwargs)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
+
+from .jsonconfig import JsonConfig
 
 FORMAT_VERSION = 1
 MODALITIES = ("image", "audio")
@@ -15,11 +14,13 @@ QUANTIZERS = ("vq", "fsq", "gumbel")
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(JsonConfig):
     """Everything needed to rebuild a tokenizer; every field has a working default.
 
     Fields marked *derived* are filled in by ``__post_init__`` when left as ``None``.
     """
+
+    class_name: ClassVar[str] = "Tokenizer"
 
     modality: str = "image"  # "image" | "audio"
     quantizer: str = "fsq"  # "vq" | "fsq" | "gumbel"
@@ -87,25 +88,3 @@ class TokenizerConfig:
     def vocab_size(self) -> int:
         """Number of distinct tokens: prod(fsq_levels) for fsq, codebook_size otherwise."""
         return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.codebook_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known - {"class_name"}
-        if unknown:
-            raise ValueError(f"unknown TokenizerConfig fields {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_json(self) -> str:
-        return json.dumps({"class_name": "Tokenizer", **self.to_dict()}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> TokenizerConfig:
-        return cls.from_dict(json.loads(text))
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> TokenizerConfig:
-        return cls.from_json(Path(path).read_text())

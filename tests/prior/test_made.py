@@ -83,12 +83,15 @@ def test_random_order_is_normalised_and_follows_its_order(num_classes: int) -> N
             assert not changed[o <= o[j]].any()
 
 
-def test_random_order_refuses_raster_decoding() -> None:
+def test_random_order_decodes_in_made_order_and_refuses_prefixes() -> None:
     p = make("random", seed=5)
     assert not p.net.supports_cache
-    for use_cache in (True, False):
-        with pytest.raises(ValueError, match="sample_made"):
-            p.sample(2, use_cache=use_cache)
+    assert torch.equal(p.net.decode_order, torch.argsort(made_order(p.config)))
+    a = p.sample(2, use_cache=True, generator=torch.Generator().manual_seed(1))
+    b = p.sample(2, use_cache=False, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="cannot score a prefix"):
+        p.net(torch.zeros(1, 1, dtype=torch.long))
 
 
 def test_sample_made_matches_the_model_distribution() -> None:
@@ -98,7 +101,7 @@ def test_sample_made_matches_the_model_distribution() -> None:
     grids = torch.tensor(list(itertools.product(range(2), repeat=3)))
     with torch.no_grad():
         probs = p.log_prob(grids).exp()
-    x = sample_made(p, 20000, generator=torch.Generator().manual_seed(0))
+    x = p.sample(20000, generator=torch.Generator().manual_seed(0))  # Prior.sample follows decode_order
     counts = torch.stack([(x == g).all(1).sum() for g in grids]).double() / len(x)
     torch.testing.assert_close(counts, probs.double(), rtol=0, atol=0.015)
 
