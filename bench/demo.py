@@ -16,7 +16,6 @@ import platform
 from pathlib import Path
 
 import torch
-
 from machine import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
-from torch import distributed
+from torch import Tensor, distributed, nn
 from vector_quantize_pytorch import FSQ, VectorQuantize
 from vector_quantize_pytorch import vector_quantize_pytorch as vqp
 

@@ -10,8 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.tasks import PriorTask, TokenGridDataset, TokenizerTask
-from pipelines.train import (NoCheckpointError, TrainConfig, TrainingDiverged, TrainTask, latest_checkpoint,
-                             list_checkpoints, train)
+from pipelines.train import (
+    NoCheckpointError,
+    TrainConfig,
+    TrainingDiverged,
+    TrainTask,
+    latest_checkpoint,
+    list_checkpoints,
+    train,
+)
 from prior import build_prior
 from tokenizers_vq import build_tokenizer
 
@@ -76,6 +83,7 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, kind):
     torch.manual_seed(0)
     task, tr, te = make()
     full = train(task, tr, te, _cfg(tmp_path / "full", steps=7))  # 64/8 = 8 batches per epoch: crosses no epoch
+    assert full.status == "finished" and full.step == 7
     torch.manual_seed(0)
     task, tr, te = make()
     stopped = train(task, tr, te, _cfg(tmp_path / "cut", steps=7, stop_after_step=3))
