@@ -43,7 +43,7 @@ def _loop(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None
     g.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
     g.add_argument("--batch-size", type=int, default=batch, help=f"per-process batch size (default {batch})")
     g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate of AdamW (default {lr:g})")
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on matrices (default 0)")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default min(100, steps/10))")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 to disable (default 1)")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
@@ -350,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data(s)
     m = s.add_argument_group("model")
     m.add_argument("--downsample", type=int, default=None, help="input-to-token factor per axis (default 4 image, 64 audio)")
-    m.add_argument("--hidden-channels", type=int, default=None)
-    m.add_argument("--num-res-blocks", type=int, default=None)
-    m.add_argument("--latent-dim", type=int, default=None)
+    m.add_argument("--hidden-channels", type=int, default=None, help="width of the first conv stage (default 32)")
+    m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per stage (default 2)")
+    m.add_argument("--latent-dim", type=int, default=None, help="channels entering the quantizer (default 64)")
     m.add_argument("--codebook-size", type=int, default=None, help="vq/gumbel codes (default 512)")
     m.add_argument("--fsq-levels", default=None, help="comma-separated FSQ levels (default 8,5,5,5)")
     m.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test examples")
@@ -385,11 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--conditional", action="store_true", help="model p(tokens | label) (needs labels)")
     m = s.add_argument_group("model")
-    for name, typ in (("n-layer", int), ("n-head", int), ("d-model", int), ("dropout", float), ("stride", int),
-                      ("summary", int), ("label-dropout", float), ("residual-channels", int), ("dilation-cycle", int),
-                      ("n-cycles", int), ("pixelcnn-layers", int), ("pixelcnn-channels", int), ("lstm-hidden", int),
-                      ("lstm-layers", int)):
-        m.add_argument(f"--{name}", type=typ, default=None)
+    for name, typ, text in (
+            ("n-layer", int, "transformers: layers (default 4)"), ("n-head", int, "transformers: heads (default 4)"),
+            ("d-model", int, "transformers: width (default 128)"), ("dropout", float, "transformers: dropout (default 0)"),
+            ("stride", int, "sparse_transformer: the paper's l (default: row width, or sqrt(L) for 1-D)"),
+            ("summary", int, "sparse_transformer fixed: the paper's c (default 1)"),
+            ("label-dropout", float, "conditional: P(label -> null label) for classifier-free guidance (default 0.1)"),
+            ("residual-channels", int, "wavenet: channels (default 64)"),
+            ("dilation-cycle", int, "wavenet: layers per cycle, dilations 1..2**(cycle-1) (default 10)"),
+            ("n-cycles", int, "wavenet: cycles (default 1)"), ("pixelcnn-layers", int, "pixelcnn: layers (default 6)"),
+            ("pixelcnn-channels", int, "pixelcnn: channels (default 64)"), ("lstm-hidden", int, "lstm: width (default 128)"),
+            ("lstm-layers", int, "lstm: layers (default 2)")):
+        m.add_argument(f"--{name}", type=typ, default=None, help=text)
     m.add_argument("--attention", choices=("strided", "fixed"), default=None, help="sparse_transformer pattern")
     _loop(s, steps=2000, batch=64, lr=1e-3)
     _common(s)
@@ -398,12 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample token grids and decode them into PNGs or WAVs")
     s.add_argument("--prior", required=True)
     s.add_argument("--tokenizer", required=True)
-    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--n", type=int, default=16, help="how many samples (default 16)")
     s.add_argument("--out", required=True)
     s.add_argument("--label", default=None, help="class index or name (conditional priors; default: cycle through classes)")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy (default 1)")
+    s.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens per step")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set with mass >= p, in (0, 1]")
     s.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (conditional priors)")
     s.add_argument("--batch-size", type=int, default=64)
     _common(s)
