@@ -63,10 +63,13 @@ def test_tokenizer_training_lowers_loss(tmp_path):
     ds = torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long))
     tok = build_tokenizer(modality="image", quantizer="fsq", image_size=8, hidden_channels=8, latent_dim=8,
                           num_res_blocks=1, fsq_levels=[5, 5])
-    before = tok(x).loss.item()
+    before = tok(x)
     train(TokenizerTask(tok, "toy"), ds, ds, _cfg(tmp_path, steps=30, lr=3e-3, eval_every=30))
     tok.train()
-    assert tok(x).loss.item() < 0.5 * before
+    after = tok(x)
+    # the loss is a Bernoulli cross-entropy with a floor (the targets' own entropy), so judge it and the MSE
+    assert after.loss.item() < before.loss.item() - 0.02
+    assert after.metrics["mse"].item() < 0.5 * before.metrics["mse"].item()
 
 
 @pytest.mark.parametrize("kind", ["prior", "tokenizer"])
