@@ -281,11 +281,11 @@ def main() -> None:
     res_path = ROOT / "bench/results/tokenizer_quality.json"
     if args.merge and res_path.is_file():
         old = json.loads(res_path.read_text())
-        done = {(r["dataset"], r["quantizer"]) for r in rows}
-        rows = [r for r in old["results"] if (r["dataset"], r["quantizer"]) not in done] + rows
+        done = {(r["dataset"], r["quantizer"], r["budget_s"]) for r in rows}  # a longer budget adds a row
+        rows = [r for r in old["results"] if (r["dataset"], r["quantizer"], r["budget_s"]) not in done] + rows
         meta["runs"] = old.get("meta", {}).get("runs", []) + meta["runs"]
     order = {d: i for i, d in enumerate(IMAGE_DATASETS + AUDIO_DATASETS)}
-    rows.sort(key=lambda r: (order.get(r["dataset"], 99), ["fsq", "vq", "gumbel"].index(r["quantizer"])))
+    rows.sort(key=lambda r: (order.get(r["dataset"], 99), ["fsq", "vq", "gumbel"].index(r["quantizer"]), r["budget_s"]))
     res_path.parent.mkdir(parents=True, exist_ok=True)
     res_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     (ROOT / "docs/benchmarks").mkdir(parents=True, exist_ok=True)
