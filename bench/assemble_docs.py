@@ -15,7 +15,10 @@ def main() -> None:
             "in the same run on the same machine. CPU runs were made on the 2-core development machine while other",
             "jobs were running, so absolute timings are noisy; ratios are more stable.", ""]
     for p in parts:
-        text += [p.read_text().strip(), ""]
+        section = p.read_text().strip()
+        if section.startswith("# "):  # every section is a level-2 heading under the page title
+            section = "#" + section
+        text += [section, ""]
     (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(text))
     print(f"wrote docs/BENCHMARKS.md from {len(parts)} section(s)")
 
