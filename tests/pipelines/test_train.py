@@ -163,3 +163,14 @@ def test_bad_settings_are_clear(tmp_path):
         TrainConfig(out=str(tmp_path), mixed_precision="fp8")
     with pytest.raises(ValueError, match="fewer than --batch-size"):
         train(PriorTask(_prior(), "toy", 6), _token_data(4), None, _cfg(tmp_path, batch_size=8))
+
+
+def test_bf16_mixed_precision_trains_on_cpu_and_fp16_is_refused(tmp_path):
+    prior = _prior()
+    res = train(PriorTask(prior, "toy", 6), _token_data(), _token_data(16, 1),
+                _cfg(tmp_path / "bf16", steps=4, eval_every=4, mixed_precision="bf16"))
+    assert res.status == "finished" and math.isfinite(res.metrics["nll_nats"])
+    assert all(p.dtype == torch.float32 for p in prior.parameters())  # autocast, weights stay float32
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16 needs a GPU"):
+            train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path / "fp16", mixed_precision="fp16"))
