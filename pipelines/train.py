@@ -265,6 +265,12 @@ def make_accelerator(cfg: TrainConfig, out: Path, with_trackers: bool = True) ->
         raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
     # Accelerate only picks the gloo CPU backend under torchrun when told the run is on CPU.
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # AcceleratorState is a process-wide singleton that refuses a second Accelerator with other settings
+    # (e.g. a bf16 run after an fp32 one in the same process, as the demo or a notebook does); forget the
+    # previous run's settings but keep the process group.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=multi_process and not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
