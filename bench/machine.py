@@ -1,4 +1,4 @@
-"""What every benchmark records about the machine it ran on."""
+"""Shared by the benchmarks: what they record about the machine, and how they time a call."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def timed(fn):
+    """(seconds, result) of one call of ``fn()``, by ``time.perf_counter``."""
+    import time
+
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out

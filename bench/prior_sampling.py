@@ -16,11 +16,10 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
-from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
+from machine import cpu_model, timed  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from prior import build_prior
 
@@ -29,10 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
-def timed(fn) -> tuple[float, torch.Tensor]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def main() -> None:

@@ -17,11 +17,10 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
-from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
+from machine import cpu_model, timed  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from prior import Prior, build_prior
 from prior.sampling import logits_to_probs, sample_from_probs
@@ -45,10 +44,6 @@ def sample_windowed(prior: Prior, n: int, generator: torch.Generator) -> torch.T
     return x
 
 
-def timed(fn) -> tuple[float, torch.Tensor]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def main() -> None:
