@@ -170,9 +170,11 @@ def cmd_tokenize(a: argparse.Namespace) -> int:
         raise ValueError("pass exactly one of --tokenizer DIR or --raw")
     tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
     splits = load_data(data_spec(a, tok.config if tok else None))
-    levels = a.levels if a.raw else None
+    levels = None
     if a.raw and splits.modality == "audio":
-        levels = 256 if a.levels in (None, 256) else a.levels
+        if a.levels not in (None, 256):
+            raise ValueError("--raw audio is 8-bit mu-law (256 levels); drop --levels 2")
+        levels = 256
     elif a.raw:
         levels = a.levels or 256
     header = tokenize_splits(splits, a.out, a.dataset, tokenizer=tok, tokenizer_path=a.tokenizer, raw_levels=levels,
