@@ -250,7 +250,9 @@ def main() -> None:
     for dataset in args.datasets:
         modality = "image" if dataset in IMAGE_DATASETS else "audio" if dataset in AUDIO_DATASETS else None
         try:
-            splits = load_data(DataSpec(dataset, limit=256 if args.quick else None))
+            # audio clip length follows a clip_samples override, so shorter training clips really are cheaper
+            clip = int(overrides.get("clip_samples", 16000))
+            splits = load_data(DataSpec(dataset, limit=256 if args.quick else None, clip_samples=clip))
             modality = splits.modality
         except Exception as e:  # e.g. espeak-ng missing for spoken-digits: skip the row, say why
             for q in args.quantizers:
