@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from pipelines.compress import compress_grids, compression_stats, decompress_grids
 from pipelines.data import DataSpec, load_data
@@ -94,10 +95,7 @@ def main() -> None:
     meta = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
     print(json.dumps(results, indent=2))
     if not args.quick:
-        (ROOT / "bench/results").mkdir(parents=True, exist_ok=True)
-        (ROOT / "bench/results/compression.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-        (ROOT / "docs/benchmarks").mkdir(parents=True, exist_ok=True)
-        (ROOT / "docs/benchmarks/compression.md").write_text(markdown(results, meta))
+        write_results("compression", {"meta": meta, "results": results}, markdown(results, meta))
 
 
 if __name__ == "__main__":

@@ -23,3 +23,21 @@ def timed(fn):
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_results(name: str, results: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``bench/results/<name>.json`` and ``docs/benchmarks/<name>.md`` (assembled into
+    docs/BENCHMARKS.md by ``bench/assemble_docs.py``); returns both paths."""
+    import json
+
+    out = ROOT / "bench" / "results" / f"{name}.json"
+    md = ROOT / "docs" / "benchmarks" / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    md.write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    print(f"wrote {out.relative_to(ROOT)} and {md.relative_to(ROOT)}")
+    return out, md

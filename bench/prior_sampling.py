@@ -13,13 +13,12 @@ docs/benchmarks/prior_sampling.md); ``--quick`` for a short run that only prints
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 from pathlib import Path
 
 import torch
-from machine import cpu_model, timed  # noqa: E402  (bench/ is on sys.path when a script runs)
+from machine import cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from prior import build_prior
 
@@ -73,12 +72,7 @@ def main() -> None:
                    "seconds": {"cached": t_cached, "uncached": t_full},
                    "ms_per_token": {"cached": 1e3 * t_cached / L, "uncached": 1e3 * t_full / L},
                    "speedup": ratio, "identical_tokens": same}
-        out = ROOT / "bench" / "results" / "prior_sampling.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        md = ROOT / "docs" / "benchmarks" / "prior_sampling.md"
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text("\n".join([
+        write_results("prior_sampling", results, "\n".join([
             "## Transformer sampling: KV cache vs recomputation", "",
             header + ".", "",
             *table, "",
@@ -87,7 +81,6 @@ def main() -> None:
             f"generator seed. The machine was shared (1-minute load average {machine['load_average_1min']:.1f} "
             "at the end of the run), so absolute times are noisy; both methods ran back to back in one process. "
             f"Command: `python bench/prior_sampling.py --threads {args.threads}`.", ""]))
-        print(f"wrote {out.relative_to(ROOT)} and {md.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import platform
 import statistics
@@ -36,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
+from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from pipelines.tasks import PriorLossWrapper  # noqa: E402
 from prior import build_prior  # noqa: E402
@@ -201,8 +200,6 @@ def main() -> None:
            "warmup": args.warmup, "autocast": "bf16" if device.type == "cuda" else None,
            "flops_per_token": flops_per_token, "peak_tflops": peak, "results": results,
            "compiled_over_eager": ratio, "machine": info}
-    (ROOT / "bench/results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench/results/prior_throughput.json").write_text(json.dumps(out, indent=2))
     hw = info.get("gpu") or f"{info['cpu_model']}, {info['cpus_usable']} usable cores"
     cmd = (f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']} " if info["OMP_NUM_THREADS"] else "") + \
         f"python bench/prior_throughput.py --steps {args.steps} --rounds {args.rounds} --warmup {args.warmup}"
@@ -229,9 +226,7 @@ def main() -> None:
     if device.type == "cpu":
         md.append("- Shared machine: other processes were running at the same time, so absolute numbers are "
                   "noisy (check the min-max spread); alternating rounds make the ratio fairer, not exact.")
-    (ROOT / "docs/benchmarks").mkdir(parents=True, exist_ok=True)
-    (ROOT / "docs/benchmarks/prior_throughput.md").write_text("\n".join(md) + "\n")
-    print("wrote bench/results/prior_throughput.json and docs/benchmarks/prior_throughput.md")
+    write_results("prior_throughput", out, "\n".join(md))
 
 
 if __name__ == "__main__":

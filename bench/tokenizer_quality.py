@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
+from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 from torch.utils.data import DataLoader
 
 from pipelines.data import DataSpec, load_data
@@ -288,11 +288,7 @@ def main() -> None:
         meta["runs"] = old.get("meta", {}).get("runs", []) + meta["runs"]
     order = {d: i for i, d in enumerate(IMAGE_DATASETS + AUDIO_DATASETS)}
     rows.sort(key=lambda r: (order.get(r["dataset"], 99), ["fsq", "vq", "gumbel"].index(r["quantizer"]), r["budget_s"]))
-    res_path.parent.mkdir(parents=True, exist_ok=True)
-    res_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    (ROOT / "docs/benchmarks").mkdir(parents=True, exist_ok=True)
-    (ROOT / "docs/benchmarks/tokenizer_quality.md").write_text(markdown(rows, meta))
-    print(f"wrote {res_path} and docs/benchmarks/tokenizer_quality.md")
+    write_results("tokenizer_quality", {"meta": meta, "results": rows}, markdown(rows, meta))
 
 
 if __name__ == "__main__":

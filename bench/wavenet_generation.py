@@ -13,14 +13,13 @@ and docs/benchmarks/wavenet_generation.md); ``--quick`` for a short run that onl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 from pathlib import Path
 
 import torch
-from machine import cpu_model, timed  # noqa: E402  (bench/ is on sys.path when a script runs)
+from machine import cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from prior import Prior, build_prior
 from prior.sampling import logits_to_probs, sample_from_probs
@@ -100,12 +99,7 @@ def main() -> None:
     print(f"identical tokens across the three methods: {same}")
 
     if not args.quick:
-        out = ROOT / "bench" / "results" / "wavenet_generation.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        md = ROOT / "docs" / "benchmarks" / "wavenet_generation.md"
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text("\n".join([
+        write_results("wavenet_generation", results, "\n".join([
             "## WaveNet fast generation", "",
             header + ".", "",
             *table, "",
@@ -114,7 +108,6 @@ def main() -> None:
             f"{t_win / t_fast:.1f}x faster than recomputing one receptive field per token; all three draw "
             f"{'the same' if same else 'DIFFERENT'} tokens from the same generator seed. "
             f"Command: `{command}`.", ""]))
-        print(f"wrote {out.relative_to(ROOT)} and {md.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
