@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ def _torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-@pytest.mark.skipif(shutil.which("true") is None or not torch.distributed.is_available(), reason="no torch.distributed")
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_two_processes_match_one_process_with_same_global_batch(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     _torchrun(2, "prior", str(two), "8", "5")
@@ -42,7 +41,6 @@ def test_vq_tokenizer_trains_with_two_processes_and_codebooks_stay_in_sync(tmp_p
     out = tmp_path / "vq"
     _torchrun(2, "tokenizer", str(out), "8", "4", timeout=300)
     r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
-    codebook = [k for k in r0 if "embed" in k and "codebook" in k or k.endswith("_codebook.embed")]
-    assert codebook, sorted(r0)[:10]
+    assert "model.quantizer.vq._codebook.embed" in r0, sorted(r0)[:10]  # the codebook is among the compared tensors
     for k in r0:
         torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=1e-6, msg=k)
