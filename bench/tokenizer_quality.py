@@ -79,7 +79,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def steps_per_second(tokenizer: torch.nn.Module, dataset: Any, batch_size: int, lr: float, n: int = 20) -> float:
+def steps_per_second(tokenizer: torch.nn.Module, task: Any, dataset: Any, batch_size: int, lr: float, n: int = 20) -> float:
     """Training steps per second of a throwaway copy (forward, backward, AdamW), after 2 warm-up steps.
 
     Other processes on a shared machine make single steps up to ~50x slower in bursts; the planned step count
@@ -92,7 +92,7 @@ def steps_per_second(tokenizer: torch.nn.Module, dataset: Any, batch_size: int, 
     batches = [b[0] for _, b in zip(range(n + 2), itertools.cycle(loader))]
     times = []
     for i, x in enumerate(batches):
-        x = x.float()
+        x = task.crop(x.float())  # the same training windows the run will use
         t0 = time.perf_counter()
         loss = model(x).loss
         opt.zero_grad(set_to_none=True)
@@ -118,7 +118,7 @@ def zero_code_log_mel(tokenizer: Any, dataset: Any, batch_size: int = 16) -> flo
 
 
 def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, Any], loop: dict[str, Any],
-            splits: Any, seed: int) -> dict[str, Any]:
+            splits: Any, seed: int, crop_samples: int | None = None) -> dict[str, Any]:
     modality = splits.modality
     fields: dict[str, Any] = {"modality": modality, "quantizer": quantizer}
     if modality == "image":
@@ -127,7 +127,9 @@ def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, An
     fields |= {k: v for k, v in overrides.items() if k in TokenizerConfig.__dataclass_fields__}
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TokenizerConfig(**fields))
-    rate = steps_per_second(tokenizer, splits.train, loop["batch_size"], loop["lr"])
+    crop = crop_samples if modality == "audio" else None
+    rate = steps_per_second(tokenizer, TokenizerTask(tokenizer, dataset, crop_samples=crop), splits.train,
+                            loop["batch_size"], loop["lr"])
     steps = max(20, int(rate * budget))
     if quantizer == "gumbel":  # anneal over the whole run, as `vqgen train-tokenizer` does
         fields["gumbel_anneal_steps"] = steps
@@ -138,7 +140,8 @@ def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, An
         cfg = TrainConfig(out=str(out), steps=steps, batch_size=loop["batch_size"], lr=loop["lr"], max_seconds=budget,
                           eval_every=10**9, save_every=10**9, log_every=50, seed=seed, progress=False)
         t0 = time.time()
-        result = train(TokenizerTask(tokenizer, dataset), splits.train, None, cfg, hparams=tokenizer.config.to_dict())
+        result = train(TokenizerTask(tokenizer, dataset, crop_samples=crop), splits.train, None, cfg,
+                       hparams=tokenizer.config.to_dict())
         train_s = time.time() - t0
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -149,9 +152,10 @@ def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, An
                            "params": sum(p.numel() for p in tokenizer.parameters()),
                            "vocab_size": tokenizer.vocab_size,
                            "token_shape": list(tokenizer.token_shape(tokenizer.default_input_shape)),
-                           "batch_size": loop["batch_size"], "lr": loop["lr"],
+                           "batch_size": loop["batch_size"], "lr": loop["lr"], "crop_samples": crop,
                            "config": {k: v for k, v in tokenizer.config.to_dict().items()
-                                      if k in ("hidden_channels", "num_res_blocks", "latent_dim", "codebook_size",
+                                      if k in ("hidden_channels", "num_res_blocks", "latent_res_blocks", "latent_dim",
+                                               "codebook_size", "audio_head", "waveform_loss_weight",
                                                "fsq_levels", "downsample", "commitment_weight",
                                                "dead_code_threshold", "gumbel_kl_weight")},
                            **{k: round(v, 4) for k, v in metrics.items()}}
@@ -233,6 +237,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TokenizerConfig overrides (all rows)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 images / 16 audio clips")
     ap.add_argument("--lr", type=float, default=None, help="default 2e-3")
+    ap.add_argument("--crop-samples", type=int, default=2048,
+                    help="audio: train on random windows of this many samples (default 2048, as `vqgen "
+                         "train-tokenizer`; 0 = whole clips); evaluation uses whole clips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10-second budgets and a data subset; print only")
     ap.add_argument("--no-write", action="store_true", help="print only (experiments)")
@@ -266,7 +273,8 @@ def main() -> None:
         if args.lr:
             loop["lr"] = args.lr
         for q in args.quantizers:
-            row = run_one(dataset, q, budget if modality == "image" else audio_budget, overrides, loop, splits, args.seed)
+            row = run_one(dataset, q, budget if modality == "image" else audio_budget, overrides, loop, splits, args.seed,
+                          crop_samples=args.crop_samples or None)
             rows.append(row)
             print(json.dumps(row), flush=True)
     run_info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -276,7 +284,8 @@ def main() -> None:
                         f"{json.dumps(IMAGE_OVERRIDES)}; "
                         f"image loop batch {args.batch_size or LOOP['image']['batch_size']}, "
                         f"lr {args.lr or LOOP['image']['lr']}; audio loop batch "
-                        f"{args.batch_size or LOOP['audio']['batch_size']}, lr {args.lr or LOOP['audio']['lr']}")
+                        f"{args.batch_size or LOOP['audio']['batch_size']}, lr {args.lr or LOOP['audio']['lr']}, "
+                        f"training windows {args.crop_samples or 'whole clips'} samples")
     print("\n".join(table(rows)))
     if args.quick or args.no_write:
         return

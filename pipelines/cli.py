@@ -118,7 +118,7 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> int:
         fields |= {"channels": spec.channels, "image_size": spec.image_size}
     else:
         fields |= {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples}
-    for name in ("downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size"):
+    for name in ("downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size", "audio_head"):
         if getattr(a, name) is not None:
             fields[name] = getattr(a, name)
     if a.fsq_levels:
@@ -134,7 +134,8 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> int:
                              "resume with the same arguments")
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
-    result = train(TokenizerTask(tokenizer, a.dataset, eval_limit=a.eval_limit), splits.train, splits.test,
+    crop = a.crop_samples if modality == "audio" and a.crop_samples < config.clip_samples else None
+    result = train(TokenizerTask(tokenizer, a.dataset, eval_limit=a.eval_limit, crop_samples=crop), splits.train, splits.test,
                    _train_config(a), hparams=config.to_dict())
     _report_result(result, out)
     return 0  # a pre-empted run exits cleanly too: it wrote a checkpoint to resume from
@@ -352,12 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     _data(s)
     m = s.add_argument_group("model")
     m.add_argument("--downsample", type=int, default=None, help="input-to-token factor per axis (default 4 image, 64 audio)")
-    m.add_argument("--hidden-channels", type=int, default=None, help="width of the first conv stage (default 32)")
-    m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per stage (default 2)")
+    m.add_argument("--hidden-channels", type=int, default=None, help="width of the first conv stage (default 32 image, 16 audio)")
+    m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per stage (default 2 image, 1 audio)")
+    m.add_argument("--audio-head", choices=("logistic", "categorical"), default=None,
+                   help="audio decoder output: discretised logistic mixture over the mu-law classes (default) or "
+                        "256 free logits per sample (the VQ-VAE paper's; ~5x slower per step on a CPU)")
     m.add_argument("--latent-dim", type=int, default=None, help="channels entering the quantizer (default 64)")
     m.add_argument("--codebook-size", type=int, default=None, help="vq/gumbel codes (default 512)")
     m.add_argument("--fsq-levels", default=None, help="comma-separated FSQ levels (default 8,5,5,5)")
     m.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test examples")
+    m.add_argument("--crop-samples", type=int, default=2048,
+                   help="audio: train on a random window of this many samples per clip, a multiple of --downsample "
+                        "(default 2048; 0 = whole clips); evaluation uses whole clips")
     _loop(s, steps=3000, batch=16, lr=2e-3)
     _common(s)
     s.set_defaults(func=cmd_train_tokenizer)

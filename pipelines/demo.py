@@ -32,7 +32,7 @@ log = logging.getLogger("vqgen.demo")
 
 # Budgets (seconds of training) chosen so the whole image demo fits in 10 minutes on 2 CPU cores.
 IMAGE_PLAN = {"tok_steps": 6000, "tok_seconds": 200, "tok_batch": 16, "prior_steps": 4000, "prior_seconds": 230, "batch": 64}
-AUDIO_PLAN = {"tok_steps": 3000, "tok_seconds": 200, "tok_batch": 8, "prior_steps": 3000, "prior_seconds": 200, "batch": 16}
+AUDIO_PLAN = {"tok_steps": 1500, "tok_seconds": 200, "tok_batch": 16, "prior_steps": 3000, "prior_seconds": 200, "batch": 16}
 QUICK_PLAN = {"tok_steps": 6, "tok_seconds": 30, "tok_batch": 16, "prior_steps": 6, "prior_seconds": 30, "batch": 16}
 
 
@@ -124,7 +124,7 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
     _say(f"1/5 training an FSQ audio tokenizer on {name} ({len(splits.train)} clips of 1 s, 250 tokens/s), "
          f"up to {plan['tok_seconds']} s")
     tok = build_tokenizer(TokenizerConfig(modality="audio", quantizer="fsq", sample_rate=16000, clip_samples=16000))
-    train(TokenizerTask(tok, name, eval_limit=16 if quick else 64), splits.train, splits.test,
+    train(TokenizerTask(tok, name, eval_limit=16 if quick else 64, crop_samples=2048), splits.train, splits.test,
           _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["tok_batch"], 2e-3, seed, progress))
     tok.eval()
     _say("2/5 reconstructions (WAV pairs and spectrograms)")

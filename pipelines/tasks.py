@@ -73,13 +73,34 @@ class TokenizerTask(TrainTask):
 
     name = "tokenizer"
 
-    def __init__(self, tokenizer: Tokenizer, dataset_name: str, eval_limit: int | None = None):
+    def __init__(self, tokenizer: Tokenizer, dataset_name: str, eval_limit: int | None = None,
+                 crop_samples: int | None = None):
+        """``crop_samples``: audio only; train on a random window of this many samples of each clip (a
+        multiple of the tokenizer's downsample; None or 0: whole clips). Evaluation always sees whole clips."""
         self.model = tokenizer
         self.dataset_name = dataset_name
         self.eval_limit = eval_limit
+        if crop_samples:
+            cfg = tokenizer.config
+            if cfg.modality != "audio":
+                raise ValueError("crop_samples applies to audio tokenizers only")
+            if crop_samples % cfg.downsample:
+                raise ValueError(f"crop_samples={crop_samples} is not a multiple of downsample={cfg.downsample}: "
+                                 f"use {max(1, crop_samples // cfg.downsample) * cfg.downsample}")
+        self.crop_samples = crop_samples or None
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T] -> [B, min(T, crop_samples)]: an independent random window per clip (torch's RNG, which
+        the training loop seeds and checkpoints). The tokenizer is fully convolutional, so short windows train
+        the same weights at a fraction of the cost per step (measured on ``tones``: 2,048-sample windows gave
+        more SI-SNR per CPU-second than 4,096 or whole 1 s clips)."""
+        if self.crop_samples is None or x.shape[-1] <= self.crop_samples:
+            return x
+        offsets = torch.randint(0, x.shape[-1] - self.crop_samples + 1, (x.shape[0], 1), device=x.device)
+        return x.gather(1, offsets + torch.arange(self.crop_samples, device=x.device))
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        x = batch[0].float()
+        x = self.crop(batch[0].float())
         out = model(x)
         shown = {k: float(v) for k, v in out.metrics.items() if k in ("psnr", "accuracy", "temperature")}
         return out.loss, shown

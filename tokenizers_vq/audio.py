@@ -4,15 +4,18 @@ The layout follows the VQ-VAE audio model (van den Oord et al. 2017, §4.3): a s
 over the mu-law-companded signal and a decoder that predicts a categorical distribution over the
 ``mu_law_channels`` mu-law classes of every sample, trained with cross-entropy. Their decoder is an
 autoregressive WaveNet; ours is a parallel transposed-conv decoder (SoundStream, Zeghidour et al. 2021,
-§3.1-3.2: strided convs, dilated residual units, ELU, no normalisation), which is ~1000x faster to decode
-and keeps the model fully convolutional. Because a parallel decoder predicts each sample independently,
-cross-entropy alone blurs the waveform into per-sample mode guesses; a multi-resolution log-mel L1 on the
-decoded waveform (Défossez et al. 2022, §3.4; Kumar et al. 2019) restores the spectral envelope.
+§3.1-3.2: strided convs, dilated residual units, ELU), which is ~1000x faster to decode and keeps the model
+fully convolutional. The distribution is a discretised logistic mixture over the mu-law bins by default
+(``audio_head``; see ``audio_heads``), or free logits per class as in the paper. Because a parallel decoder
+predicts each sample independently, cross-entropy alone blurs the waveform into per-sample guesses; a
+multi-resolution log-mel L1 on the decoded waveform (Défossez et al. 2022, §3.4; Kumar et al. 2019) restores
+the spectral envelope, and a waveform L1 aligns the phase.
 
 No GroupNorm/BatchNorm anywhere: statistics over the time axis would make a token depend on the whole
 clip, and chunked encoding (bounded memory for long inputs) could then never equal a one-piece encode.
-With local layers only, every token depends on a finite window of samples (``receptive_field``), and
-chunks with that much context either side give exactly the one-piece tokens.
+The only normalisation is a LayerNorm over the channels of each latent frame. With local layers only, every
+token depends on a finite window of samples (``receptive_field``), and chunks with that much context either
+side give exactly the one-piece tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .audio_heads import build_head
 from .config import TokenizerConfig
 from .metrics import log_mel_spectrogram, mu_law_accuracy, si_snr
 from .mulaw import mu_law_decode, mu_law_encode
@@ -69,32 +73,46 @@ class _Elu(nn.Module):
         return F.elu(x)
 
 
-class AudioEncoder(nn.Sequential):
-    """float32 [B, 1, T] (companded signal in [-1, 1]) -> float32 [B, out_dim, T / prod(strides)]."""
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each frame: [B, C, L] -> [B, C, L]. Per frame, so it keeps the model
+    local in time (chunked encoding still equals one-piece encoding)."""
 
-    def __init__(self, out_dim: int, hidden: int, strides: list[int], res_blocks: int):
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class AudioEncoder(nn.Sequential):
+    """float32 [B, 1, T] (companded signal in [-1, 1]) -> float32 [B, out_dim, T / prod(strides)].
+
+    The output is layer-normalised per frame. Without it the unnormalised residual stack's output grew
+    without bound within ~100 steps (std 1 -> 4,000 on ``tones``, lr 5e-3): FSQ's tanh then saturates, every
+    frame gets the same code, and no gradient comes back (codebook usage 0.1%).
+    """
+
+    def __init__(self, out_dim: int, hidden: int, strides: list[int], res_blocks: int, latent_blocks: int):
         chans = [hidden * min(2**i, MAX_CHANNEL_MULT) for i in range(len(strides) + 1)]
         layers: list[nn.Module] = [nn.Conv1d(1, chans[0], 7, padding=3)]
         for i, s in enumerate(strides):
             # dilations 1, 3, 9, ...: SoundStream's pattern, growing the context geometrically per unit.
             layers += [ResidualUnit(chans[i], 3**j) for j in range(res_blocks)]
             layers += [_Elu(), _down(chans[i], chans[i + 1], s)]
-        layers += [ResidualUnit(chans[-1], 1) for _ in range(res_blocks)]
-        layers += [_Elu(), nn.Conv1d(chans[-1], out_dim, 3, padding=1)]
+        layers += [ResidualUnit(chans[-1], 3**j) for j in range(latent_blocks)]
+        layers += [_Elu(), nn.Conv1d(chans[-1], out_dim, 3, padding=1), ChannelLayerNorm(out_dim)]
         super().__init__(*layers)
 
 
 class AudioDecoder(nn.Sequential):
-    """float32 [B, in_dim, t] -> logits float32 [B, classes, t * prod(strides)] (class on dim 1)."""
+    """float32 [B, in_dim, t] -> float32 [B, out_channels, t * prod(strides)]: the output head's parameters."""
 
-    def __init__(self, in_dim: int, classes: int, hidden: int, strides: list[int], res_blocks: int):
+    def __init__(self, in_dim: int, out_channels: int, hidden: int, strides: list[int], res_blocks: int,
+                 latent_blocks: int):
         chans = [hidden * min(2**i, MAX_CHANNEL_MULT) for i in range(len(strides) + 1)]
         layers: list[nn.Module] = [nn.Conv1d(in_dim, chans[-1], 3, padding=1)]
-        layers += [ResidualUnit(chans[-1], 1) for _ in range(res_blocks)]
+        layers += [ResidualUnit(chans[-1], 3**j) for j in range(latent_blocks)]
         for i in reversed(range(len(strides))):
             layers += [_Elu(), _up(chans[i + 1], chans[i], strides[i])]
             layers += [ResidualUnit(chans[i], 3**j) for j in range(res_blocks)]
-        layers += [_Elu(), nn.Conv1d(chans[0], classes, 1)]
+        layers += [_Elu(), nn.Conv1d(chans[0], out_channels, 1)]
         super().__init__(*layers)
 
 
@@ -143,12 +161,11 @@ class AudioAutoencoder(nn.Module):
         self.classes = config.mu_law_channels
         strides = stage_strides(config.downsample)
         self.quantizer = build_quantizer(config)
-        self.encoder = AudioEncoder(self.quantizer.in_dim, config.hidden_channels, strides, config.num_res_blocks)
-        self.decoder = AudioDecoder(self.quantizer.out_dim, self.classes, config.hidden_channels, strides,
-                                    config.num_res_blocks)
-        # The waveform value of each mu-law class: derivable, so not in the state dict.
-        self.register_buffer("class_values", mu_law_decode(torch.arange(self.classes), self.classes),
-                             persistent=False)
+        self.head = build_head(config.audio_head, self.classes, config.logistic_mixtures)
+        self.encoder = AudioEncoder(self.quantizer.in_dim, config.hidden_channels, strides, config.num_res_blocks,
+                                    config.latent_res_blocks)
+        self.decoder = AudioDecoder(self.quantizer.out_dim, self.head.channels, config.hidden_channels, strides,
+                                    config.num_res_blocks, config.latent_res_blocks)
         d = config.downsample
         # Context each side of a chunk that makes chunk edges invisible (half the window, rounded up, +1
         # frame for the centring offset of the strided convs). chunk_overlap_tokens is a floor, not a cap.
@@ -193,20 +210,25 @@ class AudioAutoencoder(nn.Module):
         # The companded value, scaled back to [-1, 1]: what the VQ-VAE audio encoder sees (§4.3).
         return codes, (codes.float() * (2.0 / (self.classes - 1)) - 1.0)[:, None]
 
-    def expected_waveform(self, logits: Tensor) -> Tensor:
-        """logits float [B, Q, T] -> float32 [B, T] in [-1, 1]: E[value] under softmax(logits), differentiable."""
-        return torch.einsum("bqt,q->bt", logits.float().softmax(1), self.class_values)
+    def log_probs(self, out: Tensor) -> Tensor:
+        """Decoder output [B, C, T] -> float32 [B, Q, T]: log-probability of every mu-law class per sample."""
+        return self.head.log_probs(out)
 
-    def argmax_waveform(self, logits: Tensor) -> Tensor:
-        """logits float [B, Q, T] -> float32 [B, T] in [-1, 1]: the value of the most likely class."""
-        return self.class_values[logits.argmax(1)]
+    def expected_waveform(self, out: Tensor) -> Tensor:
+        """Decoder output [B, C, T] -> float32 [B, T] in [-1, 1]: the head's smooth point estimate (categorical:
+        E[value]; logistic: mixture of the components' medians), differentiable."""
+        return self.head.mean_waveform(out)
+
+    def argmax_waveform(self, out: Tensor) -> Tensor:
+        """Decoder output [B, C, T] -> float32 [B, T] in [-1, 1]: the value of the most likely class."""
+        return mu_law_decode(self.head.mode_codes(out), self.classes)
 
     def _encode_piece(self, x: Tensor) -> Tensor:
         return self.quantizer(self.encoder(self._companded(x)[1])).codes
 
     def _decode_piece(self, codes: Tensor, mode: str) -> Tensor:
-        logits = self.decoder(self.quantizer.codes_to_latent(codes))
-        return self.expected_waveform(logits) if mode == "mean" else self.argmax_waveform(logits)
+        out = self.decoder(self.quantizer.codes_to_latent(codes))
+        return self.expected_waveform(out) if mode == "mean" else self.argmax_waveform(out)
 
     def _chunked(self, fn: Callable[[int, int], Tensor], t: int, chunk: int, context: int, out_per_token: int,
                  ) -> Tensor:
@@ -266,22 +288,29 @@ class AudioAutoencoder(nn.Module):
         return torch.stack(losses).mean() if losses else est.new_zeros(())
 
     def forward(self, x: Tensor) -> TokenizerOutput:
-        """x float32 [B, T] in [-1, 1] -> TokenizerOutput(recon float32 [B, T] in [-1, 1] (expected value),
-        codes int64 [B, T/d], loss = CE + mel_loss_weight * log-mel L1 + quantizer loss, metrics)."""
+        """x float32 [B, T] in [-1, 1] -> TokenizerOutput(recon float32 [B, T] in [-1, 1] (``decode``'s "mean"),
+        codes int64 [B, T/d], loss, metrics).
+
+        loss = CE of the mu-law classes + mel_loss_weight * multi-resolution log-mel L1
+        + waveform_loss_weight * L1(recon, x) + quantizer loss. The waveform term is what aligns the phase:
+        CE in the companded domain weights quiet samples as much as loud ones, and the log-mel loss is
+        phase-blind, so neither alone drives up SI-SNR, which is dominated by the loud parts.
+        """
         self._check_length(x)
         target, inp = self._companded(x)
         q = self.quantizer(self.encoder(inp))
-        logits = self.decoder(q.quantized)  # (B, Q, T)
-        ce = F.cross_entropy(logits, target)
-        recon = self.expected_waveform(logits)
+        out = self.decoder(q.quantized)  # (B, C, T)
+        ce = self.head.nll(out, target)
+        recon = self.expected_waveform(out)
         mel = self.mel_loss(recon, x)
-        loss = ce + self.config.mel_loss_weight * mel + q.loss
+        wave = (recon - x).abs().mean()
+        loss = ce + self.config.mel_loss_weight * mel + self.config.waveform_loss_weight * wave + q.loss
         metrics = {
             "ce": ce.detach(),
             "mel_l1": mel.detach(),
-            "mu_law_acc": mu_law_accuracy(logits.detach(), target),
+            "wave_l1": wave.detach(),
+            "mu_law_acc": mu_law_accuracy(self.head.mode_codes(out.detach()), target),
             "si_snr": si_snr(recon.detach(), x),
             **q.metrics,
         }
         return TokenizerOutput(recon=recon, codes=q.codes, loss=loss, metrics=metrics)
-

@@ -31,13 +31,17 @@ class TokenizerConfig(JsonConfig):
     sample_rate: int = 16000  # Hz; inputs at other rates are resampled by the data layer
     clip_samples: int = 16000  # training clip length in samples (1 s at 16 kHz)
     mu_law_channels: int = 256  # mu-law classes the audio decoder predicts per sample
+    audio_head: str = "logistic"  # "logistic" (discretised logistic mixture) | "categorical" (Q free logits)
+    logistic_mixtures: int = 1  # logistic head: mixture components per sample
     mel_loss_weight: float = 1.0  # multi-resolution log-mel loss on the decoded waveform
+    waveform_loss_weight: float = 30.0  # L1 between decoded and input waveform (aligns phase; SI-SNR)
     chunk_tokens: int = 256  # audio encode/decode works on chunks of this many tokens (bounded memory)
-    chunk_overlap_tokens: int = 16  # context tokens either side of a chunk, discarded after
+    chunk_overlap_tokens: int = 24  # context tokens either side of a chunk, discarded after
     # --- shared ---
     downsample: int | None = None  # *derived*: 4 for images, 64 for audio; factor per axis
-    hidden_channels: int = 32  # width of the first conv stage
-    num_res_blocks: int = 2  # residual blocks per resolution
+    hidden_channels: int | None = None  # *derived*: 32 for images, 16 for audio; width of the first conv stage
+    num_res_blocks: int | None = None  # *derived*: 2 for images, 1 for audio; residual blocks per resolution
+    latent_res_blocks: int | None = None  # audio, *derived*: 3; dilated blocks (1, 3, 9, ...) at token rate
     latent_dim: int = 64  # channels of the encoder output fed to vq (codebook_dim); fsq projects it
     codebook_size: int = 512  # vq and gumbel: number of codes
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # 1,000 codes
@@ -59,6 +63,14 @@ class TokenizerConfig(JsonConfig):
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.downsample is None:
             self.downsample = 4 if self.modality == "image" else 64
+        # Audio runs its first and last stages at the full sample rate (16,000 steps per second of sound), so
+        # the same width costs ~60x what it does on a 32x32 image: audio defaults are narrower and shallower.
+        if self.hidden_channels is None:
+            self.hidden_channels = 32 if self.modality == "image" else 16
+        if self.num_res_blocks is None:
+            self.num_res_blocks = 2 if self.modality == "image" else 1
+        if self.latent_res_blocks is None:
+            self.latent_res_blocks = 3
         ds = int(self.downsample)
         if ds < 1 or ds & (ds - 1):
             raise ValueError(f"downsample must be a power of two >= 1, got {ds}")
@@ -71,6 +83,10 @@ class TokenizerConfig(JsonConfig):
         else:
             if self.sample_rate <= 0:
                 raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+            if self.audio_head not in ("logistic", "categorical"):
+                raise ValueError(f"audio_head must be 'logistic' or 'categorical', got {self.audio_head!r}")
+            if self.logistic_mixtures < 1:
+                raise ValueError(f"logistic_mixtures must be >= 1, got {self.logistic_mixtures}")
             if self.clip_samples % ds:
                 raise ValueError(f"clip_samples {self.clip_samples} is not divisible by downsample {ds}")
         self.fsq_levels = [int(v) for v in self.fsq_levels]

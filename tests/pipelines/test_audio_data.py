@@ -258,6 +258,10 @@ def test_tones_are_deterministic_per_seed_and_labelled_by_timbre():
         assert 0.29 <= xa.abs().max().item() <= 0.91
     assert not torch.equal(a.train[0][0], a.test[0][0])  # the splits are different draws
     assert len(load_data(DataSpec("tones", limit=10)).train) == 10
+    # Clips are cached once made; a caller that edits its copy does not change the dataset.
+    x = a.train[3][0]
+    x.zero_()
+    assert torch.equal(a.train[3][0], b.train[3][0]) and a.train[3][0].abs().max() > 0.29
 
 
 def test_tone_timbres_differ_in_harmonic_content():

@@ -174,3 +174,26 @@ def test_bf16_mixed_precision_trains_on_cpu_and_fp16_is_refused(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16 needs a GPU"):
             train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path / "fp16", mixed_precision="fp16"))
+
+
+def test_tokenizer_task_crops_audio_to_random_windows_and_checks_the_length():
+    tok = build_tokenizer(modality="audio", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
+                          clip_samples=1024)
+    task = TokenizerTask(tok, "tones", crop_samples=256)
+    x = torch.arange(3 * 1024, dtype=torch.float32).view(3, 1024)
+    torch.manual_seed(0)
+    y = task.crop(x)
+    assert y.shape == (3, 256)
+    starts = y[:, 0] - x[:, 0]
+    assert torch.equal(y, x[:, :1] + starts[:, None] + torch.arange(256))  # contiguous windows of each clip
+    assert len(set(starts.tolist())) > 1  # independent offsets per clip
+    torch.manual_seed(0)
+    assert torch.equal(task.crop(x), y)  # torch's RNG: seeded runs repeat
+    assert task.crop(x[:, :200]).shape == (3, 200)  # shorter clips pass through whole
+    assert TokenizerTask(tok, "tones").crop(x) is x
+    with pytest.raises(ValueError, match="multiple of downsample=64: use 256"):
+        TokenizerTask(tok, "tones", crop_samples=300)
+    image = build_tokenizer(modality="image", quantizer="fsq", image_size=8, hidden_channels=4, latent_dim=4,
+                            fsq_levels=[3, 3])
+    with pytest.raises(ValueError, match="audio tokenizers only"):
+        TokenizerTask(image, "mnist", crop_samples=256)
