@@ -183,23 +183,32 @@ def meets_target(row: dict[str, Any]) -> bool | None:
     return bool(ok)
 
 
+def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two result rows the same experiment (a rerun replaces the old row)."""
+    return r["dataset"], r["quantizer"], r.get("budget_s"), r.get("config", {}).get("audio_head")
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| quantizer | dataset | budget s | steps | test PSNR dB | SSIM | codebook usage | perplexity | "
              "bits/image | target |", "|---|---|---|---|---|---|---|---|---|---|"]
-    audio = ["| quantizer | dataset | budget s | steps | test SI-SNR dB | log-mel L1 | zero-code log-mel L1 | "
-             "kbit/s | codebook usage | perplexity | target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    audio = ["| quantizer | dataset | decoder head | budget s | steps | test SI-SNR dB | log-mel L1 | "
+             "zero-code log-mel L1 | kbit/s | codebook usage | perplexity | target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ok = {True: "met", False: "missed", None: "-"}[r.get("meets_target")]
         if "skipped" in r:
             (lines if r["modality"] == "image" else audio).append(
-                f"| {r['quantizer']} | {r['dataset']} | - | - | skipped: {r['skipped']} |")
+                f"| {r['quantizer']} | {r['dataset']} | - | - | skipped: {r['skipped']} |"
+                if r["modality"] == "image" else f"| {r['quantizer']} | {r['dataset']} | - | - | - | skipped: {r['skipped']} |")
         elif r["modality"] == "image":
             lines.append(f"| {r['quantizer']} | {r['dataset']} | {r['budget_s']:.0f} | {r['steps']} | {r['psnr']:.2f} | "
                          f"{r['ssim']:.3f} | {r['codebook_usage']:.1%} | {r['perplexity']:.0f} | "
                          f"{r['bits_per_image']:.0f} | {ok} |")
         else:
             zero = f"{r['zero_code_log_mel_l1']:.3f}" if "zero_code_log_mel_l1" in r else "-"
-            audio.append(f"| {r['quantizer']} | {r['dataset']} | {r['budget_s']:.0f} | {r['steps']} | {r['si_snr']:.2f} | "
+            head = r.get("config", {}).get("audio_head", "categorical")  # rows from before the head existed
+            audio.append(f"| {r['quantizer']} | {r['dataset']} | {head} | {r['budget_s']:.0f} | {r['steps']} | "
+                         f"{r['si_snr']:.2f} | "
                          f"{r['log_mel_l1']:.3f} | {zero} | {r['kbps']:.2f} | {r['codebook_usage']:.1%} | "
                          f"{r['perplexity']:.0f} | {ok} |")
     out = lines if len(lines) > 2 else []
@@ -292,11 +301,12 @@ def main() -> None:
     res_path = ROOT / "bench/results/tokenizer_quality.json"
     if args.merge and res_path.is_file():
         old = json.loads(res_path.read_text())
-        done = {(r["dataset"], r["quantizer"], r["budget_s"]) for r in rows}  # a longer budget adds a row
-        rows = [r for r in old["results"] if (r["dataset"], r["quantizer"], r["budget_s"]) not in done] + rows
+        done = {row_key(r) for r in rows}  # a longer budget or another audio head adds a row
+        rows = [r for r in old["results"] if row_key(r) not in done] + rows
         meta["runs"] = old.get("meta", {}).get("runs", []) + meta["runs"]
     order = {d: i for i, d in enumerate(IMAGE_DATASETS + AUDIO_DATASETS)}
-    rows.sort(key=lambda r: (order.get(r["dataset"], 99), ["fsq", "vq", "gumbel"].index(r["quantizer"]), r["budget_s"]))
+    rows.sort(key=lambda r: (order.get(r["dataset"], 99), ["fsq", "vq", "gumbel"].index(r["quantizer"]),
+                             r.get("budget_s", 0), str(r.get("config", {}).get("audio_head", ""))))
     write_results("tokenizer_quality", {"meta": meta, "results": rows}, markdown(rows, meta))
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -458,6 +459,28 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.set_defaults(func=cmd_export)
     return p
+
+
+def cli_markdown() -> str:
+    """docs/CLI.md: every command's ``--help``, at a fixed width so the file does not depend on the terminal.
+    Regenerate with ``python -c "from pipelines.cli import cli_markdown; print(cli_markdown(), end='')" > docs/CLI.md``;
+    a test fails when the file and the parser disagree."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "120"
+    try:
+        parser = build_parser()
+        parts = ["# The `vqgen` command", "",
+                 "Generated from `vqgen COMMAND --help` (`pipelines/cli.py` is the source). Worked examples are in the "
+                 "README.", "", "```", parser.format_help().rstrip(), "```"]
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, sp in sub.choices.items():
+            parts += ["", f"## `vqgen {name}`", "", "```", sp.format_help().rstrip(), "```"]
+        return "\n".join(parts) + "\n"
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,6 +167,23 @@ class PriorTask(TrainTask):
         self.dims_per_grid = dims_per_grid
         self.conditional = prior.config.num_classes > 0
 
+    def validate_data(self, dataset: Dataset, split: str) -> None:
+        """All token grids in [0, vocab) and of the prior's shape, all labels in [0, num_classes): once per split,
+        so the training step skips these checks (a host sync each)."""
+        if isinstance(dataset, TokenGridDataset):
+            tokens, labels = dataset.tokens, dataset.labels
+        else:  # any (tokens, label) dataset: one pass
+            items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+            tokens = torch.stack([torch.as_tensor(t) for t, _ in items])
+            labels = torch.stack([torch.as_tensor(lab) for _, lab in items])
+        prior = self.model.prior  # type: ignore[union-attr]
+        try:
+            prior.check_tokens(tokens)
+            if self.conditional:
+                prior._labels(labels, len(labels), labels.device)
+        except ValueError as e:
+            raise ValueError(f"{self.tokens_dir} [{split}]: {e}") from None
+
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         tokens, labels = batch
         loss = model(tokens, labels if self.conditional else None)
@@ -192,5 +209,6 @@ class PriorLossWrapper(nn.Module):
         self.prior = prior
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.prior.loss(tokens, labels)
+        # ``PriorTask.validate_data`` checked every split before training: no per-step host sync here.
+        return self.prior.loss(tokens, labels, check_values=False)
 

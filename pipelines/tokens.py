@@ -78,4 +78,17 @@ def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, torch.Tenso
     if not f.is_file():
         raise FileNotFoundError(f"{f} is missing; re-run `vqgen tokenize` into {path}")
     d = load_file(str(f))
-    return d["tokens"].long(), d["labels"].long()
+    tokens, labels = d["tokens"].long(), d["labels"].long()
+    # Validated once here, so that training can skip the per-batch range check (a host sync per step, and a
+    # torch.compile graph break).
+    header = load_token_header(path)
+    if tuple(tokens.shape[1:]) != tuple(header.token_shape):
+        raise ValueError(f"{f}: token grids of shape {tuple(tokens.shape[1:])}, but {HEADER} says "
+                         f"{tuple(header.token_shape)}; re-run `vqgen tokenize` into {path}")
+    if tokens.numel() and (tokens.min().item() < 0 or tokens.max().item() >= header.vocab_size):
+        raise ValueError(f"{f}: tokens range [{tokens.min().item()}, {tokens.max().item()}] lies outside the vocabulary "
+                         f"[0, {header.vocab_size}) of {HEADER}; the file is corrupt or from another tokenizer: "
+                         f"re-run `vqgen tokenize` into {path}")
+    if len(labels) != len(tokens):
+        raise ValueError(f"{f}: {len(tokens)} token grids but {len(labels)} labels; re-run `vqgen tokenize`")
+    return tokens, labels

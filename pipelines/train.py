@@ -111,6 +111,10 @@ class TrainTask:
     def on_step(self, step: int) -> None:
         """Called after each optimizer step (e.g. annealing)."""
 
+    def validate_data(self, dataset: Dataset, split: str) -> None:
+        """Check a whole split once before training (raise ``ValueError`` naming the problem), so that the
+        per-step loss can skip its own value checks."""
+
 
 class _LoopState:
     """Registered with Accelerate so ``save_state``/``load_state`` carry the loop position."""
@@ -293,6 +297,9 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
     set_seed(cfg.seed)
     if len(train_set) < cfg.batch_size:
         raise ValueError(f"the training split has {len(train_set)} examples, fewer than --batch-size {cfg.batch_size}")
+    task.validate_data(train_set, "train")
+    if test_set is not None:
+        task.validate_data(test_set, "test")
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.num_workers, generator=g)

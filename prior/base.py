@@ -91,7 +91,9 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
-    def check_tokens(self, tokens: Tensor) -> None:
+    def check_tokens(self, tokens: Tensor, values: bool = True) -> None:
+        """Raise ``ValueError`` unless tokens is an integer [B, *shape] tensor with values in [0, vocab_size).
+        ``values=False`` checks only dtype and shape (no host sync: for data validated where it was loaded)."""
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
         if tuple(tokens.shape[1:]) != self.shape:
@@ -99,13 +101,14 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
                 f"this prior models grids of shape {self.shape}, got tokens of shape {tuple(tokens.shape)} "
                 f"(expected [B, {', '.join(map(str, self.shape))}])"
             )
-        if tokens.numel() and (tokens.min().item() < 0 or tokens.max().item() >= self.vocab_size):
+        if values and tokens.numel() and (tokens.min().item() < 0 or tokens.max().item() >= self.vocab_size):
             raise ValueError(
                 f"tokens must lie in [0, {self.vocab_size}), got range [{tokens.min().item()}, {tokens.max().item()}]; "
                 "is this prior trained on the same tokenizer?"
             )
 
-    def _labels(self, labels: Tensor | int | None, batch: int, device: torch.device) -> Tensor | None:
+    def _labels(self, labels: Tensor | int | None, batch: int, device: torch.device,
+                values: bool = True) -> Tensor | None:
         k = self.config.num_classes
         if k == 0:
             if labels is not None:
@@ -120,7 +123,7 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
             labels = labels.expand(batch)
         if labels.shape != (batch,):
             raise ValueError(f"labels must have shape [{batch}], got {tuple(labels.shape)}")
-        if labels.numel() and (labels.min().item() < 0 or labels.max().item() >= k):
+        if values and labels.numel() and (labels.min().item() < 0 or labels.max().item() >= k):
             raise ValueError(f"labels must lie in [0, {k}), got range [{labels.min().item()}, {labels.max().item()}]")
         return labels.long()
 
@@ -138,12 +141,13 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
         lp = torch.log_softmax(logits, -1).gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
         return lp.reshape(tokens.shape[0], -1).sum(1)
 
-    def loss(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:
+    def loss(self, tokens: Tensor, labels: Tensor | None = None, check_values: bool = True) -> Tensor:
         """Training loss: mean negative log-likelihood per token in nats (scalar). In training mode a
         conditional prior replaces each label by the null label with probability ``label_dropout`` so that
-        it also learns p(grid) for classifier-free guidance."""
-        self.check_tokens(tokens)
-        lab = self._labels(labels, tokens.shape[0], tokens.device)
+        it also learns p(grid) for classifier-free guidance. ``check_values=False`` skips the token and
+        label range checks (each a host sync): for data validated when it was loaded, as the trainer's is."""
+        self.check_tokens(tokens, values=check_values)
+        lab = self._labels(labels, tokens.shape[0], tokens.device, values=check_values)
         if lab is not None and self.training and self.config.label_dropout > 0:
             drop = torch.rand(lab.shape, device=lab.device) < self.config.label_dropout
             lab = torch.where(drop, torch.full_like(lab, self.config.num_classes), lab)

@@ -15,10 +15,12 @@ def mu_law_encode(x: Tensor, quantization_channels: int = 256) -> Tensor:
     """
     if not torch.is_floating_point(x):
         raise ValueError(f"mu_law_encode expects a float waveform, got dtype {x.dtype}")
-    if x.numel():
-        if torch.isnan(x).any():
+    # One host sync for all three checks; none inside a torch.compile graph, where reading a value would break
+    # the graph (compiled training relies on the data layer's validation).
+    if x.numel() and not torch.compiler.is_compiling():
+        has_nan, lo, hi = torch.stack([torch.isnan(x).any().to(x.dtype), x.min(), x.max()]).tolist()
+        if has_nan:
             raise ValueError("mu_law_encode: the waveform contains NaN samples")
-        lo, hi = x.min().item(), x.max().item()
         if lo < -1.0 or hi > 1.0:
             raise ValueError(
                 f"mu_law_encode: samples must lie in [-1, 1], got range [{lo:.4g}, {hi:.4g}]; "

@@ -151,10 +151,14 @@ class GumbelQuantizer(Quantizer):
         # Persistent so that a resumed run continues the annealing where it stopped.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
+    def temperature_tensor(self) -> Tensor:
+        """tau at the current step, a 0-dim tensor on the step's device (no host sync, no compile graph break)."""
+        frac = (self.step.float() / self.anneal_steps).clamp(max=1.0)
+        return self.t0 * (self.t1 / self.t0) ** frac
+
     @property
     def temperature(self) -> float:
-        frac = min(1.0, self.step.item() / self.anneal_steps)
-        return self.t0 * (self.t1 / self.t0) ** frac
+        return float(self.temperature_tensor())
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         logits, grid = _to_seq(z.float())  # [B, N, K]
@@ -163,14 +167,14 @@ class GumbelQuantizer(Quantizer):
         # KL(q || uniform) = sum q log q + log K, averaged over positions.
         kl = (log_q.exp() * log_q).sum(-1).mean() + math.log(self.vocab_size)
         if self.training:
-            tau = self.temperature
+            tau = self.temperature_tensor()
             # DALL-E mixes soft samples; with hard=True the forward pass uses the one-hot sample (straight-through
             # Gumbel-softmax, Jang et al. 2017 §2.2), so the decoder never learns to read information from a
             # mixture that argmax inference would throw away (with soft samples the bench saw the codebook collapse to a perplexity of about 5).
             soft = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=-1)
             quantized = soft @ self.embed.weight
             self.step += 1
-            metrics = {"kl": kl.detach(), "temperature": torch.tensor(tau)}
+            metrics = {"kl": kl.detach(), "temperature": tau.detach()}
         else:
             quantized = self.embed(codes)
             metrics = {"kl": kl.detach()}

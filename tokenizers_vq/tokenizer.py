@@ -81,10 +81,12 @@ class Tokenizer(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "to
             if x.shape[1] == 0:
                 raise ValueError("audio tokenizer got a 0-length clip")
             lo, hi = -1.0, 1.0
-        if x.numel():
-            if not torch.isfinite(x).all():
+        # One host sync for the value checks, and none inside a torch.compile graph (it would break the graph;
+        # compiled training relies on the data layer's validation).
+        if x.numel() and not torch.compiler.is_compiling():
+            finite, mn, mx = torch.stack([torch.isfinite(x).all().to(x.dtype), x.min(), x.max()]).tolist()
+            if not finite:
                 raise ValueError("Tokenizer input contains NaN or inf values")
-            mn, mx = x.min().item(), x.max().item()
             if mn < lo or mx > hi:
                 raise ValueError(
                     f"{c.modality} tokenizer input must lie in [{lo:g}, {hi:g}], got range [{mn:.4g}, {mx:.4g}]"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +213,11 @@ def test_raw_pixels_histogram_score_and_lossless_compress(tmp_path):
     import numpy as np
 
     assert np.array_equal(np.asarray(Image.open(out)), img)  # raw pixels: exact
+
+
+def test_docs_cli_md_matches_the_parser():
+    """docs/CLI.md is every command's --help; regenerate it (see ``cli_markdown``) when an option changes."""
+    from pipelines.cli import cli_markdown
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "CLI.md"
+    assert doc.read_text() == cli_markdown(), "docs/CLI.md is stale: regenerate it as pipelines.cli.cli_markdown says"

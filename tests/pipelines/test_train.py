@@ -197,3 +197,44 @@ def test_tokenizer_task_crops_audio_to_random_windows_and_checks_the_length():
                             fsq_levels=[3, 3])
     with pytest.raises(ValueError, match="audio tokenizers only"):
         TokenizerTask(image, "mnist", crop_samples=256)
+
+
+def test_prior_data_is_validated_once_before_training_and_the_step_skips_value_checks(tmp_path):
+    prior = _prior()
+    bad = _token_data()
+    bad.tokens[5, 1, 2] = 4  # vocab is 4
+    with pytest.raises(ValueError, match=r"toy-folder \[train\]: tokens must lie in \[0, 4\), got range \[0, 4\]"):
+        train(PriorTask(prior, "toy-folder", dims_per_grid=6), bad, None, _cfg(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()  # refused before any step: nothing written
+    good = _token_data()
+    with pytest.raises(ValueError, match=r"\[test\]"):
+        train(PriorTask(prior, "toy-folder", dims_per_grid=6), good, bad, _cfg(tmp_path))
+    # A plain (tokens, label) dataset (not a TokenGridDataset) is checked by one pass.
+    plain = [(bad.tokens[i], bad.labels[i]) for i in range(len(bad))]
+    with pytest.raises(ValueError, match="tokens must lie in"):
+        PriorTask(prior, "list", dims_per_grid=6).validate_data(plain, "train")
+    # The training step itself does no value check (its data was checked above): no host sync per step.
+    with pytest.raises(ValueError, match="must lie in"):
+        prior.loss(bad.tokens)
+    wrapped = PriorTask(prior, "toy", dims_per_grid=6).model
+    with pytest.raises(IndexError):  # reaches the embedding: proof the range check was skipped
+        wrapped(bad.tokens)
+
+
+def test_token_folder_is_range_checked_when_loaded(tmp_path):
+    from pipelines.tokens import TokenHeader, load_tokens, save_tokens
+
+    header = TokenHeader(vocab_size=4, token_shape=(2, 3), modality="image", dataset="toy")
+    data = _token_data()
+    save_tokens(tmp_path, header, {"train": (data.tokens, data.labels)})
+    tokens, labels = load_tokens(tmp_path, "train")
+    assert torch.equal(tokens, data.tokens) and torch.equal(labels, data.labels)
+    bad = data.tokens.clone()
+    bad[0, 0, 0] = 9
+    save_tokens(tmp_path, header, {"train": (bad, data.labels)})
+    with pytest.raises(ValueError, match=r"train.safetensors: tokens range \[0, 9\] lies outside the vocabulary"):
+        load_tokens(tmp_path, "train")
+    save_tokens(tmp_path, TokenHeader(vocab_size=4, token_shape=(3, 2), modality="image", dataset="toy"),
+                {"train": (data.tokens, data.labels)})
+    with pytest.raises(ValueError, match=r"shape \(2, 3\), but tokens.json says \(3, 2\)"):
+        load_tokens(tmp_path, "train")

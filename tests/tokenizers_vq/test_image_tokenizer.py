@@ -113,7 +113,11 @@ def test_gumbel_temperature_anneals_and_kl_is_reported():
     tok = tiny("gumbel", gumbel_anneal_steps=10, gumbel_temperature_start=1.0, gumbel_temperature_end=0.1).train()
     q = tok.model.quantizer
     assert q.temperature == pytest.approx(1.0)
-    for _ in range(10):
+    for i in range(10):
         out = tok(torch.rand(2, 1, 16, 16))
+        # exponential annealing, tau_i = 1.0 * 0.1 ** (i / 10), computed as a tensor (no host sync per step)
+        assert out.metrics["temperature"].item() == pytest.approx(0.1 ** (i / 10))
     assert q.temperature == pytest.approx(0.1)
+    tok(torch.rand(2, 1, 16, 16))
+    assert q.temperature == pytest.approx(0.1)  # held at the end value after anneal_steps
     assert "kl" in out.metrics and out.metrics["kl"] >= 0
