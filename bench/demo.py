@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-demo")
     ap.add_argument("--modality", choices=("image", "audio"), default="image")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="", help="a paragraph about this run for the markdown (what you saw and heard)")
     a = ap.parse_args()
     if a.from_summary:
         summary = json.loads(Path(a.from_summary).read_text())
@@ -51,6 +52,12 @@ def main() -> None:
                   "guidance 2.0) that a small CNN trained on the mnist5k training split (its test accuracy is "
                   "`classifier_test_accuracy`) classifies as the digit that was asked for. Target: >= 0.90. "
                   "`prior_bits_per_dim` is the code length of the tokens per pixel, not a pixel likelihood."]
+    else:
+        lines += ["", "`tokenizer_si_snr_db` and `tokenizer_log_mel_l1` are the tokenizer's test reconstructions "
+                  "(whole 1 s clips); `kbps` = tokens per second x log2(vocabulary); `prior_bits_per_token` is the "
+                  "prior's held-out code length per token."]
+    if a.note:
+        lines += ["", a.note]
     (ROOT / "docs" / "benchmarks" / f"demo_{summary['modality']}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

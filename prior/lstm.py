@@ -9,6 +9,7 @@ Incremental decoding carries the LSTM state (h, c) in the cache: one LSTM step p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,8 +50,19 @@ class LSTMNet(PriorNet):
             inp = inp + self.label_embed(labels)[:, None]
         return inp
 
+    def _run_lstm(self, inp: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        # oneDNN has no bf16 LSTM kernel on CPUs without AVX512-BF16/AMX ("could not create a primitive
+        # descriptor for the LSTM forward propagation primitive", seen on an AVX2 EPYC), so under CPU autocast
+        # the recurrence runs in float32; the embeddings and the output head still follow autocast.
+        if inp.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                if state is not None:
+                    state = tuple(s.float() for s in state)
+                return self.lstm(inp.float(), state)
+        return self.lstm(inp, state)
+
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        out, _ = self.lstm(self._inputs(x, labels))  # [B, L', H]
+        out, _ = self._run_lstm(self._inputs(x, labels))  # [B, L', H]
         return self.head(out)
 
     def init_cache(self, batch_size: int, device: torch.device) -> LSTMCache:
@@ -63,6 +75,6 @@ class LSTMNet(PriorNet):
         # _inputs on a length-1 window gives exactly position pos's input
         window = x[:, pos - 1: pos + 1] if pos > 0 else x[:, :1]
         inp = self._inputs(window, labels)[:, -1:]  # [B, 1, E]
-        out, cache.state = self.lstm(inp, cache.state)
+        out, cache.state = self._run_lstm(inp, cache.state)
         cache.pos = pos + 1
         return self.head(out[:, 0])
