@@ -43,7 +43,8 @@ def main() -> None:
         json.dumps({"summary": summary, "machine": machine}, indent=2))
     rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     lines = [f"## `vqgen demo --modality {summary['modality']}` (the main job)", "",
-             f"Command: `OMP_NUM_THREADS=2 vqgen demo --modality {summary['modality']}` (formatted by `bench/demo.py`). "
+             f"Command: `OMP_NUM_THREADS={machine['omp_num_threads'] or '(unset)'} vqgen demo --modality "
+             f"{summary['modality']}` (formatted by `bench/demo.py`). "
              f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}.", "",
              "| quantity | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]

@@ -233,7 +233,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"(OMP_NUM_THREADS={meta['omp_num_threads']}).", "",
              *[f"- run of {', '.join(r['datasets'])}: load average (1, 5, 15 min) {r['load_average_start']} at the "
                f"start, {r['load_average_end']} at the end. {r['note']}" for r in meta["runs"]], "",
-             "Reproduce: `OMP_NUM_THREADS=2 python bench/tokenizer_quality.py --budget 300`.", ""]
+             "Reproduce: `OMP_NUM_THREADS=2 python bench/tokenizer_quality.py --datasets mnist5k --budget 300` (image "
+             "rows); `OMP_NUM_THREADS=1 python bench/tokenizer_quality.py --datasets tones --audio-budget 300 --merge` "
+             "and the same with `--datasets spoken-digits`, side by side (audio rows). Add "
+             "`--set audio_head=categorical` for the paper's free-logit decoder head.", ""]
     return "\n".join(lines)
 
 
