@@ -33,7 +33,7 @@ from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.pa
 from torch.utils.data import DataLoader
 
 from pipelines.data import DataSpec, load_data
-from pipelines.tasks import TokenizerTask, evaluate_tokenizer
+from pipelines.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
 from pipelines.train import TrainConfig, train
 from tokenizers_vq import TokenizerConfig, build_tokenizer
 from tokenizers_vq import metrics as M
@@ -45,11 +45,6 @@ AUDIO_DATASETS = ("tones", "spoken-digits")
 # Small batches win on a CPU budget: at a fixed number of seconds, batch 16 did ~1.7x the steps of batch 32 and
 # ended ~1.7 dB higher on mnist5k (fsq, 90 s); batch 64 was another 2.5 dB behind.
 LOOP = {"image": {"batch_size": 16, "lr": 2e-3}, "audio": {"batch_size": 16, "lr": 2e-3}}
-# Per-quantizer image settings on top of the TokenizerConfig defaults (the CLI should pass the same).
-IMAGE_OVERRIDES: dict[str, dict[str, Any]] = {
-    # A 10x stronger KL to the uniform prior than the default: usage 6% -> 20% in 90 s runs.
-    "gumbel": {"gumbel_kl_weight": 0.01},
-}
 TARGETS = {
     ("mnist5k", "fsq"): {"psnr": 27.0, "codebook_usage": 0.8},
     ("mnist5k", "vq"): {"psnr": 27.0, "codebook_usage": 0.8},
@@ -123,7 +118,7 @@ def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, An
     fields: dict[str, Any] = {"modality": modality, "quantizer": quantizer}
     if modality == "image":
         c, h, _ = splits.input_shape
-        fields |= {"channels": c, "image_size": h, **IMAGE_OVERRIDES.get(quantizer, {})}
+        fields |= {"channels": c, "image_size": h}
     fields |= {k: v for k, v in overrides.items() if k in TokenizerConfig.__dataclass_fields__}
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TokenizerConfig(**fields))
@@ -249,8 +244,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TokenizerConfig overrides (all rows)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 images / 16 audio clips")
     ap.add_argument("--lr", type=float, default=None, help="default 2e-3")
-    ap.add_argument("--crop-samples", type=int, default=2048,
-                    help="audio: train on random windows of this many samples (default 2048, as `vqgen "
+    ap.add_argument("--crop-samples", type=int, default=AUDIO_CROP_SAMPLES,
+                    help=f"audio: train on random windows of this many samples (default {AUDIO_CROP_SAMPLES}, as `vqgen "
                          "train-tokenizer`; 0 = whole clips); evaluation uses whole clips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10-second budgets and a data subset; print only")
@@ -292,8 +287,7 @@ def main() -> None:
     run_info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     run_info["note"] = args.note
     meta["runs"] = [run_info]
-    meta["settings"] = (f"TokenizerConfig defaults{' + ' + json.dumps(overrides) if overrides else ''}, image per-quantizer "
-                        f"{json.dumps(IMAGE_OVERRIDES)}; "
+    meta["settings"] = (f"TokenizerConfig defaults{' + ' + json.dumps(overrides) if overrides else ''}; "
                         f"image loop batch {args.batch_size or LOOP['image']['batch_size']}, "
                         f"lr {args.lr or LOOP['image']['lr']}; audio loop batch "
                         f"{args.batch_size or LOOP['audio']['batch_size']}, lr {args.lr or LOOP['audio']['lr']}, "

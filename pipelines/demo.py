@@ -23,7 +23,7 @@ from tokenizers_vq import TokenizerConfig, build_tokenizer
 from .data import DataSpec, load_data
 from .generate import generate
 from .reconstruct import reconstruct
-from .tasks import PriorTask, TokenGridDataset, TokenizerTask
+from .tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, TokenizerTask
 from .tokenize import tokenize_splits
 from .tokens import load_tokens
 from .train import TrainConfig, train
@@ -124,7 +124,7 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
     _say(f"1/5 training an FSQ audio tokenizer on {name} ({len(splits.train)} clips of 1 s, 250 tokens/s), "
          f"up to {plan['tok_seconds']} s")
     tok = build_tokenizer(TokenizerConfig(modality="audio", quantizer="fsq", sample_rate=16000, clip_samples=16000))
-    train(TokenizerTask(tok, name, eval_limit=16 if quick else 64, crop_samples=2048), splits.train, splits.test,
+    train(TokenizerTask(tok, name, eval_limit=16 if quick else 64, crop_samples=AUDIO_CROP_SAMPLES), splits.train, splits.test,
           _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["tok_batch"], 2e-3, seed, progress))
     tok.eval()
     _say("2/5 reconstructions (WAV pairs and spectrograms)")

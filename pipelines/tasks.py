@@ -68,6 +68,9 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
     return res
 
 
+AUDIO_CROP_SAMPLES = 2048  # default training window for audio tokenizers (CLI, demo and bench share it)
+
+
 class TokenizerTask(TrainTask):
     """Train a ``Tokenizer`` on (x, label) batches with its own reconstruction + quantizer loss."""
 

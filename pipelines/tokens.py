@@ -79,8 +79,8 @@ def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, torch.Tenso
         raise FileNotFoundError(f"{f} is missing; re-run `vqgen tokenize` into {path}")
     d = load_file(str(f))
     tokens, labels = d["tokens"].long(), d["labels"].long()
-    # Validated once here, so that training can skip the per-batch range check (a host sync per step, and a
-    # torch.compile graph break).
+    # A corrupt or mismatched file is caught here, naming it; the trainer checks the data against the prior
+    # separately (``PriorTask.validate_data``).
     header = load_token_header(path)
     if tuple(tokens.shape[1:]) != tuple(header.token_shape):
         raise ValueError(f"{f}: token grids of shape {tuple(tokens.shape[1:])}, but {HEADER} says "

@@ -15,8 +15,8 @@ distributions over the companded value y in [-1, 1] and gives each class the mas
 discretised logistic mixture of PixelCNN++ (Salimans et al. 2017, §2.1) and Parallel WaveNet, applied to
 mu-law classes: the probabilities of all Q classes still sum to one, but the likelihood of the target costs
 O(K) per sample instead of O(Q), and nearby classes share probability, so the head learns in hundreds of
-steps (measured on ``tones``: 5x the steps per second and SI-SNR -3.5 dB after 90 s where the categorical
-head was still at -17 dB).
+steps (``bench/tokenizer_quality.py``, fsq on ``tones``, 300 s on one core: 1,490 steps and 6.35 dB SI-SNR
+against 382 steps and 2.18 dB for the categorical head).
 
 Hand-written because no library we use has it: torch.distributions has no discretised logistic, and
 torchaudio's mu-law functions take integer codes only.
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import AUDIO_HEADS
 from .mulaw import mu_law_decode
 
-HEADS = ("logistic", "categorical")
 # Scale e^-7 ~ 1e-3 is well under one bin (2/255), so a confident head can put all its mass in a bin; e^7 is
 # flat over [-1, 1] already, and beyond ~e^80 the bin width 2h/s underflows and log-masses become -inf.
 _MIN_LOG_SCALE, _MAX_LOG_SCALE = -7.0, 7.0
@@ -150,4 +150,4 @@ def build_head(head: str, classes: int, mixtures: int) -> nn.Module:
         return CategoricalHead(classes)
     if head == "logistic":
         return LogisticMixtureHead(classes, mixtures)
-    raise ValueError(f"audio_head must be one of {HEADS}, got {head!r}")
+    raise ValueError(f"audio_head must be one of {AUDIO_HEADS}, got {head!r}")

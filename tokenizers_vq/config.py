@@ -11,6 +11,7 @@ from .jsonconfig import JsonConfig
 FORMAT_VERSION = 1
 MODALITIES = ("image", "audio")
 QUANTIZERS = ("vq", "fsq", "gumbel")
+AUDIO_HEADS = ("logistic", "categorical")
 
 
 @dataclass
@@ -88,8 +89,8 @@ class TokenizerConfig(JsonConfig):
         else:
             if self.sample_rate <= 0:
                 raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
-            if self.audio_head not in ("logistic", "categorical"):
-                raise ValueError(f"audio_head must be 'logistic' or 'categorical', got {self.audio_head!r}")
+            if self.audio_head not in AUDIO_HEADS:
+                raise ValueError(f"audio_head must be one of {AUDIO_HEADS}, got {self.audio_head!r}")
             if self.logistic_mixtures < 1:
                 raise ValueError(f"logistic_mixtures must be >= 1, got {self.logistic_mixtures}")
             if self.clip_samples % ds:
