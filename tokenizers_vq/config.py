@@ -12,6 +12,9 @@ FORMAT_VERSION = 1
 MODALITIES = ("image", "audio")
 QUANTIZERS = ("vq", "fsq", "gumbel")
 AUDIO_HEADS = ("logistic", "categorical")
+# The prior's embedding and output layers scale with the vocabulary, and FSQ materialises its implicit codebook
+# (vocab x len(levels) floats) on construction: fsq_levels=[15] * 10 asked for 4.6 TB and died inside the library.
+MAX_VOCAB_SIZE = 2**20
 
 
 @dataclass
@@ -100,6 +103,12 @@ class TokenizerConfig(JsonConfig):
             raise ValueError(f"every FSQ level must be >= 2, got {self.fsq_levels}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+        if self.vocab_size > MAX_VOCAB_SIZE:
+            what = f"fsq_levels {self.fsq_levels} give" if self.quantizer == "fsq" else "codebook_size is"
+            raise ValueError(
+                f"{what} {self.vocab_size:,} tokens, more than vqgen supports ({MAX_VOCAB_SIZE:,}): the prior's "
+                "embedding and output layers grow with the vocabulary; use fewer or smaller levels / codes"
+            )
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"this tokenizer was saved with format_version {self.format_version}, newer than this vqgen "

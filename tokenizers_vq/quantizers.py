@@ -119,7 +119,11 @@ class FSQQuantizer(Quantizer):
         super().__init__()
         self.in_dim = self.out_dim = config.latent_dim
         self.vocab_size = math.prod(config.fsq_levels)
-        self.fsq = FSQ(levels=list(config.fsq_levels), dim=config.latent_dim)
+        # A level of 2 has no centre value under FSQ's default rounding; the library only accepts it with its
+        # symmetry-preserving bound (arXiv 2411.19842 §3.2), so that is switched on exactly when a 2 is present
+        # (configs without one quantize as before).
+        self.fsq = FSQ(levels=list(config.fsq_levels), dim=config.latent_dim,
+                       preserve_symmetry=any(v == 2 for v in config.fsq_levels))
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         seq, grid = _to_seq(z)

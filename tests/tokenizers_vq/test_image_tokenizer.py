@@ -121,3 +121,22 @@ def test_gumbel_temperature_anneals_and_kl_is_reported():
     tok(torch.rand(2, 1, 16, 16))
     assert q.temperature == pytest.approx(0.1)  # held at the end value after anneal_steps
     assert "kl" in out.metrics and out.metrics["kl"] >= 0
+
+
+def test_fsq_with_binary_levels_round_trips_codes():
+    # The library rejects a level of 2 unless its symmetry-preserving bound is on; the quantizer turns it on.
+    tok = tiny("fsq", fsq_levels=[2, 2, 3])
+    assert tok.vocab_size == 12
+    x = torch.rand(4, 1, 16, 16)
+    codes = tok.encode(x)
+    assert codes.min() >= 0 and codes.max() < 12 and codes.unique().numel() > 1
+    # every one of the 12 codes decodes to its own latent vector (a level of 2 really has two values)
+    latents = tok.model.quantizer.codes_to_latent(torch.arange(12).view(1, 12, 1))[0, :, :, 0].T
+    assert torch.cdist(latents, latents).add(torch.eye(12)).min() > 1e-3
+
+
+def test_vocabulary_too_large_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"fsq_levels \[15, 15, 15, 15, 15, 15\] give 11,390,625 tokens"):
+        TokenizerConfig(quantizer="fsq", fsq_levels=[15] * 6)
+    with pytest.raises(ValueError, match="codebook_size is 2,000,000 tokens"):
+        TokenizerConfig(quantizer="vq", codebook_size=2_000_000)
