@@ -123,7 +123,7 @@ def test_gumbel_temperature_anneals_and_kl_is_reported():
     assert "kl" in out.metrics and out.metrics["kl"] >= 0
 
 
-def test_fsq_with_binary_levels_round_trips_codes():
+def test_fsq_with_binary_levels_gives_distinct_codes():
     # The library rejects a level of 2 unless its symmetry-preserving bound is on; the quantizer turns it on.
     tok = tiny("fsq", fsq_levels=[2, 2, 3])
     assert tok.vocab_size == 12
