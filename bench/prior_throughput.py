@@ -120,6 +120,7 @@ def main() -> None:
         raise ValueError(f"--steps ({args.steps}) must be >= --rounds ({args.rounds}) >= 1")
 
     device = torch.device(args.device)
+    load_start = os.getloadavg()
     torch.manual_seed(0)
     base = build_prior(**MODEL).to(device).train()
     cfg = base.config
@@ -199,7 +200,8 @@ def main() -> None:
            "batch": args.batch, "tokens_per_step": tok_per_step, "steps": args.steps, "rounds": args.rounds,
            "warmup": args.warmup, "autocast": "bf16" if device.type == "cuda" else None,
            "flops_per_token": flops_per_token, "peak_tflops": peak, "results": results,
-           "compiled_over_eager": ratio, "machine": info}
+           "compiled_over_eager": ratio, "machine": info,
+           "load_average": {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]}}
     hw = info.get("gpu") or f"{info['cpu_model']}, {info['cpus_usable']} usable cores"
     cmd = (f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']} " if info["OMP_NUM_THREADS"] else "") + \
         f"python bench/prior_throughput.py --steps {args.steps} --rounds {args.rounds} --warmup {args.warmup}"
@@ -220,12 +222,15 @@ def main() -> None:
         "seq_len (PaLM, appendix B), embeddings included; MFU needs a known peak (GPU table or `--peak-tflops`), "
         "so it is n/a on CPU.",
     ]
-    if results["compiled"].get("graph_breaks"):
-        md.append(f"- dynamo graph breaks: {results['compiled']['graph_breaks']} (`Prior.check_tokens` calls "
-                  "`.item()` to validate the token range), so the loss is compiled as more than one graph.")
+    if "graph_breaks" in results["compiled"]:
+        breaks = results["compiled"]["graph_breaks"]
+        md.append(f"- dynamo graph breaks: {breaks}" + (" (the loss is compiled as one graph)." if not breaks else
+                  ", so the loss is compiled as more than one graph (see tests/pipelines/test_no_graph_breaks.py)."))
     if device.type == "cpu":
-        md.append("- Shared machine: other processes were running at the same time, so absolute numbers are "
-                  "noisy (check the min-max spread); alternating rounds make the ratio fairer, not exact.")
+        la = out["load_average"]
+        md.append(f"- 1-minute load average {la['start'][0]} at the start and {la['end'][0]} at the end on "
+                  f"{info['cpus_usable']} usable cores: other processes share the CPU when it exceeds the threads "
+                  "used here, so check the min-max spread; alternating rounds make the ratio fairer, not exact.")
     write_results("prior_throughput", out, "\n".join(md))
 
 
