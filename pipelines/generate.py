@@ -75,7 +75,8 @@ def generate(prior: Prior, tokenizer: Tokenizer, n: int, out: str | Path, labels
             f = out / f"sample_{i:04d}.wav"
             save_wav(x[i], f, sr)
             files.append(f.name)
-        spectrogram_image([x[i] for i in range(min(n, 8))], sr).save(out / "spectrograms.png")
+        shown = min(n, 8)
+        spectrogram_image([x[i] for i in range(shown)], sr, labels=files[:shown], ncol=2).save(out / "spectrograms.png")
     summary = {
         "n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_scale": cfg_scale,
         "labels": labels, "label_names": [class_names[k] for k in labels] if (labels and class_names) else None,

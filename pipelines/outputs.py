@@ -51,18 +51,33 @@ def _viridis_like(v: np.ndarray) -> np.ndarray:
     return (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
 
 
-def spectrogram_image(waves: list[torch.Tensor], sample_rate: int, titles_height: int = 0, scale: int = 2) -> Image.Image:
-    """Log-mel spectrograms of several waveforms float [T], side by side (shared colour scale), as a PIL
-    image: time left to right, low frequencies at the bottom."""
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=80)
+def spectrogram_image(waves: list[torch.Tensor], sample_rate: int, labels: list[str] | None = None, ncol: int | None = None,
+                      scale: int = 2, max_frames: int = 600) -> Image.Image:
+    """Log-mel spectrograms of waveforms float [T] in [-1, 1] as one PIL image: ``ncol`` tiles per row (default
+    all in one row), a shared colour scale (50 dB range), time left to right, low frequencies at the bottom, and
+    ``labels`` (one per wave) written above the tiles. The hop is 4 ms (64 samples at 16 kHz) for clips of up to
+    ``max_frames`` frames and grows for longer ones, so a 60 s file still gives a tile ~``max_frames`` wide."""
+    from PIL import ImageDraw
+
+    longest = max(int(w.shape[-1]) for w in waves)
+    hop = max(sample_rate // 250, math.ceil(longest / max_frames))
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=max(512, 2 * hop), hop_length=hop, n_mels=80)
     specs = [torch.log10(mel(w.float().cpu()) + 1e-5) for w in waves]
-    lo = min(s.min().item() for s in specs)
     hi = max(s.max().item() for s in specs)
-    lo = max(lo, hi - 5.0)  # show a 50 dB range
-    tiles = []
-    for s in specs:
-        v = ((s.clamp(min=lo) - lo) / max(hi - lo, 1e-6)).numpy()[::-1]
-        tiles.append(_viridis_like(v))
-        tiles.append(np.full((v.shape[0], 4, 3), 255, dtype=np.uint8))
-    img = Image.fromarray(np.concatenate(tiles[:-1], axis=1))
-    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    lo = max(min(s.min().item() for s in specs), hi - 5.0)  # log10 power: 5 decades = 50 dB
+    tiles = [Image.fromarray(_viridis_like(((s.clamp(min=lo) - lo) / max(hi - lo, 1e-6)).numpy()[::-1].copy()))
+             for s in specs]
+    tiles = [t.resize((t.width * scale, t.height * scale), Image.Resampling.NEAREST) for t in tiles]
+    ncol = ncol or len(tiles)
+    label_h, gap = (14 if labels else 0), 6
+    tw, th = max(t.width for t in tiles), max(t.height for t in tiles)
+    rows = math.ceil(len(tiles) / ncol)
+    canvas = Image.new("RGB", (ncol * (tw + gap) - gap, rows * (th + label_h + gap) - gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, ncol)
+        x, y = c * (tw + gap), r * (th + label_h + gap)
+        if labels:
+            draw.text((x + 2, y + 1), labels[i], fill=(0, 0, 0))
+        canvas.paste(t, (x, y + label_h))
+    return canvas

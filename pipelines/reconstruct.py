@@ -44,19 +44,14 @@ def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 
     else:
         out.mkdir(parents=True, exist_ok=True)
         sr = tokenizer.config.sample_rate
-        pics = []
         for k in range(len(idx)):
             save_wav(x[k], out / f"{k:02d}_original.wav", sr)
             save_wav(recon[k], out / f"{k:02d}_reconstruction.wav", sr)
-            pics.append(spectrogram_image([x[k], recon[k]], sr))
-        from PIL import Image
-
-        canvas = Image.new("RGB", (max(p.width for p in pics), sum(p.height + 4 for p in pics)), "white")
-        y = 0
-        for p in pics:
-            canvas.paste(p, (0, y))
-            y += p.height + 4
-        canvas.save(out / "spectrograms.png")
+        # Pairs side by side, one clip per row; at most 8 rows so the picture stays readable (all WAVs are written).
+        shown = min(len(idx), 8)
+        waves = [w for k in range(shown) for w in (x[k], recon[k])]
+        labels = [f"{k:02d} {kind}" for k in range(shown) for kind in ("original", "reconstruction")]
+        spectrogram_image(waves, sr, labels=labels, ncol=2).save(out / "spectrograms.png")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         metrics["written"] = str(out)
     return metrics
