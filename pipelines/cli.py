@@ -119,7 +119,8 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> int:
         fields |= {"channels": spec.channels, "image_size": spec.image_size}
     else:
         fields |= {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples}
-    for name in ("downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size", "audio_head"):
+    for name in ("downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size", "audio_head",
+                 "gumbel_kl_weight"):
         if getattr(a, name) is not None:
             fields[name] = getattr(a, name)
     if a.fsq_levels:
@@ -364,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--latent-dim", type=int, default=None, help="channels entering the quantizer (default 64)")
     m.add_argument("--codebook-size", type=int, default=None, help="vq/gumbel codes (default 512)")
     m.add_argument("--fsq-levels", default=None, help="comma-separated FSQ levels (default 8,5,5,5)")
+    m.add_argument("--gumbel-kl-weight", type=float, default=None,
+                   help="gumbel: weight of KL(codes || uniform) (default 0.01 image, 0.1 audio; for speech 0.3 keeps "
+                        "more codes in use, see README)")
     m.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test examples")
     m.add_argument("--crop-samples", type=int, default=AUDIO_CROP_SAMPLES,
                    help="audio: train on a random window of this many samples per clip, a multiple of --downsample "

@@ -189,6 +189,16 @@ def test_audio_pipeline_end_to_end(tmp_path, capsys):
     assert (tmp_path / "samples" / "spectrograms.png").is_file()
 
 
+def test_gumbel_kl_weight_reaches_the_saved_config(tmp_path):
+    common = ["train-tokenizer", "--modality", "audio", "--dataset", "tones", "--quantizer", "gumbel", "--steps", "1",
+              "--batch-size", "2", "--eval-limit", "2", "--quiet", "--clip-seconds", "0.064", "--limit", "4",
+              "--hidden-channels", "8", "--latent-dim", "8", "--num-res-blocks", "1", "--codebook-size", "16"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--gumbel-kl-weight", "0.3"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["gumbel_kl_weight"] == 0.3
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["gumbel_kl_weight"] == 0.1  # the audio default
+
+
 def test_raw_pixels_histogram_score_and_lossless_compress(tmp_path):
     assert main(["tokenize", "--raw", "--levels", "2", "--dataset", "mnist5k", "--limit", "64", "--out",
                  str(tmp_path / "tok"), "--quiet"]) == 0
