@@ -192,9 +192,10 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         ok = {True: "met", False: "missed", None: "-"}[r.get("meets_target")]
         if "skipped" in r:
-            (lines if r["modality"] == "image" else audio).append(
-                f"| {r['quantizer']} | {r['dataset']} | - | - | skipped: {r['skipped']} |"
-                if r["modality"] == "image" else f"| {r['quantizer']} | {r['dataset']} | - | - | - | skipped: {r['skipped']} |")
+            if r["modality"] == "image":
+                lines.append(f"| {r['quantizer']} | {r['dataset']} | - | - | skipped: {r['skipped']} |")
+            else:  # one more leading column (decoder head)
+                audio.append(f"| {r['quantizer']} | {r['dataset']} | - | - | - | skipped: {r['skipped']} |")
         elif r["modality"] == "image":
             lines.append(f"| {r['quantizer']} | {r['dataset']} | {r['budget_s']:.0f} | {r['steps']} | {r['psnr']:.2f} | "
                          f"{r['ssim']:.3f} | {r['codebook_usage']:.1%} | {r['perplexity']:.0f} | "

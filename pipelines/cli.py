@@ -338,6 +338,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from tokenizers_vq.config import AUDIO_HEADS
+
     from .tasks import AUDIO_CROP_SAMPLES
 
     p = argparse.ArgumentParser(prog="vqgen", description="Tokenize images and audio, model the tokens, generate.")
@@ -359,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--downsample", type=int, default=None, help="input-to-token factor per axis (default 4 image, 64 audio)")
     m.add_argument("--hidden-channels", type=int, default=None, help="width of the first conv stage (default 32 image, 16 audio)")
     m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per stage (default 2 image, 1 audio)")
-    m.add_argument("--audio-head", choices=("logistic", "categorical"), default=None,
+    m.add_argument("--audio-head", choices=AUDIO_HEADS, default=None,
                    help="audio decoder output: discretised logistic mixture over the mu-law classes (default) or "
                         "256 free logits per sample (the VQ-VAE paper's; ~4x fewer steps per CPU-second)")
     m.add_argument("--latent-dim", type=int, default=None, help="channels entering the quantizer (default 64)")

@@ -7,20 +7,29 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 
+def finite_range(x: Tensor) -> tuple[bool, float, float] | None:
+    """(all values finite, min, max) of a float tensor with one host sync, or None for an empty tensor and
+    inside a torch.compile graph, where reading a value would break the graph (compiled training relies on
+    the data layer's validation). Shared by ``mu_law_encode`` and the tokenizer's input check."""
+    if not x.numel() or torch.compiler.is_compiling():
+        return None
+    finite, lo, hi = torch.stack([torch.isfinite(x).all().to(x.dtype), x.min(), x.max()]).tolist()
+    return bool(finite), lo, hi
+
+
 def mu_law_encode(x: Tensor, quantization_channels: int = 256) -> Tensor:
     """Waveform float [...] in [-1, 1] -> int64 codes [...] in [0, quantization_channels).
 
     Identical to ``torchaudio.functional.mu_law_encoding`` on [-1, 1]. Raises ``ValueError`` for samples
-    outside [-1, 1] or NaN: torchaudio would silently return out-of-range codes (1.5 -> 264).
+    outside [-1, 1], NaN or inf: torchaudio would silently return out-of-range codes (1.5 -> 264).
     """
     if not torch.is_floating_point(x):
         raise ValueError(f"mu_law_encode expects a float waveform, got dtype {x.dtype}")
-    # One host sync for all three checks; none inside a torch.compile graph, where reading a value would break
-    # the graph (compiled training relies on the data layer's validation).
-    if x.numel() and not torch.compiler.is_compiling():
-        has_nan, lo, hi = torch.stack([torch.isnan(x).any().to(x.dtype), x.min(), x.max()]).tolist()
-        if has_nan:
-            raise ValueError("mu_law_encode: the waveform contains NaN samples")
+    checked = finite_range(x)
+    if checked is not None:
+        finite, lo, hi = checked
+        if not finite:
+            raise ValueError("mu_law_encode: the waveform contains NaN or inf samples")
         if lo < -1.0 or hi > 1.0:
             raise ValueError(
                 f"mu_law_encode: samples must lie in [-1, 1], got range [{lo:.4g}, {hi:.4g}]; "

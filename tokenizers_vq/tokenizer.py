@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .config import TokenizerConfig
 from .hub import FolderMixin
+from .mulaw import finite_range
 from .types import TokenizerOutput
 
 
@@ -81,10 +82,9 @@ class Tokenizer(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "to
             if x.shape[1] == 0:
                 raise ValueError("audio tokenizer got a 0-length clip")
             lo, hi = -1.0, 1.0
-        # One host sync for the value checks, and none inside a torch.compile graph (it would break the graph;
-        # compiled training relies on the data layer's validation).
-        if x.numel() and not torch.compiler.is_compiling():
-            finite, mn, mx = torch.stack([torch.isfinite(x).all().to(x.dtype), x.min(), x.max()]).tolist()
+        checked = finite_range(x)  # one host sync; skipped inside torch.compile
+        if checked is not None:
+            finite, mn, mx = checked
             if not finite:
                 raise ValueError("Tokenizer input contains NaN or inf values")
             if mn < lo or mx > hi:

@@ -58,3 +58,13 @@ def test_decode_rejects_out_of_range_codes():
         mu_law_decode(torch.tensor([0, 256]))
     with pytest.raises(ValueError, match=r"\[0, 256\)"):
         mu_law_decode(torch.tensor([-1]))
+
+
+def test_inf_is_named_as_such_and_finite_range_values():
+    from tokenizers_vq.mulaw import finite_range
+
+    with pytest.raises(ValueError, match="NaN or inf"):
+        mu_law_encode(torch.tensor([0.0, float("inf")]))
+    assert finite_range(torch.tensor([-0.5, 0.25, 0.75])) == (True, -0.5, 0.75)
+    assert finite_range(torch.tensor([0.0, float("nan")]))[0] is False
+    assert finite_range(torch.empty(0)) is None
