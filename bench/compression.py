@@ -1,7 +1,7 @@
 """Lossless compression of raw MNIST digits with a prior + range coder vs PNG and gzip.
 
 For each quantization (binarised, 8-bit) a prior is fitted on the ``mnist5k`` training split and the
-first --limit (default: all 500) test digits are compressed with ``pipelines.compress`` (round trip checked token for token).
+first --limit (default: all 500) test digits are compressed with ``pipelines.likelihood.compress`` (round trip checked token for token).
 Reported in bits per pixel: the container's actual size, the model's ideal code length (sum of
 -log2 p), one optimised PNG per digit, and gzip -9 over all digits in one stream.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from machine import write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
-from pipelines.compress import compress_grids, compression_stats, decompress_grids
+from pipelines.likelihood.compress import compress_grids, compression_stats, decompress_grids
 from pipelines.data import DataSpec, load_data
-from pipelines.score import quantize_raw
+from pipelines.likelihood.score import quantize_raw
 from prior import build_prior, load_prior
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
-from pipelines.tasks import PriorLossWrapper  # noqa: E402
+from pipelines.training.tasks import PriorLossWrapper  # noqa: E402
 from prior import build_prior  # noqa: E402
 
 MODEL = dict(arch="transformer", vocab_size=1000, shape=(16, 16), n_layer=4, n_head=4, d_model=256)

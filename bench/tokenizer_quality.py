@@ -1,6 +1,6 @@
 """Tokenizer quality on CPU: each quantizer trained for a fixed wall-clock budget, scored on the test split.
 
-Every row goes through the product path: ``build_tokenizer`` -> ``pipelines.train.train`` with a
+Every row goes through the product path: ``build_tokenizer`` -> ``pipelines.training.loop.train`` with a
 ``TokenizerTask`` and ``TrainConfig(max_seconds=budget)`` -> ``evaluate_tokenizer`` on the whole test
 split. Before each run a throwaway copy of the model is timed for a few steps, so that ``steps`` (and with
 it the cosine LR schedule and, for ``gumbel``, the temperature annealing) ends close to the budget instead
@@ -33,8 +33,8 @@ from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.pa
 from torch.utils.data import DataLoader
 
 from pipelines.data import DataSpec, load_data
-from pipelines.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
-from pipelines.train import TrainConfig, train
+from pipelines.training.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
+from pipelines.training.loop import TrainConfig, train
 from tokenizers_vq import TokenizerConfig, build_tokenizer
 from tokenizers_vq import metrics as M
 
@@ -146,7 +146,7 @@ def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, An
                            "train_s": round(train_s, 1), "stopped_by": result.status,
                            "params": sum(p.numel() for p in tokenizer.parameters()),
                            "vocab_size": tokenizer.vocab_size,
-                           "token_shape": list(tokenizer.token_shape(tokenizer.default_input_shape)),
+                           "token_shape": list(tokenizer.token_shape(tokenizer.input_shape)),
                            "batch_size": loop["batch_size"], "lr": loop["lr"], "crop_samples": crop,
                            "config": {k: v for k, v in tokenizer.config.to_dict().items()
                                       if k in ("hidden_channels", "num_res_blocks", "latent_res_blocks", "latent_dim",
@@ -216,7 +216,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = ["# Tokenizer quality on CPU at a fixed wall-clock budget", "",
              "`bench/tokenizer_quality.py`: each quantizer is trained through the product path "
-             "(`pipelines.train.train` + `TokenizerTask`, `max_seconds` = the budget) and scored on the whole "
+             "(`pipelines.training.loop.train` + `TokenizerTask`, `max_seconds` = the budget) and scored on the whole "
              "test split. `steps` is what the budget allowed; the cosine schedule (and gumbel's temperature "
              "annealing) is planned from a short timing of the model so that it ends near the budget.", "",
              *table(rows), "",

@@ -59,7 +59,7 @@ def _loop(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None
 
 
 def _train_config(a: argparse.Namespace) -> Any:
-    from .train import TrainConfig
+    from .training.loop import TrainConfig
 
     return TrainConfig(
         out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
@@ -103,11 +103,11 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- commands
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
     from tokenizers_vq import TokenizerConfig, build_tokenizer
-    from tokenizers_vq.hub import atomic_write_text
+    from vqgen_io import atomic_write_text
 
     from .data import infer_modality, load_data
-    from .tasks import TokenizerTask
-    from .train import train
+    from .training.loop import train
+    from .training.tasks import TokenizerTask
 
     spec = data_spec(a, modality=a.modality)
     modality = infer_modality(spec)
@@ -154,7 +154,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     from tokenizers_vq import load_tokenizer
 
     from .data import load_data
-    from .reconstruct import reconstruct
+    from .stages.reconstruct import reconstruct
 
     tok = load_tokenizer(a.tokenizer)
     splits = load_data(data_spec(a, tok.config))
@@ -167,7 +167,7 @@ def cmd_tokenize(a: argparse.Namespace) -> int:
     from tokenizers_vq import load_tokenizer
 
     from .data import load_data
-    from .tokenize import tokenize_splits
+    from .stages.tokenize import tokenize_splits
 
     if bool(a.tokenizer) == bool(a.raw):
         raise ValueError("pass exactly one of --tokenizer DIR or --raw")
@@ -188,11 +188,11 @@ def cmd_tokenize(a: argparse.Namespace) -> int:
 
 def cmd_train_prior(a: argparse.Namespace) -> int:
     from prior import PriorConfig, build_prior
-    from tokenizers_vq.hub import atomic_write_text
+    from vqgen_io import atomic_write_text
 
-    from .tasks import PriorTask, TokenGridDataset, evaluate_prior
-    from .tokens import load_token_header, load_tokens
-    from .train import train
+    from .data.tokens import load_token_header, load_tokens
+    from .training.loop import train
+    from .training.tasks import PriorTask, TokenGridDataset, evaluate_prior
 
     header = load_token_header(a.tokens)
     tr_tokens, tr_labels = load_tokens(a.tokens, "train")
@@ -245,7 +245,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from prior import load_prior
     from tokenizers_vq import load_tokenizer
 
-    from .generate import check_compatible, generate
+    from .stages.generate import check_compatible, generate
 
     prior, tok = load_prior(a.prior), load_tokenizer(a.tokenizer)
     check_compatible(prior, tok, a.prior, a.tokenizer)
@@ -276,12 +276,12 @@ def cmd_score(a: argparse.Namespace) -> int:
     from tokenizers_vq import load_tokenizer
 
     from .data import load_data
-    from .score import score_dataset
+    from .likelihood.score import score_dataset
 
     prior = load_prior(a.prior)
     tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
     if tok is not None:
-        from .generate import check_compatible
+        from .stages.generate import check_compatible
 
         check_compatible(prior, tok, a.prior, a.tokenizer)
     splits = load_data(data_spec(a, tok.config if tok else None))
@@ -296,7 +296,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     from prior import load_prior
     from tokenizers_vq import load_tokenizer
 
-    from .compress import compress_files
+    from .likelihood.compress import compress_files
 
     prior = load_prior(a.prior)
     tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
@@ -310,7 +310,7 @@ def cmd_decompress(a: argparse.Namespace) -> int:
     from prior import load_prior
     from tokenizers_vq import load_tokenizer
 
-    from .compress import decompress_file
+    from .likelihood.compress import decompress_file
 
     prior = load_prior(a.prior)
     tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
@@ -320,7 +320,7 @@ def cmd_decompress(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .export import export_model
+    from .stages.export import export_model
 
     if bool(a.tokenizer) == bool(a.prior):
         raise ValueError("pass exactly one of --tokenizer DIR or --prior DIR")
@@ -340,7 +340,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tokenizers_vq.config import AUDIO_HEADS
 
-    from .tasks import AUDIO_CROP_SAMPLES
+    from .training.tasks import AUDIO_CROP_SAMPLES
 
     p = argparse.ArgumentParser(prog="vqgen", description="Tokenize images and audio, model the tokens, generate.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -21,12 +21,12 @@ from prior import PriorConfig, build_prior
 from tokenizers_vq import TokenizerConfig, build_tokenizer
 
 from .data import DataSpec, load_data
-from .generate import generate
-from .reconstruct import reconstruct
-from .tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, TokenizerTask
-from .tokenize import tokenize_splits
-from .tokens import load_tokens
-from .train import TrainConfig, train
+from .data.tokens import load_tokens
+from .stages.generate import generate
+from .stages.reconstruct import reconstruct
+from .stages.tokenize import tokenize_splits
+from .training.loop import TrainConfig, train
+from .training.tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, TokenizerTask
 
 log = logging.getLogger("vqgen.demo")
 

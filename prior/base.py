@@ -7,7 +7,6 @@ and runs the decoding loop.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
@@ -15,57 +14,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tokenizers_vq.hub import FolderMixin
+from vqgen_io import FolderMixin
 
 from .config import PriorConfig
+from .histogram import HistogramNet
+from .lstm import LSTMNet
+from .made import MADE
+from .net import PriorNet
+from .pixelcnn import GatedPixelCNN
 from .sampling import check_sampling_args, logits_to_probs, sample_from_probs
+from .sparse import SparseTransformerNet
+from .transformer import TransformerNet
+from .wavenet import WaveNet
 
-NET_CLASSES: dict[str, str] = {
-    "transformer": "prior.transformer:TransformerNet",
-    "sparse_transformer": "prior.sparse:SparseTransformerNet",
-    "wavenet": "prior.wavenet:WaveNet",
-    "pixelcnn": "prior.pixelcnn:GatedPixelCNN",
-    "made": "prior.made:MADE",
-    "lstm": "prior.lstm:LSTMNet",
-    "histogram": "prior.histogram:HistogramNet",
+NET_CLASSES: dict[str, type[PriorNet]] = {
+    "transformer": TransformerNet,
+    "sparse_transformer": SparseTransformerNet,
+    "wavenet": WaveNet,
+    "pixelcnn": GatedPixelCNN,
+    "made": MADE,
+    "lstm": LSTMNet,
+    "histogram": HistogramNet,
 }
-
-
-class PriorNet(nn.Module):
-    """Internal protocol for one architecture.
-
-    ``forward(x, labels)``: x int64 [B, L'] in [0, V) with L' = L, or any L' <= L when
-    ``variable_length`` is True; labels int64 [B] in [0, num_classes] (num_classes = null label) or None
-    when unconditional -> logits float [B, L', V]. The logits at position i depend only on x[:, :i] and
-    the label.
-
-    Incremental decoding (optional, ``supports_cache``): ``init_cache(batch_size, device)`` returns a
-    state; ``step(cache, x, pos, labels)`` returns the logits [B, V] for position ``pos`` given the buffer
-    ``x`` [B, L] whose positions < pos are filled (positions >= pos are garbage and must not be read).
-    Steps are called for pos = 0, 1, ..., L-1 in order.
-    """
-
-    variable_length: bool = False
-    supports_cache: bool = False
-    # The order in which ``Prior.sample`` fills positions: None = raster. A net that factorises p(x) in
-    # another order (a MADE with a random ordering) sets an int64 [L] permutation; decoding then runs the
-    # full forward on the whole buffer at each step, since prefixes and caches assume raster order.
-    decode_order: Tensor | None = None
-
-    def __init__(self, config: PriorConfig):
-        super().__init__()
-        self.config = config
-
-    def init_cache(self, batch_size: int, device: torch.device) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def step(self, cache: Any, x: Tensor, pos: int, labels: Tensor | None) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
-
-
-def _net_class(arch: str) -> type[PriorNet]:
-    module, name = NET_CLASSES[arch].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"]):
@@ -80,7 +50,7 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
     def __init__(self, config: PriorConfig):
         super().__init__()
         self.config = config
-        self.net = _net_class(config.arch)(config)
+        self.net = NET_CLASSES[config.arch](config)
 
     # ------------------------------------------------------------------ validation
     @property

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from tokenizers_vq.jsonconfig import JsonConfig
+from vqgen_io import JsonConfig
 
 FORMAT_VERSION = 1
 ARCHS = ("transformer", "sparse_transformer", "wavenet", "pixelcnn", "made", "lstm", "histogram")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import PriorNet
 from .config import PriorConfig
+from .net import PriorNet
 
 
 class HistogramNet(PriorNet):

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import PriorNet
 from .config import PriorConfig
+from .net import PriorNet
 
 
 @dataclass

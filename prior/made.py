@@ -20,13 +20,14 @@ so the net sets ``decode_order`` and ``Prior.sample`` fills positions in the MAD
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Prior, PriorNet
 from .config import PriorConfig
+from .net import PriorNet
 
 
 def made_order(config: PriorConfig) -> Tensor:
@@ -153,7 +154,7 @@ class MADE(PriorNet):
         return F.linear(h, out.masked_weight()[rows], out.bias[rows])  # [B, V]
 
 
-def sample_made(prior: Prior, n: int, **kwargs) -> Tensor:
+def sample_made(prior: Any, n: int, **kwargs) -> Tensor:
     """Draw ``n`` grids int64 [n, *shape] from a MADE prior in its own ordering (any ``made_order``): the same
     as ``prior.sample(n, **kwargs)``, which follows ``MADE.decode_order``. Kept for callers that want the
     MADE order made explicit."""

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PriorNet
 from .config import PriorConfig
+from .net import PriorNet
 
 
 def _down_shift(x: Tensor) -> Tensor:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .base import PriorNet
 from .config import PriorConfig
+from .net import PriorNet
 
 AttendFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v float [B, H, L, hd] -> out [B, H, L, hd]
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PriorNet
 from .config import PriorConfig
+from .net import PriorNet
 
 
 def _delay(h: Tensor, d: int) -> Tensor:

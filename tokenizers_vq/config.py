@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .jsonconfig import JsonConfig
+from vqgen_io import JsonConfig
 
 FORMAT_VERSION = 1
 MODALITIES = ("image", "audio")
@@ -15,6 +15,12 @@ AUDIO_HEADS = ("logistic", "categorical")
 # The prior's embedding and output layers scale with the vocabulary, and FSQ materialises its implicit codebook
 # (vocab x len(levels) floats) on construction: fsq_levels=[15] * 10 asked for 4.6 TB and died inside the library.
 MAX_VOCAB_SIZE = 2**20
+# The one definition of each data default; the data layer, the CLI, RawCodec and the demo all read these.
+DEFAULT_IMAGE_SIZE = 32  # square side in pixels
+DEFAULT_CHANNELS = 1  # grayscale
+DEFAULT_SAMPLE_RATE = 16000  # Hz
+DEFAULT_CLIP_SAMPLES = 16000  # 1 s at 16 kHz
+MU_LAW_CHANNELS = 256  # 8-bit mu-law, as in WaveNet / the VQ-VAE paper
 
 
 @dataclass
@@ -29,12 +35,12 @@ class TokenizerConfig(JsonConfig):
     modality: str = "image"  # "image" | "audio"
     quantizer: str = "fsq"  # "vq" | "fsq" | "gumbel"
     # --- image ---
-    channels: int = 1  # 1 (grayscale) or 3 (RGB)
-    image_size: int = 32  # square side in pixels; the data layer resizes/crops to it
+    channels: int = DEFAULT_CHANNELS  # 1 (grayscale) or 3 (RGB)
+    image_size: int = DEFAULT_IMAGE_SIZE  # square side in pixels; the data layer resizes/crops to it
     # --- audio ---
-    sample_rate: int = 16000  # Hz; inputs at other rates are resampled by the data layer
-    clip_samples: int = 16000  # training clip length in samples (1 s at 16 kHz)
-    mu_law_channels: int = 256  # mu-law classes the audio decoder predicts per sample
+    sample_rate: int = DEFAULT_SAMPLE_RATE  # Hz; inputs at other rates are resampled by the data layer
+    clip_samples: int = DEFAULT_CLIP_SAMPLES  # training clip length in samples (1 s at 16 kHz)
+    mu_law_channels: int = MU_LAW_CHANNELS  # mu-law classes the audio decoder predicts per sample
     audio_head: str = "logistic"  # "logistic" (discretised logistic mixture) | "categorical" (Q free logits)
     logistic_mixtures: int = 1  # logistic head: mixture components per sample
     mel_loss_weight: float = 1.0  # multi-resolution log-mel loss on the decoded waveform

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from vqgen_io import FolderMixin, fingerprint_module
+
+from .codec import Codec
 from .config import TokenizerConfig
-from .hub import FolderMixin
 from .mulaw import finite_range
 from .types import TokenizerOutput
 
@@ -24,7 +27,7 @@ def _build_backbone(config: TokenizerConfig) -> nn.Module:
     return AudioAutoencoder(config)
 
 
-class Tokenizer(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "tokenizer"]):
+class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqgen", "tokenizer"]):
     """A discrete autoencoder. Images: float32 [B, C, H, W] in [0, 1] <-> int64 tokens [B, h, w].
     Audio: float32 [B, T] in [-1, 1] at ``config.sample_rate`` <-> int64 tokens [B, t].
 
@@ -49,14 +52,28 @@ class Tokenizer(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "to
     def modality(self) -> str:
         return self.config.modality
 
-    def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Token grid for one input of ``input_shape`` ((C, H, W) or (H, W) for images, (T,) for audio)."""
-        return tuple(self.model.token_shape(tuple(input_shape)))
+    def token_shape(self, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Token grid for one input of ``input_shape`` ((C, H, W) or (H, W) for images, (T,) for audio;
+        default: the training input, ``self.input_shape``)."""
+        return tuple(self.model.token_shape(tuple(input_shape or self.input_shape)))
 
     @property
-    def default_input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple[int, ...]:
+        """The input the tokenizer was trained on: (C, H, W) images, (clip_samples,) audio."""
         c = self.config
         return (c.channels, c.image_size, c.image_size) if c.modality == "image" else (c.clip_samples,)
+
+
+    @property
+    def sample_rate(self) -> int | None:
+        return self.config.sample_rate if self.config.modality == "audio" else None
+
+    def codec_config(self) -> dict[str, Any]:
+        return {"class_name": "Tokenizer", **self.config.to_dict()}
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_module(self, self.config)
 
     # ------------------------------------------------------------------ validation
     def _check_input(self, x: Tensor) -> None:
@@ -97,7 +114,7 @@ class Tokenizer(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "to
         """Raise ``ValueError`` unless ``tokens`` is an integer tensor with values in [0, vocab_size)."""
         if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
-        expected_dims = 3 if self.config.modality == "image" else 2
+        expected_dims = 1 + len(self.token_shape())  # [B, *grid], codebook axis included
         if tokens.dim() != expected_dims:
             raise ValueError(f"{self.config.modality} tokens must have {expected_dims} dims [B, *grid], got {tuple(tokens.shape)}")
         if tokens.numel() and (tokens.min().item() < 0 or tokens.max().item() >= self.vocab_size):
@@ -126,12 +143,12 @@ class Tokenizer(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "to
     def model_card(self, extra: dict[str, Any] | None = None) -> str:
         extra = extra or {}
         c = self.config
-        shape = self.token_shape(self.default_input_shape)
+        shape = self.token_shape(self.input_shape)
         lines = [
             f"# vqgen {c.modality} tokenizer ({c.quantizer})",
             "",
             f"A discrete autoencoder made with [vqgen](https://example.invalid/vqgen): {c.modality} in, "
-            f"integer tokens in [0, {self.vocab_size}) out, token grid {shape} for an input of {self.default_input_shape}.",
+            f"integer tokens in [0, {self.vocab_size}) out, token grid {shape} for an input of {self.input_shape}.",
             "",
         ]
         if extra.get("dataset"):
@@ -160,6 +177,20 @@ def build_tokenizer(config: TokenizerConfig | None = None, **overrides: Any) -> 
     return Tokenizer(config)
 
 
-def load_tokenizer(path: str, map_location: str | torch.device = "cpu") -> Tokenizer:
-    """Rebuild a tokenizer from a folder written by ``save_pretrained`` (never unpickles)."""
+def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu") -> Codec:
+    """Rebuild a codec from a folder written by ``save_pretrained`` (never unpickles): a ``Tokenizer``, or a
+    ``RawCodec`` when ``config.json`` says ``"class_name": "RawCodec"``."""
+    cfg = Path(path) / "config.json"
+    if cfg.is_file():
+        try:
+            raw = json.loads(cfg.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg} is not valid JSON ({e}); copy the codec folder again or re-export it") from None
+        if isinstance(raw, dict) and raw.get("class_name") == "RawCodec":
+            from .raw import RawCodec
+
+            return RawCodec.from_config(raw)
     return Tokenizer.from_pretrained(path, map_location=map_location)
+
+
+load_codec = load_tokenizer  # the same loader under the contract's name

@@ -133,7 +133,7 @@ def _vqgen(*args: str, **kw) -> subprocess.Popen:
 
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
-    from pipelines.tokens import TokenHeader, save_tokens
+    from pipelines.data.tokens import TokenHeader, save_tokens
 
     g = torch.Generator().manual_seed(0)
     first = torch.randint(0, 4, (256, 4, 1), generator=g)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipelines.tasks import PriorLossWrapper
+from pipelines.training.tasks import PriorLossWrapper
 from prior import build_prior
 from tokenizers_vq import build_tokenizer
 

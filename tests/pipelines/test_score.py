@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.data import Splits
-from pipelines.score import (
+from pipelines.likelihood.score import (
     bits_per_dim,
     bits_per_token,
     dequantize_raw,

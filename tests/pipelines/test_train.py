@@ -9,16 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.tasks import PriorTask, TokenGridDataset, TokenizerTask
-from pipelines.train import (
-    NoCheckpointError,
-    TrainConfig,
-    TrainingDiverged,
-    TrainTask,
-    latest_checkpoint,
-    list_checkpoints,
-    train,
-)
+from pipelines.training.checkpoints import latest_checkpoint, list_checkpoints
+from pipelines.training.loop import NoCheckpointError, TrainConfig, TrainingDiverged, TrainTask, train
+from pipelines.training.tasks import PriorTask, TokenGridDataset, TokenizerTask
 from prior import build_prior
 from tokenizers_vq import build_tokenizer
 
@@ -222,7 +215,7 @@ def test_prior_data_is_validated_once_before_training_and_the_step_skips_value_c
 
 
 def test_token_folder_is_range_checked_when_loaded(tmp_path):
-    from pipelines.tokens import TokenHeader, load_tokens, save_tokens
+    from pipelines.data.tokens import TokenHeader, load_tokens, save_tokens
 
     header = TokenHeader(vocab_size=4, token_shape=(2, 3), modality="image", dataset="toy")
     data = _token_data()

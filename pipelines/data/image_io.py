@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, TensorDataset
 
-from .data import IMAGE_EXTS, DataSpec, Splits, unknown_dataset_error
+from . import IMAGE_EXTS, DataSpec, Splits, unknown_dataset_error
 
 log = logging.getLogger("vqgen.data")
 

@@ -31,7 +31,7 @@ import torchaudio.functional as AF
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .data import AUDIO_EXTS, DataSpec, Splits, unknown_dataset_error
+from . import AUDIO_EXTS, DataSpec, Splits, unknown_dataset_error
 
 log = logging.getLogger("vqgen.data")
 

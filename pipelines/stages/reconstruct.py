@@ -10,9 +10,9 @@ import torch
 
 from tokenizers_vq import Tokenizer
 
-from .data import Splits
-from .outputs import image_grid, save_wav, spectrogram_image
-from .tasks import evaluate_tokenizer
+from ..data import Splits
+from ..outputs import image_grid, save_wav, spectrogram_image
+from ..training.tasks import evaluate_tokenizer
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenizers_vq.hub import atomic_write_text
+from vqgen_io import atomic_write_text
 
 HEADER = "tokens.json"
 

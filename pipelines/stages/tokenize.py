@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 
 from tokenizers_vq import Tokenizer
 
-from .data import Splits
-from .tokens import TokenHeader, save_tokens
+from ..data import Splits
+from ..data.tokens import TokenHeader, save_tokens
 
 log = logging.getLogger("vqgen.tokenize")
 
@@ -33,7 +33,7 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, tokenize
                     progress: bool = True) -> TokenHeader:
     """Write both splits as token grids with a ``tokens.json`` header. With ``tokenizer`` the grids are its
     tokens; with ``raw_levels`` (2 or 256) they are the quantized pixels / mu-law samples themselves."""
-    from .score import quantize_raw
+    from ..likelihood.score import quantize_raw
 
     if tokenizer is not None:
         tokenizer.eval()

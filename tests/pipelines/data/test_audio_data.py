@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipelines import audio_data
-from pipelines.audio_data import AudioClipDataset, AudioReadError, fit_clip, read_audio, validate_sources
+from pipelines.data import audio as audio_data
+from pipelines.data.audio import AudioClipDataset, AudioReadError, fit_clip, read_audio, validate_sources
 from pipelines.data import DataSpec, load_data
 
 SR = 16000

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from prior import Prior
 
-from .data import Splits
+from ..data import Splits
 
 LN2 = math.log(2.0)
 BPD_KINDS = {

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -32,8 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoints import latest_checkpoint, save_checkpoint
+
 log = logging.getLogger("vqgen.train")
-CKPT_PREFIX = "checkpoint-"
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,50 +159,6 @@ class CSVTracker(GeneralTracker):
                 w.writerow(["step", "key", "value"])
             for k, v in values.items():
                 w.writerow([step, k, float(v)])
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def checkpoint_dir(out: str | Path) -> Path:
-    return Path(out) / "checkpoints"
-
-
-def list_checkpoints(out: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first. Only renamed folders count: a save cut off halfway is still a
-    ``.tmp-`` folder and is ignored."""
-    d = checkpoint_dir(out)
-    if not d.is_dir():
-        return []
-    ckpts = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX):].isdigit()]
-    return sorted(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    ckpts = list_checkpoints(out)
-    return ckpts[-1] if ckpts else None
-
-
-def save_checkpoint(accelerator: Accelerator, out: str | Path, step: int, keep: int) -> Path:
-    """``accelerator.save_state`` into ``checkpoints/.tmp-checkpoint-N``, then rename to
-    ``checkpoint-N`` (atomic), then prune to the last ``keep``. All processes must call this."""
-    d = checkpoint_dir(out)
-    final = d / f"{CKPT_PREFIX}{step:08d}"
-    tmp = d / f".tmp-{CKPT_PREFIX}{step:08d}"
-    if accelerator.is_main_process:
-        d.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "COMPLETE").write_text(str(step))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 # ---------------------------------------------------------------------------- schedule

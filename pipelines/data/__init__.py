@@ -80,10 +80,10 @@ def load_data(spec: DataSpec) -> Splits:
     when ``spec.name`` is neither a built-in, a folder, nor something that looks like a Hub id."""
     modality = infer_modality(spec)
     if modality == "audio":
-        from .audio_data import load_audio_splits
+        from .audio import load_audio_splits
 
         return load_audio_splits(spec)
-    from .image_data import load_image_splits
+    from .images import load_image_splits
 
     return load_image_splits(spec)
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from prior import Prior, PriorConfig
 from tokenizers_vq import Tokenizer, TokenizerConfig
 
-from .train import CKPT_PREFIX, latest_checkpoint
+from ..training.checkpoints import CKPT_PREFIX, latest_checkpoint
 
 
 def _find(path: Path) -> tuple[Path, Path]:

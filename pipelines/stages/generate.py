@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 from prior import Prior
 from tokenizers_vq import Tokenizer
 
-from .outputs import image_grid, save_image, save_wav, spectrogram_image
+from ..outputs import image_grid, save_image, save_wav, spectrogram_image
 
 
 def check_compatible(prior: Prior, tokenizer: Tokenizer, prior_path: str = "prior", tokenizer_path: str = "tokenizer") -> None:
     """Refuse a prior/tokenizer pair whose vocabulary or token grid disagree (before any work is done)."""
-    shape = tuple(tokenizer.token_shape(tokenizer.default_input_shape))
+    shape = tuple(tokenizer.token_shape(tokenizer.input_shape))
     problems = []
     if prior.vocab_size != tokenizer.vocab_size:
         problems.append(f"vocabulary {prior.vocab_size} (prior) != {tokenizer.vocab_size} (tokenizer)")

@@ -15,7 +15,7 @@ from prior import Prior
 from tokenizers_vq import Tokenizer
 from tokenizers_vq import metrics as M
 
-from .train import TrainTask
+from .loop import TrainTask
 
 
 def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
@@ -59,7 +59,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
     res["codebook_usage"] = M.codebook_usage(counts)
     res["perplexity"] = M.code_perplexity(counts)
     c = tokenizer.config
-    grid = tokenizer.token_shape(tokenizer.default_input_shape)
+    grid = tokenizer.token_shape(tokenizer.input_shape)
     bits = math.prod(grid) * math.log2(tokenizer.vocab_size)
     if c.modality == "image":
         res["bits_per_image"] = bits

@@ -1,0 +1,42 @@
+"""``PriorNet``: the internal protocol every architecture implements (flat raster sequences in, logits out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import PriorConfig
+
+
+class PriorNet(nn.Module):
+    """Internal protocol for one architecture.
+
+    ``forward(x, labels)``: x int64 [B, L'] in [0, V) with L' = L, or any L' <= L when
+    ``variable_length`` is True; labels int64 [B] in [0, num_classes] (num_classes = null label) or None
+    when unconditional -> logits float [B, L', V]. The logits at position i depend only on x[:, :i] and
+    the label.
+
+    Incremental decoding (optional, ``supports_cache``): ``init_cache(batch_size, device)`` returns a
+    state; ``step(cache, x, pos, labels)`` returns the logits [B, V] for position ``pos`` given the buffer
+    ``x`` [B, L] whose positions < pos are filled (positions >= pos are garbage and must not be read).
+    Steps are called for pos = 0, 1, ..., L-1 in order.
+    """
+
+    variable_length: bool = False
+    supports_cache: bool = False
+    # The order in which ``Prior.sample`` fills positions: None = raster. A net that factorises p(x) in
+    # another order (a MADE with a random ordering) sets an int64 [L] permutation; decoding then runs the
+    # full forward on the whole buffer at each step, since prefixes and caches assume raster order.
+    decode_order: Tensor | None = None
+
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        self.config = config
+
+    def init_cache(self, batch_size: int, device: torch.device) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def step(self, cache: Any, x: Tensor, pos: int, labels: Tensor | None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
