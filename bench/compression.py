@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from machine import write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
-from pipelines.likelihood.compress import compress_grids, compression_stats, decompress_grids
 from pipelines.data import DataSpec, load_data
+from pipelines.likelihood.compress import compress_grids, compression_stats, decompress_grids
 from pipelines.likelihood.score import quantize_raw
 from prior import build_prior, load_prior
 

@@ -33,8 +33,8 @@ from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.pa
 from torch.utils.data import DataLoader
 
 from pipelines.data import DataSpec, load_data
-from pipelines.training.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
 from pipelines.training.loop import TrainConfig, train
+from pipelines.training.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
 from tokenizers_vq import TokenizerConfig, build_tokenizer
 from tokenizers_vq import metrics as M
 

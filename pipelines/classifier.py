@@ -3,11 +3,16 @@ for (the demo's "recognisable" check). Trained on the mnist5k training split in 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from vqgen_io import atomic_write_text, load_safetensors, save_safetensors
 
 
 class DigitClassifier(nn.Module):
@@ -61,3 +66,19 @@ def accuracy(model: DigitClassifier, dataset: Dataset) -> float:
         correct += (predict(model, x) == y).sum().item()
         total += len(y)
     return correct / max(total, 1)
+
+
+def save_classifier(model: DigitClassifier, out: str | Path) -> None:
+    """``model.safetensors`` + ``config.json`` (classes, channels) in ``out``, so later checks use the same reader."""
+    n_cls, ch = model.net[-1].out_features, model.net[0].in_channels
+    save_safetensors(model.state_dict(), Path(out) / "model.safetensors")
+    atomic_write_text(Path(out) / "config.json", json.dumps({"num_classes": n_cls, "channels": ch}))
+
+
+def load_classifier(path: str | Path) -> DigitClassifier:
+    """The classifier ``save_classifier`` wrote into ``path``, in eval mode."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    model = DigitClassifier(cfg["num_classes"], cfg["channels"])
+    model.load_state_dict(load_safetensors(Path(path) / "model.safetensors", "re-run `vqgen demo` to write it again"))
+    return model.eval()
+

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 DATA_HELP = ("a built-in name (mnist5k, shapes, tones, spoken-digits), a local folder of images or audio files "
              "(subfolder names become labels), or a Hugging Face Hub dataset id")
-BUILTIN_CHANNELS = {"mnist5k": 1, "shapes": 3}
 
 
 # ---------------------------------------------------------------------------- argument groups
@@ -21,6 +17,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same machine, same result (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="where models run: cpu, cuda, cuda:1, ... (default: cuda if available, "
+                                                   "else cpu)")
 
 
 def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -33,7 +34,7 @@ def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length in seconds (default 1.0)")
     g.add_argument("--image-column", default="image", help="Hub datasets: image column (default image)")
     g.add_argument("--audio-column", default="audio", help="Hub datasets: audio column (default audio)")
-    g.add_argument("--label-column", default="label", help="Hub datasets: label column (default label)")
+    g.add_argument("--label-column", default="label", help="Hub datasets: label column (default label; none = no labels)")
     g.add_argument("--limit", type=int, default=None, help="use at most this many training examples")
     g.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of a counted skip")
     g.add_argument("--cache-dir", default=None, help="where generated data (spoken-digits) is cached")
@@ -70,28 +71,12 @@ def _train_config(a: argparse.Namespace) -> Any:
     )
 
 
-def data_spec(a: argparse.Namespace, tokenizer_config: Any = None, modality: str | None = None) -> Any:
-    """A ``DataSpec`` from the data arguments, filling sizes from the tokenizer when one is given."""
-    from .data import DataSpec
-
-    tc = tokenizer_config
-    channels = a.channels or (tc.channels if tc is not None and tc.modality == "image" else None) \
-        or BUILTIN_CHANNELS.get(a.dataset, 3)
-    if tc is not None and tc.modality == "image" and a.channels and a.channels != tc.channels:
-        raise ValueError(f"--channels {a.channels} but the tokenizer expects {tc.channels}-channel images; "
-                         f"drop --channels (images are converted to the tokenizer's {tc.channels} channels)")
-    image_size = a.image_size or (tc.image_size if tc is not None and tc.modality == "image" else 32)
-    sample_rate = a.sample_rate or (tc.sample_rate if tc is not None and tc.modality == "audio" else 16000)
-    if a.clip_seconds is not None:
-        clip = int(round(a.clip_seconds * sample_rate))
-    elif tc is not None and tc.modality == "audio":
-        clip = tc.clip_samples
-    else:
-        clip = sample_rate
-    return DataSpec(name=a.dataset, modality=modality or (tc.modality if tc is not None else None), image_size=image_size,
-                    channels=channels, sample_rate=sample_rate, clip_samples=clip, image_column=a.image_column,
-                    audio_column=a.audio_column, label_column=a.label_column, limit=a.limit, seed=a.seed,
-                    strict=a.strict, cache_dir=a.cache_dir)
+def _data_args(a: argparse.Namespace) -> dict[str, Any]:
+    """The data options as ``make_spec`` takes them (sizes left None are filled from the codec or defaults)."""
+    label_column = None if (a.label_column or "").lower() == "none" else a.label_column
+    return dict(name=a.dataset, image_size=a.image_size, channels=a.channels, sample_rate=a.sample_rate,
+                clip_seconds=a.clip_seconds, image_column=a.image_column, audio_column=a.audio_column,
+                label_column=label_column, limit=a.limit, seed=a.seed, strict=a.strict, cache_dir=a.cache_dir)
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -100,221 +85,98 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
         print(f"  {k:>18}: {v:.4f}" if isinstance(v, float) else f"  {k:>18}: {v}")
 
 
-# ---------------------------------------------------------------------------- commands
-def cmd_train_tokenizer(a: argparse.Namespace) -> int:
-    from tokenizers_vq import TokenizerConfig, build_tokenizer
-    from vqgen_io import atomic_write_text
-
-    from .data import infer_modality, load_data
-    from .training.loop import train
-    from .training.tasks import TokenizerTask
-
-    spec = data_spec(a, modality=a.modality)
-    modality = infer_modality(spec)
-    if a.modality and modality != a.modality:
-        raise ValueError(f"--modality {a.modality} but {a.dataset} holds {modality} data")
-    splits = load_data(spec)
-    fields: dict[str, Any] = {"modality": modality, "quantizer": a.quantizer}
-    if modality == "image":
-        fields |= {"channels": spec.channels, "image_size": spec.image_size}
-    else:
-        fields |= {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples}
-    for name in ("downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size", "audio_head",
-                 "gumbel_kl_weight"):
-        if getattr(a, name) is not None:
-            fields[name] = getattr(a, name)
-    if a.fsq_levels:
-        fields["fsq_levels"] = [int(v) for v in a.fsq_levels.split(",")]
-    if a.quantizer == "gumbel":
-        fields["gumbel_anneal_steps"] = a.steps  # anneal over the whole run
-    config = TokenizerConfig(**fields)
-    out = Path(a.out)
-    if a.resume and (out / "config.json").is_file():
-        saved = TokenizerConfig.from_file(out / "config.json")
-        if saved != config:
-            raise ValueError(f"--resume: the arguments give a different tokenizer than the one in {out}/config.json; "
-                             "resume with the same arguments")
-    tokenizer = build_tokenizer(config)
-    atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
-    crop = a.crop_samples if modality == "audio" else None
-    result = train(TokenizerTask(tokenizer, a.dataset, eval_limit=a.eval_limit, crop_samples=crop), splits.train, splits.test,
-                   _train_config(a), hparams=config.to_dict())
-    _report_result(result, out)
-    return 0  # a pre-empted run exits cleanly too: it wrote a checkpoint to resume from
-
-
-def _report_result(result: Any, out: Path) -> None:
+def _report_result(result: Any, out: str) -> None:
     if result.status == "preempted":
         print(f"stopped at step {result.step}; checkpoint: {result.checkpoint}. Re-run with --resume to continue.")
         return
     _print_metrics(f"finished at step {result.step}; saved to {out}", result.metrics)
 
 
+def _model_fields(a: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    return {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
+
+
+# ---------------------------------------------------------------------------- commands
+TOKENIZER_FIELDS = ("quantizer", "downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size",
+                    "audio_head", "gumbel_kl_weight")
+PRIOR_FIELDS = ("arch", "n_layer", "n_head", "d_model", "dropout", "attention", "stride", "summary", "label_dropout",
+                "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
+                "lstm_hidden", "lstm_layers")
+
+
+def cmd_train_tokenizer(a: argparse.Namespace) -> int:
+    from .stages.train import train_tokenizer
+
+    model = _model_fields(a, TOKENIZER_FIELDS) | {"modality": a.modality}
+    if a.fsq_levels:
+        model["fsq_levels"] = [int(v) for v in a.fsq_levels.split(",")]
+    result = train_tokenizer(_data_args(a), model, _train_config(a), crop_samples=a.crop_samples, eval_limit=a.eval_limit)
+    _report_result(result, a.out)
+    return 0  # a pre-empted run exits cleanly too: it wrote a checkpoint to resume from
+
+
 def cmd_reconstruct(a: argparse.Namespace) -> int:
-    from tokenizers_vq import load_tokenizer
+    from .stages.reconstruct import reconstruct_dataset
 
-    from .data import load_data
-    from .stages.reconstruct import reconstruct
-
-    tok = load_tokenizer(a.tokenizer)
-    splits = load_data(data_spec(a, tok.config))
-    metrics = reconstruct(tok, splits, a.out, n=a.n, seed=a.seed, progress=not a.quiet)
+    metrics = reconstruct_dataset(a.tokenizer, _data_args(a), a.out, n=a.n, seed=a.seed, device=a.device,
+                                  progress=not a.quiet)
     _print_metrics(f"test-split metrics of {a.tokenizer} on {a.dataset}:", metrics)
     return 0
 
 
 def cmd_tokenize(a: argparse.Namespace) -> int:
-    from tokenizers_vq import load_tokenizer
+    from .stages.tokenize import tokenize
 
-    from .data import load_data
-    from .stages.tokenize import tokenize_splits
-
-    if bool(a.tokenizer) == bool(a.raw):
-        raise ValueError("pass exactly one of --tokenizer DIR or --raw")
-    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
-    splits = load_data(data_spec(a, tok.config if tok else None))
-    levels = None
-    if a.raw and splits.modality == "audio":
-        if a.levels not in (None, 256):
-            raise ValueError("--raw audio is 8-bit mu-law (256 levels); drop --levels 2")
-        levels = 256
-    elif a.raw:
-        levels = a.levels or 256
-    header = tokenize_splits(splits, a.out, a.dataset, tokenizer=tok, tokenizer_path=a.tokenizer, raw_levels=levels,
-                             batch_size=a.batch_size, progress=not a.quiet)
+    if a.levels is not None and not a.raw:
+        raise ValueError("--levels goes with --raw")
+    header = tokenize(_data_args(a), a.out, codec_dir=a.tokenizer, raw_levels=(a.levels or 256) if a.raw else None,
+                      batch_size=a.batch_size, progress=not a.quiet)
     print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}")
     return 0
 
 
 def cmd_train_prior(a: argparse.Namespace) -> int:
-    from prior import PriorConfig, build_prior
-    from vqgen_io import atomic_write_text
+    from .stages.train import train_prior
 
-    from .data.tokens import load_token_header, load_tokens
-    from .training.loop import train
-    from .training.tasks import PriorTask, TokenGridDataset, evaluate_prior
-
-    header = load_token_header(a.tokens)
-    tr_tokens, tr_labels = load_tokens(a.tokens, "train")
-    te_tokens, te_labels = load_tokens(a.tokens, "test")
-    num_classes = 0
-    if a.conditional:
-        if header.num_classes < 1 or (tr_labels < 0).any():
-            raise ValueError(f"--conditional: the token folder {a.tokens} has no labels for every example")
-        num_classes = header.num_classes
-    fields: dict[str, Any] = {"arch": a.arch, "vocab_size": header.vocab_size, "shape": tuple(header.token_shape),
-                              "num_classes": num_classes}
-    for name in ("n_layer", "n_head", "d_model", "dropout", "attention", "stride", "summary", "label_dropout",
-                 "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
-                 "lstm_hidden", "lstm_layers"):
-        if getattr(a, name, None) is not None:
-            fields[name] = getattr(a, name)
-    config = PriorConfig(**fields)
-    prior = build_prior(config)
-    out = Path(a.out)
-    dims = header.dims_per_input
-    if a.arch == "histogram":
-        # Closed-form maximum likelihood: counting beats gradient descent for a table.
-        prior.net.fit(tr_tokens.reshape(len(tr_tokens), -1), tr_labels if num_classes else None)
-        metrics = evaluate_prior(prior, TokenGridDataset(te_tokens, te_labels), 512, dims, num_classes > 0)
-        prior.save_pretrained(out, card_info={"tokens": a.tokens, "metrics": metrics})
-        (out / "class_names.json").write_text(json.dumps(header.class_names))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        _print_metrics(f"histogram fitted by counting; saved to {out}", metrics)
-        return 0
-    atomic_write_text(out / "config.json", config.to_json())
-    atomic_write_text(out / "class_names.json", json.dumps(header.class_names))
-    result = train(PriorTask(prior, a.tokens, dims), TokenGridDataset(tr_tokens, tr_labels),
-                   TokenGridDataset(te_tokens, te_labels), _train_config(a), hparams=config.to_dict())
-    _report_result(result, out)
+    result = train_prior(a.tokens, _model_fields(a, PRIOR_FIELDS), _train_config(a), conditional=a.conditional,
+                         cfg_scale=a.cfg_scale)
+    _report_result(result, a.out)
     return 0
-
-
-def _parse_label(value: str | None, names: list[str]) -> int | None:
-    if value is None:
-        return None
-    if value in names:
-        return names.index(value)
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"--label {value!r} is neither a class index nor one of {names}") from None
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from prior import load_prior
-    from tokenizers_vq import load_tokenizer
+    from .stages.generate import sample
 
-    from .stages.generate import check_compatible, generate
-
-    prior, tok = load_prior(a.prior), load_tokenizer(a.tokenizer)
-    check_compatible(prior, tok, a.prior, a.tokenizer)
-    names = _class_names(a.prior)
-    labels = None
-    if prior.config.num_classes:
-        if a.label is None:
-            labels = [i % prior.config.num_classes for i in range(a.n)]  # every class in turn
-        else:
-            labels = [_parse_label(a.label, names)] * a.n
-    elif a.label is not None:
-        raise ValueError(f"--label given but the prior {a.prior} is unconditional")
-    res = generate(prior, tok, a.n, a.out, labels=labels, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                   cfg_scale=a.cfg_scale, batch_size=a.batch_size, seed=a.seed, progress=not a.quiet, class_names=names,
-                   settings={"prior": a.prior, "tokenizer": a.tokenizer})
-    print(f"wrote {a.n} samples to {a.out} ({', '.join(res['summary']['files'][:3])}, ...)")
+    res = sample(a.prior, a.out, a.n, label=a.label, codec_dir=a.tokenizer, temperature=a.temperature, top_k=a.top_k,
+                 top_p=a.top_p, cfg_scale=a.cfg_scale, batch_size=a.batch_size, seed=a.seed, device=a.device,
+                 progress=not a.quiet)
+    s = res["summary"]
+    print(f"wrote {a.n} samples to {a.out} ({', '.join(s['files'][:3])}, ...); temperature {s['temperature']}, "
+          f"top_k {s['top_k']}, top_p {s['top_p']}, cfg_scale {s['cfg_scale']}")
     return 0
 
 
-def _class_names(prior_dir: str) -> list[str]:
-    """Class names recorded by train-prior (from the token folder header), if any."""
-    p = Path(prior_dir) / "class_names.json"
-    return json.loads(p.read_text()) if p.is_file() else []
-
-
 def cmd_score(a: argparse.Namespace) -> int:
-    from prior import load_prior
-    from tokenizers_vq import load_tokenizer
+    from .stages.score import score
 
-    from .data import load_data
-    from .likelihood.score import score_dataset
-
-    prior = load_prior(a.prior)
-    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
-    if tok is not None:
-        from .stages.generate import check_compatible
-
-        check_compatible(prior, tok, a.prior, a.tokenizer)
-    splits = load_data(data_spec(a, tok.config if tok else None))
-    data = splits if a.split == "test" else splits.train  # Splits: typicality uses the train NLL as reference
-    summary = score_dataset(prior, tok, data, a.out, batch_size=a.batch_size,
-                            raw_levels=None if tok else prior.vocab_size, progress=not a.quiet)
+    summary = score(a.prior, _data_args(a), a.out, codec_dir=a.tokenizer, split=a.split, batch_size=a.batch_size,
+                    device=a.device, progress=not a.quiet)
     _print_metrics(f"scored {a.dataset} ({a.split}) -> {a.out}", summary)
     return 0
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
-    from prior import load_prior
-    from tokenizers_vq import load_tokenizer
+    from .stages.score import compress
 
-    from .likelihood.compress import compress_files
-
-    prior = load_prior(a.prior)
-    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
-    stats = compress_files(prior, tok, a.inputs, a.out, raw_levels=None if tok else prior.vocab_size,
-                           progress=not a.quiet)
-    _print_metrics(f"compressed {len(a.inputs)} file(s) -> {a.out}", dataclasses.asdict(stats))
+    stats = compress(a.prior, a.inputs, a.out, codec_dir=a.tokenizer, device=a.device, progress=not a.quiet)
+    _print_metrics(f"compressed {len(a.inputs)} file(s) -> {a.out}", stats.to_dict())
     return 0
 
 
 def cmd_decompress(a: argparse.Namespace) -> int:
-    from prior import load_prior
-    from tokenizers_vq import load_tokenizer
+    from .stages.score import decompress
 
-    from .likelihood.compress import decompress_file
-
-    prior = load_prior(a.prior)
-    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
-    paths = decompress_file(prior, tok, a.file, a.out, progress=not a.quiet)
+    paths = decompress(a.prior, a.file, a.out, codec_dir=a.tokenizer, device=a.device, progress=not a.quiet)
     print(f"decompressed {a.file} -> {len(paths)} file(s) in {a.out}")
     return 0
 
@@ -324,8 +186,11 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     if bool(a.tokenizer) == bool(a.prior):
         raise ValueError("pass exactly one of --tokenizer DIR or --prior DIR")
-    path = export_model(a.tokenizer or a.prior, a.out, kind="tokenizer" if a.tokenizer else "prior")
-    print(f"exported to {path} (config.json, model.safetensors, README.md)")
+    path = export_model(a.tokenizer or a.prior, a.out, kind="tokenizer" if a.tokenizer else "prior", fmt=a.format,
+                        push_to_hub=a.push_to_hub)
+    files = "config.json, encoder.onnx, decoder.onnx, README.md" if a.format == "onnx" else \
+        "config.json, model.safetensors, README.md"
+    print(f"exported to {path} ({files})" + (f"; pushed to the Hub as {a.push_to_hub}" if a.push_to_hub else ""))
     return 0
 
 
@@ -337,6 +202,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+OVR = "the codec folder to use instead of the one the prior records (it must be the same codec)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokenizers_vq.config import AUDIO_HEADS
 
@@ -383,11 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="a .png file or a folder")
     s.add_argument("--n", type=int, default=16, help="how many examples to show (default 16)")
     _data(s)
+    _device(s)
     _common(s)
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("tokenize", help="encode a dataset's splits into a token folder (the prior's input)")
-    s.add_argument("--tokenizer", default=None)
+    s.add_argument("--tokenizer", default=None, help="the codec folder (a trained tokenizer); or --raw")
     s.add_argument("--raw", action="store_true", help="use raw pixels / mu-law samples as the grid")
     s.add_argument("--levels", type=int, choices=(2, 256), default=None, help="--raw images: 2 (binarised) or 256")
     s.add_argument("--out", required=True)
@@ -416,54 +285,69 @@ def build_parser() -> argparse.ArgumentParser:
             ("lstm-layers", int, "lstm: layers (default 2)")):
         m.add_argument(f"--{name}", type=typ, default=None, help=text)
     m.add_argument("--attention", choices=("strided", "fixed"), default=None, help="sparse_transformer pattern")
+    s.add_argument("--cfg-scale", type=float, default=None,
+                   help="conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in "
+                        "OUT/sampling.json (default 2; 1 = no guidance)")
     _loop(s, steps=2000, batch=64, lr=1e-3)
     _common(s)
     s.set_defaults(func=cmd_train_prior)
 
     s = sub.add_parser("sample", help="sample token grids and decode them into PNGs or WAVs")
-    s.add_argument("--prior", required=True)
-    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--prior", required=True, help="a prior folder (it records its codec and sampling defaults)")
+    s.add_argument("--tokenizer", default=None, help=OVR)
     s.add_argument("--n", type=int, default=16, help="how many samples (default 16)")
     s.add_argument("--out", required=True)
     s.add_argument("--label", default=None, help="class index or name (conditional priors; default: cycle through classes)")
-    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy (default 1)")
+    s.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature, 0 = greedy (default: the prior folder's sampling.json, else 1)")
     s.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens per step")
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set with mass >= p, in (0, 1]")
-    s.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (conditional priors)")
+    s.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale (conditional priors; default: the scale chosen at training, "
+                        "recorded in the prior folder's sampling.json; 1 = no guidance)")
     s.add_argument("--batch-size", type=int, default=64)
+    _device(s)
     _common(s)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("score", help="per-input NLL, bits/dim and OOD scores into a CSV")
     s.add_argument("--prior", required=True)
-    s.add_argument("--tokenizer", default=None, help="omit for a prior over raw pixels / mu-law samples")
+    s.add_argument("--tokenizer", default=None, help=OVR)
     s.add_argument("--out", required=True, help="CSV file")
     s.add_argument("--split", choices=("train", "test"), default="test")
     s.add_argument("--batch-size", type=int, default=128)
     _data(s)
+    _device(s)
     _common(s)
     s.set_defaults(func=cmd_score)
 
-    s = sub.add_parser("compress", help="losslessly compress inputs with the prior and arithmetic coding")
+    s = sub.add_parser("compress", help="compress image or audio files with the prior and arithmetic coding")
     s.add_argument("--prior", required=True)
-    s.add_argument("--tokenizer", default=None)
-    s.add_argument("inputs", nargs="+")
+    s.add_argument("--tokenizer", default=None, help=OVR)
+    s.add_argument("inputs", nargs="+", help="image files of the codec's size, or audio files (any rate and length)")
     s.add_argument("--out", required=True)
+    _device(s)
     _common(s)
     s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("decompress", help="decode a file written by `vqgen compress`")
     s.add_argument("--prior", required=True)
-    s.add_argument("--tokenizer", default=None)
+    s.add_argument("--tokenizer", default=None, help=OVR)
     s.add_argument("file")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder for the decoded PNG or WAV files")
+    _device(s)
     _common(s)
     s.set_defaults(func=cmd_decompress)
 
-    s = sub.add_parser("export", help="re-write a clean save_pretrained folder from a run or checkpoint")
+    s = sub.add_parser("export", help="a clean shareable folder (safetensors or ONNX) from a run or checkpoint")
     s.add_argument("--tokenizer", default=None, help="a run folder, checkpoint folder or saved folder")
     s.add_argument("--prior", default=None, help="the same, for a prior")
     s.add_argument("--out", required=True)
+    s.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                   help="safetensors: the folder vqgen loads (default); onnx: encoder.onnx + decoder.onnx that run with "
+                        "onnxruntime alone, no torch or vqgen (tokenizers only)")
+    s.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
+                   help="also upload the folder to this Hugging Face Hub model repo (needs `huggingface-cli login`)")
     _common(s)
     s.set_defaults(func=cmd_export)
     return p
@@ -500,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.manual_seed(a.seed)
+    if getattr(a, "device", "unset") is None:
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         return int(a.func(a) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

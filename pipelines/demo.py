@@ -17,16 +17,17 @@ from typing import Any
 
 import torch
 
-from prior import PriorConfig, build_prior
-from tokenizers_vq import TokenizerConfig, build_tokenizer
+from tokenizers_vq import load_codec
+from tokenizers_vq.config import DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
 
-from .data import DataSpec, load_data
-from .data.tokens import load_tokens
-from .stages.generate import generate
+from .data import load_data
+from .stages.common import make_spec
+from .stages.generate import sample
 from .stages.reconstruct import reconstruct
 from .stages.tokenize import tokenize_splits
-from .training.loop import TrainConfig, train
-from .training.tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, TokenizerTask
+from .stages.train import train_prior, train_tokenizer
+from .training.loop import TrainConfig
+from .training.tasks import AUDIO_CROP_SAMPLES
 
 log = logging.getLogger("vqgen.demo")
 
@@ -67,39 +68,45 @@ def _train_cfg(out: Path, steps: int, seconds: float, batch: int, lr: float, see
                        eval_every=10**9, save_every=10**9, progress=progress, log_every=20)
 
 
-def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool) -> dict[str, Any]:
-    spec = DataSpec("mnist5k", channels=1, image_size=32, seed=seed, limit=256 if quick else None)
-    splits = load_data(spec)
-    _say(f"1/5 training an FSQ tokenizer on mnist5k ({len(splits.train)} digits, 32x32 -> 8x8 tokens), "
-         f"up to {plan['tok_seconds']} s")
-    tok = build_tokenizer(TokenizerConfig(modality="image", quantizer="fsq", channels=1, image_size=32))
-    train(TokenizerTask(tok, "mnist5k", eval_limit=100 if quick else None), splits.train, splits.test,
-          _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["tok_batch"], 2e-3, seed, progress))
-    tok.eval()
+def _pipeline(out: Path, data: dict[str, Any], tokenizer: dict[str, Any], prior: dict[str, Any], plan: dict[str, Any],
+              eval_limit: int, crop: int | None, n_recon: int, seed: int, progress: bool
+              ) -> tuple[Any, Any, dict[str, Any], Any]:
+    """Steps 1-4, the same stage functions the CLI calls: train a tokenizer, reconstruct, tokenize, train a
+    conditional prior (which records its codec and a guidance scale for `vqgen sample`)."""
+    splits = load_data(make_spec(**data))
+    name = data["name"]
+    _say(f"1/5 training an FSQ tokenizer on {name} ({len(splits.train)} examples), up to {plan['tok_seconds']} s")
+    train_tokenizer(data, tokenizer, _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"],
+                                                plan["tok_batch"], 2e-3, seed, progress), crop_samples=crop,
+                    eval_limit=eval_limit)
+    tok = load_codec(out / "tokenizer")
     _say("2/5 reconstructions")
-    rec = reconstruct(tok, splits, out / "reconstructions.png", n=16, seed=seed, progress=progress)
+    rec_out = out / ("reconstructions.png" if tok.modality == "image" else "reconstructions")
+    rec = reconstruct(tok, splits, rec_out, n=n_recon, seed=seed, progress=progress)
+    _say(f"3/5 tokenizing both splits ({tuple(tok.token_shape())} tokens per input)")
+    tokenize_splits(splits, out / "tokens", name, tok, out / "tokenizer", progress=progress)
+    _say(f"4/5 training a sparse-Transformer prior p(tokens | label), up to {plan['prior_seconds']} s")
+    pres = train_prior(out / "tokens", prior, _train_cfg(out / "prior", plan["prior_steps"], plan["prior_seconds"],
+                                                          plan["batch"], 1e-3, seed, progress),
+                       conditional=splits.num_classes > 0)
+    return splits, tok, rec, pres
+
+
+def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool) -> dict[str, Any]:
+    data = {"name": "mnist5k", "channels": 1, "image_size": DEFAULT_IMAGE_SIZE, "seed": seed,
+            "limit": 256 if quick else None}
+    prior = {"arch": "sparse_transformer", "n_layer": 1 if quick else 4, "n_head": 4, "d_model": 16 if quick else 128,
+             "attention": "strided", "stride": 8, "label_dropout": 0.1}
+    splits, tok, rec, pres = _pipeline(out, data, {"modality": "image", "quantizer": "fsq"}, prior, plan,
+                                       100 if quick else None, None, 16, seed, progress)
     _say(f"    test PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}, codebook usage {rec['codebook_usage']:.0%}")
-    _say("3/5 tokenizing both splits")
-    tokenize_splits(splits, out / "tokens", "mnist5k", tokenizer=tok, tokenizer_path=str(out / "tokenizer"),
-                    progress=progress)
-    tr, trl = load_tokens(out / "tokens", "train")
-    te, tel = load_tokens(out / "tokens", "test")
-    _say(f"4/5 training a sparse-Transformer prior p(tokens | digit), up to {plan['prior_seconds']} s")
-    pcfg = PriorConfig(arch="sparse_transformer", vocab_size=tok.vocab_size, shape=(8, 8), num_classes=10,
-                       n_layer=4 if not quick else 1, n_head=4, d_model=128 if not quick else 16, attention="strided",
-                       stride=8, label_dropout=0.1)
-    prior = build_prior(pcfg)
-    pres = train(PriorTask(prior, str(out / "tokens"), dims_per_grid=32 * 32), TokenGridDataset(tr, trl),
-                 TokenGridDataset(te, tel),
-                 _train_cfg(out / "prior", plan["prior_steps"], plan["prior_seconds"], plan["batch"], 1e-3, seed, progress))
-    (out / "prior" / "class_names.json").write_text(json.dumps(splits.class_names))
-    _say("5/5 sampling ten of each digit and checking them with a digit classifier")
+    _say("5/5 sampling ten of each digit (the prior folder's default settings) and checking them with a digit classifier")
     labels = [d for d in range(10) for _ in range(10)]
-    gen = generate(prior, tok, len(labels), out / "samples", labels=labels, temperature=1.0, top_k=None,
-                   cfg_scale=2.0, seed=seed, progress=progress, class_names=splits.class_names)
-    from .classifier import predict, train_classifier
+    gen = sample(out / "prior", out / "samples", len(labels), labels=labels, seed=seed, progress=progress)
+    from .classifier import predict, save_classifier, train_classifier
 
     clf, clf_acc = train_classifier(splits.train, splits.test, epochs=1 if quick else 6, seed=seed, progress=progress)
+    save_classifier(clf, out / "classifier")
     pred = predict(clf, gen["decoded"])
     agree = (pred == torch.tensor(labels)).float().mean().item()
     _say(f"    classifier (test accuracy {clf_acc:.1%}) agrees with the requested digit on {agree:.1%} of samples")
@@ -110,7 +117,7 @@ def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
         "prior_bits_per_dim": round(pres.metrics.get("bits_per_dim", float("nan")), 4),
         "classifier_test_accuracy": round(clf_acc, 4), "samples_label_agreement": round(agree, 4),
         "samples_grid": str(out / "samples" / "grid.png"), "reconstructions": str(out / "reconstructions.png"),
-        "cfg_scale": 2.0,
+        "cfg_scale": gen["summary"]["cfg_scale"], "classifier": str(out / "classifier"),
     }
 
 
@@ -119,36 +126,16 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
     if name == "tones":
         _say("espeak-ng is not installed, so the audio demo uses the built-in `tones` melodies instead of "
              "spoken digits (install it with `apt-get install espeak-ng` or `brew install espeak-ng`)")
-    spec = DataSpec(name, modality="audio", sample_rate=16000, clip_samples=16000, seed=seed, limit=64 if quick else None)
-    splits = load_data(spec)
-    _say(f"1/5 training an FSQ audio tokenizer on {name} ({len(splits.train)} clips of 1 s, 250 tokens/s), "
-         f"up to {plan['tok_seconds']} s")
-    tok = build_tokenizer(TokenizerConfig(modality="audio", quantizer="fsq", sample_rate=16000, clip_samples=16000))
-    train(TokenizerTask(tok, name, eval_limit=16 if quick else 64, crop_samples=AUDIO_CROP_SAMPLES), splits.train, splits.test,
-          _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"], plan["tok_batch"], 2e-3, seed, progress))
-    tok.eval()
-    _say("2/5 reconstructions (WAV pairs and spectrograms)")
-    rec = reconstruct(tok, splits, out / "reconstructions", n=4, seed=seed, progress=progress)
-    _say("3/5 tokenizing both splits")
-    tokenize_splits(splits, out / "tokens", name, tokenizer=tok, tokenizer_path=str(out / "tokenizer"), progress=progress)
-    tr, trl = load_tokens(out / "tokens", "train")
-    te, tel = load_tokens(out / "tokens", "test")
-    shape = tuple(tr.shape[1:])
-    _say(f"4/5 training a sparse-Transformer prior over {shape[0]} tokens per clip, up to {plan['prior_seconds']} s")
-    pcfg = PriorConfig(arch="sparse_transformer", vocab_size=tok.vocab_size, shape=shape, num_classes=splits.num_classes,
-                       n_layer=4 if not quick else 1, n_head=4, d_model=128 if not quick else 16, attention="strided",
-                       label_dropout=0.1)
-    prior = build_prior(pcfg)
-    pres = train(PriorTask(prior, str(out / "tokens"), dims_per_grid=spec.clip_samples), TokenGridDataset(tr, trl),
-                 TokenGridDataset(te, tel),
-                 _train_cfg(out / "prior", plan["prior_steps"], plan["prior_seconds"], plan["batch"], 1e-3, seed, progress))
-    (out / "prior" / "class_names.json").write_text(json.dumps(splits.class_names))
-    _say("5/5 sampling clips")
+    data = {"name": name, "sample_rate": DEFAULT_SAMPLE_RATE, "clip_seconds": DEFAULT_CLIP_SAMPLES / DEFAULT_SAMPLE_RATE,
+            "seed": seed, "limit": 64 if quick else None}
+    prior = {"arch": "sparse_transformer", "n_layer": 1 if quick else 4, "n_head": 4, "d_model": 16 if quick else 128,
+             "attention": "strided", "label_dropout": 0.1}
+    splits, tok, rec, pres = _pipeline(out, data, {"modality": "audio", "quantizer": "fsq"}, prior, plan,
+                                       16 if quick else 64, AUDIO_CROP_SAMPLES, 4, seed, progress)
+    _say("5/5 sampling clips (the prior folder's default settings)")
     k = max(1, splits.num_classes)
     labels = [i % k for i in range(min(10, 2 * k))] if splits.num_classes else None
-    n = len(labels) if labels else 8
-    generate(prior, tok, n, out / "samples", labels=labels, cfg_scale=2.0 if labels else None, seed=seed,
-             progress=progress, class_names=splits.class_names)
+    sample(out / "prior", out / "samples", len(labels) if labels else 8, labels=labels, seed=seed, progress=progress)
     return {
         "modality": "audio", "dataset": name, "tokenizer": str(out / "tokenizer"), "prior": str(out / "prior"),
         "tokenizer_si_snr_db": round(rec.get("si_snr", float("nan")), 3),

@@ -171,7 +171,8 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
 
         extra = extra or {}
         c = self.config
-        lines = [f"# vqgen prior ({c.arch})", "",
+        lines = ["---", "library_name: vqgen", "license: mit", "tags:", "- vqgen", "- prior", "- autoregressive",
+                 f"- {c.arch}", "---", "", f"# vqgen prior ({c.arch})", "",
                  f"An autoregressive model over integer grids of shape {tuple(c.shape)} with vocabulary {c.vocab_size}"
                  + (f", conditioned on {c.num_classes} classes." if c.num_classes else "."), ""]
         if extra.get("tokens"):

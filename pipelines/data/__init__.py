@@ -1,95 +1,85 @@
 """The data layer: a dataset spec in, train and test splits of ``(x, label)`` out.
 
 Images: x float32 [C, H, W] in [0, 1]. Audio: x float32 [T] in [-1, 1] at ``spec.sample_rate``.
-Labels are int64 class indices (-1 when a source has none).
+Labels are int64 class indices (-1 when a source has none). See docs/DATA.md.
+
+Modules: ``spec`` (DataSpec, Splits, limits, the skip policy), ``audio_io`` / ``image_io`` (reading and
+checking files), one module per built-in (``mnist5k``, ``shapes``, ``tones``, ``spoken_digits``),
+``folders`` (local folders), ``hub`` (Hugging Face datasets), ``tokens`` (the token folder format).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-from torch.utils.data import Dataset
+from .audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio
+from .folders import load_audio_folder, load_image_folder
+from .hub import is_dataset_folder, load_hub_audio, load_hub_images
+from .image_io import EncodedImageDataset, ImageReadError, pil_to_tensor
+from .mnist5k import load_mnist5k
+from .shapes import load_shapes
+from .spec import (
+    AUDIO_EXTS,
+    BUILTINS,
+    IMAGE_EXTS,
+    MAX_AUDIO_SAMPLES,
+    MAX_AUDIO_SECONDS,
+    MAX_IMAGE_PIXELS,
+    MAX_RESAMPLE_KERNEL,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    DataSpec,
+    Splits,
+    UnreadableFileError,
+    infer_modality,
+    unknown_dataset_error,
+)
+from .spoken_digits import load_spoken_digits
+from .tones import load_tones
 
-log = logging.getLogger("vqgen.data")
+__all__ = [
+    "DataSpec", "Splits", "load_data", "infer_modality", "unknown_dataset_error", "BUILTINS", "IMAGE_EXTS",
+    "AUDIO_EXTS", "UnreadableFileError", "AudioReadError", "ImageReadError", "read_audio", "fit_clip",
+    "pil_to_tensor", "AudioClipDataset", "EncodedImageDataset", "MAX_IMAGE_PIXELS", "MIN_SAMPLE_RATE",
+    "MAX_SAMPLE_RATE", "MAX_AUDIO_SECONDS", "MAX_AUDIO_SAMPLES", "MAX_RESAMPLE_KERNEL",
+]
 
-IMAGE_BUILTINS = ("mnist5k", "shapes")
-AUDIO_BUILTINS = ("tones", "spoken-digits")
-BUILTINS = IMAGE_BUILTINS + AUDIO_BUILTINS
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
-
-
-@dataclass
-class DataSpec:
-    """Where the data comes from and how to shape it. ``name`` is a built-in name, a local folder
-    (subfolder names become labels) or a Hugging Face Hub dataset id."""
-
-    name: str
-    modality: str | None = None  # "image" | "audio"; inferred for built-ins and local folders
-    image_size: int = 32  # images are resized (shorter side) and centre-cropped to this square
-    channels: int = 1  # images are converted to 1 (L) or 3 (RGB) channels
-    sample_rate: int = 16000  # audio is resampled to this rate
-    clip_samples: int = 16000  # audio is cut or padded to clips of this many samples
-    image_column: str = "image"  # Hub datasets: column names
-    audio_column: str = "audio"
-    label_column: str | None = "label"
-    train_split: str = "train"
-    test_split: str | None = "test"  # None or missing: hold out `test_fraction` of train
-    test_fraction: float = 0.1
-    limit: int | None = None  # keep at most this many training examples (quick runs)
-    seed: int = 0  # procedural data and held-out splits are deterministic given this
-    strict: bool = False  # a corrupt file is an error instead of a counted skip
-    cache_dir: str | None = None  # where generated data (spoken-digits) is cached
-    revision: str | None = None  # Hub datasets: the revision to load
-
-
-@dataclass
-class Splits:
-    """Train and test datasets yielding ``(x, label)``, plus what a model needs to know about them."""
-
-    train: Dataset
-    test: Dataset
-    modality: str
-    num_classes: int = 0
-    class_names: list[str] = field(default_factory=list)
-    input_shape: tuple[int, ...] = ()  # shape of one x
-    sample_rate: int | None = None
+BUILTIN_LOADERS: dict[tuple[str, str], Callable[[DataSpec], Splits]] = {
+    ("image", "mnist5k"): load_mnist5k,
+    ("image", "shapes"): load_shapes,
+    ("audio", "tones"): load_tones,
+    ("audio", "spoken-digits"): load_spoken_digits,
+}
 
 
-def infer_modality(spec: DataSpec) -> str:
-    """"image" or "audio" for a spec, from the built-in name, the folder's files, or ``spec.modality``."""
-    if spec.modality:
-        return spec.modality
-    if spec.name in IMAGE_BUILTINS:
-        return "image"
-    if spec.name in AUDIO_BUILTINS:
-        return "audio"
-    p = Path(spec.name)
-    if p.is_dir():
-        exts = {f.suffix.lower() for f in p.rglob("*") if f.is_file()}
-        if exts & AUDIO_EXTS and not exts & IMAGE_EXTS:
-            return "audio"
-        return "image"
-    return "image"
+def _has_files(folder: Path, exts: set[str]) -> bool:
+    return any(f.suffix.lower() in exts for f in folder.rglob("*") if f.is_file())
 
 
 def load_data(spec: DataSpec) -> Splits:
-    """Train and test splits for ``spec`` (see ``DataSpec``); raises ``ValueError`` naming the built-ins
-    when ``spec.name`` is neither a built-in, a folder, nor something that looks like a Hub id."""
+    """Train and test splits for ``spec`` (see ``DataSpec``): a built-in, a local folder of image or audio
+    files, a local ``datasets`` folder, or a Hugging Face Hub id. Raises ``ValueError`` naming the built-ins
+    when ``spec.name`` is none of these."""
     modality = infer_modality(spec)
-    if modality == "audio":
-        from .audio import load_audio_splits
-
-        return load_audio_splits(spec)
-    from .images import load_image_splits
-
-    return load_image_splits(spec)
-
-
-def unknown_dataset_error(name: str) -> ValueError:
-    return ValueError(
-        f"unknown dataset {name!r}: not a built-in ({', '.join(BUILTINS)}), not an existing local folder, "
-        "and not a Hugging Face Hub id of the form 'owner/name'"
-    )
+    audio = modality == "audio"
+    if audio and spec.sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {spec.sample_rate}")
+    if not audio and spec.channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {spec.channels}")
+    builtin = BUILTIN_LOADERS.get(("audio" if audio else "image", spec.name))
+    if builtin is not None:
+        return builtin(spec)
+    p = Path(spec.name)
+    if p.is_dir():
+        if not audio:
+            return load_image_folder(spec) if _has_files(p, IMAGE_EXTS) else load_hub_images(spec)
+        if _has_files(p, AUDIO_EXTS):
+            return load_audio_folder(spec)
+        if is_dataset_folder(p):
+            return load_hub_audio(spec)
+        raise ValueError(f"{p}: no audio files ({', '.join(sorted(AUDIO_EXTS))}) and no dataset files "
+                         "(parquet, arrow, save_to_disk output) found")
+    if "/" in spec.name and not p.exists() and not spec.name.startswith((".", "/")):
+        return load_hub_audio(spec) if audio else load_hub_images(spec)
+    raise unknown_dataset_error(spec.name)

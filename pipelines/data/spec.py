@@ -17,7 +17,12 @@ from typing import Any
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tokenizers_vq.config import DEFAULT_CHANNELS, DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
+from tokenizers_vq.config import (
+    DEFAULT_CHANNELS,
+    DEFAULT_CLIP_SAMPLES,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SAMPLE_RATE,
+)
 
 log = logging.getLogger("vqgen.data")
 

@@ -19,30 +19,20 @@ What remains outside our control is the device: compress and decompress on the s
 the same dtype (a GPU's kernels round differently from a CPU's). A CRC32 of the tokens in the header turns
 any divergence into a clear error instead of silently wrong tokens.
 
-Container format (little-endian)
---------------------------------
-``b"VQGZ"``, format version u8, prior fingerprint (16 bytes: SHA-256 of its config and weights),
-vocab_size u32, ndim u8, shape u32 x ndim, N u32, chunk u32, has_labels u8 [+ width u8 + labels
-(signed, 1, 2 or 4 bytes each) x N],
-tokens CRC32 u32, metadata length u32 + metadata JSON, payload length u32 + payload (u32 words),
-and a CRC32 of everything before it (u32), so truncation and corruption are detected before decoding.
+The file format lives in ``container.py``.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
-import json
+import logging
 import math
 import os
-import struct
-import tempfile
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import constriction
 import numpy as np
@@ -51,32 +41,23 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prior import Prior
+from tokenizers_vq import Codec, RawCodec
+from vqgen_io import atomic_write_bytes, fingerprint_module
 
-from .score import dequantize_raw, net_labels, raw_grid_shape, to_grids
+from .container import ContainerHeader, DecompressedGrids, pack, read_header, tokens_crc
+from .score import encode_batch, net_labels
 
-MAGIC = b"VQGZ"
-FORMAT_VERSION = 1
+log = logging.getLogger("vqgen.compress")
+
 DEFAULT_CHUNK = 64  # grids coded together: one batched step of the prior per position per chunk
 _FAMILY = constriction.stream.model.Categorical(perfect=False)  # same setting on both sides (required)
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
 def module_fingerprint(model: nn.Module) -> bytes:
-    """16-byte SHA-256 digest of a model's config JSON and every tensor of its state dict (name, dtype,
-    shape, raw bytes): two models share it only if they compute the same function."""
-    h = hashlib.sha256()
-    cfg = getattr(model, "config", None)
-    if cfg is not None:
-        h.update(json.dumps(cfg.to_dict(), sort_keys=True, default=list).encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.digest()[:16]
-
-
-def _tokens_crc(tokens: Tensor) -> int:
-    return zlib.crc32(tokens.to(torch.int32).contiguous().numpy().astype("<i4").tobytes())
+    """16 bytes: ``vqgen_io.fingerprint_module`` of a model and its config (two models share it only if they
+    compute the same function)."""
+    return bytes.fromhex(fingerprint_module(model, getattr(model, "config", None)))
 
 
 # ---------------------------------------------------------------------------------------------- the shared loop
@@ -116,107 +97,6 @@ def _code_loop(prior: Prior, labels: Tensor | None, n: int, chunk: int,
         bar.close()
     finally:
         prior.train(was_training)
-
-
-# ---------------------------------------------------------------------------------------------- container
-@dataclass
-class ContainerHeader:
-    """Everything in a compressed file except the payload (``read_header`` parses it)."""
-
-    version: int
-    fingerprint: bytes
-    vocab_size: int
-    shape: tuple[int, ...]
-    n: int
-    chunk: int
-    labels: Tensor | None  # int64 [n] or None
-    tokens_crc: int
-    metadata: dict[str, Any]
-    payload: bytes = field(repr=False)
-
-
-class DecompressedGrids(NamedTuple):
-    tokens: Tensor  # int64 [N, *shape] in [0, vocab_size)
-    labels: Tensor | None  # int64 [N] (-1 = unknown) or None when none were stored
-
-
-def _pack(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, metadata: dict[str, Any],
-          payload: bytes) -> bytes:
-    shape = prior.shape
-    out = [MAGIC, struct.pack("<B", FORMAT_VERSION), module_fingerprint(prior),
-           struct.pack("<IB", prior.vocab_size, len(shape)), struct.pack(f"<{len(shape)}I", *shape),
-           struct.pack("<II", tokens.shape[0], chunk), struct.pack("<B", labels is not None)]
-    if labels is not None:  # the narrowest signed width that holds them (labels are usually < 128)
-        lo, hi = (int(labels.min()), int(labels.max())) if len(labels) else (0, 0)
-        width = 1 if -128 <= lo and hi < 128 else 2 if -32768 <= lo and hi < 32768 else 4
-        out += [struct.pack("<B", width), labels.numpy().astype(f"<i{width}").tobytes()]
-    meta = json.dumps(metadata, sort_keys=True).encode()
-    out += [struct.pack("<I", _tokens_crc(tokens)), struct.pack("<I", len(meta)), meta,
-            struct.pack("<I", len(payload)), payload]
-    body = b"".join(out)
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
-def read_header(data: bytes, name: str = "the compressed data") -> ContainerHeader:
-    """Parse and check a container (magic, lengths, CRC, version) without a prior. ``name`` (e.g. the file
-    path) appears in errors. Raises ``ValueError`` for a file that is not ours, truncated or corrupted."""
-    if len(data) < 4 or data[:4] != MAGIC:
-        raise ValueError(f"{name} is not a vqgen compressed file (no {MAGIC!r} magic); make one with "
-                         "`vqgen compress --prior DIR INPUT... --out FILE`")
-    # the trailing CRC covers every byte, so check it before trusting any field
-    crc_ok = len(data) >= 8 and zlib.crc32(data[:-4]) == int.from_bytes(data[-4:], "little")
-    again = "compress the inputs again"
-    try:
-        h, end = _parse(data)
-    except (struct.error, ValueError, UnicodeDecodeError):
-        if crc_ok:  # pragma: no cover - only a writer bug gets here
-            raise ValueError(f"{name} is corrupted (its fields are inconsistent); {again}") from None
-        raise ValueError(f"{name} is truncated or corrupted ({len(data)} bytes, shorter than its header says): "
-                         f"the file was cut short while copying or writing; {again}") from None
-    if end != len(data):
-        raise ValueError(f"{name} has {len(data) - end} unexpected trailing bytes: it is corrupted (or two files "
-                         f"were concatenated); {again}")
-    if not crc_ok:
-        raise ValueError(f"{name} is corrupted (checksum mismatch): some bytes changed after it was written; {again}")
-    if h.version > FORMAT_VERSION:
-        raise ValueError(f"{name} uses container format {h.version}, newer than this vqgen ({FORMAT_VERSION}): "
-                         "upgrade vqgen")
-    return h
-
-
-def _parse(data: bytes) -> tuple[ContainerHeader, int]:
-    """The fields of a container and the offset just past its CRC; struct.error / ValueError when short."""
-    off = 4
-    (version,) = struct.unpack_from("<B", data, off)
-    fp = data[off + 1: off + 17]
-    off += 17
-    vocab, ndim = struct.unpack_from("<IB", data, off)
-    off += 5
-    shape = struct.unpack_from(f"<{ndim}I", data, off)
-    off += 4 * ndim
-    n, chunk, has_labels = struct.unpack_from("<IIB", data, off)
-    off += 9
-    labels = None
-    if has_labels:
-        (width,) = struct.unpack_from("<B", data, off)
-        off += 1
-        if width not in (1, 2, 4) or off + width * n > len(data):
-            raise ValueError("bad labels")
-        labels = torch.from_numpy(np.frombuffer(data, dtype=f"<i{width}", count=n, offset=off).astype(np.int64))
-        off += width * n
-    tokens_crc, meta_len = struct.unpack_from("<II", data, off)
-    off += 8
-    meta_raw = data[off: off + meta_len]
-    off += meta_len
-    (payload_len,) = struct.unpack_from("<I", data, off)
-    off += 4
-    payload = data[off: off + payload_len]
-    off += payload_len
-    struct.unpack_from("<I", data, off)  # the CRC itself must be there
-    if len(meta_raw) != meta_len or len(payload) != payload_len or payload_len % 4 or chunk < 1 or not ndim:
-        raise ValueError("inconsistent lengths")
-    meta = json.loads(meta_raw.decode())
-    return ContainerHeader(version, fp, vocab, tuple(shape), n, chunk, labels, tokens_crc, meta, payload), off + 4
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -277,7 +157,7 @@ def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     tokens = tokens.cpu()
     payload, _ = _encode(prior, tokens, labels, chunk_size, progress)
-    return _pack(prior, tokens, labels, chunk_size, metadata or {}, payload)
+    return pack(module_fingerprint(prior), prior.vocab_size, tokens, labels, chunk_size, metadata or {}, payload)
 
 
 def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed data",
@@ -301,7 +181,7 @@ def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed d
 
     _code_loop(prior, net_labels(prior, h.labels, h.n, torch.device("cpu")), h.n, h.chunk, code, progress)
     tokens = torch.from_numpy(out).reshape(h.n, *h.shape)
-    if _tokens_crc(tokens) != h.tokens_crc:
+    if tokens_crc(tokens) != h.tokens_crc:
         raise ValueError(f"decoding {name} produced tokens that fail their checksum: the prior computed different "
                          "probabilities than at compression time. Decompress on the same kind of device (CPU vs "
                          "GPU) and dtype that compressed it.")
@@ -309,34 +189,29 @@ def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed d
 
 
 # ---------------------------------------------------------------------------------------------- baselines & stats
-def _grid_images(grids: Tensor, raw_levels: int | None, input_shape: tuple[int, ...] | None) -> list[Any]:
-    """PIL images of each grid, the natural lossless image form of the same data (for the PNG baseline)."""
+def _grid_images(grids: Tensor, codec: Codec | None) -> list[Any]:
+    """PIL images of each grid, the natural lossless image form of the same data (for the PNG baseline):
+    raw image grids as the images they are (1-bit, grey or RGB); any other grid as one 8-bit grey image
+    per grid when its values fit, else 16-bit."""
     from PIL import Image
 
-    ims = []
-    if raw_levels is not None and input_shape is not None and len(input_shape) == 3:
-        c, h, w = input_shape
-        arr = grids.reshape(-1, h, w, c).numpy()
-        for a in arr:
-            if raw_levels == 2 and c == 1:
-                ims.append(Image.fromarray(a[..., 0].astype(bool)))  # 1-bit PNG
-            else:
-                a = (a * 255 if raw_levels == 2 else a).astype(np.uint8)
-                ims.append(Image.fromarray(a[..., 0] if c == 1 else a, "L" if c == 1 else "RGB"))
-        return ims
-    g = grids.numpy()
-    if g.ndim == 2:  # 1-D grids (audio): one row per grid
-        g = g[:, None, :]
-    for a in g:  # token / mu-law grids: 8-bit grey if they fit, else 16-bit
-        ims.append(Image.fromarray(a.astype(np.uint8), "L") if a.max(initial=0) < 256
-                   else Image.fromarray(a.astype(np.uint16), "I;16"))
-    return ims
+    if isinstance(codec, RawCodec) and codec.modality == "image":
+        x = codec.decode(grids)  # [N, C, H, W] in [0, 1]
+        arr = np.round(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+        if codec.levels == 2 and codec.input_shape[0] == 1:
+            return [Image.fromarray(a[..., 0] > 127) for a in arr]  # 1-bit PNG
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    g = grids.reshape(grids.shape[0], grids.shape[1] if grids.dim() > 2 else 1, -1).numpy()
+    # uint16 arrays become Pillow's "I;16" images; naming the mode explicitly is refused by current Pillow
+    if g.max(initial=0) >= 2**16:
+        raise ValueError("PNG holds at most 16 bits per value")  # no lossless PNG form: the baseline is None
+    return [Image.fromarray(a.astype(np.uint8) if a.max(initial=0) < 256 else a.astype(np.uint16)) for a in g]
 
 
-def png_size(grids: Tensor, raw_levels: int | None = None, input_shape: tuple[int, ...] | None = None) -> int:
+def png_size(grids: Tensor, codec: Codec | None = None) -> int:
     """Total bytes of one optimised PNG per grid (how a folder of lossless images would store them)."""
     total = 0
-    for im in _grid_images(grids.cpu(), raw_levels, input_shape):
+    for im in _grid_images(grids.cpu(), codec):
         buf = io.BytesIO()
         im.save(buf, format="PNG", optimize=True)
         total += buf.tell()
@@ -351,201 +226,208 @@ def gzip_size(grids: Tensor, vocab_size: int) -> int:
     return len(gzip.compress(raw.tobytes(), compresslevel=9, mtime=0))
 
 
+def _statistic(name: str, fn: Callable[[], int]) -> int | None:
+    """A baseline size for the report, or None when computing it fails: a statistic never breaks the job."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - any failure of a side statistic is reported, not raised
+        log.warning("could not compute the %s baseline (%s: %s); the compressed file is unaffected", name,
+                    type(e).__name__, e)
+        return None
+
+
 @dataclass
 class CompressionStats:
-    """Sizes of one set of grids, all in bytes or bits per input dimension."""
+    """Sizes of one set of grids, in bytes, bits and bits per input dimension (None: a baseline that failed)."""
 
     n: int
     seq_len: int
-    dims_per_grid: int
+    dims_per_input: int
     file_bytes: int  # the whole container
     payload_bytes: int  # the range coder's stream alone
     ideal_bits: float  # sum over all tokens of -log2 p(token): the model's ideal code length
     payload_overhead_percent: float  # (payload bits - ideal bits) / ideal bits * 100
     bits_per_dim_file: float
     bits_per_dim_ideal: float
-    gzip_bytes: int
-    png_bytes: int
-    bits_per_dim_gzip: float
-    bits_per_dim_png: float
+    gzip_bytes: int | None
+    png_bytes: int | None
+    bits_per_dim_gzip: float | None
+    bits_per_dim_png: float | None
+    kbit_per_second: float | None = None  # audio: the file's bitrate over the input's duration
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def compression_stats(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *,
-                      dims_per_grid: int | None = None, raw_levels: int | None = None,
-                      input_shape: tuple[int, ...] | None = None, chunk_size: int = DEFAULT_CHUNK,
-                      metadata: dict[str, Any] | None = None, progress: bool = False) -> CompressionStats:
-    """Compress ``tokens`` and compare: actual size vs the ideal code length vs PNG and gzip of the same grids.
-
-    dims_per_grid: input dimensions one grid stands for (default: the grid size, right for raw grids;
-    pass C*H*W for tokenizer tokens). raw_levels / input_shape let the PNG baseline store raw images as
-    real (1-bit, grey or RGB) images.
-    """
-    return _compress_with_stats(prior, tokens, labels, dims_per_grid, raw_levels, input_shape, chunk_size,
-                                metadata, progress)[1]
+def compression_stats(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, codec: Codec | None = None,
+                      chunk_size: int = DEFAULT_CHUNK, metadata: dict[str, Any] | None = None,
+                      progress: bool = False) -> CompressionStats:
+    """Compress ``tokens`` int [N, *prior.shape] and compare: actual size vs the ideal code length vs PNG and
+    gzip of the same grids. ``codec`` (optional) gives bits per input dimension (``codec.dims_per_input``;
+    default: per grid position) and lets the PNG baseline store raw images as real images."""
+    return _compress_with_stats(prior, tokens, labels, codec, chunk_size, metadata, progress)[1]
 
 
-def _compress_with_stats(prior: Prior, tokens: Tensor, labels: Tensor | None, dims_per_grid: int | None,
-                         raw_levels: int | None, input_shape: tuple[int, ...] | None, chunk_size: int,
-                         metadata: dict[str, Any] | None, progress: bool) -> tuple[bytes, CompressionStats]:
+def _compress_with_stats(prior: Prior, tokens: Tensor, labels: Tensor | None, codec: Codec | None, chunk_size: int,
+                         metadata: dict[str, Any] | None, progress: bool, seconds: float | None = None
+                         ) -> tuple[bytes, CompressionStats]:
     tokens = tokens.cpu()
     if labels is not None:
         labels = torch.as_tensor(labels).long().cpu()
     payload, ideal = _encode(prior, tokens, labels, chunk_size, progress)
-    data = _pack(prior, tokens, labels, chunk_size, metadata or {}, payload)
+    data = pack(module_fingerprint(prior), prior.vocab_size, tokens, labels, chunk_size, metadata or {}, payload)
     n, L = tokens.shape[0], prior.config.seq_len
-    dims = dims_per_grid or L
-    bpd = lambda nbytes: 8.0 * nbytes / (n * dims)  # noqa: E731
-    gz, png = gzip_size(tokens, prior.vocab_size), png_size(tokens, raw_levels, input_shape)
+    dims = codec.dims_per_input() if codec is not None else L
+    bpd = lambda nbytes: None if nbytes is None else 8.0 * nbytes / (n * dims)  # noqa: E731
+    gz = _statistic("gzip", lambda: gzip_size(tokens, prior.vocab_size))
+    png = _statistic("PNG", lambda: png_size(tokens, codec))
     return data, CompressionStats(
-        n=n, seq_len=L, dims_per_grid=dims, file_bytes=len(data), payload_bytes=len(payload), ideal_bits=ideal,
+        n=n, seq_len=L, dims_per_input=dims, file_bytes=len(data), payload_bytes=len(payload), ideal_bits=ideal,
         payload_overhead_percent=100.0 * (8 * len(payload) - ideal) / max(ideal, 1e-12),
         bits_per_dim_file=bpd(len(data)), bits_per_dim_ideal=ideal / (n * dims),
         gzip_bytes=gz, png_bytes=png, bits_per_dim_gzip=bpd(gz), bits_per_dim_png=bpd(png),
+        kbit_per_second=8.0 * len(data) / seconds / 1000 if seconds else None,
     )
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _load_image(path: Path, channels: int, size: tuple[int, int] | None) -> Tensor:
+def _load_image(path: Path, channels: int, size: tuple[int, int]) -> Tensor:
     """An image file -> float32 [C, H, W] in [0, 1]; exact size required (resizing would not be lossless)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+            if im.size != (size[1], size[0]):  # checked before decoding: a huge file costs nothing
+                raise ValueError(f"{path} is {im.size[0]}x{im.size[1]} (WxH) but the codec expects {size[1]}x{size[0]}; "
+                                 "resize it first (compression is lossless, so vqgen does not resize for you)")
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not a readable image ({e}); pass PNG/JPEG/... image files") from None
-    x = torch.from_numpy(arr).reshape(arr.shape[0], arr.shape[1], channels).permute(2, 0, 1).contiguous()
-    if size is not None and tuple(x.shape[1:]) != size:
-        raise ValueError(f"{path} is {x.shape[2]}x{x.shape[1]} (WxH) but the prior/tokenizer expect {size[1]}x{size[0]}; "
-                         f"resize it first (compression is lossless, so vqgen does not resize for you)")
-    return x
+    return torch.from_numpy(arr).reshape(arr.shape[0], arr.shape[1], channels).permute(2, 0, 1).contiguous()
 
 
-def _raw_channels(prior: Prior, first: Path) -> tuple[int, tuple[int, int]]:
-    """Channels and (H, W) of raw images that give grids of ``prior.shape`` ([H, W*C])."""
-    from PIL import Image
+def _load_inputs(codec: Codec, paths: list[Path]) -> tuple[Tensor, dict[str, Any]]:
+    """Files -> the codec's inputs float32 [N, *codec.input_shape] and what decompression needs to write them
+    back: images one input per file; audio cut into clips of the codec's length (the last zero-padded),
+    with each file's sample count and clip count so the decoder can trim and join them."""
+    if codec.modality == "image":
+        c, h, w = codec.input_shape
+        return torch.stack([_load_image(p, c, (h, w)) for p in paths]), {}
+    from ..data.audio_io import read_audio
 
-    if len(prior.shape) != 2:
-        raise ValueError(f"the prior models 1-D grids {prior.shape} (audio); raw image compression needs an image "
-                         "prior trained with `vqgen tokenize --raw` on images")
-    h, wc = prior.shape
-    try:
-        with Image.open(first) as im:
-            w = im.size[0]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{first}: no such file") from None
-    except OSError as e:
-        raise ValueError(f"{first} is not a readable image ({e})") from None
-    for c in (1, 3):
-        if w * c == wc:
-            return c, (h, w)
-    raise ValueError(f"{first} is {w} pixels wide but the raw prior models grids of shape {prior.shape} "
-                     f"([H, W*C] with C = 1 or 3); use images of width {wc} (grey) or {wc // 3} (RGB)")
+    clip = codec.input_shape[0]
+    clips, samples, counts = [], [], []
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file")
+        wave, _ = read_audio(p, target_rate=codec.sample_rate)
+        k = max(1, math.ceil(len(wave) / clip))
+        clips.append(torch.nn.functional.pad(wave, (0, k * clip - len(wave))).reshape(k, clip))
+        samples.append(len(wave))
+        counts.append(k)
+    return torch.cat(clips), {"samples": samples, "clips": counts, "sample_rate": codec.sample_rate}
 
 
-def compress_files(prior: Prior, tokenizer: Any | None, inputs: Sequence[str | Path], out_file: str | Path,
-                   raw_levels: int | None = None, *, chunk_size: int = DEFAULT_CHUNK,
-                   progress: bool = False) -> CompressionStats:
-    """Compress image files into one file; returns its ``CompressionStats``.
+def _check_codec(codec: Any) -> None:
+    if not isinstance(codec, Codec):
+        raise ValueError(f"pass a codec (a Tokenizer from load_tokenizer, or a RawCodec for raw pixels / mu-law samples), "
+                         f"got {type(codec).__name__}")
 
-    With a tokenizer: image -> ``tokenizer.encode`` tokens -> coded (only the tokens are stored, so
-    decompression gives the tokenizer's lossy reconstruction). With ``raw_levels`` (2 or 256): the
-    quantized pixels are coded and decompression is exact (at that quantization). Images are converted to
-    the expected channel count and must already have the expected size. File names are stored.
+
+def compress_files(prior: Prior, codec: Codec, inputs: Sequence[str | Path], out_file: str | Path, *,
+                   chunk_size: int = DEFAULT_CHUNK, progress: bool = False) -> CompressionStats:
+    """Compress image or audio files into one file with ``prior`` over ``codec``'s tokens; returns its
+    ``CompressionStats``.
+
+    Images must have the codec's size (they are converted to its channel count); audio is read at any rate,
+    resampled to the codec's and cut into clips of its length. A ``RawCodec`` makes this exact at its
+    quantization; a tokenizer stores only its tokens, so decompression gives its (lossy) reconstruction.
+    The container records the codec's fingerprint and the file names.
     """
     if not inputs:
         raise ValueError("compress_files: no input files given")
+    _check_codec(codec)
     paths = [Path(p) for p in inputs]
-    if tokenizer is not None:
-        if raw_levels is not None:
-            raise ValueError("pass either a tokenizer or raw_levels, not both")
-        tc = tokenizer.config
-        if tc.modality != "image":
-            raise ValueError("compress_files handles image files; this tokenizer is for audio")
-        channels, size = tc.channels, (tc.image_size, tc.image_size)
-    else:
-        if raw_levels is None:
-            raise ValueError("pass a tokenizer (--tokenizer DIR) or raw_levels (--raw --levels 2|256)")
-        channels, size = _raw_channels(prior, paths[0])
-    x = torch.stack([_load_image(p, channels, size) for p in paths])  # [N, C, H, W]
-    input_shape = tuple(x.shape[1:])
-    grids = to_grids(x, tokenizer, raw_levels)
+    x, extra = _load_inputs(codec, paths)
+    grids = encode_batch(codec, x)
     if tuple(grids.shape[1:]) != prior.shape:
-        raise ValueError(f"the images give grids of shape {tuple(grids.shape[1:])} but the prior models "
-                         f"{prior.shape}: use the tokenizer and image size the prior was trained on")
-    meta = {"kind": "tokens" if tokenizer is not None else "raw", "modality": "image", "levels": raw_levels,
-            "input_shape": list(input_shape), "names": [p.name for p in paths],
-            "tokenizer_fingerprint": module_fingerprint(tokenizer).hex() if tokenizer is not None else None}
-    data, stats = _compress_with_stats(prior, grids, None, math.prod(input_shape), raw_levels,
-                                       input_shape if tokenizer is None else None, chunk_size, meta, progress)
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out_file)
+        raise ValueError(f"the inputs give token grids of shape {tuple(grids.shape[1:])} but the prior models "
+                         f"{prior.shape}: use the codec and input size the prior was trained on")
+    meta = {"modality": codec.modality, "codec_fingerprint": codec.fingerprint, "codec_class": type(codec).__name__,
+            "input_shape": list(codec.input_shape), "names": [p.name for p in paths], **extra}
+    seconds = sum(extra["samples"]) / codec.sample_rate if codec.modality == "audio" else None
+    data, stats = _compress_with_stats(prior, grids, None, codec, chunk_size, meta, progress, seconds)
+    atomic_write_bytes(out_file, data)
     return stats
 
 
-def _safe_name(name: str, i: int, used: set[str]) -> str:
+def _safe_name(name: str, i: int, used: set[str], suffix: str) -> str:
     # names come from the file: keep only the base name, so a crafted file cannot write outside out_dir
-    stem = Path(os.path.basename(str(name))).stem or f"image_{i:05d}"
-    out = f"{stem}.png"
+    stem = Path(os.path.basename(str(name))).stem or f"input_{i:05d}"
+    out = f"{stem}{suffix}"
     if out in used:
-        out = f"{stem}_{i:05d}.png"
+        out = f"{stem}_{i:05d}{suffix}"
     used.add(out)
     return out
 
 
-def decompress_file(prior: Prior, tokenizer: Any | None, in_file: str | Path, out_dir: str | Path,
-                    *, progress: bool = False) -> list[Path]:
-    """Decode a ``compress_files`` output into PNG images under ``out_dir``; returns the paths written.
+def container_codec_fingerprint(in_file: str | Path) -> str | None:
+    """The codec fingerprint a ``compress_files`` output records (None for bare ``compress_grids`` data)."""
+    p = Path(in_file)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    return read_header(p.read_bytes(), str(p)).metadata.get("codec_fingerprint")
 
-    Raw files: the pixels are exactly the quantized input pixels (levels 2 as 0/255). Token files: the
-    tokens are exact, the images are ``tokenizer.decode(tokens)``, a lossy reconstruction; pass the same
-    tokenizer that compressed them.
+
+def decompress_file(prior: Prior, codec: Codec, in_file: str | Path, out_dir: str | Path,
+                    *, progress: bool = False) -> list[Path]:
+    """Decode a ``compress_files`` output into PNG or WAV files under ``out_dir``; returns the paths written.
+
+    ``codec`` must be the one that compressed it (its fingerprint is checked). Raw codecs give back exactly
+    the quantized inputs (binarised pixels as 0/255); tokenizers give their reconstruction of the tokens.
     """
     from PIL import Image
 
+    from ..outputs import save_wav
+
+    _check_codec(codec)
     in_file = Path(in_file)
     if not in_file.is_file():
         raise FileNotFoundError(f"{in_file}: no such file")
     data = in_file.read_bytes()
     meta = read_header(data, str(in_file)).metadata
+    if "codec_fingerprint" not in meta:
+        raise ValueError(f"{in_file} holds grids from compress_grids, not files; use decompress_grids")
+    if meta["codec_fingerprint"] != codec.fingerprint:
+        raise ValueError(f"{in_file} was compressed with the codec {meta['codec_fingerprint']}, but the codec given is "
+                         f"{codec.fingerprint} (a {type(codec).__name__}): pass the --tokenizer that compressed it, or none to use "
+                         "the one the prior records")
     grids = decompress_grids(prior, data, name=str(in_file), progress=progress).tokens
-    kind, input_shape = meta.get("kind"), tuple(meta.get("input_shape") or ())
-    if kind == "raw":
-        if raw_grid_shape(input_shape) != prior.shape:
-            raise ValueError(f"{in_file}: stored input shape {input_shape} does not match the prior's grid")
-        x = dequantize_raw(grids, int(meta["levels"]), input_shape)
-    elif kind == "tokens":
-        if tokenizer is None:
-            raise ValueError(f"{in_file} holds tokenizer tokens: pass the --tokenizer that compressed it to get images")
-        if module_fingerprint(tokenizer).hex() != meta.get("tokenizer_fingerprint"):
-            raise ValueError(f"{in_file} was made with a different tokenizer: pass the --tokenizer that compressed it")
-        dev = next(tokenizer.parameters(), torch.empty(0)).device
-        x = tokenizer.decode(grids.to(dev)).cpu().clamp(0, 1)
-    else:
-        raise ValueError(f"{in_file} holds grids from compress_grids, not image files; use decompress_grids")
+    params = codec.parameters() if isinstance(codec, torch.nn.Module) else iter(())
+    dev = next(params, torch.empty(0)).device
+    x = codec.decode(grids.to(dev)).cpu()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = meta.get("names") or [f"image_{i:05d}" for i in range(len(x))]
-    used: set[str] = set()
-    written = []
-    for i, img in enumerate(x):
-        a = np.round(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        path = out_dir / _safe_name(names[i] if i < len(names) else "", i, used)
-        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a, "L" if a.shape[-1] == 1 else "RGB").save(path)
+    names, used, written = meta.get("names") or [], set(), []
+    if meta["modality"] == "image":
+        for i, img in enumerate(x.clamp(0, 1)):
+            a = np.round(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            path = out_dir / _safe_name(names[i] if i < len(names) else "", i, used, ".png")
+            Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(path)
+            written.append(path)
+        return written
+    start = 0
+    for i, (k, n) in enumerate(zip(meta["clips"], meta["samples"])):
+        wave = x[start: start + k].reshape(-1)[:n]
+        start += k
+        path = out_dir / _safe_name(names[i] if i < len(names) else "", i, used, ".wav")
+        save_wav(wave, path, int(meta["sample_rate"]))
         written.append(path)
     return written
 
 
-__all__ = ["ContainerHeader", "CompressionStats", "DecompressedGrids", "compress_files", "compress_grids",
-           "compression_stats", "decompress_file", "decompress_grids", "gzip_size", "module_fingerprint",
+__all__ = ["CompressionStats", "DecompressedGrids", "compress_files", "compress_grids", "compression_stats",
+           "container_codec_fingerprint", "decompress_file", "decompress_grids", "gzip_size", "module_fingerprint",
            "png_size", "read_header"]

@@ -4,8 +4,8 @@ What the numbers mean
 ---------------------
 * ``nll_nats``: -ln p(grid [| label]) under the prior, summed over the grid's positions.
 * ``bits_per_token`` = nll / (ln 2 * L), L = number of grid positions.
-* ``bits_per_dim`` = nll / (ln 2 * D), D = number of input dimensions one grid stands for: C*H*W of the
-  image (or T audio samples) for tokenizer tokens, the grid size for raw pixel / mu-law grids.
+* ``bits_per_dim`` = nll / (ln 2 * D), D = ``codec.dims_per_input``: the input dimensions one grid stands
+  for (C*H*W of the image, or T audio samples), for raw and tokenizer codecs alike.
 
 For raw grids, bits/dim is the usual likelihood of the (quantized) pixels and is comparable with
 published PixelCNN-style numbers at the same quantization. For tokenizer tokens it is only the code
@@ -38,75 +38,15 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from prior import Prior
+from tokenizers_vq import Codec
 
 from ..data import Splits
 
 LN2 = math.log(2.0)
-BPD_KINDS = {
+BPD_KINDS = {  # by ``Codec.kind``
     "raw": "raw_likelihood",  # -log2 p(quantized pixels or mu-law samples) per input dimension
-    "tokens": "token_code_length",  # -log2 p(tokens) spread over the input's dimensions; NOT a pixel likelihood
+    "tokenizer": "token_code_length",  # -log2 p(tokens) spread over the input's dimensions; NOT a pixel likelihood
 }
-
-
-# ---------------------------------------------------------------------------------------------- raw grids
-def quantize_raw(x: Tensor, levels: int = 256, modality: str | None = None) -> Tensor:
-    """The raw-data grid a prior models directly (``vqgen tokenize --raw``): the single place for this logic.
-
-    Images: x float [C, H, W] or [B, C, H, W] in [0, 1] -> int64 [H, W*C] or [B, H, W*C]. ``levels=2``
-    binarises (1 where x >= 0.5); ``levels=256`` is round(x * 255) (round half to even). Channels are
-    interleaved per pixel (R, G, B of one pixel are consecutive), so raster order over the grid is the
-    PixelCNN order: pixel by pixel, channel by channel within a pixel (van den Oord et al. 2016, §2).
-    Audio: x float [T] or [B, T] in [-1, 1] -> int64 mu-law codes [T] or [B, T] in [0, 256) (``levels``
-    must be 256). ``modality`` defaults to "image" for 3-/4-D inputs and "audio" for 1-/2-D inputs.
-    """
-    modality = modality or ("image" if x.dim() in (3, 4) else "audio")
-    if not torch.is_floating_point(x):
-        raise ValueError(f"quantize_raw expects a float tensor, got {x.dtype}; images must be scaled to [0, 1]")
-    if x.numel() and not torch.isfinite(x).all():
-        raise ValueError("quantize_raw: the input contains NaN or inf values")
-    if modality == "audio":
-        if levels != 256:
-            raise ValueError(f"raw audio is quantized with 256-level mu-law; got levels={levels} (use --levels 256)")
-        if x.dim() not in (1, 2):
-            raise ValueError(f"raw audio must be [T] or [B, T], got shape {tuple(x.shape)}")
-        from tokenizers_vq import mu_law_encode
-
-        return mu_law_encode(x, 256)
-    if modality != "image":
-        raise ValueError(f"modality must be 'image' or 'audio', got {modality!r}")
-    if levels not in (2, 256):
-        raise ValueError(f"raw images use levels 2 (binarised) or 256 (8-bit), got {levels}")
-    if x.dim() not in (3, 4):
-        raise ValueError(f"raw images must be [C, H, W] or [B, C, H, W], got shape {tuple(x.shape)}")
-    if x.numel() and (x.min().item() < 0 or x.max().item() > 1):
-        raise ValueError(f"raw images must lie in [0, 1], got range [{x.min().item():.4g}, {x.max().item():.4g}]; "
-                         "scale 8-bit images by 1/255")
-    q = (x >= 0.5).long() if levels == 2 else torch.round(x * 255).long()
-    q = q.movedim(-3, -1)  # [..., H, W, C]: channels of a pixel adjacent in raster order
-    return q.reshape(*q.shape[:-2], q.shape[-2] * q.shape[-1])
-
-
-def dequantize_raw(grid: Tensor, levels: int, input_shape: tuple[int, ...]) -> Tensor:
-    """Inverse of ``quantize_raw``: int grid [B, *grid_shape] -> float32 [B, *input_shape].
-
-    Images (input_shape (C, H, W)): values in [0, 1] (levels 2: {0, 1}; 256: q / 255), and
-    ``quantize_raw(dequantize_raw(q)) == q`` exactly. Audio (input_shape (T,)): mu-law decoded in [-1, 1].
-    """
-    if len(input_shape) == 1:
-        from tokenizers_vq import mu_law_decode
-
-        return mu_law_decode(grid.reshape(grid.shape[0], -1), 256).reshape(grid.shape[0], *input_shape)
-    c, h, w = input_shape
-    x = grid.reshape(grid.shape[0], h, w, c).movedim(-1, 1).float()
-    return x if levels == 2 else x / 255.0
-
-
-def raw_grid_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Grid shape ``quantize_raw`` gives for one input: (C, H, W) -> (H, W*C); (T,) -> (T,)."""
-    if len(input_shape) == 1:
-        return tuple(input_shape)
-    c, h, w = input_shape
-    return (h, w * c)
 
 
 # ---------------------------------------------------------------------------------------------- likelihood
@@ -216,23 +156,17 @@ def _batches(dataset: Dataset, batch_size: int, limit: int | None = None) -> Ite
         yield xs, ys
 
 
-def to_grids(x: Tensor, tokenizer: Any | None, raw_levels: int | None) -> Tensor:
-    """A batch of inputs -> int64 grids: ``tokenizer.encode(x)``, or ``quantize_raw(x, raw_levels)``.
-
-    Exactly one of ``tokenizer`` / ``raw_levels`` must be given.
-    """
-    if (tokenizer is None) == (raw_levels is None):
-        raise ValueError("pass either a tokenizer (--tokenizer DIR) or raw_levels (--raw --levels 2|256), not both "
-                         "or neither")
-    if tokenizer is not None:
-        dev = next(tokenizer.parameters(), torch.empty(0)).device
-        return tokenizer.encode(x.to(dev)).cpu()
-    return quantize_raw(x, raw_levels)
+def encode_batch(codec: Codec, x: Tensor) -> Tensor:
+    """A batch of inputs float32 [B, *input_shape] -> int64 grids [B, *token_shape] on the CPU, encoded on the
+    codec's device (a tokenizer may live on a GPU; a raw codec has no parameters)."""
+    params = codec.parameters() if isinstance(codec, torch.nn.Module) else iter(())
+    dev = next(params, torch.empty(0)).device
+    return codec.encode(x.to(dev)).cpu()
 
 
 @torch.no_grad()
-def score_dataset(prior: Prior, tokenizer: Any | None, data: Splits | Dataset, out_csv: str | Path,
-                  batch_size: int = 64, raw_levels: int | None = None, progress: bool = True, *,
+def score_dataset(prior: Prior, codec: Codec, data: Splits | Dataset, out_csv: str | Path,
+                  batch_size: int = 64, progress: bool = True, *,
                   train_mean_nll: float | None = None, reference_limit: int = 2000,
                   use_labels: bool = True) -> dict[str, Any]:
     """Score every input of a dataset, write one CSV row per input, return a summary dict.
@@ -240,7 +174,7 @@ def score_dataset(prior: Prior, tokenizer: Any | None, data: Splits | Dataset, o
     data: ``Splits`` (the test split is scored; the mean train NLL for the typicality score is computed
     on up to ``reference_limit`` training examples) or a plain ``Dataset`` of (x, label) (then the
     typicality score needs ``train_mean_nll``; without it ``ood_score`` is the plain NLL).
-    Inputs become grids through ``tokenizer.encode`` or, with ``raw_levels``, ``quantize_raw``.
+    Inputs become grids through ``codec.encode`` (a tokenizer, or a ``RawCodec`` for raw pixels / samples).
     ``use_labels``: a conditional prior scores p(grid | label); otherwise (or for label -1) p(grid) via the
     null label.
 
@@ -248,6 +182,9 @@ def score_dataset(prior: Prior, tokenizer: Any | None, data: Splits | Dataset, o
     (higher = more anomalous), ood_method ("typicality" or "nll").
     Summary: n, mean nll / bits_per_token / bits_per_dim, bits_per_dim_kind, train_mean_nll, ood_method, csv.
     """
+    if not isinstance(codec, Codec):
+        raise ValueError(f"score_dataset: pass a codec (a Tokenizer, or a RawCodec for raw pixels / mu-law samples), "
+                         f"got {type(codec).__name__}")
     if isinstance(data, Splits):
         dataset, reference = data.test, data.train
     else:
@@ -261,11 +198,11 @@ def score_dataset(prior: Prior, tokenizer: Any | None, data: Splits | Dataset, o
         bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
         for x, y in _batches(ds, batch_size, limit):
             shape = tuple(x.shape[1:])
-            grids = to_grids(x, tokenizer, raw_levels)
+            grids = encode_batch(codec, x)
             if tuple(grids.shape[1:]) != prior.shape:
                 raise ValueError(
                     f"inputs of shape {shape} give grids of shape {tuple(grids.shape[1:])} but the prior models "
-                    f"{prior.shape}; score with the tokenizer / --levels and image size the prior was trained on"
+                    f"{prior.shape}; score with the codec and input size the prior was trained on"
                 )
             lab = y if (use_labels and prior.config.num_classes) else None
             nlls.append(score_grids(prior, grids, lab, batch_size))
@@ -275,8 +212,8 @@ def score_dataset(prior: Prior, tokenizer: Any | None, data: Splits | Dataset, o
         return torch.cat(nlls), torch.cat(labs), shape
 
     nll, labels, input_shape = nll_of(dataset, None, "scoring")
-    dims = math.prod(input_shape) if tokenizer is not None else prior.config.seq_len
-    kind = BPD_KINDS["tokens" if tokenizer is not None else "raw"]
+    dims = codec.dims_per_input(input_shape)
+    kind = BPD_KINDS[codec.kind]
     if train_mean_nll is None and reference is not None and len(reference) > 0:  # type: ignore[arg-type]
         train_mean_nll = float(nll_of(reference, reference_limit, "scoring train (reference)")[0].mean())
     if train_mean_nll is not None:

@@ -1,4 +1,4 @@
-"""`vqgen sample`: draw token grids from a prior, decode them through the tokenizer, write PNGs or WAVs."""
+"""`vqgen sample`: draw token grids from a prior, decode them through its codec, write PNGs or WAVs."""
 
 from __future__ import annotations
 
@@ -11,44 +11,33 @@ import torch
 from tqdm.auto import tqdm
 
 from prior import Prior
-from tokenizers_vq import Tokenizer
+from tokenizers_vq import Codec
 
 from ..outputs import image_grid, save_image, save_wav, spectrogram_image
 
 
-def check_compatible(prior: Prior, tokenizer: Tokenizer, prior_path: str = "prior", tokenizer_path: str = "tokenizer") -> None:
-    """Refuse a prior/tokenizer pair whose vocabulary or token grid disagree (before any work is done)."""
-    shape = tuple(tokenizer.token_shape(tokenizer.input_shape))
-    problems = []
-    if prior.vocab_size != tokenizer.vocab_size:
-        problems.append(f"vocabulary {prior.vocab_size} (prior) != {tokenizer.vocab_size} (tokenizer)")
-    if tuple(prior.shape) != shape:
-        problems.append(f"token grid {tuple(prior.shape)} (prior) != {shape} (tokenizer)")
-    if problems:
-        raise ValueError(
-            f"the prior {prior_path} was not trained on tokens of the tokenizer {tokenizer_path}: "
-            + "; ".join(problems)
-            + ". Use the tokenizer whose `vqgen tokenize` output the prior was trained on."
-        )
-
-
 @torch.no_grad()
-def generate(prior: Prior, tokenizer: Tokenizer, n: int, out: str | Path, labels: list[int] | None = None,
+def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[int] | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              cfg_scale: float | None = None, batch_size: int = 64, seed: int = 0, progress: bool = True,
              class_names: list[str] | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Sample ``n`` grids (``labels``: one per sample, or None), decode and write them under ``out``.
+    """Sample ``n`` grids (``labels``: one per sample, or None), decode them with ``codec`` and write them under
+    ``out``.
 
-    Images: ``sample_NNNN.png`` each plus ``grid.png``; audio: ``sample_NNNN.wav`` plus
-    ``spectrograms.png``. ``samples.json`` records the settings, the seed, the labels and the files.
-    Returns (tokens int64 [n, *shape], decoded) in a dict with the summary.
+    Images: ``sample_NNNN.png`` each plus ``grid.png``; audio: ``sample_NNNN.wav`` plus ``spectrograms.png``.
+    ``samples.json`` records the settings used, the seed, the labels and the files; ``tokens.json`` the grids.
+    Returns a dict: ``summary``, ``tokens`` int64 [n, *shape], ``decoded`` float32 [n, *input_shape].
     """
-    check_compatible(prior, tokenizer)
+    if tuple(prior.shape) != tuple(codec.token_shape()) or prior.vocab_size != codec.vocab_size:
+        raise ValueError(f"the prior models grids {tuple(prior.shape)} over {prior.vocab_size} tokens but the codec "
+                         f"makes {tuple(codec.token_shape())} over {codec.vocab_size}: use the codec it was trained on")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prior.eval()
-    tokenizer.eval()
-    gen = torch.Generator(device=next(prior.parameters()).device).manual_seed(seed)
+    if isinstance(codec, torch.nn.Module):
+        codec.eval()
+    device = next(prior.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     all_tokens, decoded = [], []
     bar = tqdm(total=n, desc="sample", disable=not progress)
     for start in range(0, n, batch_size):
@@ -57,31 +46,59 @@ def generate(prior: Prior, tokenizer: Tokenizer, n: int, out: str | Path, labels
         toks = prior.sample(b, labels=lab, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
                             generator=gen)
         all_tokens.append(toks.cpu())
-        decoded.append(tokenizer.decode(toks).cpu())
+        decoded.append(codec.decode(toks).cpu())
         bar.update(b)
     bar.close()
     tokens, x = torch.cat(all_tokens), torch.cat(decoded)
     files = []
-    if tokenizer.modality == "image":
-        for i in range(n):
-            f = out / f"sample_{i:04d}.png"
-            save_image(x[i], f)
-            files.append(f.name)
-        nrow = 10 if n >= 10 else n
-        image_grid(x, nrow=nrow, scale=3).save(out / "grid.png")
+    suffix = ".png" if codec.modality == "image" else ".wav"
+    for i in range(n):
+        f = out / f"sample_{i:04d}{suffix}"
+        save_image(x[i], f) if codec.modality == "image" else save_wav(x[i], f, codec.sample_rate)
+        files.append(f.name)
+    if codec.modality == "image":
+        image_grid(x, nrow=10 if n >= 10 else n, scale=3).save(out / "grid.png")
     else:
-        sr = tokenizer.config.sample_rate
-        for i in range(n):
-            f = out / f"sample_{i:04d}.wav"
-            save_wav(x[i], f, sr)
-            files.append(f.name)
         shown = min(n, 8)
-        spectrogram_image([x[i] for i in range(shown)], sr, labels=files[:shown], ncol=2).save(out / "spectrograms.png")
+        spectrogram_image([x[i] for i in range(shown)], codec.sample_rate, labels=files[:shown], ncol=2).save(
+            out / "spectrograms.png")
     summary = {
         "n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_scale": cfg_scale,
         "labels": labels, "label_names": [class_names[k] for k in labels] if (labels and class_names) else None,
-        "token_shape": list(prior.shape), "vocab_size": prior.vocab_size, "files": files, **(settings or {}),
+        "token_shape": list(prior.shape), "vocab_size": prior.vocab_size, "codec_fingerprint": codec.fingerprint,
+        "files": files, **(settings or {}),
     }
     (out / "samples.json").write_text(json.dumps(summary, indent=2))
     (out / "tokens.json").write_text(json.dumps(tokens.tolist()))
     return {"summary": summary, "tokens": tokens, "decoded": x, "grid_rows": math.ceil(n / 10)}
+
+
+def sample(prior_dir: str | Path, out: str | Path, n: int = 16, *, label: str | int | None = None,
+           labels: list[int] | None = None,
+           codec_dir: str | Path | None = None, temperature: float | None = None, top_k: int | None = None,
+           top_p: float | None = None, cfg_scale: float | None = None, batch_size: int = 64, seed: int = 0,
+           device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """The stage: sample ``n`` inputs from the prior folder ``prior_dir`` and decode them with its recorded codec
+    (or ``codec_dir``). Settings left None come from the folder's ``sampling.json`` (a conditional prior samples
+    with guidance by default); a conditional prior without ``label`` cycles through its classes (``labels``: one
+    class index per sample instead)."""
+    from .common import load_prior_folder, parse_label, resolve_codec
+
+    folder = load_prior_folder(prior_dir, map_location=device)
+    codec = resolve_codec(folder, codec_dir, map_location=device)
+    prior, k, d = folder.prior, folder.prior.config.num_classes, folder.sampling
+    if k and labels is None:
+        labels = [i % k for i in range(n)] if label is None else [parse_label(label, folder.class_names)] * n
+    if k and (len(labels) != n or not all(0 <= v < k for v in labels)):
+        raise ValueError(f"labels must be {n} class indices in [0, {k}) {folder.class_names}, got {label or labels}")
+    elif not k and (label is not None or labels is not None):
+        raise ValueError(f"--label given but the prior {prior_dir} is unconditional")
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    used = {"temperature": pick(temperature, d.temperature), "top_k": pick(top_k, d.top_k),
+            "top_p": pick(top_p, d.top_p), "cfg_scale": pick(cfg_scale, d.cfg_scale) if k else cfg_scale}
+    given = {name for name, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+                                  ("cfg_scale", cfg_scale)) if v is not None}
+    settings = {"prior": str(prior_dir), "codec": str(codec_dir) if codec_dir else (folder.codec_record or {}).get("path"),
+                "settings_from_prior_folder": sorted(set(used) - given)}
+    return generate(prior, codec, n, out, labels=labels, batch_size=batch_size, seed=seed, progress=progress,
+                    class_names=folder.class_names, settings=settings, **used)

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from tokenizers_vq import Tokenizer
+from tokenizers_vq import Tokenizer, load_codec
 
-from ..data import Splits
+from ..data import Splits, load_data
 from ..outputs import image_grid, save_wav, spectrogram_image
 from ..training.tasks import evaluate_tokenizer
 
@@ -55,3 +55,16 @@ def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         metrics["written"] = str(out)
     return metrics
+
+
+def reconstruct_dataset(codec_dir: str | Path, data: dict[str, Any], out: str | Path, n: int = 16, seed: int = 0,
+                        device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """The stage: load the tokenizer in ``codec_dir`` and the dataset ``data`` (sized by it), then ``reconstruct``."""
+    from .common import make_spec
+
+    tok = load_codec(codec_dir, map_location=device)
+    if not isinstance(tok, Tokenizer):
+        raise ValueError(f"{codec_dir} is a raw codec: it reconstructs its inputs exactly (at its quantization); "
+                         "pass a trained tokenizer folder")
+    return reconstruct(tok, load_data(make_spec(codec=tok, **data)), out, n=n, seed=seed, progress=progress)
+

@@ -1,25 +1,28 @@
-"""`vqgen tokenize`: a dataset through a tokenizer (or raw quantization) into a token folder."""
+"""`vqgen tokenize`: a dataset through a codec (a tokenizer, or the raw pixels / mu-law samples) into a token
+folder whose header records the codec."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tokenizers_vq import Tokenizer
+from tokenizers_vq import Codec, RawCodec, load_codec
 
-from ..data import Splits
+from ..data import DataSpec, Splits, load_data
 from ..data.tokens import TokenHeader, save_tokens
+from ..likelihood.score import encode_batch
 
 log = logging.getLogger("vqgen.tokenize")
 
 
 @torch.no_grad()
-def encode_dataset(encode, dataset: Dataset, batch_size: int = 256, desc: str = "tokenize",
-                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int = 256,
+                   desc: str = "tokenize", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``encode(x [B, ...]) -> int64 [B, *grid]`` over a dataset: (tokens [N, *grid], labels [N])."""
     toks, labs = [], []
     for x, y in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc=desc, disable=not progress):
@@ -28,35 +31,42 @@ def encode_dataset(encode, dataset: Dataset, batch_size: int = 256, desc: str = 
     return torch.cat(toks), torch.cat(labs)
 
 
-def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, tokenizer: Tokenizer | None = None,
-                    tokenizer_path: str | None = None, raw_levels: int | None = None, batch_size: int = 256,
-                    progress: bool = True) -> TokenHeader:
-    """Write both splits as token grids with a ``tokens.json`` header. With ``tokenizer`` the grids are its
-    tokens; with ``raw_levels`` (2 or 256) they are the quantized pixels / mu-law samples themselves."""
-    from ..likelihood.score import quantize_raw
-
-    if tokenizer is not None:
-        tokenizer.eval()
-        encode = tokenizer.encode
-        shape = tokenizer.token_shape(splits.input_shape)
-        vocab = tokenizer.vocab_size
-        if splits.modality != tokenizer.modality:
-            raise ValueError(f"the dataset is {splits.modality} but the tokenizer is for {tokenizer.modality}")
-    else:
-        if raw_levels is None:
-            raise ValueError("pass a tokenizer or --raw")
-        encode = lambda x: quantize_raw(x, raw_levels, splits.modality)  # noqa: E731
-        probe = encode(splits.train[0][0][None].float())
-        shape, vocab = tuple(probe.shape[1:]), raw_levels
-    result = {}
-    for name, ds in (("train", splits.train), ("test", splits.test)):
-        result[name] = encode_dataset(encode, ds, batch_size, desc=f"tokenize {name}", progress=progress)
+def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: Codec,
+                    codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True) -> TokenHeader:
+    """Write both splits as token grids ``codec.encode(x)`` with a ``tokens.json`` header that records the codec
+    (``codec.record(codec_path)``: a raw codec needs no path, its config rebuilds it)."""
+    if splits.modality != codec.modality:
+        raise ValueError(f"the dataset is {splits.modality} but the codec is for {codec.modality}")
+    if isinstance(codec, torch.nn.Module):
+        codec.eval()
+    if tuple(splits.input_shape) != tuple(codec.input_shape) and codec.modality == "image":
+        raise ValueError(f"the dataset's images are {tuple(splits.input_shape)} but the codec expects "
+                         f"{tuple(codec.input_shape)}")
+    result = {name: encode_dataset(lambda x: encode_batch(codec, x), ds, batch_size, desc=f"tokenize {name}",
+                                   progress=progress)
+              for name, ds in (("train", splits.train), ("test", splits.test))}
     header = TokenHeader(
-        vocab_size=vocab, token_shape=tuple(shape), modality=splits.modality, dataset=dataset_name,
-        tokenizer=str(Path(tokenizer_path).resolve()) if tokenizer_path else None, raw=tokenizer is None,
-        levels=raw_levels, num_classes=splits.num_classes, class_names=list(splits.class_names),
-        input_shape=tuple(splits.input_shape), sample_rate=splits.sample_rate,
-        counts={k: int(v[0].shape[0]) for k, v in result.items()},
+        vocab_size=codec.vocab_size, token_shape=tuple(codec.token_shape(splits.input_shape)), modality=codec.modality,
+        dataset=dataset_name, codec=codec.record(codec_path), num_classes=splits.num_classes,
+        class_names=list(splits.class_names), counts={k: int(v[0].shape[0]) for k, v in result.items()},
     )
     save_tokens(out, header, result)
     return header
+
+
+def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, raw_levels: int | None = None,
+             batch_size: int = 256, progress: bool = True) -> TokenHeader:
+    """The stage: load the dataset described by ``data`` (``make_spec`` arguments) and tokenize it with the codec
+    in ``codec_dir``, or with a ``RawCodec`` of ``raw_levels`` (2 or 256; audio is always 256-level mu-law)."""
+    from .common import make_spec
+
+    if (codec_dir is None) == (raw_levels is None):
+        raise ValueError("pass exactly one of --tokenizer DIR or --raw")
+    codec = load_codec(codec_dir) if codec_dir is not None else None
+    spec: DataSpec = make_spec(codec=codec, **data)
+    splits = load_data(spec)
+    if codec is None:
+        if splits.modality == "audio" and raw_levels != 256:
+            raise ValueError("--raw audio is 8-bit mu-law (256 levels); drop --levels 2")
+        codec = RawCodec(splits.modality, raw_levels, splits.input_shape, splits.sample_rate)
+    return tokenize_splits(splits, out, spec.name, codec, codec_dir, batch_size, progress)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoints import latest_checkpoint, save_checkpoint
+from .checkpoints import checkpoint_dir, latest_checkpoint, save_checkpoint
 
 log = logging.getLogger("vqgen.train")
 

@@ -141,7 +141,7 @@ class TokenGridDataset(Dataset):
 
 
 @torch.no_grad()
-def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_grid: int,
+def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_input: int,
                    conditional: bool) -> dict[str, float]:
     """Held-out NLL: nats per grid, bits per token, bits per dimension (grid code length / input dims)."""
     was = prior.training
@@ -156,7 +156,7 @@ def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_gri
     prior.train(was)
     nll = total / max(n, 1)
     return {"nll_nats": nll, "bits_per_token": nll / math.log(2) / prior.config.seq_len,
-            "bits_per_dim": nll / math.log(2) / dims_per_grid}
+            "bits_per_dim": nll / math.log(2) / dims_per_input}
 
 
 class PriorTask(TrainTask):
@@ -164,10 +164,10 @@ class PriorTask(TrainTask):
 
     name = "prior"
 
-    def __init__(self, prior: Prior, tokens_dir: str, dims_per_grid: int):
+    def __init__(self, prior: Prior, tokens_dir: str, dims_per_input: int):
         self.model = PriorLossWrapper(prior)
         self.tokens_dir = tokens_dir
-        self.dims_per_grid = dims_per_grid
+        self.dims_per_input = dims_per_input
         self.conditional = prior.config.num_classes > 0
 
     def validate_data(self, dataset: Dataset, split: str) -> None:
@@ -196,7 +196,7 @@ class PriorTask(TrainTask):
         return int(batch[0].numel())
 
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
-        return evaluate_prior(model.prior, dataset, batch_size, self.dims_per_grid, self.conditional)  # type: ignore[union-attr]
+        return evaluate_prior(model.prior, dataset, batch_size, self.dims_per_input, self.conditional)  # type: ignore[union-attr]
 
     def save_final(self, model: nn.Module, out: Path, metrics: dict[str, Any]) -> None:
         model.prior.save_pretrained(out, card_info={"tokens": self.tokens_dir, "steps": metrics.get("step"),  # type: ignore[union-attr]

@@ -7,8 +7,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from pipelines.training.tasks import PriorTask, TokenGridDataset, TokenizerTask
 from pipelines.training.loop import TrainConfig, train
+from pipelines.training.tasks import PriorTask, TokenGridDataset, TokenizerTask
 from prior import build_prior
 from tokenizers_vq import build_tokenizer
 

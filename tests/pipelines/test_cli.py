@@ -56,7 +56,7 @@ def test_reconstruct_writes_png_and_metrics(run, capsys):
     assert "psnr" in capsys.readouterr().out
 
 
-def test_sample_is_reproducible_and_checks_pairing(run, tmp_path):
+def test_sample_is_reproducible_and_checks_pairing(run, tmp_path, capsys):
     args = ["sample", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), "--n", "4", "--label", "3", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "a"), "--seed", "7"]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--seed", "7"]) == 0
@@ -65,17 +65,23 @@ def test_sample_is_reproducible_and_checks_pairing(run, tmp_path):
     meta = json.loads((tmp_path / "a" / "samples.json").read_text())
     assert meta["labels"] == [3] * 4 and meta["seed"] == 7
     assert (tmp_path / "a" / "grid.png").is_file() and (tmp_path / "a" / "sample_0003.png").is_file()
-    # a tokenizer with another vocabulary is refused before any work
+    # another tokenizer is refused before any work, naming both fingerprints
     assert main(["train-tokenizer", "--dataset", "mnist5k", "--limit", "32", "--out", str(tmp_path / "tok2"), "--steps", "1",
-                 "--batch-size", "16", "--eval-limit", "16", "--quiet", *TINY_TOK[:-1], "6,4"]) == 0
+                 "--batch-size", "16", "--eval-limit", "16", "--quiet", *TINY_TOK]) == 0
+    capsys.readouterr()
     assert main(["sample", "--prior", str(run / "prior"), "--tokenizer", str(tmp_path / "tok2"), "--n", "2",
                  "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    recorded = json.loads((run / "prior" / "codec.json").read_text())["fingerprint"]
+    from tokenizers_vq import load_tokenizer
+
+    assert recorded in err and load_tokenizer(tmp_path / "tok2").fingerprint in err and recorded != ""
     assert not (tmp_path / "c").exists()
 
 
 def test_score_and_compress_roundtrip(run, tmp_path, capsys):
-    assert main(["score", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), "--dataset", "mnist5k",
-                 "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert main(["score", "--prior", str(run / "prior"), "--dataset", "mnist5k", "--out", str(tmp_path / "s.csv"),
+                 "--quiet"]) == 0
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert len(lines) == 501 and "bits_per_dim" in lines[0]
     from PIL import Image
@@ -88,10 +94,9 @@ def test_score_and_compress_roundtrip(run, tmp_path, capsys):
         f = tmp_path / f"d{i}.png"
         Image.fromarray((splits.test[i][0][0].numpy() * 255).astype("uint8")).save(f)
         files.append(str(f))
-    assert main(["compress", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), *files,
-                 "--out", str(tmp_path / "c.vqz"), "--quiet"]) == 0
-    assert main(["decompress", "--prior", str(run / "prior"), "--tokenizer", str(run / "tok"), str(tmp_path / "c.vqz"),
-                 "--out", str(tmp_path / "dec"), "--quiet"]) == 0
+    assert main(["compress", "--prior", str(run / "prior"), *files, "--out", str(tmp_path / "c.vqz"), "--quiet"]) == 0
+    assert main(["decompress", "--prior", str(run / "prior"), str(tmp_path / "c.vqz"), "--out", str(tmp_path / "dec"),
+                 "--quiet"]) == 0
     assert len(list((tmp_path / "dec").glob("*.png"))) == 3
 
 
@@ -134,11 +139,14 @@ def _vqgen(*args: str, **kw) -> subprocess.Popen:
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     from pipelines.data.tokens import TokenHeader, save_tokens
+    from tokenizers_vq import RawCodec
 
     g = torch.Generator().manual_seed(0)
     first = torch.randint(0, 4, (256, 4, 1), generator=g)
     t = first.expand(256, 4, 4).contiguous()
-    save_tokens(tmp_path / "tok", TokenHeader(vocab_size=4, token_shape=(4, 4), modality="image", dataset="toy"),
+    codec = RawCodec("image", 256, (1, 4, 4))  # any codec record: the prior only needs vocabulary and grid
+    save_tokens(tmp_path / "tok", TokenHeader(vocab_size=4, token_shape=(4, 4), modality="image", dataset="toy",
+                                              codec=codec.record()),
                 {"train": (t, torch.zeros(256, dtype=torch.long)), "test": (t[:32], torch.zeros(32, dtype=torch.long))})
     common = ["train-prior", "--tokens", str(tmp_path / "tok"), "--arch", "transformer", "--steps", "300",
               "--batch-size", "8", "--save-every", "5", "--eval-every", "1000", "--quiet", *TINY_PRIOR]
@@ -182,8 +190,8 @@ def test_audio_pipeline_end_to_end(tmp_path, capsys):
     assert header["token_shape"] == [64] and header["modality"] == "audio"
     assert main(["train-prior", "--tokens", str(tmp_path / "tokens"), "--arch", "wavenet", "--out", str(tmp_path / "prior"),
                  "--steps", "2", "--batch-size", "4", "--quiet", "--residual-channels", "8", "--dilation-cycle", "3"]) == 0
-    assert main(["sample", "--prior", str(tmp_path / "prior"), "--tokenizer", str(tmp_path / "tok"), "--n", "2",
-                 "--out", str(tmp_path / "samples"), "--quiet"]) == 0
+    assert main(["sample", "--prior", str(tmp_path / "prior"), "--n", "2", "--out", str(tmp_path / "samples"),
+                 "--quiet"]) == 0  # the prior folder records its codec
     wav, sr = sf.read(str(tmp_path / "samples" / "sample_0001.wav"))
     assert sr == 16000 and wav.shape == (4096,) and abs(wav).max() <= 1
     assert (tmp_path / "samples" / "spectrograms.png").is_file()
@@ -203,7 +211,8 @@ def test_raw_pixels_histogram_score_and_lossless_compress(tmp_path):
     assert main(["tokenize", "--raw", "--levels", "2", "--dataset", "mnist5k", "--limit", "64", "--out",
                  str(tmp_path / "tok"), "--quiet"]) == 0
     header = json.loads((tmp_path / "tok" / "tokens.json").read_text())
-    assert header["raw"] and header["vocab_size"] == 2 and header["token_shape"] == [32, 32]
+    assert header["codec"]["class_name"] == "RawCodec" and header["codec"]["config"]["levels"] == 2
+    assert header["vocab_size"] == 2 and header["token_shape"] == [32, 32]
     assert main(["train-prior", "--tokens", str(tmp_path / "tok"), "--arch", "histogram", "--out",
                  str(tmp_path / "prior"), "--quiet"]) == 0
     metrics = json.loads((tmp_path / "prior" / "metrics.json").read_text())
@@ -231,3 +240,68 @@ def test_docs_cli_md_matches_the_parser():
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "CLI.md"
     assert doc.read_text() == cli_markdown(), "docs/CLI.md is stale: regenerate it as pipelines.cli.cli_markdown says"
+
+
+def test_prior_folder_records_codec_and_guided_sampling_defaults(run, tmp_path):
+    rec = json.loads((run / "prior" / "codec.json").read_text())
+    assert rec["class_name"] == "Tokenizer" and Path(rec["path"]) == (run / "tok").resolve() and len(rec["fingerprint"]) == 32
+    assert json.loads((run / "prior" / "sampling.json").read_text())["cfg_scale"] == 2.0  # conditional: guided
+    assert json.loads((run / "prior" / "class_names.json").read_text())[3] == "3"
+    assert main(["sample", "--prior", str(run / "prior"), "--n", "2", "--label", "5", "--out", str(tmp_path / "a"),
+                 "--quiet"]) == 0
+    meta = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert meta["cfg_scale"] == 2.0 and "cfg_scale" in meta["settings_from_prior_folder"]
+    assert main(["sample", "--prior", str(run / "prior"), "--n", "2", "--label", "5", "--cfg-scale", "1",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "b" / "samples.json").read_text())
+    assert meta["cfg_scale"] == 1.0 and "cfg_scale" not in meta["settings_from_prior_folder"]
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("what", ["tokenizer", "prior", "tokens"])
+def test_truncated_weights_or_tokens_are_a_clear_error(run, tmp_path, capsys, what):
+    import shutil
+
+    for name in ("tok", "tokens", "prior"):
+        shutil.copytree(run / name, tmp_path / name, ignore=shutil.ignore_patterns("checkpoints"))
+    codec = json.loads((tmp_path / "prior" / "codec.json").read_text())
+    codec["path"] = str(tmp_path / "tok")
+    (tmp_path / "prior" / "codec.json").write_text(json.dumps(codec))
+    bad = {"tokenizer": tmp_path / "tok" / "model.safetensors", "prior": tmp_path / "prior" / "model.safetensors",
+           "tokens": tmp_path / "tokens" / "train.safetensors"}[what]
+    _truncate(bad)
+    commands = {
+        "tokenizer": [["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--dataset", "mnist5k", "--limit", "8",
+                       "--out", str(tmp_path / "r.png")],
+                      ["sample", "--prior", str(tmp_path / "prior"), "--n", "1", "--out", str(tmp_path / "s")]],
+        "prior": [["sample", "--prior", str(tmp_path / "prior"), "--n", "1", "--out", str(tmp_path / "s")],
+                  ["score", "--prior", str(tmp_path / "prior"), "--dataset", "mnist5k", "--out", str(tmp_path / "x.csv")]],
+        "tokens": [["train-prior", "--tokens", str(tmp_path / "tokens"), "--arch", "histogram", "--out", str(tmp_path / "p")]],
+    }[what]
+    for argv in commands:
+        capsys.readouterr()
+        assert main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and "truncated or corrupt" in err and "Traceback" not in err, err
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    from prior import build_prior
+    from tokenizers_vq import RawCodec, build_tokenizer
+
+    old = os.umask(0o022)
+    try:
+        build_tokenizer(hidden_channels=8).save_pretrained(tmp_path / "tok")
+        build_prior(arch="histogram", vocab_size=3, shape=(2, 3)).save_pretrained(tmp_path / "prior")
+        RawCodec("image", 2, (1, 4, 4)).save_pretrained(tmp_path / "raw")
+        for f in [*(tmp_path / "tok").iterdir(), *(tmp_path / "prior").iterdir(), *(tmp_path / "raw").iterdir()]:
+            assert f.stat().st_mode & 0o777 == 0o644, f"{f} has mode {oct(f.stat().st_mode & 0o777)}"
+        os.umask(0o077)
+        RawCodec("image", 2, (1, 4, 4)).save_pretrained(tmp_path / "private")
+        assert (tmp_path / "private" / "config.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

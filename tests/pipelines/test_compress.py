@@ -7,10 +7,13 @@ import struct
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from PIL import Image
 from torch import nn
 
+import pipelines.likelihood.compress as compress_mod
+from pipelines.data.audio_io import read_audio
 from pipelines.likelihood.compress import (
     compress_files,
     compress_grids,
@@ -18,10 +21,12 @@ from pipelines.likelihood.compress import (
     decompress_file,
     decompress_grids,
     gzip_size,
+    png_size,
     read_header,
 )
-from pipelines.likelihood.score import quantize_raw, score_grids
+from pipelines.likelihood.score import encode_batch, score_grids
 from prior import PriorConfig, PriorNet, build_prior
+from tokenizers_vq import RawCodec, build_tokenizer, quantize_raw
 
 
 class TinyCausalNet(PriorNet):
@@ -162,6 +167,16 @@ def test_gzip_size_packs_bits_for_binary_data():
     assert gzip_size(zeros, 2) < gzip_size(zeros, 3)
 
 
+@pytest.mark.parametrize("shape", [(4, 5), (7,), (2, 3, 2)])
+def test_png_baseline_handles_vocabularies_over_256(shape):
+    tokens = rand_tokens(3, shape, 1000, seed=4)
+    assert tokens.max() >= 256  # needs 16-bit PNGs (current Pillow refuses the old explicit "I;16" mode)
+    assert png_size(tokens) > png_size(tokens % 256) > 0
+    if len(shape) <= 2:  # priors model grids of 1 or 2 axes
+        stats = compression_stats(fitted_histogram(tokens, vocab=1000), tokens)
+        assert stats.png_bytes == png_size(tokens) and stats.bits_per_dim_png > 0
+
+
 # ---------------------------------------------------------------------------------------------- errors
 @pytest.fixture()
 def packed():
@@ -230,6 +245,7 @@ def test_bad_inputs_to_compress(packed):
 # ---------------------------------------------------------------------------------------------- files
 def _write_images(folder, n, size, mode, seed=0):
     rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         shape = (size[0], size[1]) if mode == "L" else (size[0], size[1], 3)
@@ -246,15 +262,24 @@ def _as_tensor(path, mode):
     return torch.from_numpy(a if a.ndim == 3 else a[..., None]).permute(2, 0, 1)
 
 
+def _raw_image_setup(tmp_path, mode="L", levels=256, n=5):
+    """Image files, their raw codec, their grids and a histogram prior fitted on those grids."""
+    paths = _write_images(tmp_path / "in", n, (6, 8), mode)
+    x = torch.stack([_as_tensor(p, mode) for p in paths])
+    codec = RawCodec("image", levels, tuple(x.shape[1:]))
+    grids = quantize_raw(x, levels)
+    return paths, x, codec, grids, fitted_histogram(grids, vocab=levels)
+
+
 @pytest.mark.parametrize("mode,levels", [("L", 256), ("L", 2), ("RGB", 256)])
 def test_raw_files_round_trip_exactly(tmp_path, mode, levels):
-    paths = _write_images(tmp_path, 5, (6, 8), mode)
-    x = torch.stack([_as_tensor(p, mode) for p in paths])
-    grids = quantize_raw(x, levels)
-    prior = fitted_histogram(grids, vocab=levels)
-    stats = compress_files(prior, None, paths, tmp_path / "out" / "a.vqz", raw_levels=levels)
-    assert stats.n == 5 and stats.dims_per_grid == x[0].numel() and stats.png_bytes > 0
-    written = decompress_file(prior, None, tmp_path / "out" / "a.vqz", tmp_path / "dec")
+    paths, x, codec, grids, prior = _raw_image_setup(tmp_path, mode, levels)
+    assert tuple(grids.shape[1:]) == codec.token_shape() and torch.equal(encode_batch(codec, x), grids)
+    stats = compress_files(prior, codec, paths, tmp_path / "out" / "a.vqz")
+    assert stats.n == 5 and stats.dims_per_input == x[0].numel() and stats.png_bytes > 0
+    meta = read_header((tmp_path / "out" / "a.vqz").read_bytes()).metadata
+    assert meta["codec_fingerprint"] == codec.fingerprint and meta["names"] == [p.name for p in paths]
+    written = decompress_file(prior, codec, tmp_path / "out" / "a.vqz", tmp_path / "dec")
     assert [p.name for p in written] == [p.name for p in paths]
     back = torch.stack([_as_tensor(p, mode) for p in written])
     assert torch.equal(quantize_raw(back, levels), grids)  # exact at the chosen quantization
@@ -264,45 +289,140 @@ def test_raw_files_round_trip_exactly(tmp_path, mode, levels):
 
 def test_raw_file_errors(tmp_path):
     paths = _write_images(tmp_path, 2, (6, 8), "L")
+    codec = RawCodec("image", 256, (1, 6, 8))
     prior = fitted_histogram(rand_tokens(4, (6, 8), 256), vocab=256)
-    (tmp_path / "odd").mkdir()
     odd = _write_images(tmp_path / "odd", 1, (6, 9), "L")
-    with pytest.raises(ValueError, match=r"img_0.png is 9 pixels wide"):
-        compress_files(prior, None, odd, tmp_path / "a.vqz", raw_levels=256)
+    with pytest.raises(ValueError, match=r"img_0.png is 9x6 \(WxH\) but the codec expects 8x6"):
+        compress_files(prior, codec, odd, tmp_path / "a.vqz")
     tall = _write_images(tmp_path / "odd", 1, (7, 8), "L", seed=1)
     tall[0] = tall[0].rename(tmp_path / "odd" / "tall.png")
     with pytest.raises(ValueError, match=r"tall.png is 8x7 .*resize"):
-        compress_files(prior, None, [paths[0], tall[0]], tmp_path / "a.vqz", raw_levels=256)
+        compress_files(prior, codec, [paths[0], tall[0]], tmp_path / "a.vqz")
     (tmp_path / "notimg.png").write_text("hello")
     with pytest.raises(ValueError, match="notimg.png is not a readable image"):
-        compress_files(prior, None, [paths[0], tmp_path / "notimg.png"], tmp_path / "a.vqz", raw_levels=256)
+        compress_files(prior, codec, [paths[0], tmp_path / "notimg.png"], tmp_path / "a.vqz")
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        compress_files(prior, None, [paths[0], tmp_path / "missing.png"], tmp_path / "a.vqz", raw_levels=256)
-    with pytest.raises(ValueError, match="tokenizer"):
-        compress_files(prior, None, paths, tmp_path / "a.vqz")
+        compress_files(prior, codec, [paths[0], tmp_path / "missing.png"], tmp_path / "a.vqz")
+    audio_prior, audio = fitted_histogram(rand_tokens(4, (16,), 256), vocab=256), RawCodec("audio", 256, (16,), 8000)
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        compress_files(audio_prior, audio, [tmp_path / "missing.wav"], tmp_path / "a.vqz")
+    with pytest.raises(ValueError, match=r"grids of shape \(6, 8\) but the prior models \(4, 4\)"):
+        compress_files(fitted_histogram(rand_tokens(4, (4, 4), 256), vocab=256), codec, paths, tmp_path / "a.vqz")
+    with pytest.raises(ValueError, match="no input files"):
+        compress_files(prior, codec, [], tmp_path / "a.vqz")
+    assert not (tmp_path / "a.vqz").exists()
+
+
+def _tiny_image_tokenizer(seed=0):
+    torch.manual_seed(seed)
+    return build_tokenizer(modality="image", quantizer="fsq", channels=1, image_size=8, downsample=4,
+                           hidden_channels=4, num_res_blocks=1, latent_dim=4, fsq_levels=[3, 3]).eval()
 
 
 def test_tokenizer_files_round_trip_tokens(tmp_path):
-    from tokenizers_vq import build_tokenizer
-
-    torch.manual_seed(0)
-    tok = build_tokenizer(modality="image", quantizer="fsq", channels=1, image_size=8, downsample=4,
-                          hidden_channels=4, num_res_blocks=1, latent_dim=4, fsq_levels=[3, 3]).eval()
+    tok = _tiny_image_tokenizer()
     paths = _write_images(tmp_path, 4, (8, 8), "L")
     x = torch.stack([_as_tensor(p, "L") for p in paths])
     tokens = tok.encode(x)
     prior = fitted_histogram(tokens, vocab=tok.vocab_size)
-    compress_files(prior, tok, paths, tmp_path / "t.vqz")
+    stats = compress_files(prior, tok, paths, tmp_path / "t.vqz")
+    assert stats.dims_per_input == 64 and stats.seq_len == 4
     assert torch.equal(decompress_grids(prior, (tmp_path / "t.vqz").read_bytes()).tokens, tokens)
     written = decompress_file(prior, tok, tmp_path / "t.vqz", tmp_path / "dec")
     back = torch.stack([_as_tensor(p, "L") for p in written])
     assert torch.allclose(back, tok.decode(tokens).clamp(0, 1), atol=1 / 255)  # the tokenizer's reconstruction
-    with pytest.raises(ValueError, match="pass the --tokenizer"):
-        decompress_file(prior, None, tmp_path / "t.vqz", tmp_path / "dec2")
-    torch.manual_seed(1)
-    other = build_tokenizer(tok.config)
-    with pytest.raises(ValueError, match="different tokenizer"):
-        decompress_file(prior, other, tmp_path / "t.vqz", tmp_path / "dec2")
+
+
+def _other_codec(kind):
+    if kind == "tokenizer":  # same config, other weights
+        return _tiny_image_tokenizer(seed=0), _tiny_image_tokenizer(seed=1)
+    return RawCodec("image", 256, (1, 8, 8)), RawCodec("image", 2, (1, 8, 8))
+
+
+@pytest.mark.parametrize("kind", ["tokenizer", "raw"])
+def test_decompress_with_another_codec_is_refused_naming_both_fingerprints(tmp_path, kind):
+    codec, other = _other_codec(kind)
+    assert codec.fingerprint != other.fingerprint
+    paths = _write_images(tmp_path, 2, (8, 8), "L")
+    grids = encode_batch(codec, torch.stack([_as_tensor(p, "L") for p in paths]))
+    prior = fitted_histogram(grids, vocab=max(codec.vocab_size, other.vocab_size))
+    compress_files(prior, codec, paths, tmp_path / "t.vqz")
+    with pytest.raises(ValueError, match=f"(?s)compressed with the codec {codec.fingerprint}.*codec given is "
+                                         f"{other.fingerprint}.*pass the --tokenizer"):
+        decompress_file(prior, other, tmp_path / "t.vqz", tmp_path / "dec")
+    assert not (tmp_path / "dec").exists()
+    (tmp_path / "g.vqz").write_bytes(compress_grids(prior, grids))
+    with pytest.raises(ValueError, match="compress_grids, not files"):
+        decompress_file(prior, codec, tmp_path / "g.vqz", tmp_path / "dec")
+
+
+@pytest.mark.parametrize("baseline", ["png_size", "gzip_size"])
+def test_failing_baseline_is_none_and_the_file_is_still_written(tmp_path, monkeypatch, baseline):
+    def boom(*_a, **_k):
+        raise RuntimeError("baseline exploded")
+
+    paths, x, codec, grids, prior = _raw_image_setup(tmp_path, n=3)
+    monkeypatch.setattr(compress_mod, baseline, boom)
+    stats = compress_files(prior, codec, paths, tmp_path / "a.vqz")
+    failed, other = ("png", "gzip") if baseline == "png_size" else ("gzip", "png")
+    assert getattr(stats, f"{failed}_bytes") is None and getattr(stats, f"bits_per_dim_{failed}") is None
+    assert getattr(stats, f"{other}_bytes") > 0 and stats.to_dict()[f"{failed}_bytes"] is None
+    assert stats.file_bytes == (tmp_path / "a.vqz").stat().st_size
+    written = decompress_file(prior, codec, tmp_path / "a.vqz", tmp_path / "dec")
+    assert torch.equal(torch.stack([_as_tensor(p, "L") for p in written]), x)
+
+
+# ---------------------------------------------------------------------------------------------- audio files
+AUDIO_RATE, AUDIO_FILES = 8000, (("a.wav", 8000, 600), ("b.wav", 16000, 900))  # name, file rate, samples
+
+
+def _write_waves(folder):
+    """Random-ish (noisy tone) mono WAVs: one at the codec rate, one at twice it; lengths not multiples of T."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, paths = np.random.default_rng(0), []
+    for name, rate, n in AUDIO_FILES:
+        t = np.arange(n) / rate
+        wave = 0.5 * np.sin(2 * np.pi * 440 * t) * np.linspace(0.1, 1, n) + 0.1 * rng.standard_normal(n)
+        sf.write(folder / name, wave.clip(-0.9, 0.9).astype(np.float32), rate)  # 16-bit PCM
+        paths.append(folder / name)
+    return paths
+
+
+def _audio_codec(kind, clip):
+    if kind == "raw":
+        return RawCodec("audio", 256, (clip,), AUDIO_RATE)
+    torch.manual_seed(0)
+    return build_tokenizer(modality="audio", quantizer="fsq", hidden_channels=4, num_res_blocks=1, latent_dim=4,
+                           fsq_levels=[3, 3], sample_rate=AUDIO_RATE, clip_samples=clip).eval()
+
+
+@pytest.mark.parametrize("kind", ["raw", "tokenizer"])
+def test_audio_files_round_trip(tmp_path, kind):
+    clip = 128
+    codec = _audio_codec(kind, clip)
+    paths = _write_waves(tmp_path / "in")
+    waves = [read_audio(p, target_rate=AUDIO_RATE)[0] for p in paths]  # what the codec sees, at its rate
+    assert [len(w) for w in waves] == [600, 450]  # b.wav resampled 16 kHz -> 8 kHz
+    clips = torch.cat([torch.nn.functional.pad(w, (0, -len(w) % clip)).reshape(-1, clip) for w in waves])
+    grids = encode_batch(codec, clips)
+    assert grids.shape == (9, *codec.token_shape())  # 5 + 4 clips, the last of each zero-padded
+    prior = fitted_histogram(grids, vocab=codec.vocab_size)
+    stats = compress_files(prior, codec, paths, tmp_path / "a.vqz")
+    assert stats.n == 9 and stats.dims_per_input == clip and stats.kbit_per_second > 0
+    data = (tmp_path / "a.vqz").read_bytes()
+    meta = read_header(data).metadata
+    assert meta["names"] == ["a.wav", "b.wav"] and meta["samples"] == [600, 450] and meta["clips"] == [5, 4]
+    assert meta["codec_fingerprint"] == codec.fingerprint and meta["sample_rate"] == AUDIO_RATE
+    assert torch.equal(decompress_grids(prior, data).tokens, grids)  # tokens exact
+    written = decompress_file(prior, codec, tmp_path / "a.vqz", tmp_path / "dec")
+    assert [p.name for p in written] == ["a.wav", "b.wav"]
+    recon = codec.decode(grids).reshape(-1)
+    for path, wave, start in zip(written, waves, (0, 5 * clip)):
+        back, rate = sf.read(path, dtype="float32")
+        assert rate == AUDIO_RATE and back.shape == wave.shape  # trimmed to the (resampled) input length
+        assert np.abs(back - recon[start: start + len(wave)].clamp(-1, 1).numpy()).max() <= 1 / 32768
+        if kind == "raw":  # exact at mu-law quantization
+            assert torch.equal(quantize_raw(torch.from_numpy(back), 256), quantize_raw(wave, 256))
 
 
 def test_random_order_made_is_refused():

@@ -13,16 +13,14 @@ from pipelines.data import Splits
 from pipelines.likelihood.score import (
     bits_per_dim,
     bits_per_token,
-    dequantize_raw,
+    encode_batch,
     ood_auroc,
-    quantize_raw,
-    raw_grid_shape,
     score_dataset,
     score_grids,
     typicality_score,
 )
 from prior import build_prior
-from tokenizers_vq import mu_law_encode
+from tokenizers_vq import RawCodec, build_tokenizer, dequantize_raw, mu_law_encode, quantize_raw
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -88,7 +86,8 @@ def test_quantize_raw_images():
     # RGB: channels interleaved per pixel, so raster order is pixel by pixel, channel by channel
     rgb = torch.stack([torch.full((2, 2), 10.0), torch.full((2, 2), 20.0), torch.full((2, 2), 30.0)]) / 255
     q = quantize_raw(rgb, 256)
-    assert q.shape == (2, 6) == raw_grid_shape((3, 2, 2)) and q[0].tolist() == [10, 20, 30, 10, 20, 30]
+    assert q.shape == (2, 6) == RawCodec("image", 256, (3, 2, 2)).token_shape()
+    assert q[0].tolist() == [10, 20, 30, 10, 20, 30]
     batch = torch.rand(5, 3, 4, 6)
     for levels in (2, 256):
         qb = quantize_raw(batch, levels)
@@ -103,6 +102,10 @@ def test_quantize_raw_audio_is_mu_law():
     assert torch.equal(quantize_raw(wav[None], 256)[0], mu_law_encode(wav))
     back = dequantize_raw(quantize_raw(wav[None], 256), 256, (101,))
     assert back.shape == (1, 101) and (back - wav).abs().max() < 0.05
+    codec = RawCodec("audio", 256, (101,), 8000)
+    assert codec.token_shape() == (101,)
+    assert torch.equal(encode_batch(codec, wav[None]), quantize_raw(wav[None], 256))
+    assert torch.equal(codec.decode(codec.encode(wav[None])), back)
 
 
 @pytest.mark.parametrize("x,levels,match", [
@@ -167,33 +170,35 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_score_dataset_raw_splits(tmp_path):
-    train, test = bernoulli_images(200, 0.2, 0), bernoulli_images(30, 0.2, 1)
+@pytest.mark.parametrize("levels,shape", [(2, (1, 6, 6)), (256, (3, 4, 4))])
+def test_score_dataset_raw_splits(tmp_path, levels, shape):
+    train, test = bernoulli_images(200, 0.2, 0, shape), bernoulli_images(30, 0.2, 1, shape)
+    if levels == 256:  # 8-bit pixels, not just {0, 1}
+        train, test = train * torch.rand(train.shape), test * torch.rand(test.shape)
     splits = Splits(train=ListDataset(train, torch.zeros(200)), test=ListDataset(test, torch.arange(30) % 3),
-                    modality="image", input_shape=(1, 6, 6))
-    prior = build_prior(arch="histogram", vocab_size=2, shape=(6, 6))
-    prior.net.fit(quantize_raw(train, 2).reshape(200, -1))
-    summary = score_dataset(prior, None, splits, tmp_path / "s" / "scores.csv", batch_size=8, raw_levels=2,
-                            progress=False)
+                    modality="image", input_shape=shape)
+    codec = RawCodec("image", levels, shape)
+    dims = math.prod(shape)  # C*H*W
+    prior = build_prior(arch="histogram", vocab_size=levels, shape=codec.token_shape())
+    prior.net.fit(quantize_raw(train, levels).reshape(200, -1))
+    summary = score_dataset(prior, codec, splits, tmp_path / "s" / "scores.csv", batch_size=8, progress=False)
     rows = _read_csv(tmp_path / "s" / "scores.csv")
-    nll = score_grids(prior, quantize_raw(test, 2))
-    ref = score_grids(prior, quantize_raw(train, 2)).mean().item()
-    assert len(rows) == 30 and summary["n"] == 30
+    nll = score_grids(prior, quantize_raw(test, levels))
+    ref = score_grids(prior, quantize_raw(train, levels)).mean().item()
+    assert len(rows) == 30 and summary["n"] == 30 and summary["dims_per_input"] == dims
     assert list(rows[0]) == ["index", "label", "nll_nats", "bits_per_token", "bits_per_dim", "bits_per_dim_kind",
                              "ood_score", "ood_method"]
     assert [int(r["label"]) for r in rows] == (torch.arange(30) % 3).tolist()
     assert float(rows[4]["nll_nats"]) == pytest.approx(nll[4].item(), abs=1e-5)
-    assert float(rows[4]["bits_per_dim"]) == pytest.approx(nll[4].item() / math.log(2) / 36, abs=1e-5)
+    assert float(rows[4]["bits_per_dim"]) == pytest.approx(nll[4].item() / math.log(2) / dims, abs=1e-5)
     assert float(rows[4]["bits_per_dim"]) == pytest.approx(float(rows[4]["bits_per_token"]), abs=1e-6)  # raw: D = L
     assert rows[0]["bits_per_dim_kind"] == summary["bits_per_dim_kind"] == "raw_likelihood"
     assert summary["ood_method"] == "typicality" and summary["train_mean_nll"] == pytest.approx(ref)
     assert float(rows[4]["ood_score"]) == pytest.approx(abs(nll[4].item() - ref), abs=1e-5)
-    assert summary["bits_per_dim"] == pytest.approx(nll.mean().item() / math.log(2) / 36)
+    assert summary["bits_per_dim"] == pytest.approx(nll.mean().item() / math.log(2) / dims)
 
 
 def test_score_dataset_tokens_plain_dataset(tmp_path):
-    from tokenizers_vq import build_tokenizer
-
     torch.manual_seed(0)
     tok = build_tokenizer(modality="image", quantizer="fsq", channels=3, image_size=8, downsample=4,
                           hidden_channels=4, num_res_blocks=1, latent_dim=4, fsq_levels=[3, 3]).eval()
@@ -213,12 +218,22 @@ def test_score_dataset_tokens_plain_dataset(tmp_path):
     assert summary["ood_method"] == "typicality"
 
 
+def test_score_dataset_raw_audio(tmp_path):
+    wav = torch.sin(torch.arange(5 * 64).reshape(5, 64) * 0.3) * 0.5
+    codec = RawCodec("audio", 256, (64,), 8000)
+    prior = build_prior(arch="histogram", vocab_size=256, shape=(64,))  # uniform: 8 bits per sample
+    summary = score_dataset(prior, codec, ListDataset(wav, torch.zeros(5)), tmp_path / "a.csv",
+                            progress=False)
+    assert summary["bits_per_dim_kind"] == "raw_likelihood" and summary["dims_per_input"] == 64
+    assert summary["bits_per_dim"] == pytest.approx(8.0) and summary["bits_per_token"] == pytest.approx(8.0)
+
+
 def test_score_dataset_errors(tmp_path):
     prior = build_prior(arch="histogram", vocab_size=2, shape=(6, 6))
+    codec = RawCodec("image", 2, (1, 5, 5))
     data = ListDataset(bernoulli_images(4, 0.5, 0, shape=(1, 5, 5)), torch.zeros(4))
     with pytest.raises(ValueError, match=r"grids of shape \(5, 5\) but the prior models \(6, 6\)"):
-        score_dataset(prior, None, data, tmp_path / "a.csv", raw_levels=2, progress=False)
-    with pytest.raises(ValueError, match="either a tokenizer"):
-        score_dataset(prior, None, data, tmp_path / "a.csv", progress=False)
+        score_dataset(prior, codec, data, tmp_path / "a.csv", progress=False)
     with pytest.raises(ValueError, match="empty"):
-        score_dataset(prior, None, ListDataset([], []), tmp_path / "a.csv", raw_levels=2, progress=False)
+        score_dataset(prior, codec, ListDataset([], []), tmp_path / "a.csv", progress=False)
+    assert not (tmp_path / "a.csv").exists()

@@ -41,7 +41,7 @@ def test_prior_training_lowers_loss_and_writes_folder(tmp_path):
     data = _token_data()
     prior = _prior()
     before = -prior.log_prob(data.tokens).mean().item()
-    res = train(PriorTask(prior, "toy", dims_per_grid=6), data, data, _cfg(tmp_path, steps=40, eval_every=40))
+    res = train(PriorTask(prior, "toy", dims_per_input=6), data, data, _cfg(tmp_path, steps=40, eval_every=40))
     after = -prior.log_prob(data.tokens).mean().item()
     assert res.status == "finished" and res.step == 40
     assert after < before - 1.0
@@ -197,27 +197,29 @@ def test_prior_data_is_validated_once_before_training_and_the_step_skips_value_c
     bad = _token_data()
     bad.tokens[5, 1, 2] = 4  # vocab is 4
     with pytest.raises(ValueError, match=r"toy-folder \[train\]: tokens must lie in \[0, 4\), got range \[0, 4\]"):
-        train(PriorTask(prior, "toy-folder", dims_per_grid=6), bad, None, _cfg(tmp_path))
+        train(PriorTask(prior, "toy-folder", dims_per_input=6), bad, None, _cfg(tmp_path))
     assert not (tmp_path / "checkpoints").exists()  # refused before any step: nothing written
     good = _token_data()
     with pytest.raises(ValueError, match=r"\[test\]"):
-        train(PriorTask(prior, "toy-folder", dims_per_grid=6), good, bad, _cfg(tmp_path))
+        train(PriorTask(prior, "toy-folder", dims_per_input=6), good, bad, _cfg(tmp_path))
     # A plain (tokens, label) dataset (not a TokenGridDataset) is checked by one pass.
     plain = [(bad.tokens[i], bad.labels[i]) for i in range(len(bad))]
     with pytest.raises(ValueError, match="tokens must lie in"):
-        PriorTask(prior, "list", dims_per_grid=6).validate_data(plain, "train")
+        PriorTask(prior, "list", dims_per_input=6).validate_data(plain, "train")
     # The training step itself does no value check (its data was checked above): no host sync per step.
     with pytest.raises(ValueError, match="must lie in"):
         prior.loss(bad.tokens)
-    wrapped = PriorTask(prior, "toy", dims_per_grid=6).model
+    wrapped = PriorTask(prior, "toy", dims_per_input=6).model
     with pytest.raises(IndexError):  # reaches the embedding: proof the range check was skipped
         wrapped(bad.tokens)
 
 
 def test_token_folder_is_range_checked_when_loaded(tmp_path):
     from pipelines.data.tokens import TokenHeader, load_tokens, save_tokens
+    from tokenizers_vq import RawCodec
 
-    header = TokenHeader(vocab_size=4, token_shape=(2, 3), modality="image", dataset="toy")
+    rec = RawCodec("image", 256, (1, 2, 3)).record()
+    header = TokenHeader(vocab_size=4, token_shape=(2, 3), modality="image", dataset="toy", codec=rec)
     data = _token_data()
     save_tokens(tmp_path, header, {"train": (data.tokens, data.labels)})
     tokens, labels = load_tokens(tmp_path, "train")
@@ -227,7 +229,7 @@ def test_token_folder_is_range_checked_when_loaded(tmp_path):
     save_tokens(tmp_path, header, {"train": (bad, data.labels)})
     with pytest.raises(ValueError, match=r"train.safetensors: tokens range \[0, 9\] lies outside the vocabulary"):
         load_tokens(tmp_path, "train")
-    save_tokens(tmp_path, TokenHeader(vocab_size=4, token_shape=(3, 2), modality="image", dataset="toy"),
+    save_tokens(tmp_path, TokenHeader(vocab_size=4, token_shape=(3, 2), modality="image", dataset="toy", codec=rec),
                 {"train": (data.tokens, data.labels)})
     with pytest.raises(ValueError, match=r"shape \(2, 3\), but tokens.json says \(3, 2\)"):
         load_tokens(tmp_path, "train")

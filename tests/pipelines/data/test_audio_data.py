@@ -9,9 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipelines.data import audio as audio_data
-from pipelines.data.audio import AudioClipDataset, AudioReadError, fit_clip, read_audio, validate_sources
-from pipelines.data import DataSpec, load_data
+from pipelines.data import DataSpec, load_data, spoken_digits, tones
+from pipelines.data.audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio, validate_sources
 
 SR = 16000
 
@@ -107,7 +106,7 @@ def make_folder(root, rate=SR):
 
 
 def test_folder_loader_skips_bad_files_with_one_warning(tmp_path, caplog):
-    make_folder(tmp_path / "data")
+    bad = make_folder(tmp_path / "data")
     spec = DataSpec(str(tmp_path / "data"), clip_samples=2048, test_fraction=0.25, seed=1)
     with caplog.at_level(logging.INFO, logger="vqgen.data"):
         splits = load_data(spec)
@@ -115,6 +114,8 @@ def test_folder_loader_skips_bad_files_with_one_warning(tmp_path, caplog):
     assert len(warnings) == 1
     msg = warnings[0].getMessage()
     assert "skipped 5 unreadable audio file(s)" in msg and "--strict" in msg
+    for name, reason in bad.items():  # each file is named with its reason
+        assert f"{name}: " in msg and reason in msg
     assert any("from 22050 Hz" in r.getMessage() for r in caplog.records)
     assert splits.modality == "audio" and splits.class_names == ["cat", "dog"] and splits.num_classes == 2
     assert splits.input_shape == (2048,) and splits.sample_rate == SR
@@ -269,7 +270,7 @@ def test_tone_timbres_differ_in_harmonic_content():
     rng = np.random.default_rng(0)
 
     def even_to_odd(timbre):
-        ratios, amps, _ = audio_data._partials(timbre, rng)
+        ratios, amps, _ = tones._partials(timbre, rng)
         even = sum(a for r, a in zip(ratios, amps) if round(r) % 2 == 0 and abs(r - round(r)) < 1e-9)
         return even / sum(amps)
 
@@ -288,10 +289,10 @@ def test_spoken_digits_without_espeak_says_how_to_install(tmp_path, monkeypatch)
                     reason="espeak-ng is not installed (apt-get install espeak-ng / brew install espeak-ng)")
 def test_spoken_digits_are_generated_once_and_read_as_a_folder(tmp_path, monkeypatch):
     # A smaller grid keeps the test fast; the layout and the code path are the real ones.
-    monkeypatch.setattr(audio_data, "ESPEAK_VOICES", ["en-us", "en-gb+f2", "en-us+f3"])
-    monkeypatch.setattr(audio_data, "ESPEAK_TEST_VOICES", 1)
-    monkeypatch.setattr(audio_data, "ESPEAK_SPEEDS", [175])
-    monkeypatch.setattr(audio_data, "ESPEAK_PITCHES", [50])
+    monkeypatch.setattr(spoken_digits, "ESPEAK_VOICES", ["en-us", "en-gb+f2", "en-us+f3"])
+    monkeypatch.setattr(spoken_digits, "ESPEAK_TEST_VOICES", 1)
+    monkeypatch.setattr(spoken_digits, "ESPEAK_SPEEDS", [175])
+    monkeypatch.setattr(spoken_digits, "ESPEAK_PITCHES", [50])
     s = load_data(DataSpec("spoken-digits", cache_dir=str(tmp_path)))
     assert s.class_names == [str(d) for d in range(10)]
     assert (len(s.train), len(s.test)) == (20, 10)

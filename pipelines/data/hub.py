@@ -1,0 +1,154 @@
+"""Hugging Face ``datasets`` sources: Hub ids, and local folders ``datasets`` reads itself (parquet/arrow
+files, ``save_to_disk`` output; the tests use these to run the Hub code path offline).
+
+Images: the ``spec.image_column`` column, cast to ``Image(decode=False)`` and decoded with PIL on access:
+``(x float32 [C, H, W] in [0, 1], label int64)``. Audio: the ``spec.audio_column`` column, cast to
+``Audio(decode=False)`` and read with soundfile (``datasets`` 5 decodes through torchcodec, which needs
+FFmpeg): ``(x float32 [clip_samples] in [-1, 1], label int64)``. Labels come from ``spec.label_column``
+(-1 without one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .audio_io import holdout, make_audio_splits
+from .image_io import EncodedImageDataset, validate_images
+from .spec import DataSpec, Splits, unknown_dataset_error, warn_skipped
+
+DATASET_FILE_EXTS = {".parquet", ".arrow", ".csv", ".jsonl"}
+
+
+def is_dataset_folder(path: Path) -> bool:
+    """True for a folder ``datasets`` can load itself (save_to_disk output, or parquet/arrow/csv/json files)."""
+    if _is_saved_to_disk(path):
+        return True
+    return any(f.suffix in DATASET_FILE_EXTS for f in path.rglob("*") if f.is_file())
+
+
+def _is_saved_to_disk(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file())
+
+
+def load_dataset_dict(spec: DataSpec) -> Any:
+    """A ``datasets.DatasetDict`` for ``spec.name``: ``save_to_disk`` output (a lone ``Dataset`` becomes the
+    train split), or anything ``datasets.load_dataset`` accepts (Hub id at ``spec.revision``, data folder)."""
+    import datasets
+
+    if _is_saved_to_disk(Path(spec.name)):
+        dd = datasets.load_from_disk(spec.name)
+        return datasets.DatasetDict({spec.train_split: dd}) if isinstance(dd, datasets.Dataset) else dd
+    try:
+        return datasets.load_dataset(spec.name, revision=spec.revision)
+    except FileNotFoundError as e:
+        raise unknown_dataset_error(spec.name) from e
+
+
+def _train_split(spec: DataSpec, dataset_dict: Any, where: str) -> Any:
+    if spec.train_split not in dataset_dict:
+        raise ValueError(f"{where}: no split {spec.train_split!r}; splits are {list(dataset_dict)}")
+    return dataset_dict[spec.train_split]
+
+
+# ---------------------------------------------------------------------------- images
+def _cells(ds: Any, column: str, feature: Any, flag: str, where: str) -> tuple[Any, list[Any]]:
+    """(the split with ``column`` cast to the undecoded ``feature``, that column's cells)."""
+    if column not in ds.column_names:
+        raise ValueError(f"{where}: no column {column!r}; columns are {ds.column_names}. Pass {flag} NAME")
+    ds = ds.cast_column(column, feature)
+    return ds, list(ds[column])
+
+
+def _labels(ds: Any, spec: DataSpec, n: int, index: dict[str, int] | None = None) -> list[int]:
+    """The int labels of a split's n rows (``index`` maps string labels), or -1 without a label column."""
+    if spec.label_column and spec.label_column in ds.column_names:
+        raw = ds[spec.label_column]
+        return [index[str(v)] for v in raw] if index is not None else [int(v) for v in raw]
+    return [-1] * n
+
+
+def _image_column(ds: Any, spec: DataSpec, where: str) -> tuple[list[Any], list[int]]:
+    """(encoded image cells, int labels or -1) of one split."""
+    from datasets import Image as HFImage
+
+    ds, items = _cells(ds, spec.image_column, HFImage(decode=False), "--image-column", where)
+    return items, _labels(ds, spec, len(items))
+
+
+def load_hf_images(spec: DataSpec, dataset_dict: Any, where: str) -> Splits:
+    """Turn a ``datasets.DatasetDict`` (from imagefolder or the Hub) into ``Splits`` of
+    ``EncodedImageDataset``s; holds out ``test_fraction`` of train (seeded, stratification not attempted)
+    when there is no test split. Bad images are skipped with one warning (see ``check_image``)."""
+    train = _train_split(spec, dataset_dict, where)
+    label_names: list[str] = []
+    if spec.label_column and spec.label_column in train.column_names:
+        feat = train.features[spec.label_column]
+        label_names = list(getattr(feat, "names", []) or [])
+    if spec.test_split and spec.test_split in dataset_dict:
+        test = dataset_dict[spec.test_split]
+    else:
+        parts = train.train_test_split(test_size=spec.test_fraction, seed=spec.seed)
+        train, test = parts["train"], parts["test"]
+    if spec.limit:
+        train = train.select(range(min(spec.limit, len(train))))
+    tr = validate_images(*_image_column(train, spec, where), spec.image_size, f"{where} [train]", spec.strict, False)
+    te = validate_images(*_image_column(test, spec, where), spec.image_size, f"{where} [test]", spec.strict, False)
+    warn_skipped(tr.bad + te.bad, where, "image")  # one warning per dataset, not per split
+    num_classes = len(label_names) or (max(max(tr.labels), max(te.labels)) + 1 if max(tr.labels) >= 0 else 0)
+    return Splits(train=EncodedImageDataset(tr.sources, tr.labels, spec.image_size, spec.channels),
+                  test=EncodedImageDataset(te.sources, te.labels, spec.image_size, spec.channels),
+                  modality="image", num_classes=num_classes,
+                  class_names=label_names or [str(i) for i in range(num_classes)],
+                  input_shape=(spec.channels, spec.image_size, spec.image_size))
+
+
+def load_hub_images(spec: DataSpec) -> Splits:
+    """A Hub image dataset id (or any folder ``load_dataset_dict`` reads) -> ``Splits``."""
+    return load_hf_images(spec, load_dataset_dict(spec), spec.name)
+
+
+# ---------------------------------------------------------------------------- audio
+def _audio_column(ds: Any, spec: DataSpec, where: str, index: dict[str, int] | None) -> tuple[list[Any], list[int]]:
+    """(undecoded audio cells, int labels or -1) of one split; ``index`` maps string labels to ints."""
+    from datasets import Audio
+
+    ds, sources = _cells(ds, spec.audio_column, Audio(decode=False), "--audio-column", where)
+    return sources, _labels(ds, spec, len(sources), index)
+
+
+def load_hf_audio(spec: DataSpec, dataset_dict: Any, where: str) -> Splits:
+    """A ``datasets.DatasetDict`` (from the Hub or a local dataset folder) -> ``Splits``. Labels: a
+    ``ClassLabel`` column keeps its names; string labels are mapped to their sorted order; integers are
+    kept. Without ``spec.test_split``, ``test_fraction`` of train is held out (seeded)."""
+    train = _train_split(spec, dataset_dict, where)
+    test = dataset_dict[spec.test_split] if spec.test_split and spec.test_split in dataset_dict else None
+    if spec.label_column and spec.label_column not in train.column_names and spec.label_column != "label":
+        raise ValueError(f"{where}: no label column {spec.label_column!r}; columns are {train.column_names}. "
+                         "Pass --label-column NAME (or none)")
+    class_names: list[str] = []
+    index: dict[str, int] | None = None
+    if spec.label_column and spec.label_column in train.column_names:
+        feat = train.features[spec.label_column]
+        class_names = list(getattr(feat, "names", None) or [])
+        if not class_names:
+            values = list(train[spec.label_column]) + (list(test[spec.label_column]) if test is not None else [])
+            if values and isinstance(values[0], str):
+                class_names = sorted(set(values))
+                index = {n: i for i, n in enumerate(class_names)}
+            elif values:
+                class_names = [str(i) for i in range(max(int(v) for v in values) + 1)]
+    tr_src, tr_lab = _audio_column(train, spec, where, index)
+    if test is not None:
+        te_src, te_lab = _audio_column(test, spec, where, index)
+    else:
+        tr, te = holdout(len(tr_src), spec.test_fraction, spec.seed)
+        te_src, te_lab = [tr_src[i] for i in te], [tr_lab[i] for i in te]
+        tr_src, tr_lab = [tr_src[i] for i in tr], [tr_lab[i] for i in tr]
+    return make_audio_splits((tr_src, tr_lab), (te_src, te_lab), class_names, spec, where)
+
+
+def load_hub_audio(spec: DataSpec) -> Splits:
+    """A Hub audio dataset id, or a local folder ``datasets`` can read (parquet files, or ``save_to_disk``
+    output): one code path for both, so the tests exercise the Hub path offline."""
+    return load_hf_audio(spec, load_dataset_dict(spec), spec.name)

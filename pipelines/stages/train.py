@@ -1,0 +1,85 @@
+"""The two training stages: ``train_tokenizer`` (a discrete autoencoder on a dataset) and ``train_prior`` (an
+autoregressive prior on a token folder, which then records the folder's codec, class names and sampling
+defaults beside the model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prior import PriorConfig, build_prior
+from tokenizers_vq import TokenizerConfig, build_tokenizer
+from vqgen_io import atomic_write_text
+
+from ..data import infer_modality, load_data
+from ..data.tokens import load_token_header, load_tokens
+from ..training.loop import TrainConfig, TrainResult, train
+from ..training.tasks import PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
+from .common import DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
+
+
+def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfig, *, crop_samples: int | None = None,
+                    eval_limit: int | None = None) -> TrainResult:
+    """Train a tokenizer on the dataset ``data`` (``make_spec`` arguments) into ``cfg.out``.
+
+    ``model``: ``TokenizerConfig`` fields (``modality`` may be None: taken from the data; sizes come from the
+    data spec). ``crop_samples``: audio training windows. ``--resume`` with other model fields is refused.
+    """
+    spec = make_spec(modality=model.get("modality"), **data)
+    modality = infer_modality(spec)
+    if model.get("modality") and modality != model["modality"]:
+        raise ValueError(f"--modality {model['modality']} but {spec.name} holds {modality} data")
+    splits = load_data(spec)
+    fields = {k: v for k, v in model.items() if v is not None} | {"modality": modality}
+    fields |= ({"channels": spec.channels, "image_size": spec.image_size} if modality == "image"
+               else {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples})
+    if fields.get("quantizer") == "gumbel":
+        fields.setdefault("gumbel_anneal_steps", cfg.steps)  # anneal over the whole run
+    config = TokenizerConfig(**fields)
+    out = Path(cfg.out)
+    if cfg.resume and (out / "config.json").is_file() and TokenizerConfig.from_file(out / "config.json") != config:
+        raise ValueError(f"--resume: the arguments give a different tokenizer than the one in {out}/config.json; "
+                         "resume with the same arguments")
+    tokenizer = build_tokenizer(config)
+    atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
+    task = TokenizerTask(tokenizer, spec.name, eval_limit=eval_limit,
+                         crop_samples=crop_samples if modality == "audio" else None)
+    return train(task, splits.train, splits.test, cfg, hparams=config.to_dict())
+
+
+def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig, *, conditional: bool = False,
+                cfg_scale: float | None = None) -> TrainResult:
+    """Train a prior (``model``: ``PriorConfig`` fields, at least ``arch``) on a token folder into ``cfg.out``.
+
+    The prior folder records the token folder's codec (``codec.json``), its class names and the sampling
+    defaults: a conditional prior samples with classifier-free guidance ``cfg_scale`` (default 2) unless told
+    otherwise. A histogram prior is fitted by counting (closed-form maximum likelihood) instead of trained.
+    """
+    header = load_token_header(tokens_dir)
+    tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
+    te_tokens, te_labels = load_tokens(tokens_dir, "test")
+    num_classes = 0
+    if conditional:
+        if header.num_classes < 1 or (tr_labels < 0).any():
+            raise ValueError(f"--conditional: the token folder {tokens_dir} has no labels for every example")
+        num_classes = header.num_classes
+    elif cfg_scale is not None:
+        raise ValueError("--cfg-scale needs a conditional prior (--conditional)")
+    fields = {k: v for k, v in model.items() if v is not None}
+    config = PriorConfig(**fields | {"vocab_size": header.vocab_size, "shape": tuple(header.token_shape),
+                                     "num_classes": num_classes})
+    prior = build_prior(config)
+    out = Path(cfg.out)
+    sampling = SamplingDefaults(cfg_scale=(DEFAULT_CFG_SCALE if cfg_scale is None else cfg_scale) if num_classes else None)
+    atomic_write_text(out / "config.json", config.to_json())
+    write_prior_records(out, header.codec, header.class_names, sampling)
+    dims = header.dims_per_input
+    train_set, test_set = TokenGridDataset(tr_tokens, tr_labels), TokenGridDataset(te_tokens, te_labels)
+    if config.arch != "histogram":
+        return train(PriorTask(prior, str(tokens_dir), dims), train_set, test_set, cfg, hparams=config.to_dict())
+    prior.net.fit(tr_tokens.reshape(len(tr_tokens), -1), tr_labels if num_classes else None)
+    metrics = evaluate_prior(prior, test_set, 512, dims, num_classes > 0)
+    prior.save_pretrained(out, card_info={"tokens": str(tokens_dir), "metrics": metrics})
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return TrainResult(status="finished", step=0, metrics=metrics, checkpoint=None)

@@ -1,0 +1,193 @@
+"""Model cards (``README.md``) for exported tokenizers: the Hugging Face Hub's YAML front matter and runnable usage
+for each format in the folder (the safetensors folder through vqgen, the ONNX pair through onnxruntime alone)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+FORMATS = ("safetensors", "onnx")
+# The line users edit (and the tests fill in) to point the usage snippets at the downloaded folder.
+FOLDER_PLACEHOLDER = "path/to/this/folder"
+_FILES = {"safetensors": "`model.safetensors`", "onnx": "`encoder.onnx`, `decoder.onnx`"}
+
+
+def _shape(dims: Iterable[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _front_matter(modality: str, quantizer: str, formats: tuple[str, ...]) -> list[str]:
+    # No pipeline_tag: the Hub's tasks describe end uses (image-to-image, audio-to-audio, ...); a tokenizer's output
+    # is integer tokens for another model, which none of them describes, and a wrong tag misfiles the model.
+    tags = ["vqgen", "tokenizer", modality, quantizer] + (["onnx"] if "onnx" in formats else [])
+    return ["---", "library_name: vqgen", "license: mit", "tags:", *[f"- {t}" for t in tags], "---", ""]
+
+
+def _io(config: Any, token_shape: tuple[int, ...], input_shape: tuple[int, ...], vocab_size: int) -> dict[str, str]:
+    """Human-readable input/token descriptions shared by the table and the snippets."""
+    d = config.downsample
+    extra = token_shape[len(input_shape) - (1 if config.modality == "image" else 0):]  # trailing codebook axes
+    q = "".join(f", {n}" for n in extra)
+    if config.modality == "image":
+        c, h, w = input_shape
+        return {
+            "x": f"float32 [B, {c}, {h}, {w}] in [0, 1] (B any; H and W fixed at {h} x {w} in the ONNX files)",
+            "x_torch": f"float32 [B, {c}, H, W] in [0, 1], H and W multiples of {d}",
+            "tokens": f"int64 [B, {h // d}, {w // d}{q}] in [0, {vocab_size})",
+            "recon": f"float32 [B, {c}, {h}, {w}] in [0, 1]",
+        }
+    return {
+        "x": f"float32 [B, T] in [-1, 1] at {config.sample_rate} Hz, T any multiple of {d} (the hop)",
+        "x_torch": f"float32 [B, T] in [-1, 1] at {config.sample_rate} Hz, T a multiple of {d}",
+        "tokens": f"int64 [B, T / {d}{q}] in [0, {vocab_size})",
+        "recon": "float32 [B, T] in [-1, 1]",
+    }
+
+
+def _example_input(config: Any, input_shape: tuple[int, ...], numpy: bool) -> list[str]:
+    """Lines that build an example input ``x`` (numpy or torch) of the documented layout."""
+    if config.modality == "image":
+        dims = ", ".join(str(s) for s in (2, *input_shape))
+        if numpy:
+            return [f"x = np.random.default_rng(0).random(({dims}), dtype=np.float32)  # stand-in for real images"]
+        return [f"x = torch.rand({dims})  # stand-in for real images"]
+    sr, hop = config.sample_rate, config.downsample
+    lib = "np" if numpy else "torch"
+    return [
+        f"sr, hop = {sr}, {hop}  # the sample rate (Hz) and the samples per token",
+        f"t = {lib}.arange(sr) / sr  # 1 s; use your own mono waveform, resampled to {sr} Hz",
+        f"wave = (0.5 * {lib}.sin(2 * {lib}.pi * 440 * t)).astype(np.float32)" if numpy
+        else f"wave = 0.5 * {lib}.sin(2 * {lib}.pi * 440 * t)",
+        # -len % hop zeros make T a multiple of the hop, as both encoders require.
+        "x = np.pad(wave, (0, -len(wave) % hop))[None]  # [1, T]; pad to a multiple of the hop" if numpy
+        else "x = torch.nn.functional.pad(wave, (0, -len(wave) % hop))[None]  # [1, T]; pad to a multiple of the hop",
+    ]
+
+
+def _safetensors_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[str, str]) -> list[str]:
+    return [
+        "### PyTorch (`config.json` + `model.safetensors`)",
+        "",
+        "Needs the `vqgen` package, which provides `tokenizers_vq`. Loading reads `config.json` and the safetensors "
+        f"weights and never unpickles. `tok.encode(x)` takes x {io['x_torch']}, and checks its shape and range"
+        + ("; long clips are encoded in overlapping chunks with bounded memory (the tokens equal a one-piece "
+           "encode)." if config.modality == "audio" else "."),
+        "",
+        "```python",
+        "import torch",
+        "from tokenizers_vq import load_tokenizer",
+        "",
+        f'folder = "{FOLDER_PLACEHOLDER}"  # this folder (for a Hub repo: huggingface_hub.snapshot_download(repo_id))',
+        "tok = load_tokenizer(folder)",
+        *_example_input(config, input_shape, numpy=False),
+        f"tokens = tok.encode(x)  # {io['tokens']}",
+        f"recon = tok.decode(tokens)  # {io['recon']}",
+        "print(tokens.shape, recon.shape)",
+        "```",
+        "",
+    ]
+
+
+def _onnx_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[str, str]) -> list[str]:
+    audio = config.modality == "audio"
+    lines = [
+        "### ONNX (`encoder.onnx` + `decoder.onnx`): onnxruntime and numpy only",
+        "",
+        "No torch and no vqgen needed: `pip install onnxruntime numpy`.",
+        "",
+        "| file | input | output |",
+        "|---|---|---|",
+        f"| `encoder.onnx` | `x`: {io['x']} | `tokens`: {io['tokens']} |",
+        f"| `decoder.onnx` | `tokens`: the encoder's output | `x`: {io['recon']} |",
+        "",
+    ]
+    if audio:
+        lines += [
+            "Mu-law companding happens inside `encoder.onnx`: feed the plain waveform. `decoder.onnx` returns the "
+            "expected waveform under the decoder's predicted distribution, as `Tokenizer.decode` does. Long clips "
+            "go through in one piece (memory grows with T), with the same tokens as the chunked PyTorch encoder.",
+            "",
+        ]
+    lines += [
+        "The graphs do not check their input: keep values in range (NaN or out-of-range values give meaningless "
+        "tokens rather than an error)" + (" and T a multiple of the hop." if audio else "."),
+        "",
+        "```python",
+        "import numpy as np",
+        "import onnxruntime as ort",
+        "",
+        f'folder = "{FOLDER_PLACEHOLDER}"  # this folder (for a Hub repo: huggingface_hub.snapshot_download(repo_id))',
+        'encoder = ort.InferenceSession(f"{folder}/encoder.onnx", providers=["CPUExecutionProvider"])',
+        'decoder = ort.InferenceSession(f"{folder}/decoder.onnx", providers=["CPUExecutionProvider"])',
+        *_example_input(config, input_shape, numpy=True),
+        f'(tokens,) = encoder.run(["tokens"], {{"x": x}})  # {io["tokens"]}',
+        f'(recon,) = decoder.run(["x"], {{"tokens": tokens}})  # {io["recon"]}',
+        "print(tokens.shape, tokens.dtype, recon.shape, recon.dtype)",
+        "```",
+        "",
+    ]
+    return lines
+
+
+def tokenizer_card(config: Any, token_shape: tuple[int, ...], input_shape: tuple[int, ...], vocab_size: int, *,
+                   formats: Iterable[str] = ("safetensors",), dataset: str | None = None, steps: int | None = None,
+                   metrics: Mapping[str, Any] | None = None) -> str:
+    """The ``README.md`` of an exported tokenizer folder, as a string.
+
+    ``config`` is the ``TokenizerConfig``; ``input_shape`` is one training input ((C, H, W) images, (T,) audio)
+    and ``token_shape`` its token grid ((H/d, W/d) or (T/d,), plus any trailing codebook axis); tokens are int64
+    in [0, ``vocab_size``). ``formats`` names the files present: ``"safetensors"`` (``model.safetensors``, used
+    through ``tokenizers_vq.load_tokenizer``) and/or ``"onnx"`` (``encoder.onnx`` / ``decoder.onnx``, used
+    through onnxruntime and numpy only); each gets a runnable snippet whose ``folder = "path/to/this/folder"``
+    line is the one thing to edit. ``dataset``, ``steps`` and ``metrics`` (the run's ``metrics.json``) are
+    reported when given. Starts with the YAML front matter the Hub reads (``library_name``, ``license``,
+    ``tags``). Raises ``ValueError`` for an unknown or empty ``formats``.
+    """
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats}")
+    c = config
+    input_shape, token_shape = tuple(input_shape), tuple(token_shape)
+    io = _io(c, token_shape, input_shape, vocab_size)
+    bits = math.log2(vocab_size) * math.prod(token_shape) if vocab_size > 1 else 0.0
+    lines = _front_matter(c.modality, c.quantizer, formats)
+    lines += [
+        f"# vqgen {c.modality} tokenizer ({c.quantizer})",
+        "",
+        f"A discrete autoencoder made with vqgen: the encoder turns {'an image' if c.modality == 'image' else 'a waveform'} "
+        f"into a grid of integer tokens in [0, {vocab_size}), the decoder turns tokens back into "
+        f"{'an image' if c.modality == 'image' else 'a waveform'}. Use the tokens to train a prior, to compress, or "
+        "as discrete features.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| modality | {c.modality} |",
+        f"| quantizer | `{c.quantizer}` |",
+        f"| vocabulary | {vocab_size} tokens ({math.log2(vocab_size):.2f} bits each) |",
+        f"| one input | {_shape(input_shape)} -> tokens {_shape(token_shape)} ({bits:,.0f} bits) |",
+        f"| downsampling | {c.downsample}x " + ("per axis |" if c.modality == "image" else "in time |"),
+    ]
+    if c.modality == "audio":
+        lines += [
+            f"| sample rate | {c.sample_rate} Hz |",
+            f"| hop | {c.downsample} samples per token ({c.sample_rate / c.downsample:g} tokens per second) |",
+        ]
+    lines += [f"| files | `config.json`, {', '.join(_FILES[f] for f in formats)} |", ""]
+    if dataset:
+        lines += [f"Trained on `{dataset}`" + (f" for {steps} steps." if steps else "."), ""]
+    elif steps:
+        lines += [f"Trained for {steps} steps.", ""]
+    if metrics:
+        lines += ["Metrics from the training run (`metrics.json`):", "", "```json",
+                  json.dumps(dict(metrics), indent=2, default=str), "```", ""]
+    lines += ["## Usage", ""]
+    if "safetensors" in formats:
+        lines += _safetensors_usage(c, input_shape, io)
+    if "onnx" in formats:
+        lines += _onnx_usage(c, input_shape, io)
+    lines += ["## License", "", "MIT.", ""]
+    return "\n".join(lines)
+
