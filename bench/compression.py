@@ -25,8 +25,8 @@ from machine import write_results  # noqa: E402  (bench/ is on sys.path when a s
 
 from pipelines.data import DataSpec, load_data
 from pipelines.likelihood.compress import compress_grids, compression_stats, decompress_grids
-from pipelines.likelihood.score import quantize_raw
 from prior import build_prior, load_prior
+from tokenizers_vq import RawCodec, quantize_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def run(levels: int, splits, limit: int | None, prior_dir: str | None) -> dict:
         prior.net.fit(train.reshape(len(train), -1))
     input_shape = tuple(splits.input_shape)
     t = time.perf_counter()
-    stats = compression_stats(prior, test, raw_levels=levels, input_shape=input_shape)
+    stats = compression_stats(prior, test, codec=RawCodec("image", levels, input_shape))
     t_stats = time.perf_counter() - t
     data = compress_grids(prior, test)
     t = time.perf_counter()

@@ -165,11 +165,8 @@ class AudioAutoencoder(nn.Module):
         strides = stage_strides(config.downsample)
         self.quantizer = build_quantizer(config)
         self.head = build_head(config.audio_head, self.classes, config.logistic_mixtures)
-        # FSQ's and VQ's encoder outputs are positions, which the norm keeps in range. Gumbel's are logits whose
-        # scale is the code distribution's confidence, which a norm would pin. Measured (300 s, one core): on tones
-        # it made no difference (3.80 dB with, 3.83 dB without); on spoken-digits it collapsed gumbel to one code
-        # (0.4% usage, log-mel 3.35 = the zero-code baseline) where without it gets 1.6% and 1.37. What gumbel
-        # audio needed was a larger KL weight (see TokenizerConfig.gumbel_kl_weight).
+        # A norm keeps FSQ/VQ encoder positions in range, but would pin gumbel's logits, whose scale is the codes'
+        # confidence (it collapsed gumbel on spoken-digits: docs/BENCHMARKS.md).
         self.encoder = AudioEncoder(self.quantizer.in_dim, config.hidden_channels, strides, config.num_res_blocks,
                                     config.latent_res_blocks, normalize=config.quantizer != "gumbel")
         self.decoder = AudioDecoder(self.quantizer.out_dim, self.head.channels, config.hidden_channels, strides,

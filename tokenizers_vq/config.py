@@ -73,8 +73,7 @@ class TokenizerConfig(JsonConfig):
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.downsample is None:
             self.downsample = 4 if self.modality == "image" else 64
-        # Audio runs its first and last stages at the full sample rate (16,000 steps per second of sound), so
-        # the same width costs ~60x what it does on a 32x32 image: audio defaults are narrower and shallower.
+        # Audio's outer stages run at the sample rate, ~60x a 32x32 image's cost: narrower, shallower defaults.
         if self.hidden_channels is None:
             self.hidden_channels = 32 if self.modality == "image" else 16
         if self.num_res_blocks is None:
@@ -82,11 +81,8 @@ class TokenizerConfig(JsonConfig):
         if self.latent_res_blocks is None:
             self.latent_res_blocks = 3
         if self.gumbel_kl_weight is None:
-            # Audio clips hold long stretches of near-silence: at 1e-2 the encoder sent nearly every frame to one or
-            # two codes (0.2% usage on spoken-digits, 300 s); 0.1 and 1.0 both met the spoken-digits log-mel target,
-            # but 1.0 wrecked tones (SI-SNR -29.5 dB against 3.8 dB at 1e-2). 0.3 is better for speech (spoken-digits
-            # log-mel 0.70, 35% usage, against 1.37 and 1.6% at 0.1) and worse for tones (-8.8 dB against 2.7): 0.1 is
-            # the compromise default, and `--gumbel-kl-weight` is there for speech.
+            # Near-silent audio frames collapse gumbel to a few codes at 1e-2; 0.1 suits tones and speech best together
+            # (measurements: docs/BENCHMARKS.md, tokenizer quality; `--gumbel-kl-weight 0.3` for speech).
             self.gumbel_kl_weight = 1e-2 if self.modality == "image" else 0.1
         ds = int(self.downsample)
         if ds < 1 or ds & (ds - 1):

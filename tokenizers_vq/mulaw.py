@@ -17,6 +17,19 @@ def finite_range(x: Tensor) -> tuple[bool, float, float] | None:
     return bool(finite), lo, hi
 
 
+def check_range(x: Tensor, lo: float, hi: float, what: str, hint: str) -> None:
+    """Raise ``ValueError`` ("{what} contains NaN or inf" / "{what} must lie in [lo, hi], got [min, max]; {hint}")
+    unless every value of ``x`` is finite and in [lo, hi]: one host sync, skipped inside torch.compile."""
+    checked = finite_range(x)
+    if checked is None:
+        return
+    finite, mn, mx = checked
+    if not finite:
+        raise ValueError(f"{what} contains NaN or inf values")
+    if mn < lo or mx > hi:
+        raise ValueError(f"{what} must lie in [{lo:g}, {hi:g}], got range [{mn:.4g}, {mx:.4g}]; {hint}")
+
+
 def mu_law_encode(x: Tensor, quantization_channels: int = 256) -> Tensor:
     """Waveform float [...] in [-1, 1] -> int64 codes [...] in [0, quantization_channels).
 
@@ -25,16 +38,7 @@ def mu_law_encode(x: Tensor, quantization_channels: int = 256) -> Tensor:
     """
     if not torch.is_floating_point(x):
         raise ValueError(f"mu_law_encode expects a float waveform, got dtype {x.dtype}")
-    checked = finite_range(x)
-    if checked is not None:
-        finite, lo, hi = checked
-        if not finite:
-            raise ValueError("mu_law_encode: the waveform contains NaN or inf samples")
-        if lo < -1.0 or hi > 1.0:
-            raise ValueError(
-                f"mu_law_encode: samples must lie in [-1, 1], got range [{lo:.4g}, {hi:.4g}]; "
-                "peak-normalise or clip the waveform first"
-            )
+    check_range(x, -1.0, 1.0, "mu_law_encode: the waveform", "peak-normalise or clip the waveform first")
     return AF.mu_law_encoding(x, quantization_channels).long()
 
 

@@ -19,7 +19,7 @@ from vqgen_io import atomic_write_text
 
 from .codec import MODALITIES, Codec
 from .config import MU_LAW_CHANNELS
-from .mulaw import finite_range, mu_law_decode, mu_law_encode
+from .mulaw import check_range, mu_law_decode, mu_law_encode
 
 IMAGE_LEVELS = (2, 256)  # binarised (x >= 0.5) or 8-bit (round(255 x))
 
@@ -50,13 +50,7 @@ def quantize_raw(x: Tensor, levels: int = 256, modality: str | None = None) -> T
         raise ValueError(f"raw images use levels 2 (binarised) or 256 (8-bit), got {levels}")
     if x.dim() not in (3, 4):
         raise ValueError(f"raw images must be [C, H, W] or [B, C, H, W], got shape {tuple(x.shape)}")
-    checked = finite_range(x)
-    if checked is not None:
-        finite, lo, hi = checked
-        if not finite:
-            raise ValueError("raw quantization: the input contains NaN or inf values")
-        if lo < 0 or hi > 1:
-            raise ValueError(f"raw images must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; scale 8-bit images by 1/255")
+    check_range(x, 0.0, 1.0, "raw images", "scale 8-bit images by 1/255")
     q = (x >= 0.5).long() if levels == 2 else torch.round(x * 255).long()
     q = q.movedim(-3, -1)  # [..., H, W, C]: channels of a pixel adjacent in raster order
     return q.reshape(*q.shape[:-2], q.shape[-2] * q.shape[-1])

@@ -13,7 +13,7 @@ from vqgen_io import FolderMixin, fingerprint_module
 
 from .codec import Codec
 from .config import TokenizerConfig
-from .mulaw import finite_range
+from .mulaw import check_range
 from .types import TokenizerOutput
 
 
@@ -99,16 +99,8 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
             if x.shape[1] == 0:
                 raise ValueError("audio tokenizer got a 0-length clip")
             lo, hi = -1.0, 1.0
-        checked = finite_range(x)  # one host sync; skipped inside torch.compile
-        if checked is not None:
-            finite, mn, mx = checked
-            if not finite:
-                raise ValueError("Tokenizer input contains NaN or inf values")
-            if mn < lo or mx > hi:
-                raise ValueError(
-                    f"{c.modality} tokenizer input must lie in [{lo:g}, {hi:g}], got range [{mn:.4g}, {mx:.4g}]"
-                    + ("; scale 8-bit images by 1/255" if c.modality == "image" else "; peak-normalise the audio")
-                )
+        hint = "scale 8-bit images by 1/255" if c.modality == "image" else "peak-normalise the audio"
+        check_range(x, lo, hi, f"{c.modality} tokenizer input", hint)
 
     def check_tokens(self, tokens: Tensor) -> None:
         """Raise ``ValueError`` unless ``tokens`` is an integer tensor with values in [0, vocab_size)."""
@@ -141,31 +133,13 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
         return self.model(x)
 
     def model_card(self, extra: dict[str, Any] | None = None) -> str:
+        """README.md with the Hub's YAML header and runnable usage (``extra``: formats, dataset, steps, metrics)."""
+        from .card import tokenizer_card
+
         extra = extra or {}
-        c = self.config
-        shape = self.token_shape(self.input_shape)
-        lines = [
-            f"# vqgen {c.modality} tokenizer ({c.quantizer})",
-            "",
-            f"A discrete autoencoder made with [vqgen](https://example.invalid/vqgen): {c.modality} in, "
-            f"integer tokens in [0, {self.vocab_size}) out, token grid {shape} for an input of {self.input_shape}.",
-            "",
-        ]
-        if extra.get("dataset"):
-            lines += [f"Trained on: `{extra['dataset']}`" + (f" for {extra['steps']} steps." if extra.get("steps") else "."), ""]
-        if extra.get("metrics"):
-            lines += ["Test metrics:", "", "```json", json.dumps(extra["metrics"], indent=2), "```", ""]
-        lines += [
-            "Load and encode:",
-            "",
-            "```python",
-            "from tokenizers_vq import load_tokenizer",
-            "tok = load_tokenizer('path/to/this/folder')",
-            "tokens = tok.encode(x)  # " + ("x: float32 [B, C, H, W] in [0, 1]" if c.modality == "image" else "x: float32 [B, T] in [-1, 1]"),
-            "```",
-            "",
-        ]
-        return "\n".join(lines)
+        return tokenizer_card(self.config, self.token_shape(), self.input_shape, self.vocab_size,
+                              formats=extra.get("formats", ("safetensors",)), dataset=extra.get("dataset"),
+                              steps=extra.get("steps"), metrics=extra.get("metrics"))
 
 
 def build_tokenizer(config: TokenizerConfig | None = None, **overrides: Any) -> Tokenizer:

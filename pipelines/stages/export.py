@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 from prior import Prior, PriorConfig
 from tokenizers_vq import Tokenizer, TokenizerConfig
-from tokenizers_vq.card import tokenizer_card
 from vqgen_io import atomic_write_text
 
 from ..training.checkpoints import CKPT_PREFIX, latest_checkpoint
@@ -66,12 +65,6 @@ def _load(src: Path, kind: str) -> tuple[Any, dict[str, Any]]:
         if isinstance(info["metrics"], dict) and info["metrics"].get("step") is not None:
             info["steps"] = info["metrics"]["step"]
     return model, info
-
-
-def _card(tok: Tokenizer, fmt: str, info: dict[str, Any]) -> str:
-    return tokenizer_card(tok.config, tok.token_shape(tok.input_shape), tok.input_shape, tok.vocab_size,
-                          formats=(fmt,), dataset=info.get("dataset"), steps=info.get("steps"),
-                          metrics=info.get("metrics"))
 
 
 def _offline() -> bool:
@@ -167,15 +160,12 @@ def export_model(src: str | Path, out: str | Path, kind: str = "tokenizer", fmt:
     model, info = _load(src, kind)
     if fmt == "safetensors":
         model.save_pretrained(out, card_info=info)
-        if kind == "tokenizer":
-            # Until Tokenizer.model_card calls tokenizer_card itself, write the card with the Hub header here.
-            atomic_write_text(out / "README.md", _card(model, fmt, info))
     else:
         from tokenizers_vq.onnx_export import export_onnx
 
         export_onnx(model, out)
         atomic_write_text(out / "config.json", model.config.to_json())
-        atomic_write_text(out / "README.md", _card(model, fmt, info))
+        atomic_write_text(out / "README.md", model.model_card({**info, "formats": (fmt,)}))
     if push_to_hub:
         push_folder(out, push_to_hub)
     return out
