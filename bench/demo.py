@@ -49,10 +49,14 @@ def main() -> None:
              "| quantity | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     if summary["modality"] == "image":
-        lines += ["", "`samples_label_agreement` is the fraction of the 100 samples (ten per digit, classifier-free "
-                  "guidance 2.0) that a small CNN trained on the mnist5k training split (its test accuracy is "
-                  "`classifier_test_accuracy`) classifies as the digit that was asked for. Target: >= 0.90. "
-                  "`prior_bits_per_dim` is the code length of the tokens per pixel, not a pixel likelihood."]
+        sel = ", ".join(f"{k}: {v:.0%}" for k, v in (summary.get("cfg_selection") or {}).items())
+        lines += ["", "`samples_label_agreement` is the fraction of the 100 samples (ten per digit, drawn by the "
+                  "`sample` stage with the prior folder's defaults) that a small CNN trained on the mnist5k training "
+                  "split (its test accuracy is `classifier_test_accuracy`) classifies as the digit that was asked "
+                  "for. Target: >= 0.90. The guidance scale the prior folder records (`cfg_scale`) is chosen by the "
+                  f"demo on a selection run with other seeds (agreement by scale: {sel or 'not recorded'}): the "
+                  "gentlest scale within one point of the best. `prior_bits_per_dim` is the code length of the tokens "
+                  "per pixel, not a pixel likelihood."]
     else:
         lines += ["", "`tokenizer_si_snr_db` and `tokenizer_log_mel_l1` are the tokenizer's test reconstructions "
                   "(whole 1 s clips); `kbps` = tokens per second x log2(vocabulary); `prior_bits_per_token` is the "

@@ -86,6 +86,18 @@ def write_prior_records(out: Path, codec_record: dict[str, Any], class_names: li
     atomic_write_text(out / SAMPLING, json.dumps(sampling.__dict__, indent=2))
 
 
+def set_sampling_defaults(prior_dir: str | Path, **settings: Any) -> SamplingDefaults:
+    """Update a prior folder's ``sampling.json`` (e.g. ``cfg_scale=3.0`` chosen by a validation run); returns it."""
+    path = Path(prior_dir) / SAMPLING
+    d = SamplingDefaults.load(path)
+    unknown = set(settings) - set(d.__dict__)
+    if unknown:
+        raise ValueError(f"unknown sampling settings {sorted(unknown)}; known: {sorted(d.__dict__)}")
+    d = SamplingDefaults(**{**d.__dict__, **settings})
+    atomic_write_text(path, json.dumps(d.__dict__, indent=2))
+    return d
+
+
 def load_prior_folder(path: str | Path, map_location: str = "cpu") -> PriorFolder:
     """The prior in ``path`` and its records (a folder from before codec records has ``codec_record`` None)."""
     path = Path(path)
