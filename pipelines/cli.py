@@ -25,13 +25,16 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 
 def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
+    from tokenizers_vq.config import DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
+
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=required, help=DATA_HELP)
-    g.add_argument("--image-size", type=int, default=None, help="images: square side (default: the tokenizer's, else 32)")
+    g.add_argument("--image-size", type=int, default=None, help=f"images: square side (default: the tokenizer's, else {DEFAULT_IMAGE_SIZE})")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="images: 1 (grayscale) or 3 (RGB) (default: the tokenizer's, else 1 for mnist5k, 3 otherwise)")
-    g.add_argument("--sample-rate", type=int, default=None, help="audio: sample rate in Hz (default 16000)")
-    g.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length in seconds (default 1.0)")
+    g.add_argument("--sample-rate", type=int, default=None, help=f"audio: sample rate in Hz (default: the tokenizer's, else {DEFAULT_SAMPLE_RATE})")
+    g.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length in seconds (default: the tokenizer's, else "
+                   f"{DEFAULT_CLIP_SAMPLES / DEFAULT_SAMPLE_RATE:g})")
     g.add_argument("--image-column", default="image", help="Hub datasets: image column (default image)")
     g.add_argument("--audio-column", default="audio", help="Hub datasets: audio column (default audio)")
     g.add_argument("--label-column", default="label", help="Hub datasets: label column (default label; none = no labels)")

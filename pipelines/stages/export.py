@@ -13,11 +13,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
 from prior import Prior, PriorConfig
 from tokenizers_vq import Tokenizer, TokenizerConfig
-from vqgen_io import atomic_write_text
+from vqgen_io import atomic_write_text, load_safetensors
 
 from ..training.checkpoints import CKPT_PREFIX, latest_checkpoint
 
@@ -49,7 +47,8 @@ def _load(src: Path, kind: str) -> tuple[Any, dict[str, Any]]:
     cls, cfg_cls = (Tokenizer, TokenizerConfig) if kind == "tokenizer" else (Prior, PriorConfig)
     config = cfg_cls.from_dict(json.loads(cfg_file.read_text()))
     model = cls(config)
-    state = load_file(str(weights))
+    state = load_safetensors(weights, f"Use another checkpoint of the run (under {src / 'checkpoints'}) or copy the "
+                                      "folder again.")
     # A prior is trained inside a loss wrapper, so its checkpoint keys carry a "prior." prefix.
     if kind == "prior" and all(k.startswith("prior.") for k in state):
         state = {k[len("prior."):]: v for k, v in state.items()}
