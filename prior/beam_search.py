@@ -34,7 +34,7 @@ def beam_search(prior: Prior, beam_size: int = 4, labels: Tensor | int | None = 
     labels: None (unconditional prior: one query, n = 1), an int (n = 1) or int64 [n] in [0, num_classes).
     With beam_size >= vocab_size ** (L - 1) every prefix is kept, so the result is the exact argmax; smaller
     beams give a lower bound on it. Works with any architecture: nets with ``supports_cache`` and a
-    ``reorder_cache(cache, index)`` method (the Transformers) decode incrementally, the others recompute
+    ``reorder_cache(cache, index)`` method (the Transformers, the PixelCNN) decode incrementally, the others recompute
     the prefix each step. Returns ``BeamSearchOutput(tokens [n, *shape], log_probs [n])``.
     """
     if int(beam_size) != beam_size or beam_size < 1:

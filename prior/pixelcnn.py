@@ -12,9 +12,22 @@ vertical kernel ``(k // 2 + 1, k)`` padded on top and both sides; horizontal ker
 padded on the left, with the first layer's input shifted one column right so it excludes the current
 token (the paper's mask A). The first layer uses a wider kernel (7, as the paper's 7x7 first layer).
 A 1-D grid of length L is a (1, L) image: the vertical stack then only feeds zeros.
+
+Fast generation (in the spirit of Ramachandran et al. 2017, "Fast Generation for Convolutional
+Autoregressive Models", which caches each layer's past activations instead of recomputing the whole
+receptive field): the vertical stack's output at row r depends only on rows < r (after the down shift),
+so it is computed once per row, for all layers and the whole row, when the row above is complete: each
+layer keeps the last ``k // 2 + 1`` rows of its vertical input (O(W) work per row, O(1) amortised per
+position). The horizontal stack at (r, c) needs, per layer, only its own inputs at columns c - k//2 .. c
+of the current row: each layer keeps the current row's horizontal inputs computed so far, so one new
+position costs one small matmul per layer plus the head, instead of a forward over the whole grid. The
+cached logits equal the full forward's to float rounding (same weights, the 1x1 and 1xk convolutions
+written as matmuls on channels-last vectors).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +78,37 @@ class _GatedLayer(nn.Module):
         return self._gate(v_pre), h_new if self.first else h + h_new
 
 
+def _as_linear(conv: nn.Conv2d) -> tuple[Tensor, Tensor | None]:
+    """A (1, kw) convolution as a linear map of the channels-last window ``[kw, C_in]`` flattened:
+    weight [C_out, C_in, 1, kw] -> [C_out, kw * C_in] (the window's column-major-in-time layout)."""
+    w = conv.weight
+    return w[:, :, 0].permute(0, 2, 1).reshape(w.shape[0], -1), conv.bias
+
+
+@dataclass
+class PixelCNNCache:
+    """Fast-generation state of ``GatedPixelCNN`` for one batch, valid for positions decoded in order.
+
+    v_in[i]: float [B, C, p_i + 1, W + 2 p_i]: layer i's vertical input (zero padded on both sides) for
+    the last p_i + 1 completed rows (zeros above the grid), p_i = k_i // 2.
+    v_h[i]: float [W, B, 2C]: the vertical stack's contribution to layer i's horizontal pre-activation for
+    the current row (v_to_h of the row above, plus the label term and h_conv's bias), column first so each
+    pixel's slice is contiguous.
+    h_in[i]: float [B, p_i + W, C]: layer i's horizontal inputs of the current row, left padded with p_i
+    zeros (column c at index p_i + c).
+    lin, head: the 1 x k and 1 x 1 convolutions as (weight, bias) of matmuls on channels-last vectors,
+    derived from the weights when the cache is made (the weights must not change while decoding).
+    """
+
+    v_in: list[Tensor]
+    v_h: list[Tensor]
+    h_in: list[Tensor]
+    lin: list[dict[str, tuple[Tensor, Tensor | None]]]
+    head: list[tuple[Tensor, Tensor | None]]
+    cond: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)  # per layer (cv [B,2C], ch [B,2C])
+    pos: int = 0
+
+
 class GatedPixelCNN(PriorNet):
     """p(grid) over a (H, W) grid (1-D shapes are (1, L)), read in raster order.
 
@@ -73,7 +117,7 @@ class GatedPixelCNN(PriorNet):
     """
 
     variable_length = False
-    supports_cache = False
+    supports_cache = True
 
     def __init__(self, config: PriorConfig, kernel: int = 3, first_kernel: int = 7):
         super().__init__(config)
@@ -98,3 +142,94 @@ class GatedPixelCNN(PriorNet):
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return self.head(h).permute(0, 2, 3, 1).reshape(B, L, -1)  # [B, L, V]
+
+    # ------------------------------------------------------------------ fast generation
+    def init_cache(self, batch_size: int, device: torch.device) -> PixelCNNCache:
+        H, W = self.grid
+        C = self.config.pixelcnn_channels
+        dtype = self.embed.weight.dtype
+        B = batch_size
+        v_in, v_h, h_in, lin = [], [], [], []
+        for layer in self.layers:
+            p = layer.k // 2
+            v_in.append(torch.zeros(B, C, p + 1, W + 2 * p, device=device, dtype=dtype))
+            v_h.append(torch.zeros(W, B, 2 * C, device=device, dtype=dtype))
+            h_in.append(torch.zeros(B, p + W, C, device=device, dtype=dtype))
+            lin.append({"h_conv": _as_linear(layer.h_conv), "h_out": _as_linear(layer.h_out),
+                        "v_to_h": _as_linear(layer.v_to_h)})
+        head = [_as_linear(m) for m in self.head if isinstance(m, nn.Conv2d)]
+        return PixelCNNCache(v_in=v_in, v_h=v_h, h_in=h_in, lin=lin, head=head)
+
+    def _new_row(self, cache: PixelCNNCache, x: Tensor, r: int) -> None:
+        """Start row r: push row r - 1 (complete) through the vertical stack of every layer and store each
+        layer's vertical -> horizontal term for row r; clear the horizontal row buffers."""
+        W = self.grid[1]
+        B = x.shape[0]
+        for buf in cache.h_in:
+            buf.zero_()
+        if r == 0:  # the down shift feeds zeros to row 0: v_to_h(0) = its bias
+            for i, lin in enumerate(cache.lin):
+                w = lin["v_to_h"][0]
+                self._store_v_h(cache, i, torch.zeros(W, B, w.shape[1], device=x.device, dtype=w.dtype))
+            return
+        v = self.embed(x[:, (r - 1) * W: r * W]).permute(0, 2, 1)  # [B, C, W]: v_0 of row r - 1
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            p = layer.k // 2
+            rows = cache.v_in[i]
+            rows = cache.v_in[i] = torch.cat([rows[:, :, 1:], F.pad(v, (p, p))[:, :, None]], 2)
+            v_pre = layer.v_conv(rows)[:, :, 0]  # [B, 2C, W]: row r - 1, sees rows <= r - 1
+            self._store_v_h(cache, i, v_pre.permute(2, 0, 1))
+            cond = cache.cond[i]
+            if i < last:  # the last layer's vertical output feeds nothing
+                v = layer._gate(v_pre if cond is None else v_pre + cond[0][:, :, None])  # [B, C, W]
+
+    @staticmethod
+    def _store_v_h(cache: PixelCNNCache, i: int, v_pre: Tensor) -> None:
+        """v_pre float [W, B, 2C]: layer i's vertical pre-activation of the row above -> ``cache.v_h[i]``, the
+        row's per-pixel constant of the horizontal pre-activation: v_to_h(v_pre) + label term + h_conv bias."""
+        w, b = cache.lin[i]["v_to_h"]
+        vh = F.linear(v_pre, w, b)
+        cond = cache.cond[i]
+        if cond is not None:
+            vh = vh + cond[1]
+        hb = cache.lin[i]["h_conv"][1]
+        cache.v_h[i] = (vh if hb is None else vh + hb).contiguous()
+
+    def step(self, cache: PixelCNNCache, x: Tensor, pos: int, labels: Tensor | None) -> Tensor:
+        """Logits float [B, V] for position ``pos``, reading only x[:, pos - 1] and, at the start of a row,
+        the row above (older activations live in the cache). Must be called for pos = 0, 1, 2, ... in order."""
+        if pos != cache.pos:
+            raise ValueError(f"GatedPixelCNN.step must be called for consecutive positions: expected {cache.pos}, "
+                             f"got {pos}")
+        W = self.grid[1]
+        r, c = divmod(pos, W)
+        if pos == 0:
+            cond = self.label_embed(labels) if (labels is not None and self.label_embed is not None) else None
+            cache.cond = [None if (cond is None or layer.cond is None) else layer.cond(cond).chunk(2, -1)
+                          for layer in self.layers]
+        if c == 0:
+            self._new_row(cache, x, r)
+        # layer 0's horizontal input at column c is the right-shifted embedding: token (r, c - 1), zero at c = 0
+        B, C = x.shape[0], self.config.pixelcnn_channels
+        h = self.embed(x[:, pos - 1]) if c > 0 else cache.h_in[0].new_zeros(B, C)
+        for i, layer in enumerate(self.layers):
+            p = layer.k // 2
+            buf = cache.h_in[i]
+            buf[:, p + c] = h
+            # the 1 x (p + 1) convolution over columns c - p .. c as one matmul on the flattened window
+            a = torch.addmm(cache.v_h[i][c], buf[:, c: c + p + 1].reshape(B, -1), cache.lin[i]["h_conv"][0].t())
+            f, g = a.chunk(2, -1)
+            w, b = cache.lin[i]["h_out"]
+            h_new = F.linear(torch.tanh(f) * torch.sigmoid(g), w, b)
+            h = h_new if layer.first else h + h_new
+        (w1, b1), (w2, b2) = cache.head
+        cache.pos = pos + 1
+        return F.linear(F.relu(F.linear(F.relu(h), w1, b1)), w2, b2)  # [B, V]
+
+    def reorder_cache(self, cache: PixelCNNCache, index: Tensor) -> None:
+        """Keep batch rows ``index`` int64 [B'] of every buffer (beam search)."""
+        cache.v_in = [t[index] for t in cache.v_in]
+        cache.v_h = [t[:, index] for t in cache.v_h]
+        cache.h_in = [t[index] for t in cache.h_in]
+        cache.cond = [None if c is None else (c[0][index], c[1][index]) for c in cache.cond]

@@ -63,6 +63,7 @@ def test_the_readme_has_worked_examples_for_every_command() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # ~45 s on an idle 2-core machine; generous for a loaded one
 def test_every_worked_example_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)

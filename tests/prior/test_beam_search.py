@@ -62,13 +62,14 @@ def test_beam_one_is_greedy() -> None:
     assert torch.equal(tokens, p.sample(1, temperature=0))
 
 
-@pytest.mark.parametrize("arch", ["transformer", "sparse_transformer"])
+@pytest.mark.parametrize("arch", ["transformer", "sparse_transformer", "pixelcnn"])
 def test_cached_equals_uncached(arch: str) -> None:
     p = make(arch, num_classes=3)
     a = p.beam_search(beam_size=5, labels=torch.tensor([0, 2, 1]), use_cache=True)
     b = p.beam_search(beam_size=5, labels=torch.tensor([0, 2, 1]), use_cache=False)
     assert torch.equal(a.tokens, b.tokens)
-    torch.testing.assert_close(a.log_probs, b.log_probs, rtol=0, atol=1e-5)
+    # fp32 sums in another order; the 64-channel PixelCNN with perturbed weights differs by ~4e-5
+    torch.testing.assert_close(a.log_probs, b.log_probs, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["lstm", "made", "histogram"])
