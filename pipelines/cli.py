@@ -104,7 +104,8 @@ TOKENIZER_FIELDS = ("quantizer", "downsample", "hidden_channels", "num_res_block
                     "audio_head", "gumbel_kl_weight")
 PRIOR_FIELDS = ("arch", "n_layer", "n_head", "d_model", "dropout", "attention", "stride", "summary", "label_dropout",
                 "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
-                "lstm_hidden", "lstm_layers")
+                "lstm_hidden", "lstm_layers", "ngram_order", "ngram_template", "ngram_smoothing", "ngram_alpha",
+                "ngram_discount", "ngram_position")
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
@@ -209,6 +210,7 @@ OVR = "the codec folder to use instead of the one the prior records (it must be 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prior.config import ARCHS
     from tokenizers_vq.config import AUDIO_HEADS
 
     from .training.tasks import AUDIO_CROP_SAMPLES
@@ -270,8 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train-prior", help="train an autoregressive prior on a token folder")
     s.add_argument("--tokens", required=True, help="a folder written by `vqgen tokenize`")
-    s.add_argument("--arch", required=True, choices=("transformer", "sparse_transformer", "wavenet", "pixelcnn",
-                                                     "made", "lstm", "histogram"))
+    s.add_argument("--arch", required=True, choices=ARCHS)
     s.add_argument("--out", required=True)
     s.add_argument("--conditional", action="store_true", help="model p(tokens | label) (needs labels)")
     m = s.add_argument_group("model")
@@ -288,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
             ("lstm-layers", int, "lstm: layers (default 2)")):
         m.add_argument(f"--{name}", type=typ, default=None, help=text)
     m.add_argument("--attention", choices=("strided", "fixed"), default=None, help="sparse_transformer pattern")
+    m.add_argument("--ngram-order", type=int, default=None,
+                   help="ngram: parents per position (1-D: previous tokens; grids: cells of the template) (default 3)")
+    m.add_argument("--ngram-template", choices=("jbig", "raster"), default=None,
+                   help="ngram on grids: JBIG-like causal neighbourhood (default) or the previous tokens in raster order")
+    m.add_argument("--ngram-smoothing", choices=("kneser_ney", "witten_bell", "add_alpha"), default=None,
+                   help="ngram: smoothing and back-off (default kneser_ney)")
+    m.add_argument("--ngram-alpha", type=float, default=None, help="ngram add_alpha: the alpha (default 0.5)")
+    m.add_argument("--ngram-discount", type=float, default=None, help="ngram kneser_ney: a fixed discount (default: estimated)")
+    m.add_argument("--ngram-position", action=argparse.BooleanOptionalAction, default=None,
+                   help="ngram: the position is a parent too (default off)")
     s.add_argument("--cfg-scale", type=float, default=None,
                    help="conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in "
                         "OUT/sampling.json (default 2; 1 = no guidance)")

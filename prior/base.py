@@ -7,6 +7,7 @@ and runs the decoding loop.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from .histogram import HistogramNet
 from .lstm import LSTMNet
 from .made import MADE
 from .net import PriorNet
+from .ngram import NGramNet
 from .pixelcnn import GatedPixelCNN
 from .sampling import check_sampling_args, logits_to_probs, sample_from_probs
 from .sparse import SparseTransformerNet
@@ -35,6 +37,7 @@ NET_CLASSES: dict[str, type[PriorNet]] = {
     "made": MADE,
     "lstm": LSTMNet,
     "histogram": HistogramNet,
+    "ngram": NGramNet,
 }
 
 
@@ -51,6 +54,11 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
         super().__init__()
         self.config = config
         self.net = NET_CLASSES[config.arch](config)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the prior lives: its parameters' device, else its buffers' (count-based priors have only buffers)."""
+        return next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
 
     # ------------------------------------------------------------------ validation
     @property
@@ -137,7 +145,7 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
         ``generator`` state gives the same tokens with ``use_cache`` True or False.
         """
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
-        device = next(self.parameters(), torch.empty(0)).device
+        device = self.device
         lab = self._labels(labels, n, device)
         guided = cfg_scale is not None and cfg_scale != 1.0
         if guided and lab is None:

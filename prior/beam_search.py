@@ -41,7 +41,7 @@ def beam_search(prior: Prior, beam_size: int = 4, labels: Tensor | int | None = 
         raise ValueError(f"beam_size must be a positive integer, got {beam_size}")
     K, V, L = int(beam_size), prior.vocab_size, prior.config.seq_len
     net = prior.net
-    device = next(prior.parameters(), torch.empty(0)).device
+    device = prior.device
     n = 1 if labels is None or isinstance(labels, int) or torch.as_tensor(labels).dim() == 0 else len(labels)
     lab = prior._labels(labels, n, device)  # validates (raises for labels to an unconditional prior and vice versa)
     lab = lab.repeat_interleave(K) if lab is not None else None  # [n * K]: beam b of query q is row q * K + b

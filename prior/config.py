@@ -9,7 +9,7 @@ from typing import ClassVar
 from vqgen_io import JsonConfig
 
 FORMAT_VERSION = 1
-ARCHS = ("transformer", "sparse_transformer", "wavenet", "pixelcnn", "made", "lstm", "histogram")
+ARCHS = ("transformer", "sparse_transformer", "wavenet", "pixelcnn", "made", "lstm", "histogram", "ngram")
 
 
 @dataclass
@@ -52,6 +52,13 @@ class PriorConfig(JsonConfig):
     lstm_layers: int = 2
     # --- histogram ---
     laplace_alpha: float = 1.0  # add-alpha (Laplace) smoothing of the per-position count tables
+    # --- ngram (count-based, local parents; see prior/ngram.py) ---
+    ngram_order: int = 3  # parents: the k nearest causal neighbours (the k previous tokens for 1-D or "raster")
+    ngram_template: str = "jbig"  # 2-D grids: "jbig" (causal neighbourhood, nearest first, <= 14) | "raster"
+    ngram_smoothing: str = "kneser_ney"  # "kneser_ney" | "witten_bell" (back-off) | "add_alpha" (top context only)
+    ngram_alpha: float = 0.5  # add_alpha: pseudo-count per token
+    ngram_discount: float | None = None  # kneser_ney: absolute discount in (0, 1]; None = n1 / (n1 + 2 n2) per level
+    ngram_position: bool = False  # the position itself as the last (most specific) parent
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

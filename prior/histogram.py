@@ -17,6 +17,7 @@ from .net import PriorNet
 class HistogramNet(PriorNet):
     variable_length = True  # position i's table does not depend on anything, so a prefix is fine
     supports_cache = True  # a "step" is a table lookup: O(V) per position instead of a prefix forward
+    fitted_by_counting = True  # train-prior calls ``fit`` instead of the gradient loop
 
     def __init__(self, config: PriorConfig):
         super().__init__(config)

@@ -25,6 +25,7 @@ class PriorNet(nn.Module):
     """
 
     variable_length: bool = False
+    fitted_by_counting: bool = False  # True: ``fit(tokens [N, L], labels [N] | None)`` is its training (closed form)
     supports_cache: bool = False
     # The order in which ``Prior.sample`` fills positions: None = raster. A net that factorises p(x) in
     # another order (a MADE with a random ordering) sets an int64 [L] permutation; decoding then runs the

@@ -72,7 +72,7 @@ def _code_loop(prior: Prior, labels: Tensor | None, n: int, chunk: int,
     [n] in [0, num_classes] or None.
     """
     net = prior.net
-    device = next(prior.parameters(), torch.empty(0)).device
+    device = prior.device
     L = prior.config.seq_len
     was_training = prior.training
     prior.eval()  # dropout off: the same function at both ends

@@ -81,7 +81,7 @@ def score_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, batc
     prior.check_tokens(tokens)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = next(prior.parameters(), torch.empty(0)).device
+    device = prior.device
     n = tokens.shape[0]
     lab = net_labels(prior, labels, n, torch.device("cpu"))
     was_training = prior.training

@@ -36,7 +36,7 @@ def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[i
     prior.eval()
     if isinstance(codec, torch.nn.Module):
         codec.eval()
-    device = next(prior.parameters()).device
+    device = prior.device
     gen = torch.Generator(device=device).manual_seed(seed)
     all_tokens, decoded = [], []
     bar = tqdm(total=n, desc="sample", disable=not progress)

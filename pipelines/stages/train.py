@@ -54,7 +54,8 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
 
     The prior folder records the token folder's codec (``codec.json``), its class names and the sampling
     defaults: a conditional prior samples with classifier-free guidance ``cfg_scale`` (default 2) unless told
-    otherwise. A histogram prior is fitted by counting (closed-form maximum likelihood) instead of trained.
+    otherwise. Count-based priors (histogram, ngram) are fitted by counting (closed-form maximum likelihood) instead
+    of trained.
     """
     header = load_token_header(tokens_dir)
     tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
@@ -76,7 +77,7 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     write_prior_records(out, header.codec, header.class_names, sampling)
     dims = header.dims_per_input
     train_set, test_set = TokenGridDataset(tr_tokens, tr_labels), TokenGridDataset(te_tokens, te_labels)
-    if config.arch != "histogram":
+    if not prior.net.fitted_by_counting:
         return train(PriorTask(prior, str(tokens_dir), dims), train_set, test_set, cfg, hparams=config.to_dict())
     prior.net.fit(tr_tokens.reshape(len(tr_tokens), -1), tr_labels if num_classes else None)
     metrics = evaluate_prior(prior, test_set, 512, dims, num_classes > 0)

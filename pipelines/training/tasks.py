@@ -147,7 +147,7 @@ def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_inp
     was = prior.training
     prior.eval()
     total, n = 0.0, 0
-    device = next(prior.parameters()).device
+    device = prior.device
     for tokens, labels in _loader(dataset, batch_size):
         tokens = tokens.to(device)
         lp = prior.log_prob(tokens, labels.to(device) if conditional else None)
