@@ -81,12 +81,12 @@ class Attention(nn.Module):
             out = attend(q, k, v)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
-    def step(self, x: Tensor, cache: KVCache, pos: int, mask_row: Tensor | None = None) -> Tensor:
-        """x float [B, 1, D] at position ``pos`` -> float [B, 1, D], attending to the cached positions
-        0..pos; mask_row bool [H or 1, 1, pos+1] (True = may attend) restricts that set (sparse patterns)."""
+    def step(self, x: Tensor, cache: KVCache, pos: int, attend: AttendFn | None = None) -> Tensor:
+        """x float [B, 1, D] at position ``pos`` -> float [B, 1, D], attending to the cached positions 0..pos;
+        ``attend(q [B, H, 1, hd], k, v [B, H, pos+1, hd]) -> [B, H, 1, hd]`` may read fewer (sparse patterns)."""
         q, k, v = self._qkv(x)  # (B, H, 1, hd)
         k, v = cache.update(pos, k, v)  # (B, H, pos+1, hd): O(pos) work, not O(pos^2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_row)
+        out = attend(q, k, v) if attend is not None else F.scaled_dot_product_attention(q, k, v)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
@@ -105,8 +105,8 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln1(x), attend))
         return x + self.drop(self.mlp(self.ln2(x)))
 
-    def step(self, x: Tensor, cache: KVCache, pos: int, mask_row: Tensor | None = None) -> Tensor:
-        x = x + self.attn.step(self.ln1(x), cache, pos, mask_row)
+    def step(self, x: Tensor, cache: KVCache, pos: int, attend: AttendFn | None = None) -> Tensor:
+        x = x + self.attn.step(self.ln1(x), cache, pos, attend)
         return x + self.mlp(self.ln2(x))
 
 
@@ -162,8 +162,8 @@ class TransformerNet(PriorNet):
         """The attention function for a length-n sequence; None = dense causal."""
         return None
 
-    def _mask_row(self, pos: int) -> Tensor | None:
-        """bool [H or 1, 1, pos + 1]: which of positions 0..pos position ``pos`` attends to; None = all."""
+    def _step_attend(self, pos: int) -> AttendFn | None:
+        """The attention of one cached decoding step at ``pos`` over keys 0..pos; None = all of them (dense)."""
         return None
 
     # ------------------------------------------------------------------ full sequence
@@ -192,9 +192,9 @@ class TransformerNet(PriorNet):
         h = inp + self._pos(pos, pos + 1)
         if self.label_embed is not None and labels is not None:
             h = h + self.label_embed(labels)[:, None]
-        mask_row = self._mask_row(pos)
+        attend = self._step_attend(pos)
         for blk, kv in zip(self.blocks, cache.layers):
-            h = blk.step(h, kv, pos, mask_row)
+            h = blk.step(h, kv, pos, attend)
         cache.pos = pos + 1
         return self.head(self.ln_f(h[:, 0]))
 

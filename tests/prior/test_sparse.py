@@ -1,6 +1,6 @@
 """Sparse Transformer: the masks against a loop reading of Child et al. 2019 §4.2, the block-friendly
-layouts, flex == dense (attention and whole model, forward and backward), and KV-cache decoding that
-follows the pattern."""
+layouts, factorised == flex == dense (the masked reference; attention and whole model, values and gradients),
+and KV-cache decoding that follows the pattern, reads only its window and equals the uncached model."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from prior import build_prior
 from prior.sparse import (
     SparseAttention,
+    band_mask,
     fixed_mask,
     fixed_mask_mod,
     local_mask,
@@ -22,6 +23,7 @@ from prior.sparse import (
     strided_mask,
     strided_mask_mod,
     summary_positions,
+    window,
 )
 
 
@@ -130,8 +132,9 @@ def test_flex_equals_dense_model(attention: str, num_classes: int) -> None:
     x = torch.randint(0, 6, (3, 5, 7))
     lab = torch.tensor([0, 1, 1]) if num_classes else None
     net_lab = torch.tensor([0, 1, 2]) if num_classes else None  # the net also takes the null label
-    assert p.net.resolved_impl() == "dense"  # auto on CPU
+    assert p.net.resolved_impl() == "factorised"  # auto on CPU
     with torch.no_grad():
+        p.net.impl = "dense"
         dense = p.log_prob(x, lab)
         p.net.impl = "flex_eager"
         flex = p.log_prob(x, lab)
@@ -162,6 +165,107 @@ def test_block_friendly_layout_skips_tiles() -> None:
     assert live(permuted_stride_mask_mod(L, l)) <= 2 * rows  # segments of L / l = 64: the diagonal tiles
     # the diagonal blocks of l + one tile holding all L c / l = 64 summaries
     assert live(split_fixed_mask_mod(L, l, 1), L + len(summary_positions(L, l, 1))) <= 2 * rows
+
+
+# ---------------------------------------------------------------------------------------------- factorised == dense
+def test_band_mask_is_the_local_pattern() -> None:
+    """Block b's queries against keys [block b - 1; block b] under ``band_mask`` == ``local_mask`` (blocks of l)."""
+    l, nb = 4, 3  # noqa: E741
+    L = l * nb
+    folded = torch.zeros(L, L, dtype=torch.bool)
+    for b, m in enumerate(band_mask(nb, l)):
+        for s, t in torch.nonzero(m).tolist():
+            folded[b * l + s, (b - 1) * l + t] = True
+    assert torch.equal(folded, local_mask(L, l))
+
+
+FACTORISED = [("strided", 2, 4, 1), ("strided", 1, 3, 1), ("strided", 1, 1, 1), ("strided", 3, 5, 1),
+              ("fixed", 2, 4, 1), ("fixed", 1, 5, 3), ("fixed", 2, 3, 3), ("fixed", 1, 1, 1),
+              ("strided", 2, 50, 1), ("strided", 1, 50, 1), ("fixed", 1, 50, 2)]
+
+
+@pytest.mark.parametrize("attention,H,l,c", FACTORISED)
+def test_factorised_equals_dense_attention(attention: str, H: int, l: int, c: int) -> None:  # noqa: E741
+    """Values and gradients (q, k, v) to 1e-5 in fp32, for lengths that are and are not multiples of the stride
+    (1, n < l, one block plus one, odd lengths)."""
+    torch.manual_seed(0)
+    sa = SparseAttention(H, attention, l, c)
+    for n in (1, 2, l, l + 1, 2 * l, 3 * l + 2, 37):
+        q, k, v = (torch.randn(2, H, n, 8, requires_grad=True) for _ in range(3))
+        grad = torch.randn(2, H, n, 8)
+        ref = sa.dense(q, k, v, sa.masks(n))
+        out = sa.factorised(q, k, v)
+        ref_g = torch.autograd.grad(ref, (q, k, v), grad)
+        out_g = torch.autograd.grad(out, (q, k, v), grad)
+        assert (ref - out).abs().max().item() < 1e-5, n
+        for a, b in zip(ref_g, out_g):
+            assert (a - b).abs().max().item() < 1e-5, n
+
+
+@pytest.mark.parametrize("attention,H", [("strided", 2), ("strided", 1), ("fixed", 2)])
+def test_factorised_equals_dense_model(attention: str, H: int) -> None:
+    """The whole prior: loss and every parameter's gradient, full length 35 (not a multiple of l = 4) and a prefix."""
+    torch.manual_seed(0)
+    p = build_prior(arch="sparse_transformer", vocab_size=6, shape=(35,), attention=attention, n_layer=2, n_head=H,
+                    d_model=16, stride=4, summary=2)
+    x = torch.randint(0, 6, (2, 35))
+    results = {}
+    for impl in ("dense", "factorised"):
+        p.net.impl = impl
+        p.zero_grad()
+        loss = p.loss(x)
+        loss.backward()
+        with torch.no_grad():
+            prefix = p.net(x[:, :13], None)
+        results[impl] = (loss.detach(), prefix, [q.grad.clone() for q in p.parameters()])
+    (l_d, pre_d, g_d), (l_f, pre_f, g_f) = results["dense"], results["factorised"]
+    assert abs(l_d.item() - l_f.item()) < 1e-5
+    assert (pre_d - pre_f).abs().max().item() < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(g_d, g_f)) < 1e-5
+
+
+def test_factorised_builds_no_dense_mask() -> None:
+    """The default (CPU) path never touches the O(L^2) reference masks."""
+    p = build_prior(arch="sparse_transformer", vocab_size=5, shape=(64,), n_layer=1, n_head=2, d_model=8)
+    p.loss(torch.randint(0, 5, (1, 64))).backward()
+    assert p.net._dense_masks is None
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+@pytest.mark.parametrize("kind", ["local", "stride", "strided", "fixed"])
+@pytest.mark.parametrize("l,c", [(4, 1), (5, 2), (3, 3)])
+def test_window_is_the_mask_row(kind: str, l: int, c: int) -> None:  # noqa: E741
+    """``window`` gathers exactly the positions of mask row ``pos``, each once, and O(l + pos / l) of them."""
+    L = 31
+    mask = {"local": local_mask(L, l), "stride": stride_mask(L, l), "strided": strided_mask(L, l),
+            "fixed": fixed_mask(L, l, c)}[kind]
+    idx = torch.arange(L, dtype=torch.float32)[None, None, :, None]  # a "cache" whose rows hold their position
+    for pos in range(L):
+        got = window(kind, idx, pos, l, c).flatten().long()
+        assert sorted(got.tolist()) == torch.nonzero(mask[pos]).flatten().tolist(), pos
+        assert len(got) <= l + 1 + (pos // l + 1) * (c if kind == "fixed" else 1)
+
+
+@pytest.mark.parametrize("attention,H,l,c", [("strided", 2, 4, 1), ("strided", 1, 3, 1), ("strided", 3, 5, 1),
+                                              ("fixed", 2, 4, 2), ("fixed", 1, 3, 1)])
+def test_cached_sampling_equals_uncached(attention: str, H: int, l: int, c: int) -> None:  # noqa: E741
+    """KV-cache steps == the full forward at every position, and sampling with and without the cache gives the
+    same tokens (length 23: not a multiple of l)."""
+    torch.manual_seed(0)
+    p = build_prior(arch="sparse_transformer", vocab_size=5, shape=(23,), attention=attention, n_layer=2, n_head=H,
+                    d_model=4 * H, stride=l, summary=c, num_classes=2).eval()
+    with torch.no_grad():
+        for q in p.parameters():
+            q.add_(torch.randn_like(q) * 0.3)
+        x = torch.randint(0, 5, (3, 23))
+        lab = torch.tensor([0, 1, 2])
+        full = p.net(x, lab)
+        cache = p.net.init_cache(3, torch.device("cpu"))
+        steps = torch.stack([p.net.step(cache, x, pos, lab) for pos in range(23)], 1)
+    assert (full - steps).abs().max().item() < 1e-5
+    a = p.sample(4, labels=1, generator=torch.Generator().manual_seed(3), use_cache=True)
+    b = p.sample(4, labels=1, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -198,8 +302,9 @@ def test_one_layer_sees_exactly_its_mask_row(attention: str, H: int) -> None:
             assert torch.equal(changed_step, allowed[:, j]), f"input {j} (cached)"
 
 
-def test_masks_are_non_persistent_buffers() -> None:
+def test_masks_are_built_on_demand_and_not_saved() -> None:
     p = build_prior(arch="sparse_transformer", vocab_size=3, shape=(4, 4), n_head=2, d_model=8)
+    assert not any("mask" in k for k in p.state_dict()) and not any("mask" in k for k, _ in p.named_buffers())
+    assert p.net._dense_masks is None
     assert p.net.masks.shape == (2, 16, 16) and p.net.masks.dtype == torch.bool
-    assert not any("mask" in k or "head_group" in k for k in p.state_dict())
     assert torch.equal(p.net.masks[0], local_mask(16, 4)) and torch.equal(p.net.masks[1], stride_mask(16, 4))
