@@ -132,7 +132,7 @@ def test_flex_equals_dense_model(attention: str, num_classes: int) -> None:
     x = torch.randint(0, 6, (3, 5, 7))
     lab = torch.tensor([0, 1, 1]) if num_classes else None
     net_lab = torch.tensor([0, 1, 2]) if num_classes else None  # the net also takes the null label
-    assert p.net.resolved_impl() == "factorised"  # auto on CPU
+    assert p.net.resolved_impl() == "dense"  # auto on CPU, short sequence
     with torch.no_grad():
         p.net.impl = "dense"
         dense = p.log_prob(x, lab)
@@ -225,8 +225,9 @@ def test_factorised_equals_dense_model(attention: str, H: int) -> None:
 
 
 def test_factorised_builds_no_dense_mask() -> None:
-    """The default (CPU) path never touches the O(L^2) reference masks."""
+    """The factorised path never touches the O(L^2) reference masks."""
     p = build_prior(arch="sparse_transformer", vocab_size=5, shape=(64,), n_layer=1, n_head=2, d_model=8)
+    p.net.impl = "factorised"
     p.loss(torch.randint(0, 5, (1, 64))).backward()
     assert p.net._dense_masks is None
 
@@ -308,3 +309,13 @@ def test_masks_are_built_on_demand_and_not_saved() -> None:
     assert p.net._dense_masks is None
     assert p.net.masks.shape == (2, 16, 16) and p.net.masks.dtype == torch.bool
     assert torch.equal(p.net.masks[0], local_mask(16, 4)) and torch.equal(p.net.masks[1], stride_mask(16, 4))
+
+
+def test_auto_picks_factorised_for_long_sequences_on_cpu() -> None:
+    from prior.sparse import FACTORISED_MIN_LEN
+
+    long = build_prior(arch="sparse_transformer", vocab_size=4, shape=(FACTORISED_MIN_LEN,), n_layer=1, n_head=2,
+                       d_model=8)
+    short = build_prior(arch="sparse_transformer", vocab_size=4, shape=(FACTORISED_MIN_LEN - 1,), n_layer=1, n_head=2,
+                        d_model=8)
+    assert (long.net.resolved_impl(), short.net.resolved_impl()) == ("factorised", "dense")
