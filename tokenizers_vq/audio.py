@@ -166,7 +166,7 @@ class AudioAutoencoder(nn.Module):
         self.quantizer = build_quantizer(config)
         self.head = build_head(config.audio_head, self.classes, config.logistic_mixtures)
         # A norm keeps FSQ/VQ encoder positions in range, but would pin gumbel's logits, whose scale is the codes'
-        # confidence (it collapsed gumbel on spoken-digits: docs/BENCHMARKS.md).
+        # confidence (it collapsed gumbel on spoken-digits: docs/DESIGN_NOTES.md).
         self.encoder = AudioEncoder(self.quantizer.in_dim, config.hidden_channels, strides, config.num_res_blocks,
                                     config.latent_res_blocks, normalize=config.quantizer != "gumbel")
         self.decoder = AudioDecoder(self.quantizer.out_dim, self.head.channels, config.hidden_channels, strides,

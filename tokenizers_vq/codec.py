@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 MODALITIES = ("image", "audio")
@@ -72,6 +73,16 @@ class Codec:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ derived, shared
+    @property
+    def device(self) -> torch.device:
+        """Where ``encode``/``decode`` want their inputs (a raw codec has no weights: the CPU)."""
+        params = self.parameters() if isinstance(self, torch.nn.Module) else iter(())
+        return next(params, torch.empty(0)).device
+
+    def eval(self) -> Codec:
+        """Inference mode (a no-op for codecs without layers; ``Tokenizer`` has ``nn.Module.eval``)."""
+        return self
+
     @property
     def num_codebooks(self) -> int:
         """Codebooks per token position (the size of a trailing codebook axis; 1 when there is none)."""

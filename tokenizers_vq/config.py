@@ -82,7 +82,7 @@ class TokenizerConfig(JsonConfig):
             self.latent_res_blocks = 3
         if self.gumbel_kl_weight is None:
             # Near-silent audio frames collapse gumbel to a few codes at 1e-2; 0.1 suits tones and speech best together
-            # (measurements: docs/BENCHMARKS.md, tokenizer quality; `--gumbel-kl-weight 0.3` for speech).
+            # (measurements: docs/DESIGN_NOTES.md; `--gumbel-kl-weight 0.3` for speech).
             self.gumbel_kl_weight = 1e-2 if self.modality == "image" else 0.1
         ds = int(self.downsample)
         if ds < 1 or ds & (ds - 1):

@@ -405,9 +405,7 @@ def decompress_file(prior: Prior, codec: Codec, in_file: str | Path, out_dir: st
                          f"{codec.fingerprint} (a {type(codec).__name__}): pass the --tokenizer that compressed it, or none to use "
                          "the one the prior records")
     grids = decompress_grids(prior, data, name=str(in_file), progress=progress).tokens
-    params = codec.parameters() if isinstance(codec, torch.nn.Module) else iter(())
-    dev = next(params, torch.empty(0)).device
-    x = codec.decode(grids.to(dev)).cpu()
+    x = codec.decode(grids.to(codec.device)).cpu()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names, used, written = meta.get("names") or [], set(), []

@@ -159,9 +159,7 @@ def _batches(dataset: Dataset, batch_size: int, limit: int | None = None) -> Ite
 def encode_batch(codec: Codec, x: Tensor) -> Tensor:
     """A batch of inputs float32 [B, *input_shape] -> int64 grids [B, *token_shape] on the CPU, encoded on the
     codec's device (a tokenizer may live on a GPU; a raw codec has no parameters)."""
-    params = codec.parameters() if isinstance(codec, torch.nn.Module) else iter(())
-    dev = next(params, torch.empty(0)).device
-    return codec.encode(x.to(dev)).cpu()
+    return codec.encode(x.to(codec.device)).cpu()
 
 
 @torch.no_grad()

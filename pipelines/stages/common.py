@@ -149,6 +149,13 @@ def resolve_codec(folder: PriorFolder, override: str | Path | None = None, map_l
     return codec
 
 
+def open_prior(prior_dir: str | Path, codec_dir: str | Path | None = None, device: str = "cpu"
+               ) -> tuple[PriorFolder, Codec]:
+    """(the prior folder, its codec: the recorded one or ``codec_dir``), both loaded onto ``device``."""
+    folder = load_prior_folder(prior_dir, map_location=device)
+    return folder, resolve_codec(folder, codec_dir, map_location=device)
+
+
 def parse_label(value: str | int | None, names: list[str]) -> int | None:
     """A class index from a ``--label`` value: a class name, or an integer index."""
     if value is None:

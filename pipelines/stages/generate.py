@@ -34,8 +34,7 @@ def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prior.eval()
-    if isinstance(codec, torch.nn.Module):
-        codec.eval()
+    codec.eval()
     device = prior.device
     gen = torch.Generator(device=device).manual_seed(seed)
     all_tokens, decoded = [], []
@@ -54,7 +53,10 @@ def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[i
     suffix = ".png" if codec.modality == "image" else ".wav"
     for i in range(n):
         f = out / f"sample_{i:04d}{suffix}"
-        save_image(x[i], f) if codec.modality == "image" else save_wav(x[i], f, codec.sample_rate)
+        if codec.modality == "image":
+            save_image(x[i], f)
+        else:
+            save_wav(x[i], f, codec.sample_rate)
         files.append(f.name)
     if codec.modality == "image":
         image_grid(x, nrow=10 if n >= 10 else n, scale=3).save(out / "grid.png")
@@ -82,10 +84,9 @@ def sample(prior_dir: str | Path, out: str | Path, n: int = 16, *, label: str | 
     (or ``codec_dir``). Settings left None come from the folder's ``sampling.json`` (a conditional prior samples
     with guidance by default); a conditional prior without ``label`` cycles through its classes (``labels``: one
     class index per sample instead)."""
-    from .common import load_prior_folder, parse_label, resolve_codec
+    from .common import open_prior, parse_label
 
-    folder = load_prior_folder(prior_dir, map_location=device)
-    codec = resolve_codec(folder, codec_dir, map_location=device)
+    folder, codec = open_prior(prior_dir, codec_dir, device)
     prior, k, d = folder.prior, folder.prior.config.num_classes, folder.sampling
     if k and labels is None:
         labels = [i % k for i in range(n)] if label is None else [parse_label(label, folder.class_names)] * n

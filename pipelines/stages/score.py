@@ -9,15 +9,14 @@ from typing import Any
 from ..data import load_data
 from ..likelihood.compress import CompressionStats, compress_files, decompress_file
 from ..likelihood.score import score_dataset
-from .common import load_prior_folder, make_spec, resolve_codec
+from .common import make_spec, open_prior
 
 
 def score(prior_dir: str | Path, data: dict[str, Any], out_csv: str | Path, *, codec_dir: str | Path | None = None,
           split: str = "test", batch_size: int = 128, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Per-input NLL, bits/token, bits/dim and OOD score of a dataset's ``split`` into ``out_csv`` (see
     ``score_dataset``); the data is sized by the codec. Returns the summary."""
-    folder = load_prior_folder(prior_dir, map_location=device)
-    codec = resolve_codec(folder, codec_dir, map_location=device)
+    folder, codec = open_prior(prior_dir, codec_dir, device)
     splits = load_data(make_spec(codec=codec, **data))
     if splits.modality != codec.modality:
         raise ValueError(f"{data.get('name')} holds {splits.modality} data but the prior's codec is for {codec.modality}")
@@ -28,14 +27,12 @@ def score(prior_dir: str | Path, data: dict[str, Any], out_csv: str | Path, *, c
 def compress(prior_dir: str | Path, inputs: list[str], out_file: str | Path, *, codec_dir: str | Path | None = None,
              device: str = "cpu", progress: bool = True) -> CompressionStats:
     """Compress image or audio files into ``out_file`` with the prior and its codec (``compress_files``)."""
-    folder = load_prior_folder(prior_dir, map_location=device)
-    codec = resolve_codec(folder, codec_dir, map_location=device)
+    folder, codec = open_prior(prior_dir, codec_dir, device)
     return compress_files(folder.prior, codec, inputs, out_file, progress=progress)
 
 
 def decompress(prior_dir: str | Path, in_file: str | Path, out_dir: str | Path, *, codec_dir: str | Path | None = None,
                device: str = "cpu", progress: bool = True) -> list[Path]:
     """Decode a ``compress`` output into PNG / WAV files under ``out_dir`` (``decompress_file``)."""
-    folder = load_prior_folder(prior_dir, map_location=device)
-    codec = resolve_codec(folder, codec_dir, map_location=device)
+    folder, codec = open_prior(prior_dir, codec_dir, device)
     return decompress_file(folder.prior, codec, in_file, out_dir, progress=progress)

@@ -37,8 +37,7 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
     (``codec.record(codec_path)``: a raw codec needs no path, its config rebuilds it)."""
     if splits.modality != codec.modality:
         raise ValueError(f"the dataset is {splits.modality} but the codec is for {codec.modality}")
-    if isinstance(codec, torch.nn.Module):
-        codec.eval()
+    codec.eval()
     if tuple(splits.input_shape) != tuple(codec.input_shape) and codec.modality == "image":
         raise ValueError(f"the dataset's images are {tuple(splits.input_shape)} but the codec expects "
                          f"{tuple(codec.input_shape)}")
