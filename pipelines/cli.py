@@ -105,7 +105,8 @@ TOKENIZER_FIELDS = ("quantizer", "downsample", "hidden_channels", "num_res_block
 PRIOR_FIELDS = ("arch", "n_layer", "n_head", "d_model", "dropout", "attention", "stride", "summary", "label_dropout",
                 "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
                 "lstm_hidden", "lstm_layers", "ngram_order", "ngram_template", "ngram_smoothing", "ngram_alpha",
-                "ngram_discount", "ngram_position")
+                "ngram_discount", "ngram_position", "made_hidden", "made_order", "made_seed", "made_ensemble",
+                "made_connectivity_agnostic", "made_num_masks")
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
@@ -299,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ngram-discount", type=float, default=None, help="ngram kneser_ney: a fixed discount (default: estimated)")
     m.add_argument("--ngram-position", action=argparse.BooleanOptionalAction, default=None,
                    help="ngram: the position is a parent too (default off)")
+    m.add_argument("--made-hidden", type=int, nargs="+", default=None, help="made: hidden widths (default 256 256)")
+    m.add_argument("--made-order", choices=("raster", "random", "agnostic"), default=None,
+                   help="made: raster (default), one random ordering, or order-agnostic training (Germain et al. 2015)")
+    m.add_argument("--made-seed", type=int, default=None, help="made random/agnostic: the orderings' seed (default 0)")
+    m.add_argument("--made-ensemble", type=int, default=None,
+                   help="made agnostic: likelihood = mean over K orderings (default 1; sampling uses the first)")
+    m.add_argument("--made-connectivity-agnostic", action=argparse.BooleanOptionalAction, default=None,
+                   help="made agnostic: draw the hidden connectivity with each ordering too (default off)")
+    m.add_argument("--made-num-masks", type=int, default=None,
+                   help="made agnostic: train on N fixed orderings in turn (default 0: a new one every update)")
     s.add_argument("--cfg-scale", type=float, default=None,
                    help="conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in "
                         "OUT/sampling.json (default 2; 1 = no guidance)")

@@ -115,9 +115,14 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
 
     def log_prob(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:
         """Natural-log likelihood of each whole grid: float [B] (sum over positions)."""
-        logits = self.forward(tokens, labels).float()
-        lp = torch.log_softmax(logits, -1).gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
-        return lp.reshape(tokens.shape[0], -1).sum(1)
+        self.check_tokens(tokens)
+        flat = tokens.reshape(tokens.shape[0], -1).long()
+        lab = self._labels(labels, tokens.shape[0], tokens.device)
+        lp = self.net.sequence_log_prob(flat, lab)
+        if lp is not None:  # a net whose likelihood is not one product of conditionals (MADE ensemble)
+            return lp
+        logits = self.net(flat, lab).float()
+        return torch.log_softmax(logits, -1).gather(-1, flat.unsqueeze(-1)).squeeze(-1).sum(1)
 
     def loss(self, tokens: Tensor, labels: Tensor | None = None, check_values: bool = True) -> Tensor:
         """Training loss: mean negative log-likelihood per token in nats (scalar). In training mode a

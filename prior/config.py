@@ -45,8 +45,11 @@ class PriorConfig(JsonConfig):
     pixelcnn_channels: int = 64
     # --- made (Germain et al. 2015) ---
     made_hidden: tuple[int, ...] = (256, 256)
-    made_order: str = "raster"  # "raster" | "random" (a fixed permutation drawn from made_seed)
+    made_order: str = "raster"  # "raster" | "random" (a fixed permutation drawn from made_seed) | "agnostic"
     made_seed: int = 0
+    made_ensemble: int = 1  # agnostic: log_prob = log mean of p over the first K orderings (sampling: the first)
+    made_connectivity_agnostic: bool = False  # agnostic: hidden degrees drawn at random with each ordering too
+    made_num_masks: int = 0  # agnostic training: 0 = a fresh ordering every update; N = cycle among N fixed ones
     # --- lstm ---
     lstm_hidden: int = 128
     lstm_layers: int = 2
@@ -86,8 +89,12 @@ class PriorConfig(JsonConfig):
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.attention == "fixed" and not 1 <= self.summary <= self.stride:
             raise ValueError(f"summary must be in [1, stride={self.stride}], got {self.summary}")
-        if self.made_order not in ("raster", "random"):
-            raise ValueError(f"made_order must be 'raster' or 'random', got {self.made_order!r}")
+        if self.made_order not in ("raster", "random", "agnostic"):
+            raise ValueError(f"made_order must be 'raster', 'random' or 'agnostic', got {self.made_order!r}")
+        if self.made_ensemble < 1 or self.made_num_masks < 0 or (
+                self.made_num_masks and self.made_ensemble > self.made_num_masks):
+            raise ValueError(f"made_ensemble must be in [1, made_num_masks or inf), got {self.made_ensemble} "
+                             f"(made_num_masks={self.made_num_masks})")
         if self.format_version > FORMAT_VERSION:
             raise ValueError(f"prior saved with format_version {self.format_version} > {FORMAT_VERSION}: upgrade vqgen")
 

@@ -15,6 +15,15 @@ in, and incremental decoding (the first layer's pre-activation is a sum over the
 ``made_order="random"`` uses a fixed permutation drawn from ``made_seed``: ``log_prob`` stays exact and
 normalised (p(x) factorises in that order), but the raster conditionals p(x_i | x_<i) are not available,
 so the net sets ``decode_order`` and ``Prior.sample`` fills positions in the MADE order instead.
+
+Order-agnostic training (§4.2, Table 2): ``made_order="agnostic"`` draws a new ordering for every training
+update (``made_num_masks=0``) or cycles among ``made_num_masks`` fixed ones; with
+``made_connectivity_agnostic`` the hidden degrees are drawn too (m^1 uniform in [0, L-1], m^l uniform in
+[min m^{l-1}, L-1]). Ordering k (k = 0, 1, ...) is derived from ``made_seed`` and k alone, so the
+orderings need not be saved. Each masked layer also receives its mask as input, (U ⊙ M) 1 with a learnt U,
+so the network knows which ordering it is asked for (the paper's mask conditioning). At evaluation
+``log_prob`` is the ensemble log (1/K) sum_k p_k(x) over orderings 0..K-1 (``made_ensemble``): a mixture
+of K normalised distributions, so still normalised; ``forward`` (eval mode) and sampling use ordering 0.
 """
 
 from __future__ import annotations
@@ -31,12 +40,45 @@ from .net import PriorNet
 
 
 def made_order(config: PriorConfig) -> Tensor:
-    """int64 [L]: order[p] = rank (0-based) of position p in the autoregressive ordering."""
+    """int64 [L]: order[p] = rank (0-based) of position p in the autoregressive ordering (for "agnostic":
+    ordering 0, the one sampling follows)."""
     L = config.seq_len
     if config.made_order == "raster":
         return torch.arange(L)
+    if config.made_order == "agnostic":
+        return agnostic_degrees(config, 0)[0][:: config.vocab_size] - 1
     g = torch.Generator().manual_seed(config.made_seed)
     return torch.randperm(L, generator=g)
+
+
+def agnostic_seed(config: PriorConfig, k: int) -> int:
+    """The generator seed of order-agnostic mask set k (k >= 0): a function of ``made_seed`` and k only."""
+    return (config.made_seed * 1_000_003 + k + 1) % (1 << 62)
+
+
+def agnostic_degrees(config: PriorConfig, k: int) -> list[Tensor]:
+    """Degrees of order-agnostic mask set k, laid out as ``made_degrees``: inputs/outputs o_k(p) + 1 in 1..L
+    from a random permutation; hidden degrees k' mod L, or with ``made_connectivity_agnostic`` drawn at
+    random (first layer uniform in [0, L-1], later ones uniform in [min of the layer below, L-1])."""
+    L, V = config.seq_len, config.vocab_size
+    g = torch.Generator().manual_seed(agnostic_seed(config, k))
+    io = (torch.randperm(L, generator=g) + 1).repeat_interleave(V)
+    hidden, low = [], 0
+    for h in config.made_hidden:
+        if config.made_connectivity_agnostic:
+            d = torch.randint(low, L, (h,), generator=g)
+            low = int(d.min())
+        else:
+            d = torch.arange(h) % L
+        hidden.append(d)
+    return [io, *hidden, io]
+
+
+def masks_from_degrees(deg: list[Tensor]) -> list[Tensor]:
+    """Binary float masks [out, in] for each linear layer from the units' degrees (Eqs. 12-13)."""
+    masks = [(deg[i + 1][:, None] >= deg[i][None, :]).float() for i in range(len(deg) - 2)]
+    masks.append((deg[-1][:, None] > deg[-2][None, :]).float())
+    return masks
 
 
 def made_degrees(config: PriorConfig) -> list[Tensor]:
@@ -52,11 +94,9 @@ def made_degrees(config: PriorConfig) -> list[Tensor]:
 
 
 def made_masks(config: PriorConfig) -> list[Tensor]:
-    """Binary float masks [out, in] for each linear layer (Germain et al. Eqs. 12-13)."""
-    deg = made_degrees(config)
-    masks = [(deg[i + 1][:, None] >= deg[i][None, :]).float() for i in range(len(deg) - 2)]
-    masks.append((deg[-1][:, None] > deg[-2][None, :]).float())
-    return masks
+    """Binary float masks [out, in] for each linear layer (Germain et al. Eqs. 12-13); for "agnostic" those of
+    ordering 0 (the one ``forward`` in eval mode and sampling use)."""
+    return masks_from_degrees(agnostic_degrees(config, 0) if config.made_order == "agnostic" else made_degrees(config))
 
 
 class MaskedLinear(nn.Linear):
@@ -69,8 +109,12 @@ class MaskedLinear(nn.Linear):
     def masked_weight(self) -> Tensor:
         return self.weight * self.mask
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.masked_weight(), self.bias)
+    def forward(self, x: Tensor, mask: Tensor | None = None, mask_in: Tensor | None = None) -> Tensor:
+        """x float [B, in] -> [B, out]; ``mask`` float [out, in] replaces the stored one (order-agnostic
+        training); ``mask_in`` [out, in] adds the mask-conditioning term (mask_in ⊙ mask) 1."""
+        m = self.mask if mask is None else mask
+        out = F.linear(x, self.weight * m, self.bias)
+        return out if mask_in is None else out + (mask_in * m).sum(1)
 
 
 @dataclass
@@ -96,35 +140,86 @@ class MADE(PriorNet):
             raise ValueError("made_hidden must list at least one hidden width, e.g. (256, 256)")
         L, V = config.seq_len, config.vocab_size
         self.raster = config.made_order == "raster"
+        self.agnostic = config.made_order == "agnostic"
         self.supports_cache = self.raster  # instance attribute: incremental decoding needs the raster order
         self.register_buffer("order", made_order(config), persistent=False)  # [L] rank of each position
         self.decode_order = None if self.raster else torch.argsort(self.order)  # positions by increasing rank
         sizes = [L * V, *config.made_hidden, L * V]
         self.layers = nn.ModuleList(MaskedLinear(sizes[i], sizes[i + 1], m) for i, m in enumerate(made_masks(config)))
         self.label_embed = nn.Embedding(config.num_classes + 1, sizes[1]) if config.num_classes else None
+        # order-agnostic: each layer's mask as an input (U ⊙ M) 1; zero init = plain MADE at the start
+        self.mask_in = nn.ParameterList(nn.Parameter(torch.zeros(sizes[i + 1], sizes[i])) for i in range(len(sizes) - 1)
+                                        ) if self.agnostic else None
+        self._mask_sets: dict[tuple[int, str], list[Tensor]] = {}  # (k, device) -> masks of eval ordering k
 
-    def _hidden_out(self, pre: Tensor) -> Tensor:
-        """First-layer pre-activation [B, H1] -> output logits [B, L*V]."""
+    def _hidden_out(self, pre: Tensor, masks: list[Tensor] | None = None) -> Tensor:
+        """First-layer pre-activation [B, H1] -> output logits [B, L*V] (``masks``: another mask set's)."""
         h = torch.relu(pre)
-        for layer in self.layers[1:-1]:
-            h = torch.relu(layer(h))
-        return self.layers[-1](h)
+        n = len(self.layers)
+        for i in range(1, n):
+            h = self.layers[i](h, None if masks is None else masks[i], self._mask_in(i))
+            h = torch.relu(h) if i < n - 1 else h
+        return h
+
+    def _mask_in(self, i: int) -> Tensor | None:
+        return None if self.mask_in is None else self.mask_in[i]
+
+    def mask_set(self, k: int) -> list[Tensor]:
+        """The masks float [out, in] of order-agnostic ordering k, on the weights' device (cached)."""
+        dev = self.layers[0].weight.device
+        key = (k, str(dev))
+        if key not in self._mask_sets:
+            if len(self._mask_sets) > 64:  # training draws fresh orderings: keep only a bounded few
+                self._mask_sets.clear()
+            self._mask_sets[key] = [m.to(dev) for m in masks_from_degrees(agnostic_degrees(self.config, k))]
+        return self._mask_sets[key]
+
+    def _training_masks(self) -> list[Tensor]:
+        """A mask set for one training update: a fresh ordering, or one of ``made_num_masks`` in turn."""
+        n = self.config.made_num_masks
+        k = int(torch.randint(n, ())) if n else int(torch.randint(1 << 30, (), dtype=torch.long)) + (1 << 20)
+        if n:
+            return self.mask_set(k)
+        dev = self.layers[0].weight.device
+        return [m.to(dev) for m in masks_from_degrees(agnostic_degrees(self.config, k))]
+
+    def logits_for(self, x: Tensor, labels: Tensor | None, masks: list[Tensor] | None) -> Tensor:
+        """Whole grids x int64 [B, L] -> logits float [B, L, V] under the mask set ``masks`` (None: the stored
+        ones, ordering 0)."""
+        B, L, V = x.shape[0], self.config.seq_len, self.config.vocab_size
+        onehot = F.one_hot(x, V).float().reshape(B, L * V)
+        pre = self.layers[0](onehot, None if masks is None else masks[0], self._mask_in(0)) + self._label_term(labels)
+        return self._hidden_out(pre, masks).reshape(B, L, V)
+
+    def sequence_log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor | None:
+        """Order-agnostic ensemble: x int64 [B, L] -> float [B], log (1/K) sum_{k<K} p_k(x) over orderings
+        0..K-1 (K = ``made_ensemble``; normalised, a mixture of normalised models). None for other orders
+        (the product of ``forward``'s conditionals is the likelihood)."""
+        if not self.agnostic:
+            return None
+        K = self.config.made_ensemble
+        lps = []
+        for k in range(K):
+            lp = torch.log_softmax(self.logits_for(x, labels, self.mask_set(k)).float(), -1)
+            lps.append(lp.gather(-1, x.unsqueeze(-1)).squeeze(-1).sum(1))
+        return torch.logsumexp(torch.stack(lps), 0) - torch.log(torch.tensor(float(K)))
 
     def _label_term(self, labels: Tensor | None) -> Tensor | float:
         return self.label_embed(labels) if (labels is not None and self.label_embed is not None) else 0.0
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        B, Lp = x.shape
-        L, V = self.config.seq_len, self.config.vocab_size
+        Lp = x.shape[1]
+        L = self.config.seq_len
         if Lp < L:
             if not self.raster:
                 raise ValueError(
-                    "a MADE with made_order='random' has no raster-order conditionals, so it cannot score a "
-                    f"prefix of {Lp} < {L} tokens; pass whole grids (Prior.sample decodes in the MADE order)")
+                    f"a MADE with made_order={self.config.made_order!r} has no raster-order conditionals, so it "
+                    f"cannot score a prefix of {Lp} < {L} tokens; pass whole grids (Prior.sample decodes in the "
+                    "MADE order)")
             x = F.pad(x, (0, L - Lp))  # positions >= Lp cannot influence logits < Lp (raster masks)
-        onehot = F.one_hot(x, V).float().reshape(B, L * V)
-        pre = self.layers[0](onehot) + self._label_term(labels)
-        return self._hidden_out(pre).reshape(B, L, V)[:, :Lp]
+        # order-agnostic training: one random ordering per update (eval mode: ordering 0, the sampling order)
+        masks = self._training_masks() if (self.agnostic and self.training) else None
+        return self.logits_for(x, labels, masks)[:, :Lp]
 
     # ------------------------------------------------------------------ incremental decoding (raster order)
     def init_cache(self, batch_size: int, device: torch.device) -> MADECache:

@@ -36,6 +36,11 @@ class PriorNet(nn.Module):
         super().__init__()
         self.config = config
 
+    def sequence_log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor | None:
+        """x int64 [B, L] -> log p(x) float [B] when the net's likelihood is not the product of ``forward``'s
+        conditionals (an order-agnostic MADE's ensemble); None (the default): ``Prior`` sums those."""
+        return None
+
     def init_cache(self, batch_size: int, device: torch.device) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -91,6 +91,10 @@ def score_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, batc
         for i in range(0, n, batch_size):
             flat = tokens[i: i + batch_size].reshape(-1, prior.config.seq_len).long().to(device)
             lb = None if lab is None else lab[i: i + batch_size].to(device)
+            seq = prior.net.sequence_log_prob(flat, lb)  # an order-agnostic MADE's ensemble, else None
+            if seq is not None:
+                out.append(-seq.double().cpu())
+                continue
             logp = torch.log_softmax(prior.net(flat, lb).double(), -1)  # [b, L, V]
             out.append(-logp.gather(-1, flat.unsqueeze(-1)).squeeze(-1).sum(1).cpu())
     finally:
