@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .audio_io import holdout, make_audio_splits
+from .audio_io import holdout, holds_out_tails, make_audio_splits
 from .image_io import EncodedImageDataset, validate_images
 from .spec import DataSpec, Splits, unknown_dataset_error, warn_skipped
 
@@ -120,7 +120,8 @@ def _audio_column(ds: Any, spec: DataSpec, where: str, index: dict[str, int] | N
 def load_hf_audio(spec: DataSpec, dataset_dict: Any, where: str) -> Splits:
     """A ``datasets.DatasetDict`` (from the Hub or a local dataset folder) -> ``Splits``. Labels: a
     ``ClassLabel`` column keeps its names; string labels are mapped to their sorted order; integers are
-    kept. Without ``spec.test_split``, ``test_fraction`` of train is held out (seeded)."""
+    kept. Without ``spec.test_split``, ``test_fraction`` of train is held out: seeded whole rows, or the last
+    ``test_fraction`` of every row when there are too few rows for that (``holds_out_tails``)."""
     train = _train_split(spec, dataset_dict, where)
     test = dataset_dict[spec.test_split] if spec.test_split and spec.test_split in dataset_dict else None
     if spec.label_column and spec.label_column not in train.column_names and spec.label_column != "label":
@@ -139,13 +140,16 @@ def load_hf_audio(spec: DataSpec, dataset_dict: Any, where: str) -> Splits:
             elif values:
                 class_names = [str(i) for i in range(max(int(v) for v in values) + 1)]
     tr_src, tr_lab = _audio_column(train, spec, where, index)
+    tails = False
     if test is not None:
         te_src, te_lab = _audio_column(test, spec, where, index)
+    elif holds_out_tails(tr_src, spec.test_fraction, spec.clip_samples, spec.sample_rate):
+        te_src, te_lab, tails = [], [], True  # a few long recordings: the last part of each is held out
     else:
         tr, te = holdout(len(tr_src), spec.test_fraction, spec.seed)
         te_src, te_lab = [tr_src[i] for i in te], [tr_lab[i] for i in te]
         tr_src, tr_lab = [tr_src[i] for i in tr], [tr_lab[i] for i in tr]
-    return make_audio_splits((tr_src, tr_lab), (te_src, te_lab), class_names, spec, where)
+    return make_audio_splits((tr_src, tr_lab), (te_src, te_lab), class_names, spec, where, tails=tails)
 
 
 def load_hub_audio(spec: DataSpec) -> Splits:

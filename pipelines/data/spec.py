@@ -39,7 +39,8 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 # Sample rates outside this range are a corrupt header, not audio: telephony is 8 kHz, studio gear 768 kHz.
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 768_000
-# One file is decoded whole and kept at the target rate; an hour is 230 MB at 16 kHz.
+# A file is decoded whole once when loaded (then cached while there is room, else read by window); an hour is
+# 230 MB at 16 kHz.
 MAX_AUDIO_SECONDS = 3600
 # frames x channels decoded at once (float32: 4 GiB); fits an hour of 96 kHz stereo or 48 kHz 5.1.
 MAX_AUDIO_SAMPLES = 2**30

@@ -31,18 +31,27 @@ def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Data
     return torch.cat(toks), torch.cat(labs)
 
 
+def _covering(dataset: Dataset) -> Dataset:
+    """The dataset as windows covering every file when it has that view (audio files), else itself."""
+    return dataset.covering() if hasattr(dataset, "covering") else dataset  # type: ignore[attr-defined]
+
+
 def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: Codec,
                     codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True) -> TokenHeader:
     """Write both splits as token grids ``codec.encode(x)`` with a ``tokens.json`` header that records the codec
-    (``codec.record(codec_path)``: a raw codec needs no path, its config rebuilds it)."""
+    (``codec.record(codec_path)``: a raw codec needs no path, its config rebuilds it). Audio files longer than
+    a clip give one grid per window of the consecutive windows covering the file (the last one ends at the
+    file's end), labelled with the file's label."""
     if splits.modality != codec.modality:
         raise ValueError(f"the dataset is {splits.modality} but the codec is for {codec.modality}")
     codec.eval()
     if tuple(splits.input_shape) != tuple(codec.input_shape) and codec.modality == "image":
         raise ValueError(f"the dataset's images are {tuple(splits.input_shape)} but the codec expects "
                          f"{tuple(codec.input_shape)}")
-    result = {name: encode_dataset(lambda x: encode_batch(codec, x), ds, batch_size, desc=f"tokenize {name}",
-                                   progress=progress)
+    # Token folders hold fixed grids, so long audio files are tokenized as consecutive windows covering each file
+    # (``AudioClipDataset.covering``) rather than the training split's random windows; clip datasets are unchanged.
+    result = {name: encode_dataset(lambda x: encode_batch(codec, x), _covering(ds), batch_size,
+                                   desc=f"tokenize {name}", progress=progress)
               for name, ds in (("train", splits.train), ("test", splits.test))}
     header = TokenHeader(
         vocab_size=codec.vocab_size, token_shape=tuple(codec.token_shape(splits.input_shape)), modality=codec.modality,

@@ -28,7 +28,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
 from .checkpoints import checkpoint_dir, latest_checkpoint, save_checkpoint
@@ -251,14 +251,25 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
     out.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg, out)
     set_seed(cfg.seed)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(f"the training split has {len(train_set)} examples, fewer than --batch-size {cfg.batch_size}")
+    if len(train_set) == 0:
+        raise ValueError("the training split is empty")
     task.validate_data(train_set, "train")
     if test_set is not None:
         task.validate_data(test_set, "test")
     g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.num_workers, generator=g)
+    if len(train_set) < cfg.batch_size:
+        # Fewer examples than a batch: draw full batches with replacement (one optimizer step per "epoch", on every
+        # process) rather than refuse; a few long recordings or a handful of images is still a valid dataset.
+        per_epoch = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+        if accelerator.is_main_process:
+            log.warning("the training split has %d examples, fewer than --batch-size %d: batches are drawn with "
+                        "replacement", len(train_set), cfg.batch_size)
+        sampler = RandomSampler(train_set, replacement=True, num_samples=per_epoch, generator=g)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=cfg.num_workers)
+    else:
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                            num_workers=cfg.num_workers, generator=g)
     model = task.model
     decay, no_decay = [], []
     for _, p in model.named_parameters():
@@ -297,6 +308,8 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
         while state.step < cfg.steps:
             epoch, offset = divmod(state.batches_seen, n_batches)
             loader.set_epoch(epoch)
+            if hasattr(train_set, "set_epoch"):  # Accelerate skips the dataset's under a sharded batch sampler
+                train_set.set_epoch(epoch)
             epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
             for batch in epoch_loader:
                 with accelerator.accumulate(model):

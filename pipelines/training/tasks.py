@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -22,6 +23,44 @@ def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
+MEL_MIN_SAMPLES = 1024  # log_mel_l1's n_fft: shorter signals (a short held-out tail) are zero-padded to it
+
+
+class _WholeSignalScores:
+    """Audio metrics on whole signals rebuilt from consecutive windows: ``add`` the scored span of each window
+    in order; when the group (a file segment) changes, the finished signal is scored and weighted by its length."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate = sample_rate
+        self.group: int | None = None
+        self.x: list[torch.Tensor] = []
+        self.r: list[torch.Tensor] = []
+        self.sums = {"si_snr": 0.0, "log_mel_l1": 0.0}
+        self.samples = 0
+        self.signals = 0
+
+    def add(self, group: int, x: torch.Tensor, recon: torch.Tensor) -> None:
+        """x, recon: float [n] (the window's new samples) of ``group``."""
+        if group != self.group:
+            self.flush()
+            self.group = group
+        self.x.append(x)
+        self.r.append(recon)
+
+    def flush(self) -> None:
+        """Score the signal gathered so far (SI-SNR and log-mel L1 over the whole of it) and start the next."""
+        if not self.x:
+            return
+        x, r = torch.cat(self.x)[None].float(), torch.cat(self.r)[None].float()
+        n = x.shape[-1]
+        self.sums["si_snr"] += M.si_snr(r, x).item() * n
+        pad = max(0, MEL_MIN_SAMPLES - n)  # the STFT's reflect padding needs more than n_fft / 2 samples
+        self.sums["log_mel_l1"] += M.log_mel_l1(F.pad(r, (0, pad)), F.pad(x, (0, pad)), self.sample_rate).item() * n
+        self.samples += n
+        self.signals += 1
+        self.x, self.r = [], []
+
+
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 128, progress: bool = False,
                        limit: int | None = None) -> dict[str, float]:
@@ -29,6 +68,11 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
 
     Images: PSNR (dB), SSIM, codebook usage (fraction of codes used on the split), code perplexity.
     Audio: SI-SNR (dB), log-mel L1, mu-law class accuracy, codebook usage, perplexity, bitrate (kbit/s).
+    A dataset with ``score_span`` (``AudioClipDataset``: long files as consecutive windows) is scored on whole
+    files: each window's new samples are stitched back into its file, SI-SNR and log-mel L1 are computed over
+    each whole file and averaged per sample (a file weighs its length); ``scored_samples`` and ``scored_files``
+    count what was scored (every sample of every test file once; a file shorter than a clip as its padded
+    clip). Loss and mu-law accuracy stay per window (forward's own), averaged over windows.
     """
     was = tokenizer.training
     tokenizer.eval()
@@ -36,6 +80,8 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
     sums: dict[str, float] = {}
     n = 0
     device = next(tokenizer.parameters()).device
+    spans = getattr(dataset, "score_span", None) if tokenizer.modality == "audio" else None
+    whole = _WholeSignalScores(tokenizer.config.sample_rate) if spans is not None else None
     for x, _ in tqdm(_loader(dataset, batch_size), desc="evaluate", disable=not progress, leave=False):
         if limit is not None and n >= limit:
             break
@@ -45,17 +91,26 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
         b = x.shape[0]
         if tokenizer.modality == "image":
             batch_metrics = {"psnr": M.psnr(out.recon.clamp(0, 1), x).item(), "ssim": M.ssim(out.recon.clamp(0, 1), x).item()}
+        elif whole is not None:
+            batch_metrics = {}
+            for k in range(b):
+                group, lo, hi = spans(n + k)  # type: ignore[misc]
+                whole.add(group, x[k, lo:hi].cpu(), out.recon[k, lo:hi].cpu())
         else:
             batch_metrics = {"si_snr": M.si_snr(out.recon, x).mean().item(),
                              "log_mel_l1": M.log_mel_l1(out.recon, x, tokenizer.config.sample_rate).item()}
-            if "accuracy" in out.metrics:
-                batch_metrics["mu_law_accuracy"] = float(out.metrics["accuracy"])
+        if tokenizer.modality == "audio" and "accuracy" in out.metrics:
+            batch_metrics["mu_law_accuracy"] = float(out.metrics["accuracy"])
         batch_metrics["loss"] = out.loss.item()
         for k, v in batch_metrics.items():
             sums[k] = sums.get(k, 0.0) + v * b
         n += b
     tokenizer.train(was)
     res = {k: v / max(n, 1) for k, v in sums.items()}
+    if whole is not None:
+        whole.flush()
+        res |= {k: v / max(whole.samples, 1) for k, v in whole.sums.items()}
+        res |= {"scored_samples": whole.samples, "scored_files": whole.signals}
     res["codebook_usage"] = M.codebook_usage(counts)
     res["perplexity"] = M.code_perplexity(counts)
     c = tokenizer.config

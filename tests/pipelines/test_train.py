@@ -154,8 +154,13 @@ def test_bad_settings_are_clear(tmp_path):
         TrainConfig(out=str(tmp_path), steps=0)
     with pytest.raises(ValueError, match="mixed-precision"):
         TrainConfig(out=str(tmp_path), mixed_precision="fp8")
-    with pytest.raises(ValueError, match="fewer than --batch-size"):
-        train(PriorTask(_prior(), "toy", 6), _token_data(4), None, _cfg(tmp_path, batch_size=8))
+
+
+def test_a_split_smaller_than_a_batch_trains_on_batches_drawn_with_replacement(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="vqgen.train"):
+        res = train(PriorTask(_prior(), "toy", 6), _token_data(4), None, _cfg(tmp_path, batch_size=8, steps=3))
+    assert res.status == "finished" and res.step == 3
+    assert any("fewer than --batch-size 8" in r.getMessage() and "replacement" in r.getMessage() for r in caplog.records)
 
 
 def test_bf16_mixed_precision_trains_on_cpu_and_fp16_is_refused(tmp_path):

@@ -120,7 +120,7 @@ def test_folder_loader_skips_bad_files_with_one_warning(tmp_path, caplog):
     assert splits.modality == "audio" and splits.class_names == ["cat", "dog"] and splits.num_classes == 2
     assert splits.input_shape == (2048,) and splits.sample_rate == SR
     # The held-out 25% is drawn from all 12 listed files before decoding, so bad files shrink either split.
-    assert len(splits.train) + len(splits.test) == 7 and len(splits.test) >= 1
+    assert splits.train.num_files + splits.test.num_files == 7 and splits.test.num_files >= 1
     for ds in (splits.train, splits.test):
         for i in range(len(ds)):
             x, y = ds[i]
@@ -141,14 +141,15 @@ def test_folder_of_only_bad_files_is_an_error(tmp_path):
         load_data(DataSpec(str(tmp_path / "bad"), modality="audio"))
 
 
-def test_train_crops_are_seeded_per_epoch_and_test_crops_are_centred(tmp_path):
+def test_train_windows_are_seeded_per_epoch_and_test_windows_cover_the_file(tmp_path):
     (tmp_path / "d" / "a").mkdir(parents=True)
     long = np.linspace(-0.9, 0.9, 4000).astype(np.float32)  # a ramp: the crop offset is readable
     sf.write(tmp_path / "d" / "a" / "long.wav", long, SR, subtype="FLOAT")
     sf.write(tmp_path / "d" / "a" / "short.wav", long[:100], SR, subtype="FLOAT")
     files = [str(tmp_path / "d" / "a" / n) for n in ("long.wav", "short.wav")]
     tr = AudioClipDataset(validate_sources(files, [0, 0], SR, "d", strict=True), SR, 1000, train=True, seed=3)
-    i_long, i_short = 0, 1
+    assert len(tr) == 5  # 4,000 samples: 4 windows of 1,000 per epoch; the short file: 1
+    i_long, i_short = 0, 4
     epoch0 = [tr[i_long][0] for _ in range(2)]
     assert torch.equal(epoch0[0], epoch0[1])  # deterministic for a given (seed, epoch, index)
     offsets = set()
@@ -157,6 +158,7 @@ def test_train_crops_are_seeded_per_epoch_and_test_crops_are_centred(tmp_path):
         x = tr[i_long][0]
         start = int(np.argmin(np.abs(long - x[0].item())))
         np.testing.assert_allclose(x.numpy(), long[start:start + 1000])
+        assert start <= 750  # window 0 of 4 starts in the first quarter of the 3,001 possible offsets
         offsets.add(start)
     assert len(offsets) > 1  # different epochs see different windows
     short = tr[i_short][0]
@@ -164,10 +166,12 @@ def test_train_crops_are_seeded_per_epoch_and_test_crops_are_centred(tmp_path):
     assert short.shape == (1000,) and len(nz) == 100  # the 100 samples, placed somewhere in silence
     assert torch.equal(short[nz[0]:nz[0] + 100], torch.from_numpy(long[:100]))
     te = AudioClipDataset(validate_sources(files, [0, 0], SR, "d", strict=True), SR, 1000, train=False)
-    np.testing.assert_allclose(te[0][0].numpy(), long[1500:2500])  # the centre window
-    assert torch.equal(te[1][0][450:550], torch.from_numpy(long[:100]))  # short: centred in silence
+    assert len(te) == 5
+    for k in range(4):  # consecutive windows
+        np.testing.assert_allclose(te[k][0].numpy(), long[1000 * k:1000 * (k + 1)])
+    assert torch.equal(te[4][0][450:550], torch.from_numpy(long[:100]))  # short: centred in silence
     te.set_epoch(5)
-    np.testing.assert_allclose(te[0][0].numpy(), long[1500:2500])  # test crops never move
+    np.testing.assert_allclose(te[1][0].numpy(), long[1000:2000])  # test windows never move
 
 
 def test_folder_with_train_and_test_subfolders(tmp_path):
@@ -177,7 +181,7 @@ def test_folder_with_train_and_test_subfolders(tmp_path):
             for i in range(n):
                 sf.write(tmp_path / "ds" / split / label / f"{i}.wav", sine(0.1, SR), SR)
     s = load_data(DataSpec(str(tmp_path / "ds"), clip_samples=512))
-    assert (len(s.train), len(s.test)) == (6, 4)
+    assert (s.train.num_files, s.test.num_files) == (6, 4)  # 0.1 s files: several 512-sample windows each
     assert s.class_names == ["hi", "lo"]
     assert sorted(s.test.labels) == [0, 0, 1, 1]
 
@@ -233,7 +237,7 @@ def test_hub_code_path_on_save_to_disk_output_with_class_labels(tmp_path):
     ds = ds.cast_column("label", datasets.ClassLabel(names=["low", "high"]))
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved"))
     s = load_data(DataSpec(str(tmp_path / "saved"), modality="audio", clip_samples=1024, test_fraction=0.2))
-    assert (len(s.train), len(s.test)) == (8, 2)
+    assert (s.train.num_files, s.test.num_files) == (8, 2)
     assert s.class_names == ["low", "high"] and s.num_classes == 2
 
 
