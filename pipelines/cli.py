@@ -106,7 +106,7 @@ PRIOR_FIELDS = ("arch", "n_layer", "n_head", "d_model", "dropout", "attention", 
                 "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
                 "lstm_hidden", "lstm_layers", "ngram_order", "ngram_template", "ngram_smoothing", "ngram_alpha",
                 "ngram_discount", "ngram_position", "made_hidden", "made_order", "made_seed", "made_ensemble",
-                "made_connectivity_agnostic", "made_num_masks")
+                "made_connectivity_agnostic", "made_num_masks", "output", "logistic_mixtures")
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
@@ -310,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="made agnostic: draw the hidden connectivity with each ordering too (default off)")
     m.add_argument("--made-num-masks", type=int, default=None,
                    help="made agnostic: train on N fixed orderings in turn (default 0: a new one every update)")
+    m.add_argument("--output", choices=("softmax", "logistic_mixture"), default=None,
+                   help="transformers, pixelcnn: V-way softmax (default) or PixelCNN++'s discretised logistic mixture "
+                        "(ordered values only: raw 8-bit pixels, mu-law samples)")
+    m.add_argument("--logistic-mixtures", type=int, default=None, help="logistic_mixture: components (default 5)")
     s.add_argument("--cfg-scale", type=float, default=None,
                    help="conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in "
                         "OUT/sampling.json (default 2; 1 = no guidance)")

@@ -8,8 +8,11 @@ from typing import ClassVar
 
 from vqgen_io import JsonConfig
 
+from .heads import OUTPUTS
+
 FORMAT_VERSION = 1
 ARCHS = ("transformer", "sparse_transformer", "wavenet", "pixelcnn", "made", "lstm", "histogram", "ngram")
+MIXTURE_ARCHS = ("transformer", "sparse_transformer", "pixelcnn")  # archs with output="logistic_mixture"
 
 
 @dataclass
@@ -50,6 +53,9 @@ class PriorConfig(JsonConfig):
     made_ensemble: int = 1  # agnostic: log_prob = log mean of p over the first K orderings (sampling: the first)
     made_connectivity_agnostic: bool = False  # agnostic: hidden degrees drawn at random with each ordering too
     made_num_masks: int = 0  # agnostic training: 0 = a fresh ordering every update; N = cycle among N fixed ones
+    # --- output head (prior/heads.py) ---
+    output: str = "softmax"  # "softmax" | "logistic_mixture" (PixelCNN++; ordered vocabularies: raw pixels, mu-law)
+    logistic_mixtures: int = 5  # logistic_mixture: K components per position
     # --- lstm ---
     lstm_hidden: int = 128
     lstm_layers: int = 2
@@ -95,6 +101,11 @@ class PriorConfig(JsonConfig):
                 self.made_num_masks and self.made_ensemble > self.made_num_masks):
             raise ValueError(f"made_ensemble must be in [1, made_num_masks or inf), got {self.made_ensemble} "
                              f"(made_num_masks={self.made_num_masks})")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.output == "logistic_mixture" and (self.arch not in MIXTURE_ARCHS or self.logistic_mixtures < 1):
+            raise ValueError(f"output='logistic_mixture' needs arch in {MIXTURE_ARCHS} and logistic_mixtures >= 1, got "
+                             f"arch={self.arch!r}, logistic_mixtures={self.logistic_mixtures}")
         if self.format_version > FORMAT_VERSION:
             raise ValueError(f"prior saved with format_version {self.format_version} > {FORMAT_VERSION}: upgrade vqgen")
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PriorConfig
+from .heads import head_size, head_to_logits
 from .net import PriorNet
 
 
@@ -129,7 +130,12 @@ class GatedPixelCNN(PriorNet):
         cond_dim = C if c.num_classes else 0
         self.layers = nn.ModuleList(
             _GatedLayer(C, first_kernel if i == 0 else kernel, i == 0, cond_dim) for i in range(c.pixelcnn_layers))
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, c.vocab_size, 1))
+        out = head_size(c.output, c.vocab_size, c.logistic_mixtures)  # V logits or 3K mixture parameters
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, out, 1))
+
+    def _logits(self, out: Tensor) -> Tensor:
+        """The head's output [..., V or 3K] -> logits [..., V] (``config.output``; prior/heads.py)."""
+        return head_to_logits(out, self.config.output, self.config.vocab_size)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         B, L = x.shape
@@ -141,7 +147,7 @@ class GatedPixelCNN(PriorNet):
         v = h = e
         for layer in self.layers:
             v, h = layer(v, h, cond)
-        return self.head(h).permute(0, 2, 3, 1).reshape(B, L, -1)  # [B, L, V]
+        return self._logits(self.head(h).permute(0, 2, 3, 1).reshape(B, L, -1))  # [B, L, V]
 
     # ------------------------------------------------------------------ fast generation
     def init_cache(self, batch_size: int, device: torch.device) -> PixelCNNCache:
@@ -225,7 +231,7 @@ class GatedPixelCNN(PriorNet):
             h = h_new if layer.first else h + h_new
         (w1, b1), (w2, b2) = cache.head
         cache.pos = pos + 1
-        return F.linear(F.relu(F.linear(F.relu(h), w1, b1)), w2, b2)  # [B, V]
+        return self._logits(F.linear(F.relu(F.linear(F.relu(h), w1, b1)), w2, b2))  # [B, V]
 
     def reorder_cache(self, cache: PixelCNNCache, index: Tensor) -> None:
         """Keep batch rows ``index`` int64 [B'] of every buffer (beam search)."""

@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .config import PriorConfig
+from .heads import head_size, head_to_logits
 from .net import PriorNet
 
 AttendFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v float [B, H, L, hd] -> out [B, H, L, hd]
@@ -134,7 +135,7 @@ class TransformerNet(PriorNet):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(D, config.n_head, config.dropout) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(D)
-        self.head = nn.Linear(D, config.vocab_size)
+        self.head = nn.Linear(D, head_size(config.output, config.vocab_size, config.logistic_mixtures))
         # PyTorch's default init (embeddings N(0, 1)), not GPT-2's N(0, 0.02): at these small widths the tiny
         # embeddings left Adam(lr=1e-2) stuck on a plateau (1.06 vs 0.20 bits/token on tests' progressions)
 
@@ -173,7 +174,7 @@ class TransformerNet(PriorNet):
         attend = self._attend(x.shape[1])
         for blk in self.blocks:
             h = blk(h, attend)
-        return self.head(self.ln_f(h))
+        return head_to_logits(self.head(self.ln_f(h)), self.config.output, self.config.vocab_size)
 
     # ------------------------------------------------------------------ incremental decoding
     def init_cache(self, batch_size: int, device: torch.device) -> TransformerCache:
@@ -196,7 +197,7 @@ class TransformerNet(PriorNet):
         for blk, kv in zip(self.blocks, cache.layers):
             h = blk.step(h, kv, pos, attend)
         cache.pos = pos + 1
-        return self.head(self.ln_f(h[:, 0]))
+        return head_to_logits(self.head(self.ln_f(h[:, 0])), self.config.output, self.config.vocab_size)
 
     def reorder_cache(self, cache: TransformerCache, index: Tensor) -> None:
         """Keep batch rows ``index`` int64 [B] of every layer's cache (beam search)."""
