@@ -106,7 +106,7 @@ PRIOR_FIELDS = ("arch", "n_layer", "n_head", "d_model", "dropout", "attention", 
                 "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
                 "lstm_hidden", "lstm_layers", "ngram_order", "ngram_template", "ngram_smoothing", "ngram_alpha",
                 "ngram_discount", "ngram_position", "made_hidden", "made_order", "made_seed", "made_ensemble",
-                "made_connectivity_agnostic", "made_num_masks", "output", "logistic_mixtures")
+                "made_connectivity_agnostic", "made_num_masks", "output", "logistic_mixtures", "codebook_pattern")
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
@@ -343,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", required=True)
     s.add_argument("--tokenizer", default=None, help=OVR)
     s.add_argument("--out", required=True, help="CSV file")
+    m.add_argument("--codebook-pattern", choices=("flatten", "delay"), default=None,
+                   help="tokens with a codebook axis (rvq / rfsq): flatten = raster over (t, q), any arch (default); "
+                        "delay = MusicGen's delay pattern, all codebooks of a step at once (transformer only)")
     s.add_argument("--split", choices=("train", "test"), default="test")
     s.add_argument("--batch-size", type=int, default=128)
     _data(s)

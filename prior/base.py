@@ -26,7 +26,7 @@ from .ngram import NGramNet
 from .pixelcnn import GatedPixelCNN
 from .sampling import check_sampling_args, logits_to_probs, sample_from_probs
 from .sparse import SparseTransformerNet
-from .transformer import TransformerNet
+from .transformer import DelayTransformerNet, TransformerNet
 from .wavenet import WaveNet
 
 NET_CLASSES: dict[str, type[PriorNet]] = {
@@ -39,12 +39,15 @@ NET_CLASSES: dict[str, type[PriorNet]] = {
     "histogram": HistogramNet,
     "ngram": NGramNet,
 }
+# codebook_pattern="delay" nets (MusicGen's delay pattern over (t, q) grids); config.DELAY_ARCHS lists these archs
+DELAY_NET_CLASSES: dict[str, type[PriorNet]] = {"transformer": DelayTransformerNet}
 
 
 class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"]):
     """An autoregressive model p(grid [| label]) over integer grids of ``config.shape``.
 
-    tokens: int64 [B, *shape] in [0, vocab_size); labels: int64 [B] in [0, num_classes) or None.
+    tokens: int64 [B, *shape] in [0, vocab_size); labels: int64 [B] in [0, num_classes) or None. ``shape``
+    may end in a codebook axis (t, q) / (h, w, q) (``config.num_codebooks``); see ``PriorConfig``.
     """
 
     config_class = PriorConfig
@@ -53,7 +56,8 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
     def __init__(self, config: PriorConfig):
         super().__init__()
         self.config = config
-        self.net = NET_CLASSES[config.arch](config)
+        delay = config.codebook_pattern == "delay"
+        self.net = (DELAY_NET_CLASSES if delay else NET_CLASSES)[config.arch](config)
 
     @property
     def device(self) -> torch.device:
@@ -163,7 +167,8 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
         x = torch.zeros(b, L, dtype=torch.long, device=device)
         order = self.net.decode_order
         raster = order is None
-        cache = self.net.init_cache(b, device) if (use_cache and raster and self.net.supports_cache) else None
+        # a net with its own decode_order and supports_cache steps in that order (the delay pattern)
+        cache = self.net.init_cache(b, device) if (use_cache and self.net.supports_cache) else None
         positions = range(L) if raster else order.tolist()
         for pos in tqdm(positions, desc="sampling", disable=not progress, leave=False):
             if cache is not None:

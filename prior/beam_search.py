@@ -29,7 +29,8 @@ class BeamSearchOutput(NamedTuple):
 @torch.no_grad()
 def beam_search(prior: Prior, beam_size: int = 4, labels: Tensor | int | None = None, use_cache: bool = True,
                 progress: bool = False) -> BeamSearchOutput:
-    """Left-to-right beam search over the raster order, keeping the ``beam_size`` most likely prefixes.
+    """Left-to-right beam search over the raster order (or the net's ``decode_order``: the delay pattern, a
+    random-order MADE), keeping the ``beam_size`` most likely prefixes.
 
     labels: None (unconditional prior: one query, n = 1), an int (n = 1) or int64 [n] in [0, num_classes).
     With beam_size >= vocab_size ** (L - 1) every prefix is kept, so the result is the exact argmax; smaller
@@ -52,13 +53,15 @@ def beam_search(prior: Prior, beam_size: int = 4, labels: Tensor | int | None = 
     scores = torch.full((n, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam at the start, so the first step does not pick K copies of one token
     cached = use_cache and net.supports_cache and hasattr(net, "reorder_cache")
+    order = net.decode_order  # None = raster; else the net's own factorisation order (delay pattern, random MADE)
+    raster = order is None
     cache = net.init_cache(n * K, device) if cached else None
     base = torch.arange(n, device=device)[:, None] * K
-    for pos in tqdm(range(L), desc="beam search", disable=not progress, leave=False):
+    for pos in tqdm(range(L) if raster else order.tolist(), desc="beam search", disable=not progress, leave=False):
         if cached:
             logits = net.step(cache, x, pos, lab)
         else:
-            logits = net(x[:, : pos + 1] if net.variable_length else x, lab)[:, pos]
+            logits = net(x[:, : pos + 1] if (net.variable_length and raster) else x, lab)[:, pos]
         lp = torch.log_softmax(logits.float(), -1).view(n, K, V)
         cand = (scores[:, :, None] + lp).view(n, K * V)
         scores, idx = cand.topk(K, dim=-1)  # [n, K], sorted best first

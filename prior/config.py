@@ -13,6 +13,8 @@ from .heads import OUTPUTS
 FORMAT_VERSION = 1
 ARCHS = ("transformer", "sparse_transformer", "wavenet", "pixelcnn", "made", "lstm", "histogram", "ngram")
 MIXTURE_ARCHS = ("transformer", "sparse_transformer", "pixelcnn")  # archs with output="logistic_mixture"
+CODEBOOK_PATTERNS = ("flatten", "delay")
+DELAY_ARCHS = ("transformer",)  # archs with a codebook_pattern="delay" net (prior.transformer.DelayTransformerNet)
 
 
 @dataclass
@@ -20,14 +22,21 @@ class PriorConfig(JsonConfig):
     """A prior over integer grids of ``shape`` with values in ``[0, vocab_size)``, read in raster order.
 
     Defaults give a working (small) model for any grid, down to a 2x3 grid with a 3-token vocabulary.
+
+    Residual-quantizer tokens carry a trailing codebook axis: ``shape`` is the whole grid, (t, q) for audio
+    or (h, w, q) for images, with ``num_codebooks`` = q = ``shape[-1]``. ``codebook_pattern="flatten"``
+    reads it in raster order (time-major, codebook-minor; every arch); ``"delay"`` is MusicGen's delay
+    pattern (Copet et al. 2023, section 2.2; ``prior.codebooks``): all q codebooks of a step in parallel.
     """
 
     class_name: ClassVar[str] = "Prior"
 
     arch: str = "transformer"  # one of ARCHS
     vocab_size: int = 512  # tokens are in [0, vocab_size)
-    shape: tuple[int, ...] = (8, 8)  # token grid: (h, w) for images, (t,) for audio
+    shape: tuple[int, ...] = (8, 8)  # token grid: (h, w) for images, (t,) for audio; (t, q) / (h, w, q) with codebooks
     num_classes: int = 0  # 0 = unconditional; else p(grid | label) with labels in [0, num_classes)
+    num_codebooks: int = 1  # q: > 1 = the last axis of shape is the codebook axis (residual quantizers)
+    codebook_pattern: str = "flatten"  # "flatten" (raster over the whole grid) | "delay" (MusicGen; DELAY_ARCHS)
     label_dropout: float = 0.1  # classifier-free guidance: P(label -> null label) while training (conditional only)
     # --- transformer / sparse_transformer ---
     n_layer: int = 4
@@ -77,8 +86,21 @@ class PriorConfig(JsonConfig):
         self.made_hidden = tuple(int(s) for s in self.made_hidden)
         if not self.shape or any(s < 1 for s in self.shape):
             raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {self.shape}")
-        if len(self.shape) > 2:
-            raise ValueError(f"grids of 1 or 2 axes are supported, got shape {self.shape}")
+        if len(self.shape) > 3:
+            raise ValueError(f"grids of 1 to 3 axes are supported, got shape {self.shape}")
+        if self.num_codebooks < 1:
+            raise ValueError(f"num_codebooks must be >= 1, got {self.num_codebooks}")
+        if (self.num_codebooks > 1 or len(self.shape) == 3) and (
+                len(self.shape) < 2 or self.shape[-1] != self.num_codebooks):
+            raise ValueError(
+                f"with num_codebooks={self.num_codebooks} the last axis of shape is the codebook axis and must equal "
+                f"it, (t, {self.num_codebooks}) or (h, w, {self.num_codebooks}); got shape {self.shape} (3-axis grids "
+                "are (h, w, q) token grids of residual quantizers)")
+        if self.codebook_pattern not in CODEBOOK_PATTERNS:
+            raise ValueError(f"codebook_pattern must be one of {CODEBOOK_PATTERNS}, got {self.codebook_pattern!r}")
+        if self.codebook_pattern == "delay" and self.arch not in DELAY_ARCHS:
+            raise ValueError(f"codebook_pattern='delay' is implemented for arch in {DELAY_ARCHS}, not "
+                             f"{self.arch!r}; use codebook_pattern='flatten' (every arch) or arch='transformer'")
         if self.vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
         if self.num_classes < 0:
@@ -90,7 +112,7 @@ class PriorConfig(JsonConfig):
         if self.attention not in ("strided", "fixed"):
             raise ValueError(f"attention must be 'strided' or 'fixed', got {self.attention!r}")
         if self.stride is None:
-            self.stride = self.shape[-1] if len(self.shape) == 2 else max(1, math.isqrt(self.seq_len))
+            self.stride = self.plane[1] if len(self.shape) >= 2 else max(1, math.isqrt(self.seq_len))
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.attention == "fixed" and not 1 <= self.summary <= self.stride:
@@ -113,3 +135,16 @@ class PriorConfig(JsonConfig):
     def seq_len(self) -> int:
         """Number of positions L = prod(shape)."""
         return math.prod(self.shape)
+
+    @property
+    def plane(self) -> tuple[int, int]:
+        """The grid as a 2-D picture (rows, row length) for archs that need one: (h, w * q) for (h, w, q)
+        (a cell's codebooks side by side, so raster order is unchanged), shape for 2 axes, (1, L) for 1 axis."""
+        if len(self.shape) == 1:
+            return 1, self.shape[0]
+        return self.shape[0], math.prod(self.shape[1:])
+
+    @property
+    def num_steps(self) -> int:
+        """Time steps T of the codebook grid: seq_len / num_codebooks (the delay pattern has T + q - 1 steps)."""
+        return self.seq_len // self.num_codebooks

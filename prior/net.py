@@ -21,7 +21,8 @@ class PriorNet(nn.Module):
     Incremental decoding (optional, ``supports_cache``): ``init_cache(batch_size, device)`` returns a
     state; ``step(cache, x, pos, labels)`` returns the logits [B, V] for position ``pos`` given the buffer
     ``x`` [B, L] whose positions < pos are filled (positions >= pos are garbage and must not be read).
-    Steps are called for pos = 0, 1, ..., L-1 in order.
+    Steps are called for pos = 0, 1, ..., L-1 in order, or in ``decode_order`` when the net sets one
+    (then "filled" means the positions before pos in that order).
     """
 
     variable_length: bool = False
@@ -29,7 +30,8 @@ class PriorNet(nn.Module):
     supports_cache: bool = False
     # The order in which ``Prior.sample`` fills positions: None = raster. A net that factorises p(x) in
     # another order (a MADE with a random ordering) sets an int64 [L] permutation; decoding then runs the
-    # full forward on the whole buffer at each step, since prefixes and caches assume raster order.
+    # full forward on the whole buffer at each step (prefixes assume raster order), or ``step`` in that order
+    # when ``supports_cache`` (a random-order MADE sets it False; the delay-pattern Transformer True).
     decode_order: Tensor | None = None
 
     def __init__(self, config: PriorConfig):

@@ -3,7 +3,7 @@
 p(x_i | x_<i) depends on a few *parents* of position i, ordered from nearest to farthest:
 
 * 1-D grids, or ``ngram_template="raster"``: the ``ngram_order`` previous tokens in raster order;
-* 2-D grids with ``ngram_template="jbig"``: the first ``ngram_order`` cells of a causal neighbourhood
+* 2-D grids (3-axis (h, w, q) ones as (h, w * q)) with ``ngram_template="jbig"``: the first ``ngram_order`` cells of a causal neighbourhood
   template (left, above, above-left, above-right, left-2, above-2, ...; its first 10 cells are JBIG's
   three-line template, ITU-T T.82), ``JBIG_TEMPLATE`` below.
 
@@ -65,7 +65,7 @@ _TABLES = ("ctx", "off", "sym", "cnt", "tot")  # per level: keys [M], offsets [M
 def parent_offsets(config: PriorConfig) -> list[tuple[int, int]]:
     """The (dy, dx) of each token parent, nearest first (1-D grids and "raster": (0, -r) on the flat sequence)."""
     k = config.ngram_order
-    if len(config.shape) == 2 and config.ngram_template == "jbig":
+    if len(config.shape) >= 2 and config.ngram_template == "jbig":
         return list(JBIG_TEMPLATE[:k])
     return [(0, -r) for r in range(1, k + 1)]
 
@@ -78,7 +78,7 @@ def parent_sources(config: PriorConfig) -> Tensor:
     if len(config.shape) == 1 or config.ngram_template == "raster":
         src = [i - (-dx) for _, dx in offsets]
         return torch.stack([torch.where(s >= 0, s, -1) for s in src]) if src else torch.zeros(0, L, dtype=torch.long)
-    H, W = config.shape
+    H, W = config.plane  # (h, w, q) codebook grids: the template runs over (h, w * q), codebooks side by side
     y, x = i // W, i % W
     rows = []
     for dy, dx in offsets:
@@ -115,7 +115,7 @@ class NGramNet(PriorNet):
             raise ValueError(f"ngram_template must be one of {TEMPLATES}, got {config.ngram_template!r}")
         if config.ngram_smoothing not in SMOOTHINGS:
             raise ValueError(f"ngram_smoothing must be one of {SMOOTHINGS}, got {config.ngram_smoothing!r}")
-        limit = len(JBIG_TEMPLATE) if (len(config.shape) == 2 and config.ngram_template == "jbig") else 64
+        limit = len(JBIG_TEMPLATE) if (len(config.shape) >= 2 and config.ngram_template == "jbig") else 64
         if not 0 <= config.ngram_order <= limit:
             raise ValueError(f"ngram_order must be in [0, {limit}] for this template, got {config.ngram_order}")
         if config.ngram_alpha <= 0:

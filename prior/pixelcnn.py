@@ -111,7 +111,7 @@ class PixelCNNCache:
 
 
 class GatedPixelCNN(PriorNet):
-    """p(grid) over a (H, W) grid (1-D shapes are (1, L)), read in raster order.
+    """p(grid) over a (H, W) grid (1-D shapes are (1, L), (h, w, q) ones (h, w * q)), read in raster order.
 
     forward: x int64 [B, L] (the whole grid) in [0, V), labels int64 [B] in [0, num_classes] or None ->
     logits float [B, L, V].
@@ -124,7 +124,7 @@ class GatedPixelCNN(PriorNet):
         super().__init__(config)
         c = config
         C = c.pixelcnn_channels
-        self.grid = tuple(c.shape) if len(c.shape) == 2 else (1, c.shape[0])
+        self.grid = c.plane  # (H, W); 1-D: (1, L); (h, w, q) codebook grids: (h, w * q), raster order unchanged
         self.embed = nn.Embedding(c.vocab_size, C)
         self.label_embed = nn.Embedding(c.num_classes + 1, C) if c.num_classes else None
         cond_dim = C if c.num_classes else 0

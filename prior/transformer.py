@@ -3,13 +3,17 @@ raster sequence, with a preallocated KV cache for O(L) incremental decoding (gpt
 
 Input at position i is the embedding of x[i - 1]; position 0 gets a learned start vector. Position is
 given by coordinate embeddings: row + column embeddings for 2-D grids (so "the token above" is the same
-offset everywhere), one embedding per position for 1-D sequences. A label (conditional priors) is
+offset everywhere; a (t, q) codebook grid gets time + codebook), row + column + codebook for (h, w, q)
+grids, one embedding per position for 1-D sequences. A label (conditional priors) is
 embedded (``num_classes + 1`` rows, the last one the null label for classifier-free guidance) and added
 to every input, the start input included, so position 0 already sees it.
 
 The attention block is shared with the sparse Transformer (``prior.sparse``): ``Attention.forward`` takes
 an optional ``attend(q, k, v) -> out`` function (default: causal ``scaled_dot_product_attention``) and
 ``Attention.step`` an optional boolean mask row, so a subclass only has to say who attends to whom.
+
+``DelayTransformerNet`` is the same stack over MusicGen's delay pattern (``prior.codebooks``, config
+``codebook_pattern="delay"``): one sequence position per step of q codebooks, q output heads.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .codebooks import delay_order, delay_pattern, step_sources, undelay
 from .config import PriorConfig
 from .heads import head_size, head_to_logits
 from .net import PriorNet
@@ -125,11 +130,15 @@ class TransformerNet(PriorNet):
         self.start = nn.Parameter(torch.zeros(D))
         self.label_embed = nn.Embedding(config.num_classes + 1, D) if config.num_classes else None
         idx = torch.arange(L)
-        if len(config.shape) == 2:  # coordinate embeddings: row + column
-            h, w = config.shape
+        if len(config.shape) >= 2:  # coordinate embeddings: row + column (+ codebook for (h, w, q) grids)
+            h, w = config.shape[:2]
+            q = config.shape[2] if len(config.shape) == 3 else 1
             self.row_embed, self.col_embed = nn.Embedding(h, D), nn.Embedding(w, D)
-            self.register_buffer("rows", idx // w, persistent=False)
-            self.register_buffer("cols", idx % w, persistent=False)
+            self.register_buffer("rows", idx // (w * q), persistent=False)
+            self.register_buffer("cols", (idx // q) % w, persistent=False)
+            if len(config.shape) == 3:
+                self.cb_embed = nn.Embedding(q, D)
+                self.register_buffer("cbs", idx % q, persistent=False)
         else:
             self.pos_embed = nn.Embedding(L, D)
         self.drop = nn.Dropout(config.dropout)
@@ -142,6 +151,9 @@ class TransformerNet(PriorNet):
     # ------------------------------------------------------------------ embeddings
     def _pos(self, start: int, stop: int) -> Tensor:
         """Position embeddings of positions start..stop-1: float [stop - start, D]."""
+        if len(self.config.shape) == 3:
+            return (self.row_embed(self.rows[start:stop]) + self.col_embed(self.cols[start:stop])
+                    + self.cb_embed(self.cbs[start:stop]))
         if len(self.config.shape) == 2:
             return self.row_embed(self.rows[start:stop]) + self.col_embed(self.cols[start:stop])
         return self.pos_embed.weight[start:stop]
@@ -203,3 +215,111 @@ class TransformerNet(PriorNet):
         """Keep batch rows ``index`` int64 [B] of every layer's cache (beam search)."""
         for kv in cache.layers:
             kv.reorder(index)
+
+
+class DelayCache(TransformerCache):
+    """A ``TransformerCache`` over delay steps, plus the logits float [B, q, V] of the last computed step
+    (its q positions are asked for one by one, but computed together)."""
+
+    def __init__(self, layers: list[KVCache]):
+        super().__init__(layers)
+        self.logits: Tensor | None = None
+
+
+class DelayTransformerNet(PriorNet):
+    """MusicGen's delay pattern (Copet et al. 2023, section 2.2) on a (T, q) codebook grid (T = all leading
+    axes flattened in raster order): step s holds codebook k's token of time s - k, S = T + q - 1 steps.
+
+    The input at step s is the sum of the q codebook embeddings of step s - 1 (a per-codebook learned "empty"
+    embedding where step s - 1 has a pad), a learned start vector at step 0, + a step embedding (+ label);
+    q linear heads predict all codebooks of step s at once. So p(x) = prod_s prod_k p(x[s-k, k] | steps < s),
+    an exact normalised factorisation in ``decode_order`` (by step, then codebook) over the real tokens only.
+
+    forward: x int64 [B, L] (the whole grid, flat in raster order, L = T * q) in [0, V), labels int64 [B] in
+    [0, num_classes] or None -> logits float [B, L, V] at the grid's raster positions; position i's logits
+    depend only on the positions before it in ``decode_order`` (not on the raster prefix).
+    """
+
+    variable_length = False  # raster prefixes are not closed under the delay order: whole grids only
+    supports_cache = True  # step() is called in decode_order; one transformer step per delay step
+
+    def __init__(self, config: PriorConfig):
+        super().__init__(config)
+        if getattr(config, "output", "softmax") != "softmax":  # q heads of V-way softmaxes; no mixture heads yet
+            raise ValueError(f"codebook_pattern='delay' has softmax heads only, got output={config.output!r}")
+        q, T, V, D = config.num_codebooks, config.num_steps, config.vocab_size, config.d_model
+        self.q, self.T, self.S = q, T, T + q - 1
+        # codebook k's token v is row k * (V + 1) + v; row k * (V + 1) + V is codebook k's "empty" embedding
+        self.tok_embed = nn.Embedding(q * (V + 1), D)
+        self.register_buffer("offsets", torch.arange(q) * (V + 1), persistent=False)
+        self.register_buffer("sources", step_sources(T, q), persistent=False)  # [S, q] flat position or -1
+        self.start = nn.Parameter(torch.zeros(D))
+        self.step_embed = nn.Embedding(self.S, D)
+        self.label_embed = nn.Embedding(config.num_classes + 1, D) if config.num_classes else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(D, config.n_head, config.dropout) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(D)
+        self.head = nn.Linear(D, q * V)  # q heads of V logits each
+        self.decode_order = delay_order(T, q)
+
+    def _step_inputs(self, delayed: Tensor) -> Tensor:
+        """delayed int64 [B, n, q] in [0, V] (V = pad) -> summed codebook embeddings float [B, n, D]."""
+        return self.tok_embed(delayed + self.offsets).sum(2)
+
+    def _condition(self, h: Tensor, start: int, labels: Tensor | None) -> Tensor:
+        """h float [B, n, D] of steps start.. -> + step embeddings (+ label)."""
+        h = h + self.step_embed.weight[start: start + h.shape[1]]
+        if self.label_embed is not None and labels is not None:
+            h = h + self.label_embed(labels)[:, None]
+        return h
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        B, L = x.shape
+        if x.dim() != 2 or L != self.T * self.q:
+            raise ValueError(f"DelayTransformerNet needs whole grids of {self.T * self.q} tokens, got {tuple(x.shape)}")
+        V = self.config.vocab_size
+        d = delay_pattern(x.view(B, self.T, self.q), pad=V)  # [B, S, q]
+        h = torch.cat([self.start.expand(B, 1, -1), self._step_inputs(d[:, :-1])], 1)  # step s sees step s - 1
+        h = self.drop(self._condition(h, 0, labels))
+        for blk in self.blocks:
+            h = blk(h)
+        logits = self.head(self.ln_f(h)).view(B, self.S, self.q, V)
+        return undelay(logits, self.T).reshape(B, L, V)  # pad positions' outputs dropped
+
+    def init_cache(self, batch_size: int, device: torch.device) -> DelayCache:
+        c = self.config
+        dtype = self.head.weight.dtype
+        return DelayCache([KVCache(batch_size, c.n_head, self.S, c.d_model // c.n_head, device, dtype)
+                           for _ in self.blocks])
+
+    def step(self, cache: DelayCache, x: Tensor, pos: int, labels: Tensor | None) -> Tensor:
+        """Logits float [B, V] for flat position ``pos`` (time i, codebook k; step s = i + k). The first position
+        of step s runs one transformer step on step s - 1's tokens (read from x, all filled in decode order);
+        the step's other positions reuse its logits. Positions must come in ``decode_order``."""
+        i, k = divmod(pos, self.q)
+        s = i + k
+        if s == cache.pos - 1 and cache.logits is not None:
+            return cache.logits[:, k]
+        if s != cache.pos:
+            raise ValueError(f"DelayTransformerNet.step must be called in decode_order: expected step {cache.pos}, "
+                             f"got position {pos} of step {s}")
+        B = x.shape[0]
+        if s == 0:
+            h = self.start.expand(B, 1, -1)
+        else:
+            src = self.sources[s - 1]  # [q]
+            prev = torch.where(src >= 0, x[:, src.clamp(min=0)], self.config.vocab_size)  # [B, q], pad = V
+            h = self._step_inputs(prev[:, None])
+        h = self._condition(h, s, labels)
+        for blk, kv in zip(self.blocks, cache.layers):
+            h = blk.step(h, kv, s)
+        cache.pos = s + 1
+        cache.logits = self.head(self.ln_f(h[:, 0])).view(B, self.q, -1)
+        return cache.logits[:, k]
+
+    def reorder_cache(self, cache: DelayCache, index: Tensor) -> None:
+        """Keep batch rows ``index`` int64 [B] of every layer's cache and the current step's logits (beam search)."""
+        for kv in cache.layers:
+            kv.reorder(index)
+        if cache.logits is not None:
+            cache.logits = cache.logits[index]

@@ -74,6 +74,8 @@ def _code_loop(prior: Prior, labels: Tensor | None, n: int, chunk: int,
     net = prior.net
     device = prior.device
     L = prior.config.seq_len
+    order = net.decode_order  # None = raster; the delay pattern codes in its own order (both sides alike)
+    positions = range(L) if order is None else order.tolist()
     was_training = prior.training
     prior.eval()  # dropout off: the same function at both ends
     try:
@@ -84,11 +86,11 @@ def _code_loop(prior: Prior, labels: Tensor | None, n: int, chunk: int,
             lab = None if labels is None else labels[rows].to(device)
             x = torch.zeros(b, L, dtype=torch.long, device=device)
             cache = net.init_cache(b, device) if net.supports_cache else None
-            for pos in range(L):
+            for pos in positions:
                 if cache is not None:
                     logits = net.step(cache, x, pos, lab)
                 else:
-                    inp = x[:, : pos + 1] if net.variable_length else x
+                    inp = x[:, : pos + 1] if (net.variable_length and order is None) else x
                     logits = net(inp, lab)[:, pos]
                 probs = torch.softmax(logits.detach().double().cpu(), -1).numpy()  # [b, V] float64
                 sym = code_position(pos, rows, probs)
@@ -131,9 +133,10 @@ def _encode(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, pro
 
 
 def _check_raster_order(prior: Prior) -> None:
-    """The coder walks positions in raster order; a net that factorises p(x) in another order (a MADE with
-    a random ordering sets ``decode_order``) has no raster-order conditionals to code with."""
-    if prior.net.decode_order is not None:
+    """The coder walks positions in the net's decode order with its cache (raster, or the delay pattern's);
+    a net with another order and no cache (a MADE with a random ordering) is refused: a full forward per
+    position would be too slow to code with."""
+    if prior.net.decode_order is not None and not prior.net.supports_cache:
         raise ValueError("compression codes positions in raster order, but this prior factorises p(x) in another "
                          f"order (made_order={prior.config.made_order!r}); train it with made_order='raster' to "
                          "compress with it")

@@ -108,13 +108,21 @@ def load_prior_folder(path: str | Path, map_location: str = "cpu") -> PriorFolde
                        json.loads(names.read_text()) if names.is_file() else [], SamplingDefaults.load(path / SAMPLING))
 
 
-def _check_fits(folder: PriorFolder, codec: Codec, where: str) -> None:
-    prior, shape = folder.prior, tuple(codec.token_shape())
-    problems = []
+def _fit_problems(prior: Prior, codec: Codec) -> list[str]:
+    """Why a prior cannot model a codec's tokens (vocabulary, codebooks, grid), empty when it can."""
+    shape, problems = tuple(codec.token_shape()), []
     if prior.vocab_size != codec.vocab_size:
         problems.append(f"vocabulary {prior.vocab_size} (prior) != {codec.vocab_size} (codec)")
+    q_prior, q_codec = prior.config.num_codebooks, getattr(codec, "num_codebooks", 1)
+    if q_prior != q_codec:
+        problems.append(f"{q_prior} codebooks per position (prior) != {q_codec} (codec)")
     if tuple(prior.shape) != shape:
         problems.append(f"token grid {tuple(prior.shape)} (prior) != {shape} (codec)")
+    return problems
+
+
+def _check_fits(folder: PriorFolder, codec: Codec, where: str) -> None:
+    problems = _fit_problems(folder.prior, codec)
     if problems:
         raise ValueError(f"the prior {folder.path} was not trained on tokens of the codec {where}: "
                          + "; ".join(problems) + ". Use the codec whose `vqgen tokenize` output the prior was trained on.")
@@ -142,8 +150,10 @@ def resolve_codec(folder: PriorFolder, override: str | Path | None = None, map_l
         raise ValueError(f"{folder.path}/{CODEC_RECORD} names no codec folder: pass --tokenizer DIR")
     want = rec.get("fingerprint") if rec else None
     if want and codec.fingerprint != want:
+        problems = _fit_problems(folder.prior, codec)  # say how it differs too (e.g. codebooks) where it can
         raise ValueError(f"the codec {where} (fingerprint {codec.fingerprint}) is not the one the prior {folder.path} was "
-                         f"trained on (fingerprint {want}, {rec.get('path') or 'a raw codec'}): pass the --tokenizer "
+                         f"trained on (fingerprint {want}, {rec.get('path') or 'a raw codec'})"
+                         + (f" ({'; '.join(problems)})" if problems else "") + ": pass the --tokenizer "
                          "that made its tokens, or drop --tokenizer to use the recorded one")
     _check_fits(folder, codec, where)
     return codec

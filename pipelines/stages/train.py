@@ -68,8 +68,12 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     elif cfg_scale is not None:
         raise ValueError("--cfg-scale needs a conditional prior (--conditional)")
     fields = {k: v for k, v in model.items() if v is not None}
+    num_codebooks = int(header.codec.get("num_codebooks") or 1)  # residual quantizers: trailing codebook axis
+    if fields.get("codebook_pattern", "flatten") != "flatten" and num_codebooks == 1:
+        raise ValueError(f"--codebook-pattern {fields['codebook_pattern']} needs tokens with a codebook axis, but the "
+                         f"codec of {tokens_dir} has one codebook (token grid {tuple(header.token_shape)})")
     config = PriorConfig(**fields | {"vocab_size": header.vocab_size, "shape": tuple(header.token_shape),
-                                     "num_classes": num_classes})
+                                     "num_classes": num_classes, "num_codebooks": num_codebooks})
     prior = build_prior(config)
     out = Path(cfg.out)
     sampling = SamplingDefaults(cfg_scale=(DEFAULT_CFG_SCALE if cfg_scale is None else cfg_scale) if num_classes else None)
