@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformers, pixelcnn: V-way softmax (default) or PixelCNN++'s discretised logistic mixture "
                         "(ordered values only: raw 8-bit pixels, mu-law samples)")
     m.add_argument("--logistic-mixtures", type=int, default=None, help="logistic_mixture: components (default 5)")
+    m.add_argument("--codebook-pattern", choices=("flatten", "delay"), default=None,
+                   help="tokens with a codebook axis (rvq / rfsq): flatten = raster over (t, q), any arch (default); "
+                        "delay = MusicGen's delay pattern, all codebooks of a step at once (transformer only)")
     s.add_argument("--cfg-scale", type=float, default=None,
                    help="conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in "
                         "OUT/sampling.json (default 2; 1 = no guidance)")
@@ -343,9 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", required=True)
     s.add_argument("--tokenizer", default=None, help=OVR)
     s.add_argument("--out", required=True, help="CSV file")
-    m.add_argument("--codebook-pattern", choices=("flatten", "delay"), default=None,
-                   help="tokens with a codebook axis (rvq / rfsq): flatten = raster over (t, q), any arch (default); "
-                        "delay = MusicGen's delay pattern, all codebooks of a step at once (transformer only)")
     s.add_argument("--split", choices=("train", "test"), default="test")
     s.add_argument("--batch-size", type=int, default=128)
     _data(s)
