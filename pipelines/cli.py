@@ -137,6 +137,28 @@ def cmd_tokenize(a: argparse.Namespace) -> int:
     header = tokenize(_data_args(a), a.out, codec_dir=a.tokenizer, raw_levels=(a.levels or 256) if a.raw else None,
                       batch_size=a.batch_size, progress=not a.quiet)
     print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}")
+    if a.bpe:
+        from .data.bpe import write_bpe_token_folder
+
+        stats = write_bpe_token_folder(a.out, a.bpe, a.out)
+        print(f"merged with {a.bpe}: {stats['original_length']} tokens -> {stats['mean_merged_length']:.1f} on average "
+              f"({stats['reduction']:.2f}x shorter), padded to {stats['max_len']} with an end token; vocabulary "
+              f"{stats['merged_vocab'] + 1}")
+    return 0
+
+
+def cmd_bpe(a: argparse.Namespace) -> int:
+    from .data.bpe import BPE
+    from .data.tokens import load_token_header, load_tokens
+
+    header = load_token_header(a.tokens)
+    if header.bpe:
+        raise ValueError(f"{a.tokens} already holds merged (BPE) sequences; train on the codec's token folder")
+    tokens, _ = load_tokens(a.tokens, "train")
+    bpe = BPE.train(tokens, a.vocab, header.vocab_size, codec=header.codec)
+    bpe.save(a.out)
+    print(f"wrote {a.out}: {bpe.info.merged_vocab} ids ({bpe.info.merged_vocab - header.vocab_size} merges over "
+          f"{header.vocab_size} codes)")
     return 0
 
 
@@ -265,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", default=None, help="the codec folder (a trained tokenizer); or --raw")
     s.add_argument("--raw", action="store_true", help="use raw pixels / mu-law samples as the grid")
     s.add_argument("--levels", type=int, choices=(2, 256), default=None, help="--raw images: 2 (binarised) or 256")
+    s.add_argument("--bpe", default=None, help="a folder from `vqgen bpe train`: write merged variable-length "
+                                               "sequences (end token, padding, lengths) instead of the grids")
     s.add_argument("--out", required=True)
     s.add_argument("--batch-size", type=int, default=256)
     _data(s)
@@ -370,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     _device(s)
     _common(s)
     s.set_defaults(func=cmd_decompress)
+
+    s = sub.add_parser("bpe", help="byte-pair encoding over a token folder's sequences (Hugging Face tokenizers)")
+    s.add_argument("action", choices=("train",), help="train: learn merges on the folder's training split")
+    s.add_argument("--tokens", required=True, help="a token folder written by `vqgen tokenize` (grids read in raster order)")
+    s.add_argument("--vocab", type=int, required=True, help="merged vocabulary size, the codec's codes included")
+    s.add_argument("--out", required=True, help="the BPE folder (tokenizer.json, bpe.json)")
+    _common(s)
+    s.set_defaults(func=cmd_bpe)
 
     s = sub.add_parser("export", help="a clean shareable folder (safetensors or ONNX) from a run or checkpoint")
     s.add_argument("--tokenizer", default=None, help="a run folder, checkpoint folder or saved folder")

@@ -34,6 +34,7 @@ class TokenHeader:
     num_classes: int = 0
     class_names: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    bpe: dict[str, Any] | None = None  # merged (BPE) sequences: pipelines/data/bpe.py's record; None = codec tokens
     format_version: int = FORMAT_VERSION
 
     @property
