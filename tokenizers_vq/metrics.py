@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -147,11 +148,18 @@ def bitrate_kbps(tokens_per_second: float, vocab_size: int) -> float:
     return tokens_per_second * math.log2(vocab_size) / 1000.0
 
 
-def stoi(est: Tensor, ref: Tensor, sample_rate: int, extended: bool = False) -> float | None:
-    """Short-time objective intelligibility (Taal et al. 2011) via pystoi, averaged over the batch.
+STOI_MIN_FRAMES = 30  # pystoi needs this many non-silent 25.6 ms frames (hop 12.8 ms: ~0.4 s of speech)
 
-    est, ref: float [B, T] or [T] waveforms at ``sample_rate`` -> a float in about [0, 1] (higher is more
-    intelligible), or ``None`` when pystoi is not installed (``pip install "vqgen[bench]"``).
+
+def stoi(est: Tensor, ref: Tensor, sample_rate: int, extended: bool = False) -> float | None:
+    """Short-time objective intelligibility (Taal et al. 2011) via pystoi, of a batch of clips.
+
+    est, ref: float [B, T] or [T] waveforms at ``sample_rate`` (ref is the clean original) -> a float in
+    about [0, 1] (higher is more intelligible; 1 for identical signals), ``nan`` when the reference has fewer
+    than ``STOI_MIN_FRAMES`` non-silent frames in all, or ``None`` when pystoi is not installed
+    (``pip install pystoi``). The clips are joined end to end and scored as one signal: STOI is already a
+    mean over 384 ms segments, so this is the segment-weighted mean over clips, and it lets short clips count
+    (a single spoken digit is often under 0.4 s, for which pystoi alone returns a meaningless 1e-5).
     """
     try:
         from pystoi import stoi as _stoi
@@ -159,6 +167,11 @@ def stoi(est: Tensor, ref: Tensor, sample_rate: int, extended: bool = False) -> 
         return None
     if est.shape != ref.shape:
         raise ValueError(f"stoi: est and ref must have the same shape, got {tuple(est.shape)} and {tuple(ref.shape)}")
-    e = est.detach().double().reshape(-1, est.shape[-1]).cpu().numpy()
-    r = ref.detach().double().reshape(-1, ref.shape[-1]).cpu().numpy()
-    return float(sum(_stoi(ri, ei, sample_rate, extended=extended) for ei, ri in zip(e, r)) / len(e))
+    e = est.detach().double().reshape(-1).cpu().numpy()
+    r = ref.detach().double().reshape(-1).cpu().numpy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        score = float(_stoi(r, e, sample_rate, extended=extended))
+    if any("Not enough STFT frames" in str(w.message) for w in caught):
+        return float("nan")  # pystoi's 1e-5 here would read as "unintelligible"; it means "too short to tell"
+    return score

@@ -7,12 +7,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from tokenizers_vq import Tokenizer, load_codec
+from tokenizers_vq import metrics as M
 
 from ..data import Splits, load_data
 from ..outputs import image_grid, save_wav, spectrogram_image
 from ..training.tasks import evaluate_tokenizer
+
+
+@torch.no_grad()
+def split_stoi(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 16) -> float | None:
+    """STOI (``tokenizers_vq.metrics.stoi``) of the tokenizer's reconstructions of a whole audio split.
+
+    dataset yields ``(x float32 [T] in [-1, 1], label)`` at the tokenizer's sample rate. Returns a float in
+    about [0, 1] (the split's clips joined end to end, so single short digits count), or None without pystoi.
+    """
+    device = next(tokenizer.parameters()).device
+    est, ref = [], []
+    for x, _ in DataLoader(dataset, batch_size=batch_size):
+        x = x.to(device).float()
+        est.append(tokenizer.decode(tokenizer.encode(x))[..., : x.shape[-1]].cpu())
+        ref.append(x.cpu())
+    return M.stoi(torch.cat(est), torch.cat(ref), tokenizer.config.sample_rate)
 
 
 @torch.no_grad()
@@ -22,7 +40,8 @@ def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 
 
     Images: ``out`` is a PNG file (originals above reconstructions) or a folder (``reconstructions.png``).
     Audio: ``out`` is a folder with ``NN_original.wav`` / ``NN_reconstruction.wav`` pairs and
-    ``spectrograms.png`` (each pair side by side, one pair per row). ``metrics.json`` goes beside them.
+    ``spectrograms.png`` (each pair side by side, one pair per row). ``metrics.json`` goes beside them;
+    for audio it includes ``stoi`` (``split_stoi``) when pystoi is installed.
     """
     tokenizer.eval()
     out = Path(out)
@@ -31,6 +50,10 @@ def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 
     x = torch.stack([splits.test[i][0] for i in idx]).float()
     recon = tokenizer.decode(tokenizer.encode(x))
     metrics = evaluate_tokenizer(tokenizer, splits.test, progress=progress)
+    if tokenizer.modality == "audio":
+        score = split_stoi(tokenizer, splits.test)
+        if score is not None:  # None: pystoi not installed (it is in the dev and bench extras)
+            metrics["stoi"] = score
     if tokenizer.modality == "image":
         png = out if out.suffix.lower() == ".png" else out / "reconstructions.png"
         png.parent.mkdir(parents=True, exist_ok=True)
