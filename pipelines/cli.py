@@ -101,7 +101,7 @@ def _model_fields(a: argparse.Namespace, names: tuple[str, ...]) -> dict[str, An
 
 # ---------------------------------------------------------------------------- commands
 TOKENIZER_FIELDS = ("quantizer", "downsample", "hidden_channels", "num_res_blocks", "latent_dim", "codebook_size",
-                    "audio_head", "gumbel_kl_weight")
+                    "audio_head", "gumbel_kl_weight", "num_quantizers", "quantizer_dropout")
 PRIOR_FIELDS = ("arch", "n_layer", "n_head", "d_model", "dropout", "attention", "stride", "summary", "label_dropout",
                 "residual_channels", "dilation_cycle", "n_cycles", "pixelcnn_layers", "pixelcnn_channels",
                 "lstm_hidden", "lstm_layers", "ngram_order", "ngram_template", "ngram_smoothing", "ngram_alpha",
@@ -234,7 +234,7 @@ OVR = "the codec folder to use instead of the one the prior records (it must be 
 
 def build_parser() -> argparse.ArgumentParser:
     from prior.config import ARCHS
-    from tokenizers_vq.config import AUDIO_HEADS
+    from tokenizers_vq.config import AUDIO_HEADS, QUANTIZERS
 
     from .training.tasks import AUDIO_CROP_SAMPLES
 
@@ -248,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("train-tokenizer", help="train a discrete autoencoder (vq, fsq or gumbel)")
+    s = sub.add_parser("train-tokenizer", help="train a discrete autoencoder (vq, fsq, gumbel, or residual rvq / rfsq)")
     s.add_argument("--modality", choices=("image", "audio"), default=None, help="default: from the dataset")
-    s.add_argument("--quantizer", choices=("vq", "fsq", "gumbel"), default="fsq")
+    s.add_argument("--quantizer", choices=QUANTIZERS, default="fsq",
+                   help="rvq / rfsq: residual vq / fsq, q codebooks per token (tokens [.., q]) (default fsq)")
     s.add_argument("--out", required=True, help="run folder: becomes a save_pretrained folder")
     _data(s)
     m = s.add_argument_group("model")
@@ -261,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio decoder output: discretised logistic mixture over the mu-law classes (default) or "
                         "256 free logits per sample (the VQ-VAE paper's; ~4x fewer steps per CPU-second)")
     m.add_argument("--latent-dim", type=int, default=None, help="channels entering the quantizer (default 64)")
-    m.add_argument("--codebook-size", type=int, default=None, help="vq/gumbel codes (default 512)")
-    m.add_argument("--fsq-levels", default=None, help="comma-separated FSQ levels (default 8,5,5,5)")
+    m.add_argument("--codebook-size", type=int, default=None, help="vq/gumbel codes, rvq codes per codebook (default 512)")
+    m.add_argument("--fsq-levels", default=None, help="comma-separated FSQ levels, per codebook for rfsq (default 8,5,5,5)")
+    m.add_argument("--num-quantizers", type=int, default=None, help="rvq/rfsq: codebooks q per token (default 4)")
+    m.add_argument("--no-quantizer-dropout", dest="quantizer_dropout", action="store_const", const=False, default=None,
+                   help="rvq/rfsq: train every batch with all q codebooks (default: a random 1..q per batch, so the "
+                        "model decodes at every bitrate, as in SoundStream)")
     m.add_argument("--gumbel-kl-weight", type=float, default=None,
                    help="gumbel: weight of KL(codes || uniform) (default 0.01 image, 0.1 audio; for speech 0.3 keeps "
                         "more codes in use, see README)")

@@ -155,7 +155,7 @@ class AudioAutoencoder(nn.Module):
     """Encoder -> quantizer -> decoder over mu-law audio; see the module docstring.
 
     Input: float32 [B, T] in [-1, 1] at ``config.sample_rate``, T a multiple of ``config.downsample``.
-    Tokens: int64 [B, T / downsample]. Output: float32 [B, T] in [-1, 1].
+    Tokens: int64 [B, T / downsample] ([B, T / downsample, q] for rvq / rfsq). Output: float32 [B, T] in [-1, 1].
     """
 
     def __init__(self, config: TokenizerConfig):
@@ -248,7 +248,8 @@ class AudioAutoencoder(nn.Module):
         return torch.cat(pieces, dim=1)
 
     def encode(self, x: Tensor, chunk_tokens: int | None = None) -> Tensor:
-        """x float32 [B, T] in [-1, 1], T a multiple of downsample -> codes int64 [B, T / downsample].
+        """x float32 [B, T] in [-1, 1], T a multiple of downsample -> codes int64 [B, T / downsample] (rvq / rfsq:
+        [B, T / downsample, q]; chunks are stitched along time, axis 1).
 
         Long inputs are encoded ``chunk_tokens`` tokens at a time (default ``config.chunk_tokens``; 0 = one
         piece) with ``self.overlap`` tokens of context either side, so memory is bounded by the chunk size
@@ -263,7 +264,7 @@ class AudioAutoencoder(nn.Module):
         return self._chunked(lambda lo, hi: self._encode_piece(x[:, lo * d:hi * d]), t, chunk, self.overlap, 1)
 
     def decode(self, codes: Tensor, chunk_tokens: int | None = None, mode: str = "mean") -> Tensor:
-        """codes int64 [B, t] -> waveform float32 [B, t * downsample] in [-1, 1].
+        """codes int64 [B, t] (rvq / rfsq: [B, t, q'], q' <= q) -> waveform float32 [B, t * downsample] in [-1, 1].
 
         ``mode="mean"`` (default) returns the expected sample value under the predicted class distribution:
         the minimum-mean-square-error estimate, which is smooth where the decoder is unsure, whereas the
@@ -272,8 +273,9 @@ class AudioAutoencoder(nn.Module):
         """
         if mode not in ("mean", "argmax"):
             raise ValueError(f"decode mode must be 'mean' or 'argmax', got {mode!r}")
-        if codes.dim() != 2:
-            raise ValueError(f"audio codes must be [B, t], got shape {tuple(codes.shape)}")
+        want = "[B, t, q]" if self.config.residual else "[B, t]"
+        if codes.dim() != 2 + self.config.residual:
+            raise ValueError(f"audio codes must be {want}, got shape {tuple(codes.shape)}")
         t = codes.shape[1]
         chunk = self.config.chunk_tokens if chunk_tokens is None else chunk_tokens
         if chunk <= 0 or t <= chunk:
@@ -294,7 +296,7 @@ class AudioAutoencoder(nn.Module):
 
     def forward(self, x: Tensor) -> TokenizerOutput:
         """x float32 [B, T] in [-1, 1] -> TokenizerOutput(recon float32 [B, T] in [-1, 1] (``decode``'s "mean"),
-        codes int64 [B, T/d], loss, metrics).
+        codes int64 [B, T/d] (rvq / rfsq: [B, T/d, n], n < q under quantizer dropout), loss, metrics).
 
         loss = CE of the mu-law classes + mel_loss_weight * multi-resolution log-mel L1
         + waveform_loss_weight * L1(recon, x) + quantizer loss. The waveform term is what aligns the phase:

@@ -170,6 +170,9 @@ def tokenizer_card(config: Any, token_shape: tuple[int, ...], input_shape: tuple
         f"| one input | {_shape(input_shape)} -> tokens {_shape(token_shape)} ({bits:,.0f} bits) |",
         f"| downsampling | {c.downsample}x " + ("per axis |" if c.modality == "image" else "in time |"),
     ]
+    if getattr(c, "residual", False):
+        lines.append(f"| codebooks | {c.num_quantizers} per position (residual); the first n alone also decode, at n/"
+                     f"{c.num_quantizers} of the bits (`encode(x, n_quantizers=n)`) |")
     if c.modality == "audio":
         lines += [
             f"| sample rate | {c.sample_rate} Hz |",

@@ -105,11 +105,33 @@ class Codec:
         t = self.input_shape[0]
         return self.sample_rate * self.token_shape((t,))[0] / t
 
+    def _codebooks_used(self, n_quantizers: int | None) -> int:
+        q = self.num_codebooks
+        if n_quantizers is None:
+            return q
+        if isinstance(n_quantizers, bool) or not isinstance(n_quantizers, int) or not 1 <= n_quantizers <= q:
+            raise ValueError(f"n_quantizers must be an integer in [1, {q}] (this codec's codebooks), got {n_quantizers!r}")
+        return n_quantizers
+
     @property
     def bitrate(self) -> float | None:
-        """Audio: bits per second of a fixed-length code (frame rate x codebooks x bits per token); None for images."""
+        """Audio: bits per second of a fixed-length code with every codebook (``bitrate_at(None)``); None for images."""
+        return self.bitrate_at(None)
+
+    def bitrate_at(self, n_quantizers: int | None = None) -> float | None:
+        """Audio: bits per second of a fixed-length code using the first ``n_quantizers`` codebooks (None: all):
+        frame rate x n x log2(vocab_size). None for images. ``ValueError`` unless 1 <= n <= num_codebooks."""
+        n = self._codebooks_used(n_quantizers)
         fr = self.frame_rate
-        return None if fr is None else fr * self.num_codebooks * self.bits_per_token
+        return None if fr is None else fr * n * self.bits_per_token
+
+    def bits_per_input(self, input_shape: tuple[int, ...] | None = None, n_quantizers: int | None = None) -> float:
+        """Bits of a fixed-length code for one input of ``input_shape`` (default ``self.input_shape``) with the
+        first ``n_quantizers`` codebooks (None: all): token positions x n x log2(vocab_size). Images: bits per
+        image; audio: bits per clip. ``ValueError`` unless 1 <= n <= num_codebooks."""
+        n = self._codebooks_used(n_quantizers)
+        positions = math.prod(self.token_shape(input_shape)) // self.num_codebooks  # the codebook axis is not a position
+        return positions * n * self.bits_per_token
 
     def record(self, path: str | Path | None = None) -> dict[str, Any]:
         """What a token or prior folder stores about the codec that made its tokens: class, fingerprint,

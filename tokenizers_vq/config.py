@@ -10,7 +10,9 @@ from vqgen_io import JsonConfig
 
 FORMAT_VERSION = 1
 MODALITIES = ("image", "audio")
-QUANTIZERS = ("vq", "fsq", "gumbel")
+QUANTIZERS = ("vq", "fsq", "gumbel", "rvq", "rfsq")
+RESIDUAL_QUANTIZERS = ("rvq", "rfsq")  # tokens carry a trailing codebook axis of size num_quantizers
+RESIDUAL_ONLY_FIELDS = ("num_quantizers", "quantizer_dropout")  # read by rvq / rfsq only
 AUDIO_HEADS = ("logistic", "categorical")
 # The prior's embedding and output layers scale with the vocabulary, and FSQ materialises its implicit codebook
 # (vocab x len(levels) floats) on construction: fsq_levels=[15] * 10 asked for 4.6 TB and died inside the library.
@@ -33,7 +35,7 @@ class TokenizerConfig(JsonConfig):
     class_name: ClassVar[str] = "Tokenizer"
 
     modality: str = "image"  # "image" | "audio"
-    quantizer: str = "fsq"  # "vq" | "fsq" | "gumbel"
+    quantizer: str = "fsq"  # "vq" | "fsq" | "gumbel" | "rvq" | "rfsq" (residual: one codebook per stage)
     # --- image ---
     channels: int = DEFAULT_CHANNELS  # 1 (grayscale) or 3 (RGB)
     image_size: int = DEFAULT_IMAGE_SIZE  # square side in pixels; the data layer resizes/crops to it
@@ -53,12 +55,14 @@ class TokenizerConfig(JsonConfig):
     num_res_blocks: int | None = None  # *derived*: 2 for images, 1 for audio; residual blocks per resolution
     latent_res_blocks: int | None = None  # audio, *derived*: 3; dilated blocks (1, 3, 9, ...) at token rate
     latent_dim: int = 64  # channels of the encoder output fed to vq (codebook_dim); fsq projects it
-    codebook_size: int = 512  # vq and gumbel: number of codes
-    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # 1,000 codes
-    commitment_weight: float = 0.25  # vq: beta in van den Oord et al. 2017, eq. 3
-    ema_decay: float = 0.99  # vq: EMA codebook decay
-    kmeans_init: bool = True  # vq: initialise codes with k-means on the first batch
-    dead_code_threshold: float = 2.0  # vq: replace codes whose EMA usage falls below this
+    codebook_size: int = 512  # vq, rvq (per codebook) and gumbel: number of codes
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq, rfsq (per codebook): 1,000 codes
+    num_quantizers: int = 4  # rvq, rfsq: codebooks q, applied one after another to the remaining residual
+    quantizer_dropout: bool = True  # rvq, rfsq: each training batch uses a random 1..q codebooks (SoundStream §3.3)
+    commitment_weight: float = 0.25  # vq, rvq: beta in van den Oord et al. 2017, eq. 3
+    ema_decay: float = 0.99  # vq, rvq: EMA codebook decay
+    kmeans_init: bool = True  # vq, rvq: initialise codes with k-means on the first batch
+    dead_code_threshold: float = 2.0  # vq, rvq: replace codes whose EMA usage falls below this
     gumbel_temperature_start: float = 1.0  # gumbel: tau at step 0 (DALL-E anneals 1 -> 1/16)
     gumbel_temperature_end: float = 1.0 / 16  # gumbel: tau after `gumbel_anneal_steps`
     gumbel_anneal_steps: int = 5000  # gumbel: steps of exponential annealing
@@ -107,8 +111,11 @@ class TokenizerConfig(JsonConfig):
             raise ValueError(f"every FSQ level must be >= 2, got {self.fsq_levels}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+        if not isinstance(self.num_quantizers, int) or isinstance(self.num_quantizers, bool) or self.num_quantizers < 1:
+            raise ValueError(f"num_quantizers must be an integer >= 1 (codebooks of rvq / rfsq), got {self.num_quantizers!r}")
+        self.quantizer_dropout = bool(self.quantizer_dropout)
         if self.vocab_size > MAX_VOCAB_SIZE:
-            what = f"fsq_levels {self.fsq_levels} give" if self.quantizer == "fsq" else "codebook_size is"
+            what = f"fsq_levels {self.fsq_levels} give" if self.quantizer in ("fsq", "rfsq") else "codebook_size is"
             raise ValueError(
                 f"{what} {self.vocab_size:,} tokens, more than vqgen supports ({MAX_VOCAB_SIZE:,}): the prior's "
                 "embedding and output layers grow with the vocabulary; use fewer or smaller levels / codes"
@@ -121,5 +128,24 @@ class TokenizerConfig(JsonConfig):
 
     @property
     def vocab_size(self) -> int:
-        """Number of distinct tokens: prod(fsq_levels) for fsq, codebook_size otherwise."""
-        return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.codebook_size
+        """Distinct tokens per codebook: prod(fsq_levels) for fsq / rfsq, codebook_size otherwise."""
+        return math.prod(self.fsq_levels) if self.quantizer in ("fsq", "rfsq") else self.codebook_size
+
+    @property
+    def residual(self) -> bool:
+        """True for residual quantizers (rvq, rfsq), whose tokens carry a trailing codebook axis."""
+        return self.quantizer in RESIDUAL_QUANTIZERS
+
+    def identity_dict(self) -> dict:
+        """``to_dict()`` without the residual fields when they do not apply (vq, fsq, gumbel), so that tokenizers
+        saved before those fields existed keep their fingerprint."""
+        d = self.to_dict()
+        if not self.residual:
+            for name in RESIDUAL_ONLY_FIELDS:
+                d.pop(name, None)
+        return d
+
+    @property
+    def num_codebooks(self) -> int:
+        """Codebooks per token position: ``num_quantizers`` for rvq / rfsq, 1 otherwise."""
+        return self.num_quantizers if self.residual else 1

@@ -93,11 +93,11 @@ class ImageAutoencoder(nn.Module):
         return (h // d, w // d)
 
     def encode(self, x: Tensor) -> Tensor:
-        """x: float32 [B, C, H, W] in [0, 1] -> codes int64 [B, H/d, W/d]."""
+        """x: float32 [B, C, H, W] in [0, 1] -> codes int64 [B, H/d, W/d] ([B, H/d, W/d, q] for rvq / rfsq)."""
         return self.quantizer(self.encoder(x * 2 - 1)).codes
 
     def decode(self, codes: Tensor) -> Tensor:
-        """codes int64 [B, h, w] -> float32 [B, C, h*d, w*d] in [0, 1]."""
+        """codes int64 [B, h, w] (rvq / rfsq: [B, h, w, q'], q' <= q) -> float32 [B, C, h*d, w*d] in [0, 1]."""
         return torch.sigmoid(self.decoder(self.quantizer.codes_to_latent(codes)))
 
     def forward(self, x: Tensor) -> TokenizerOutput:

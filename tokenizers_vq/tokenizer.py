@@ -30,8 +30,9 @@ def _build_backbone(config: TokenizerConfig) -> nn.Module:
 class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqgen", "tokenizer"]):
     """A discrete autoencoder. Images: float32 [B, C, H, W] in [0, 1] <-> int64 tokens [B, h, w].
     Audio: float32 [B, T] in [-1, 1] at ``config.sample_rate`` <-> int64 tokens [B, t].
+    Residual quantizers (rvq, rfsq) add a trailing codebook axis: [B, h, w, q] / [B, t, q].
 
-    Tokens are integers in ``[0, vocab_size)``. ``save_pretrained(dir)`` / ``load_tokenizer(dir)``
+    Tokens are integers in ``[0, vocab_size)`` (per codebook). ``save_pretrained(dir)`` / ``load_tokenizer(dir)``
     round-trip exactly (same tokens, same reconstructions).
     """
 
@@ -52,10 +53,16 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
     def modality(self) -> str:
         return self.config.modality
 
+    @property
+    def num_codebooks(self) -> int:
+        """Codebooks per token position: ``config.num_quantizers`` (q) for rvq / rfsq, 1 otherwise."""
+        return self.config.num_codebooks
+
     def token_shape(self, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """Token grid for one input of ``input_shape`` ((C, H, W) or (H, W) for images, (T,) for audio;
-        default: the training input, ``self.input_shape``)."""
-        return tuple(self.model.token_shape(tuple(input_shape or self.input_shape)))
+        default: the training input, ``self.input_shape``): (h, w) / (t,), plus a trailing q for rvq / rfsq."""
+        grid = tuple(self.model.token_shape(tuple(input_shape or self.input_shape)))
+        return (*grid, self.num_codebooks) if self.config.residual else grid
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -73,7 +80,9 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_module(self, self.config)
+        """32 hex digits of the config (residual-only fields left out for other quantizers, so tokenizers saved
+        before they existed keep theirs) and the weights."""
+        return fingerprint_module(self, _Identity(self.config.identity_dict()))
 
     # ------------------------------------------------------------------ validation
     def _check_input(self, x: Tensor) -> None:
@@ -109,6 +118,10 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
         expected_dims = 1 + len(self.token_shape())  # [B, *grid], codebook axis included
         if tokens.dim() != expected_dims:
             raise ValueError(f"{self.config.modality} tokens must have {expected_dims} dims [B, *grid], got {tuple(tokens.shape)}")
+        q = self.num_codebooks
+        if self.config.residual and not 1 <= tokens.shape[-1] <= q:
+            raise ValueError(f"tokens carry {tokens.shape[-1]} codebooks (last axis of {tuple(tokens.shape)}) but this "
+                             f"{self.config.quantizer} tokenizer was trained with {q}: pass 1 to {q}")
         if tokens.numel() and (tokens.min().item() < 0 or tokens.max().item() >= self.vocab_size):
             raise ValueError(
                 f"tokens must lie in [0, {self.vocab_size}), got range [{tokens.min().item()}, {tokens.max().item()}]"
@@ -116,14 +129,21 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
 
     # ------------------------------------------------------------------ API
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Image float32 [B, C, H, W] in [0, 1] -> int64 [B, h, w]; audio float32 [B, T] in [-1, 1] -> int64 [B, t]."""
+    def encode(self, x: Tensor, n_quantizers: int | None = None) -> Tensor:
+        """Image float32 [B, C, H, W] in [0, 1] -> int64 [B, h, w]; audio float32 [B, T] in [-1, 1] -> int64 [B, t];
+        values in [0, vocab_size). rvq / rfsq: a trailing codebook axis of ``n_quantizers`` (1..q; None = all q),
+        the first n codebooks of the full code (residual quantization is greedy, so a prefix); other quantizers
+        accept None or 1 and have no such axis."""
+        n = self._codebooks_used(n_quantizers)  # ValueError outside [1, q]
         self._check_input(x)
-        return self.model.encode(x).long()
+        codes = self.model.encode(x).long()
+        return codes[..., :n].contiguous() if self.config.residual and n < self.num_codebooks else codes
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
-        """int64 tokens [B, *grid] -> image float32 [B, C, h*d, w*d] in [0, 1] or audio float32 [B, t*d] in [-1, 1]."""
+        """int64 tokens [B, *grid] in [0, vocab_size) -> image float32 [B, C, h*d, w*d] in [0, 1] or audio float32
+        [B, t*d] in [-1, 1]. rvq / rfsq: [B, *grid, q'] with 1 <= q' <= q; the residuals of the missing codebooks
+        are taken as zero (a lower-bitrate reconstruction)."""
         self.check_tokens(tokens)
         return self.model.decode(tokens.long())
 
@@ -140,6 +160,16 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
         return tokenizer_card(self.config, self.token_shape(), self.input_shape, self.vocab_size,
                               formats=extra.get("formats", ("safetensors",)), dataset=extra.get("dataset"),
                               steps=extra.get("steps"), metrics=extra.get("metrics"))
+
+
+class _Identity:
+    """A config stand-in for ``fingerprint_module``: ``to_dict()`` returns the given dict."""
+
+    def __init__(self, d: dict[str, Any]):
+        self.d = d
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.d
 
 
 def build_tokenizer(config: TokenizerConfig | None = None, **overrides: Any) -> Tokenizer:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from prior import Prior
 from tokenizers_vq import Tokenizer
 from tokenizers_vq import metrics as M
+from tokenizers_vq.code_stats import CodebookCounter, rate_metrics
 
 from .loop import TrainTask
 
@@ -76,7 +77,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
     """
     was = tokenizer.training
     tokenizer.eval()
-    counts = torch.zeros(tokenizer.vocab_size, dtype=torch.long)
+    counts = CodebookCounter(tokenizer.vocab_size, tokenizer.num_codebooks)  # per codebook for rvq / rfsq
     sums: dict[str, float] = {}
     n = 0
     device = next(tokenizer.parameters()).device
@@ -87,7 +88,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
             break
         x = x.to(device).float()
         out = tokenizer(x)
-        counts += M.code_histogram(out.codes, tokenizer.vocab_size)
+        counts.add(out.codes)
         b = x.shape[0]
         if tokenizer.modality == "image":
             batch_metrics = {"psnr": M.psnr(out.recon.clamp(0, 1), x).item(), "ssim": M.ssim(out.recon.clamp(0, 1), x).item()}
@@ -111,15 +112,8 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
         whole.flush()
         res |= {k: v / max(whole.samples, 1) for k, v in whole.sums.items()}
         res |= {"scored_samples": whole.samples, "scored_files": whole.signals}
-    res["codebook_usage"] = M.codebook_usage(counts)
-    res["perplexity"] = M.code_perplexity(counts)
-    c = tokenizer.config
-    grid = tokenizer.token_shape(tokenizer.input_shape)
-    bits = math.prod(grid) * math.log2(tokenizer.vocab_size)
-    if c.modality == "image":
-        res["bits_per_image"] = bits
-    else:
-        res["kbps"] = c.sample_rate / c.downsample * math.log2(tokenizer.vocab_size) / 1000
+    # Residual tokenizers: usage/perplexity of the worst codebook plus each one's, and the bitrate at each n < q.
+    res |= counts.metrics() | rate_metrics(tokenizer)
     return res
 
 

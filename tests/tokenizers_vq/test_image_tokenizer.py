@@ -77,7 +77,7 @@ def test_config_json_round_trip_and_defaults():
     assert TokenizerConfig().vocab_size == 1000  # fsq [8, 5, 5, 5]
     assert TokenizerConfig(modality="audio").downsample == 64 and TokenizerConfig().downsample == 4
     with pytest.raises(ValueError, match="quantizer"):
-        TokenizerConfig(quantizer="rvq")
+        TokenizerConfig(quantizer="pq")
     with pytest.raises(ValueError, match="power of two"):
         TokenizerConfig(downsample=3)
     with pytest.raises(ValueError, match="unknown TokenizerConfig fields"):

@@ -15,10 +15,10 @@ import torch
 
 from tokenizers_vq import TokenizerConfig, build_tokenizer
 from tokenizers_vq.card import FOLDER_PLACEHOLDER, tokenizer_card
-from tokenizers_vq.config import QUANTIZERS
 from tokenizers_vq.onnx_export import DECODER_FILE, ENCODER_FILE, export_onnx
 
-CASES = [(m, q) for m in ("image", "audio") for q in QUANTIZERS]
+# Residual quantizers once each (their graphs differ from vq / fsq only in the layer loop and the codebook axis).
+CASES = [(m, q) for m in ("image", "audio") for q in ("vq", "fsq", "gumbel")] + [("image", "rfsq"), ("audio", "rvq")]
 BATCHES = (1, 3)
 AUDIO_TOKENS = (3, 29)  # within one chunk, and 8 chunks of CHUNK (the PyTorch encoder stitches those)
 CHUNK = 4
@@ -80,7 +80,7 @@ def _reuse_onnx_registry():
 
 def _tiny(modality: str, quantizer: str):
     kw = dict(modality=modality, quantizer=quantizer, hidden_channels=8, latent_dim=8, codebook_size=16,
-              fsq_levels=[5, 3], num_res_blocks=1)
+              fsq_levels=[5, 3], num_res_blocks=1, num_quantizers=2)
     if modality == "image":
         kw.update(image_size=16)
     else:
@@ -110,6 +110,9 @@ def exported(request, tmp_path_factory):
     inputs = _inputs(modality, gen)
     if quantizer == "vq":
         tok(list(inputs.values())[-1])  # a train-mode forward: k-means initialises the codebook, codes differ
+    if quantizer == "rvq":
+        with torch.no_grad():  # no quantizer dropout without grad: every layer's codebook k-means-initialises
+            tok(list(inputs.values())[-1])
     tok.eval()
     with torch.no_grad():
         if quantizer == "fsq":
