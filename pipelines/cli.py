@@ -272,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gumbel: weight of KL(codes || uniform) (default 0.01 image, 0.1 audio; for speech 0.3 keeps "
                         "more codes in use, see README)")
     m.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test examples")
-    m.add_argument("--crop-samples", type=int, default=AUDIO_CROP_SAMPLES,
+    m.add_argument("--crop-samples", type=int, default=None,
                    help="audio: train on a random window of this many samples per clip, a multiple of --downsample "
-                        f"(default {AUDIO_CROP_SAMPLES}; 0 = whole clips); evaluation uses whole clips")
+                        f"(default {AUDIO_CROP_SAMPLES} for the mu-law heads, 20 tokens for --audio-head istft; "
+                        "0 = whole clips); evaluation uses whole clips")
     _loop(s, steps=3000, batch=16, lr=2e-3)
     _common(s)
     s.set_defaults(func=cmd_train_tokenizer)

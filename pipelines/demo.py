@@ -2,8 +2,10 @@
 
 Image: an FSQ tokenizer on mnist5k (32x32 -> 8x8 tokens), a sparse-Transformer prior conditioned on the
 digit, reconstructions, ten samples of each digit in a grid, and an automatic check that a separately trained
-digit classifier agrees with the requested digit. Audio: the same on spoken-digits (or tones without
-espeak-ng), writing WAV clips and spectrograms.
+digit classifier agrees with the requested digit. Audio: spoken-digits through the package's pretrained
+spectral speech codec (50 frames/s x 5 residual codebooks, 2.5 kbit/s; ``--from-scratch`` trains one), a
+delay-pattern Transformer prior conditioned on the digit, ten clips of each digit (WAV + spectrograms) and the
+same check with a spoken-digit classifier; without espeak-ng, the `tones` melodies instead.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from .stages.reconstruct import reconstruct
 from .stages.tokenize import tokenize_splits
 from .stages.train import train_prior, train_tokenizer
 from .training.loop import TrainConfig
-from .training.tasks import AUDIO_CROP_SAMPLES
 
 log = logging.getLogger("vqgen.demo")
 
 # Budgets (seconds of training) chosen so the whole image demo fits in 10 minutes on 2 CPU cores.
 IMAGE_PLAN = {"tok_steps": 6000, "tok_seconds": 200, "tok_batch": 16, "prior_steps": 4000, "prior_seconds": 230, "batch": 64}
-AUDIO_PLAN = {"tok_steps": 1500, "tok_seconds": 200, "tok_batch": 16, "prior_steps": 3000, "prior_seconds": 200, "batch": 16}
+AUDIO_PLAN = {"tok_steps": 20000, "tok_seconds": 240, "tok_batch": 16, "prior_steps": 8000, "prior_seconds": 240,
+              "batch": 32}
+# The audio demo's codec when it trains one (--from-scratch, tones): the spectral codec at 2.5 kbit/s.
+AUDIO_TOKENIZER = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": 5,
+                   "codebook_size": 1024}
+PRETRAINED_AUDIO = "spoken-digits"  # tokenizers_vq.pretrained name the audio demo starts from
 CFG_CANDIDATES = (1.5, 2.0, 3.0, 4.0)  # guidance scales the image demo tries before recording one for `vqgen sample`
 QUICK_PLAN = {"tok_steps": 6, "tok_seconds": 30, "tok_batch": 16, "prior_steps": 6, "prior_seconds": 30, "batch": 16}
 
@@ -43,8 +49,9 @@ def _say(msg: str) -> None:
 
 
 def run_demo(modality: str = "image", out: str | Path = "runs/demo", seed: int = 0, quick: bool = False,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out`` and return the summary (also written to ``out/summary.json``)."""
+             progress: bool = True, from_scratch: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out`` and return the summary (also written to ``out/summary.json``).
+    ``from_scratch``: audio only, train the tokenizer instead of starting from the shipped one."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -54,7 +61,7 @@ def run_demo(modality: str = "image", out: str | Path = "runs/demo", seed: int =
     if modality == "image":
         summary = _image_demo(out, seed, QUICK_PLAN if quick else IMAGE_PLAN, quick, progress)
     else:
-        summary = _audio_demo(out, seed, QUICK_PLAN if quick else AUDIO_PLAN, quick, progress)
+        summary = _audio_demo(out, seed, QUICK_PLAN if quick else AUDIO_PLAN, quick, progress, from_scratch)
     summary["total_seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _say(f"done in {summary['total_seconds']:.0f} s. Summary: {out / 'summary.json'}")
@@ -70,27 +77,59 @@ def _train_cfg(out: Path, steps: int, seconds: float, batch: int, lr: float, see
 
 
 def _pipeline(out: Path, data: dict[str, Any], tokenizer: dict[str, Any], prior: dict[str, Any], plan: dict[str, Any],
-              eval_limit: int, crop: int | None, n_recon: int, seed: int, progress: bool
-              ) -> tuple[Any, Any, dict[str, Any], Any]:
-    """Steps 1-4, the same stage functions the CLI calls: train a tokenizer, reconstruct, tokenize, train a
-    conditional prior (which records its codec and a guidance scale for `vqgen sample`)."""
+              eval_limit: int, crop: int | None, n_recon: int, seed: int, progress: bool,
+              pretrained: str | None = None) -> tuple[Any, Any, dict[str, Any], Any]:
+    """Steps 1-4, the same stage functions the CLI calls: train a tokenizer (or copy the shipped ``pretrained``
+    one), reconstruct, tokenize, train a conditional prior (which records its codec and a guidance scale for
+    `vqgen sample`)."""
     splits = load_data(make_spec(**data))
     name = data["name"]
-    _say(f"1/5 training an FSQ tokenizer on {name} ({len(splits.train)} examples), up to {plan['tok_seconds']} s")
-    train_tokenizer(data, tokenizer, _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"],
-                                                plan["tok_batch"], 2e-3, seed, progress), crop_samples=crop,
-                    eval_limit=eval_limit)
+    if pretrained is not None:
+        from tokenizers_vq.pretrained import load_pretrained, pretrained_path
+
+        _say(f"1/5 the shipped {pretrained} tokenizer ({pretrained_path(pretrained)}; `--from-scratch` trains one)")
+        load_pretrained(pretrained)  # checks the fingerprint before anything is built on it
+        shutil.copytree(pretrained_path(pretrained), out / "tokenizer")
+    else:
+        kind = tokenizer.get("quantizer", "fsq").upper()
+        _say(f"1/5 training an {kind} tokenizer on {name} ({len(splits.train)} examples), up to {plan['tok_seconds']} s")
+        train_tokenizer(data, tokenizer, _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"],
+                                                    plan["tok_batch"], 2e-3, seed, progress), crop_samples=crop,
+                        eval_limit=eval_limit)
     tok = load_codec(out / "tokenizer")
     _say("2/5 reconstructions")
     rec_out = out / ("reconstructions.png" if tok.modality == "image" else "reconstructions")
     rec = reconstruct(tok, splits, rec_out, n=n_recon, seed=seed, progress=progress)
     _say(f"3/5 tokenizing both splits ({tuple(tok.token_shape())} tokens per input)")
     tokenize_splits(splits, out / "tokens", name, tok, out / "tokenizer", progress=progress)
-    _say(f"4/5 training a sparse-Transformer prior p(tokens | label), up to {plan['prior_seconds']} s")
+    arch = prior["arch"].replace("_", "-") + (" (delay pattern)" if prior.get("codebook_pattern") == "delay" else "")
+    _say(f"4/5 training a {arch} prior p(tokens | label), up to {plan['prior_seconds']} s")
     pres = train_prior(out / "tokens", prior, _train_cfg(out / "prior", plan["prior_steps"], plan["prior_seconds"],
                                                           plan["batch"], 1e-3, seed, progress),
                        conditional=splits.num_classes > 0)
     return splits, tok, rec, pres
+
+
+def _guided_agreement(out: Path, predict: Any, seed: int, quick: bool) -> tuple[float, dict[str, Any], dict[float, float]]:
+    """Ten samples of each class; the guidance scale `vqgen sample` will use, chosen on a selection run with other
+    seeds than the reported one and recorded in the prior folder; the fraction ``predict`` (decoded inputs ->
+    labels) hears / sees as the class asked for. Returns (agreement, the final sample summary, selection scores)."""
+    labels = [d for d in range(10) for _ in range(10)]
+
+    def agreement(dest: Path, seed_: int, **kw: Any) -> tuple[float, dict[str, Any]]:
+        gen = sample(out / "prior", dest, len(labels), labels=labels, seed=seed_, progress=False, **kw)
+        return (predict(gen["decoded"]) == torch.tensor(labels)).float().mean().item(), gen
+
+    candidates = CFG_CANDIDATES[:1] if quick else CFG_CANDIDATES
+    scores = {s: agreement(out / "cfg_selection" / f"cfg_{s:g}", seed + 1000, cfg_scale=s)[0] for s in candidates}
+    shutil.rmtree(out / "cfg_selection", ignore_errors=True)
+    best = max(scores.values())
+    chosen = min(s for s, v in scores.items() if v >= best - 0.01)  # the gentlest scale within 1 point of the best
+    set_sampling_defaults(out / "prior", cfg_scale=chosen)
+    _say("    selection run, agreement by guidance scale: " + ", ".join(f"{s:g}: {v:.0%}" for s, v in scores.items())
+         + f"; the prior folder now samples with {chosen:g}")
+    agree, gen = agreement(out / "samples", seed)
+    return agree, gen, scores
 
 
 def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool) -> dict[str, Any]:
@@ -107,21 +146,7 @@ def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
          "of each digit with the prior folder's default settings")
     clf, clf_acc = train_classifier(splits.train, splits.test, epochs=1 if quick else 6, seed=seed, progress=progress)
     save_classifier(clf, out / "classifier")
-    labels = [d for d in range(10) for _ in range(10)]
-
-    def agreement(dest: Path, seed_: int, **kw: Any) -> tuple[float, dict[str, Any]]:
-        gen = sample(out / "prior", dest, len(labels), labels=labels, seed=seed_, progress=False, **kw)
-        return (predict(clf, gen["decoded"]) == torch.tensor(labels)).float().mean().item(), gen
-
-    # Selection samples use other seeds than the reported ones, so the reported agreement is not the selection's.
-    scores = {s: agreement(out / "cfg_selection" / f"cfg_{s:g}", seed + 1000, cfg_scale=s)[0] for s in CFG_CANDIDATES}
-    shutil.rmtree(out / "cfg_selection", ignore_errors=True)
-    best = max(scores.values())
-    chosen = min(s for s, v in scores.items() if v >= best - 0.01)  # the gentlest scale within 1 point of the best
-    set_sampling_defaults(out / "prior", cfg_scale=chosen)
-    _say("    selection run, agreement by guidance scale: " + ", ".join(f"{s:g}: {v:.0%}" for s, v in scores.items())
-         + f"; the prior folder now samples with {chosen:g}")
-    agree, gen = agreement(out / "samples", seed)
+    agree, gen, scores = _guided_agreement(out, lambda x: predict(clf, x), seed, quick)
     _say(f"    classifier (test accuracy {clf_acc:.1%}) agrees with the requested digit on {agree:.1%} of samples")
     return {
         "modality": "image", "dataset": "mnist5k", "tokenizer": str(out / "tokenizer"), "prior": str(out / "prior"),
@@ -135,25 +160,52 @@ def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
     }
 
 
-def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool) -> dict[str, Any]:
+def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool,
+                from_scratch: bool = False) -> dict[str, Any]:
     name = "spoken-digits" if shutil.which("espeak-ng") else "tones"
     if name == "tones":
         _say("espeak-ng is not installed, so the audio demo uses the built-in `tones` melodies instead of "
              "spoken digits (install it with `apt-get install espeak-ng` or `brew install espeak-ng`)")
     data = {"name": name, "sample_rate": DEFAULT_SAMPLE_RATE, "clip_seconds": DEFAULT_CLIP_SAMPLES / DEFAULT_SAMPLE_RATE,
             "seed": seed, "limit": 64 if quick else None}
-    prior = {"arch": "sparse_transformer", "n_layer": 1 if quick else 4, "n_head": 4, "d_model": 16 if quick else 128,
-             "attention": "strided", "label_dropout": 0.1}
-    splits, tok, rec, pres = _pipeline(out, data, {"modality": "audio", "quantizer": "fsq"}, prior, plan,
-                                       16 if quick else 64, AUDIO_CROP_SAMPLES, 4, seed, progress)
-    _say("5/5 sampling clips (the prior folder's default settings)")
-    k = max(1, splits.num_classes)
-    labels = [i % k for i in range(min(10, 2 * k))] if splits.num_classes else None
-    sample(out / "prior", out / "samples", len(labels) if labels else 8, labels=labels, seed=seed, progress=progress)
-    return {
+    from tokenizers_vq.pretrained import available
+
+    pretrained = (PRETRAINED_AUDIO if name == "spoken-digits" and not from_scratch and not quick
+                  and PRETRAINED_AUDIO in available() else None)
+    tokenizer = AUDIO_TOKENIZER | ({"istft_dim": 16, "istft_layers": 1} if quick else {})
+    prior = {"arch": "transformer", "codebook_pattern": "delay", "n_layer": 1 if quick else 4, "n_head": 4,
+             "d_model": 16 if quick else 256, "dropout": 0.0 if quick else 0.1, "label_dropout": 0.1}
+    splits, tok, rec, pres = _pipeline(out, data, tokenizer, prior, plan, 16 if quick else None, None, 4, seed,
+                                       progress, pretrained=pretrained)
+    _say(f"    held-out STOI {rec.get('stoi', float('nan')):.3f} at {rec.get('kbps', 0.0):.2f} kbit/s, codebook usage "
+         f"{rec.get('codebook_usage', float('nan')):.0%}")
+    summary = {
         "modality": "audio", "dataset": name, "tokenizer": str(out / "tokenizer"), "prior": str(out / "prior"),
+        "tokenizer_source": f"pretrained:{pretrained}" if pretrained else "trained",
+        "tokenizer_stoi": round(rec.get("stoi", float("nan")), 4),
         "tokenizer_si_snr_db": round(rec.get("si_snr", float("nan")), 3),
         "tokenizer_log_mel_l1": round(rec.get("log_mel_l1", float("nan")), 4), "kbps": round(rec.get("kbps", 0.0), 3),
+        "codebook_usage": round(rec.get("codebook_usage", float("nan")), 4),
         "prior_bits_per_token": round(pres.metrics.get("bits_per_token", float("nan")), 4),
         "samples": str(out / "samples"), "reconstructions": str(out / "reconstructions"),
+    }
+    if name != "spoken-digits":
+        _say("5/5 sampling clips (the prior folder's default settings)")
+        k = max(1, splits.num_classes)
+        labels = [i % k for i in range(min(10, 2 * k))] if splits.num_classes else None
+        sample(out / "prior", out / "samples", len(labels) if labels else 8, labels=labels, seed=seed, progress=progress)
+        return summary
+    from .audio_classifier import predict_audio, save_audio_classifier, train_audio_classifier
+
+    _say("5/5 a spoken-digit classifier (trained on the training voices' original clips); the guidance scale, "
+         "chosen on a selection run; ten clips of each digit with the prior folder's default settings")
+    clf, clf_acc = train_audio_classifier(splits.train, splits.test, epochs=1 if quick else 20, seed=seed,
+                                          progress=progress)
+    save_audio_classifier(clf, out / "classifier")
+    agree, gen, scores = _guided_agreement(out, lambda x: predict_audio(clf, x), seed, quick)
+    _say(f"    classifier (held-out voices accuracy {clf_acc:.1%}) hears the requested digit in {agree:.1%} of clips")
+    return summary | {
+        "classifier_test_accuracy": round(clf_acc, 4), "samples_label_agreement": round(agree, 4),
+        "cfg_scale": gen["summary"]["cfg_scale"], "cfg_selection": {f"{k:g}": round(v, 3) for k, v in scores.items()},
+        "classifier": str(out / "classifier"), "samples_spectrograms": str(out / "samples" / "spectrograms.png"),
     }

@@ -17,6 +17,11 @@ CODEBOOK_PATTERNS = ("flatten", "delay")
 DELAY_ARCHS = ("transformer",)  # archs with a codebook_pattern="delay" net (prior.transformer.DelayTransformerNet)
 
 
+# Fields added after priors were first saved, with the default that reproduces the earlier behaviour.
+LATER_FIELDS = {"num_codebooks": 1, "codebook_pattern": "flatten", "made_ensemble": 1,
+                "made_connectivity_agnostic": False, "made_num_masks": 0, "output": "softmax", "logistic_mixtures": 5}
+
+
 @dataclass
 class PriorConfig(JsonConfig):
     """A prior over integer grids of ``shape`` with values in ``[0, vocab_size)``, read in raster order.
@@ -130,6 +135,15 @@ class PriorConfig(JsonConfig):
                              f"arch={self.arch!r}, logistic_mixtures={self.logistic_mixtures}")
         if self.format_version > FORMAT_VERSION:
             raise ValueError(f"prior saved with format_version {self.format_version} > {FORMAT_VERSION}: upgrade vqgen")
+
+    def identity_dict(self) -> dict:
+        """``to_dict()`` without the fields added after format 1 shipped while they are at their defaults, so that
+        priors saved before them keep their fingerprint (compressed files and prior folders record it)."""
+        d = self.to_dict()
+        for name, default in LATER_FIELDS.items():
+            if d.get(name) == default:
+                d.pop(name, None)
+        return d
 
     @property
     def seq_len(self) -> int:

@@ -13,7 +13,11 @@ MODALITIES = ("image", "audio")
 QUANTIZERS = ("vq", "fsq", "gumbel", "rvq", "rfsq")
 RESIDUAL_QUANTIZERS = ("rvq", "rfsq")  # tokens carry a trailing codebook axis of size num_quantizers
 RESIDUAL_ONLY_FIELDS = ("num_quantizers", "quantizer_dropout")  # read by rvq / rfsq only
-AUDIO_HEADS = ("logistic", "categorical")
+ISTFT_ONLY_FIELDS = ("stft_loss_weight", "istft_dim", "istft_layers", "istft_upsample")
+# "istft": spectral frame-rate codec with an inverse-STFT decoder (audio_spectral.py); the other two predict
+# every mu-law sample at the sample rate (audio.py).
+AUDIO_HEADS = ("istft", "logistic", "categorical")
+MU_LAW_HEADS = ("logistic", "categorical")
 # The prior's embedding and output layers scale with the vocabulary, and FSQ materialises its implicit codebook
 # (vocab x len(levels) floats) on construction: fsq_levels=[15] * 10 asked for 4.6 TB and died inside the library.
 MAX_VOCAB_SIZE = 2**20
@@ -46,7 +50,11 @@ class TokenizerConfig(JsonConfig):
     audio_head: str = "logistic"  # "logistic" (discretised logistic mixture) | "categorical" (Q free logits)
     logistic_mixtures: int = 1  # logistic head: mixture components per sample
     mel_loss_weight: float = 1.0  # multi-resolution log-mel loss on the decoded waveform
-    waveform_loss_weight: float = 30.0  # L1 between decoded and input waveform (aligns phase; SI-SNR)
+    waveform_loss_weight: float | None = None  # *derived*: 30 mu-law heads, 1 istft; L1 decoded vs input waveform
+    stft_loss_weight: float = 1.0  # istft: multi-resolution log-STFT-magnitude L1
+    istft_dim: int = 256  # istft: width of the frame-rate ConvNeXt stacks
+    istft_layers: int = 6  # istft: ConvNeXt blocks in the encoder and in the decoder
+    istft_upsample: int = 4  # istft: STFT frames per token (hop 320 -> STFT hop 80, window 320 at 16 kHz)
     chunk_tokens: int = 256  # audio encode/decode works on chunks of this many tokens (bounded memory)
     chunk_overlap_tokens: int = 24  # context tokens either side of a chunk, discarded after
     # --- shared ---
@@ -76,7 +84,12 @@ class TokenizerConfig(JsonConfig):
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.downsample is None:
-            self.downsample = 4 if self.modality == "image" else 64
+            if self.modality == "image":
+                self.downsample = 4
+            else:  # istft: one STFT frame per token at 50 Hz; mu-law heads: strided convs, a power of two
+                self.downsample = self.sample_rate // 50 if self.audio_head == "istft" else 64
+        if self.waveform_loss_weight is None:
+            self.waveform_loss_weight = 1.0 if self.audio_head == "istft" else 30.0
         # Audio's outer stages run at the sample rate, ~60x a 32x32 image's cost: narrower, shallower defaults.
         if self.hidden_channels is None:
             self.hidden_channels = 32 if self.modality == "image" else 16
@@ -89,7 +102,8 @@ class TokenizerConfig(JsonConfig):
             # (measurements: docs/DESIGN_NOTES.md; `--gumbel-kl-weight 0.3` for speech).
             self.gumbel_kl_weight = 1e-2 if self.modality == "image" else 0.1
         ds = int(self.downsample)
-        if ds < 1 or ds & (ds - 1):
+        spectral = self.modality == "audio" and self.audio_head == "istft"  # an STFT hop can be any size
+        if ds < 1 or (ds & (ds - 1) and not spectral):
             raise ValueError(f"downsample must be a power of two >= 1, got {ds}")
         self.downsample = ds
         if self.modality == "image":
@@ -104,6 +118,8 @@ class TokenizerConfig(JsonConfig):
                 raise ValueError(f"audio_head must be one of {AUDIO_HEADS}, got {self.audio_head!r}")
             if self.logistic_mixtures < 1:
                 raise ValueError(f"logistic_mixtures must be >= 1, got {self.logistic_mixtures}")
+            if self.audio_head == "istft" and (self.istft_upsample < 1 or ds % self.istft_upsample):
+                raise ValueError(f"downsample {ds} is not a multiple of istft_upsample {self.istft_upsample}")
             if self.clip_samples % ds:
                 raise ValueError(f"clip_samples {self.clip_samples} is not divisible by downsample {ds}")
         self.fsq_levels = [int(v) for v in self.fsq_levels]
@@ -137,11 +153,15 @@ class TokenizerConfig(JsonConfig):
         return self.quantizer in RESIDUAL_QUANTIZERS
 
     def identity_dict(self) -> dict:
-        """``to_dict()`` without the residual fields when they do not apply (vq, fsq, gumbel), so that tokenizers
-        saved before those fields existed keep their fingerprint."""
+        """``to_dict()`` without the residual fields when they do not apply (vq, fsq, gumbel) and without the
+        spectral codec's fields for the other heads and images, so that tokenizers saved before those fields
+        existed keep their fingerprint."""
         d = self.to_dict()
         if not self.residual:
             for name in RESIDUAL_ONLY_FIELDS:
+                d.pop(name, None)
+        if not (self.modality == "audio" and self.audio_head == "istft"):
+            for name in ISTFT_ONLY_FIELDS:  # likewise for the spectral codec's fields
                 d.pop(name, None)
         return d
 

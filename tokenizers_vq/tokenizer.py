@@ -22,6 +22,10 @@ def _build_backbone(config: TokenizerConfig) -> nn.Module:
         from .image import ImageAutoencoder
 
         return ImageAutoencoder(config)
+    if config.audio_head == "istft":
+        from .audio_spectral import SpectralAudioAutoencoder
+
+        return SpectralAudioAutoencoder(config)
     from .audio import AudioAutoencoder
 
     return AudioAutoencoder(config)
@@ -82,7 +86,7 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
     def fingerprint(self) -> str:
         """32 hex digits of the config (residual-only fields left out for other quantizers, so tokenizers saved
         before they existed keep theirs) and the weights."""
-        return fingerprint_module(self, _Identity(self.config.identity_dict()))
+        return fingerprint_module(self, self.config)  # reads config.identity_dict()
 
     # ------------------------------------------------------------------ validation
     def _check_input(self, x: Tensor) -> None:
@@ -162,16 +166,6 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
                               steps=extra.get("steps"), metrics=extra.get("metrics"))
 
 
-class _Identity:
-    """A config stand-in for ``fingerprint_module``: ``to_dict()`` returns the given dict."""
-
-    def __init__(self, d: dict[str, Any]):
-        self.d = d
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.d
-
-
 def build_tokenizer(config: TokenizerConfig | None = None, **overrides: Any) -> Tokenizer:
     """A freshly initialised ``Tokenizer`` for ``config`` (default ``TokenizerConfig()``), with field overrides."""
     if config is None:
@@ -198,3 +192,25 @@ def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu") -
 
 
 load_codec = load_tokenizer  # the same loader under the contract's name
+
+
+def truncate_codebooks(tokenizer: Tokenizer, n: int) -> Tokenizer:
+    """The same codec at its first ``n`` residual codebooks, as a smaller ``Tokenizer`` (``num_quantizers = n``).
+
+    Residual quantization is greedy, so the first n codebooks' codes and their decoded latent do not depend on the
+    later ones: the result encodes and decodes exactly as ``tokenizer`` with ``encode(x, n_quantizers=n)``. It has
+    its own fingerprint (another codec: a prior over its tokens models q = n). ``n`` in [1, q]; rvq / rfsq only.
+    """
+    if not tokenizer.config.residual:
+        raise ValueError(f"truncate_codebooks needs a residual tokenizer (rvq or rfsq), got {tokenizer.config.quantizer}")
+    q = tokenizer.num_codebooks
+    if not 1 <= n <= q:
+        raise ValueError(f"n must be in [1, {q}] (the tokenizer's codebooks), got {n}")
+    small = build_tokenizer(tokenizer.config, num_quantizers=n)
+    state = tokenizer.state_dict()
+    wanted = small.state_dict()
+    missing = [k for k in wanted if k not in state or state[k].shape != wanted[k].shape]
+    if missing:  # a library layout this function does not know: refuse rather than guess
+        raise ValueError(f"cannot cut this tokenizer's codebooks: parameters {missing[:3]} do not line up")
+    small.load_state_dict({k: state[k] for k in wanted})
+    return small.eval()

@@ -98,7 +98,9 @@ def fingerprint_module(model: torch.nn.Module, config: Any = None) -> str:
     raw bytes): two models share it only if they compute the same function. Stable across runs and machines."""
     h = hashlib.sha256()
     if config is not None:
-        h.update(json.dumps(config.to_dict(), sort_keys=True, default=list).encode())
+        # identity_dict: the config without fields added after models were saved, where they are at defaults
+        ident = config.identity_dict() if hasattr(config, "identity_dict") else config.to_dict()
+        h.update(json.dumps(ident, sort_keys=True, default=list).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())

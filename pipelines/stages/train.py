@@ -10,13 +10,22 @@ from typing import Any
 
 from prior import PriorConfig, build_prior
 from tokenizers_vq import TokenizerConfig, build_tokenizer
+from tokenizers_vq.config import MU_LAW_HEADS
 from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data
 from ..data.tokens import load_token_header, load_tokens
 from ..training.loop import TrainConfig, TrainResult, train
-from ..training.tasks import PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
+from ..training.tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
 from .common import DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
+
+
+def default_crop_samples(config: TokenizerConfig) -> int:
+    """Audio training window in samples when none is given: ``AUDIO_CROP_SAMPLES`` (2048) for the mu-law heads,
+    whose sample-rate decoders make every sample costly; 20 tokens (0.4 s at 16 kHz) for the spectral codec, whose
+    frame-rate layers are cheap and whose 80 ms STFT window wants frames of context. Never more than a clip."""
+    want = AUDIO_CROP_SAMPLES if config.audio_head in MU_LAW_HEADS else 20 * config.downsample
+    return min(want, config.clip_samples // config.downsample * config.downsample)
 
 
 def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfig, *, crop_samples: int | None = None,
@@ -24,7 +33,7 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     """Train a tokenizer on the dataset ``data`` (``make_spec`` arguments) into ``cfg.out``.
 
     ``model``: ``TokenizerConfig`` fields (``modality`` may be None: taken from the data; sizes come from the
-    data spec). ``crop_samples``: audio training windows. ``--resume`` with other model fields is refused.
+    data spec). ``crop_samples``: audio training windows (None: ``default_crop_samples``; 0: whole clips). ``--resume`` with other model fields is refused.
     """
     spec = make_spec(modality=model.get("modality"), **data)
     modality = infer_modality(spec)
@@ -43,6 +52,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
                          "resume with the same arguments")
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
+    if modality == "audio" and crop_samples is None:
+        crop_samples = default_crop_samples(config)
     task = TokenizerTask(tokenizer, spec.name, eval_limit=eval_limit,
                          crop_samples=crop_samples if modality == "audio" else None)
     return train(task, splits.train, splits.test, cfg, hparams=config.to_dict())

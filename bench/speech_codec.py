@@ -1,0 +1,181 @@
+"""The spectral speech codec from scratch on 2 CPU cores: rows at 10 and 30 minutes of training, a bitrate ladder
+from one model, and (``--install``) the package's pretrained spoken-digits tokenizer.
+
+Trains ``vqgen train-tokenizer``'s stage function on ``spoken-digits`` (or ``--dataset tones``) with the
+spectral codec (``audio_head="istft"``: 50 frames/s, residual VQ with ``--num-quantizers`` codebooks of 1,024
+codes and quantizer dropout), stops at each ``--minutes`` mark (wall-clock training time, evaluation excluded),
+copies the model there to ``OUT/<m>min`` and continues (``--resume``) to the next mark. Each snapshot is scored on
+the whole held-out split at ``--n-quantizers`` codebooks: STOI (the clips joined, as bench/speech_quality.py),
+SI-SNR, log-mel L1, codebook usage per codebook, and the spoken-digit classifier's accuracy on the
+reconstructions (``runs/speech_classifier``, trained by bench/speech_quality.py on the training voices).
+
+``--install`` writes the last snapshot, cut to ``--install-codebooks`` codebooks (the first n residual codebooks
+of a quantizer-dropout model are exactly that model at n codebooks), into ``tokenizers_vq/pretrained/`` with its
+fingerprint in ``index.json``: what ``vqgen demo --modality audio`` starts from.
+
+Run (idle machine): ``python bench/speech_codec.py --minutes 10 30 --install``; then
+``OMP_NUM_THREADS=1 python bench/speech_quality.py --tokenizer runs/speech_codec/30min --n-quantizers 2 5 12
+--classifier runs/speech_classifier --no-peers --merge`` puts the ladder beside Codec2 and Opus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from machine import ROOT, cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
+
+from pipelines.data import DataSpec, load_data
+from pipelines.stages.train import train_tokenizer
+from pipelines.training.loop import TrainConfig
+from tokenizers_vq import load_tokenizer
+from tokenizers_vq import metrics as M
+
+PRETRAINED_DIR = ROOT / "tokenizers_vq" / "pretrained"
+
+
+@torch.no_grad()
+def score_snapshot(path: Path, n_quantizers: list[int], xs: torch.Tensor, ys: torch.Tensor | None,
+                   classifier: Any, batch_size: int = 32) -> list[dict[str, Any]]:
+    """One row per number of codebooks: kbit/s, STOI (clips joined), SI-SNR (dB, per clip mean), log-mel L1, usage
+    of each codebook on the split (fraction of its codes seen) and classifier accuracy (when ``ys`` is given)."""
+    tok = load_tokenizer(path).eval()
+    sr = tok.sample_rate
+    rows = []
+    for n in n_quantizers:
+        recon, codes = [], []
+        for i in range(0, len(xs), batch_size):
+            c = tok.encode(xs[i:i + batch_size], n_quantizers=n)
+            codes.append(c)
+            recon.append(tok.decode(c))
+        recon, codes = torch.cat(recon), torch.cat(codes)
+        flat = codes.reshape(-1, codes.shape[-1])
+        usage = [round(len(torch.unique(flat[:, k])) / tok.vocab_size, 3) for k in range(flat.shape[1])]
+        row = {"codebooks": n, "kbps": round(tok.frame_rate * n * tok.bits_per_token / 1000, 3),
+               "stoi": round(M.stoi(recon, xs, sr), 4), "si_snr_db": round(float(M.si_snr(recon, xs)), 2),
+               "log_mel_l1": round(float(M.log_mel_l1(recon, xs, sr)), 4), "usage_min": min(usage),
+               "usage": usage}
+        if classifier is not None and ys is not None:
+            from pipelines.audio_classifier import predict_audio
+
+            row["accuracy"] = round((predict_audio(classifier, recon) == ys).float().mean().item(), 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def install(src: Path, codebooks: int, name: str, meta: dict[str, Any]) -> Path:
+    """Copy ``src`` cut to its first ``codebooks`` residual codebooks into ``tokenizers_vq/pretrained/<name>`` and
+    record its fingerprint in ``index.json``."""
+    from tokenizers_vq.tokenizer import truncate_codebooks
+
+    tok = load_tokenizer(src)
+    small = truncate_codebooks(tok, codebooks)
+    folder = name.replace("-", "_")
+    dest = PRETRAINED_DIR / folder
+    if dest.exists():
+        shutil.rmtree(dest)
+    small.save_pretrained(dest)
+    index_path = PRETRAINED_DIR / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index[name] = {"folder": folder, "fingerprint": small.fingerprint,
+                   "trained_by": meta["command"], "data": meta["dataset"],
+                   "train_seconds": meta["train_seconds"], "codebooks": codebooks,
+                   "kbps": round(small.frame_rate * codebooks * small.bits_per_token / 1000, 3)}
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="spoken-digits", choices=("spoken-digits", "tones"))
+    ap.add_argument("--minutes", type=float, nargs="+", default=[10, 30], help="snapshots at these training minutes")
+    ap.add_argument("--num-quantizers", type=int, default=12, help="residual codebooks trained (default 12: 6 kbit/s)")
+    ap.add_argument("--n-quantizers", type=int, nargs="+", default=[2, 5, 12], help="codebooks scored per snapshot")
+    ap.add_argument("--waveform-loss-weight", type=float, default=None, help="default: the config's (1 for istft)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "speech_codec"))
+    ap.add_argument("--classifier", default=str(ROOT / "runs" / "speech_classifier"))
+    ap.add_argument("--install", action="store_true", help="ship the last snapshot as the pretrained tokenizer")
+    ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.5 kbit/s)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    run_dir = out / "run"
+    cmd = "python bench/speech_codec.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if k not in ("out", "classifier", "install") and v is not None)
+    cmd += " --install" if args.install else ""
+    meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "dataset": args.dataset, "command": cmd,
+                            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+    data = {"name": args.dataset, "seed": args.seed}
+    model = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": args.num_quantizers,
+             "codebook_size": 1024, "waveform_loss_weight": args.waveform_loss_weight}
+    splits = load_data(DataSpec(args.dataset, seed=args.seed))
+    test = [splits.test[i] for i in range(len(splits.test))]
+    xs = torch.stack([x for x, _ in test]).float()
+    ys = torch.stack([torch.as_tensor(y) for _, y in test]) if splits.num_classes else None
+    classifier = None
+    if ys is not None and (Path(args.classifier) / "config.json").is_file():
+        from pipelines.audio_classifier import load_audio_classifier
+
+        classifier = load_audio_classifier(args.classifier)
+    snapshots, spent, steps = [], 0.0, 0
+    for i, minutes in enumerate(sorted(args.minutes)):
+        budget = minutes * 60 - spent
+        cfg = TrainConfig(out=str(run_dir), steps=10**6, batch_size=args.batch_size, lr=args.lr, max_seconds=budget,
+                          seed=args.seed, eval_every=10**9, save_every=10**9, resume=i > 0, progress=True,
+                          log_every=50, keep_checkpoints=1)
+        result = train_tokenizer(data, model, cfg)
+        spent += float(result.metrics.get("train_seconds", budget))
+        steps = result.step
+        snap = out / f"{minutes:g}min"
+        shutil.copytree(run_dir, snap, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+        rows = score_snapshot(snap, [n for n in args.n_quantizers if n <= args.num_quantizers], xs, ys, classifier)
+        snapshots.append({"minutes": minutes, "train_seconds": round(spent, 1), "steps": steps, "path": str(snap),
+                          "rows": rows})
+    meta["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    meta["train_seconds"] = round(spent, 1)
+    if args.install:
+        dest = install(Path(snapshots[-1]["path"]), args.install_codebooks, args.dataset, meta)
+        meta["installed"] = os.path.relpath(dest, ROOT)
+    write_results(f"speech_codec_{args.dataset.replace('-', '_')}", {"meta": meta, "snapshots": snapshots},
+                  markdown(snapshots, meta, classifier is not None))
+
+
+def markdown(snapshots: list[dict[str, Any]], meta: dict[str, Any], with_classifier: bool) -> str:
+    head = "| minutes | steps | codebooks | kbit/s | STOI | SI-SNR dB | log-mel L1 | min usage per codebook |"
+    head += " classifier accuracy |" if with_classifier else ""
+    lines = [f"# Spectral codec from scratch on {meta['dataset']} (`bench/speech_codec.py`)", "",
+             "The spectral codec (`--audio-head istft`: STFT features of the mu-law input, ConvNeXt stacks at 50 "
+             "frames/s, inverse-STFT synthesis at 5 ms hops, multi-resolution mel + STFT-magnitude losses) with residual "
+             "VQ and quantizer dropout, trained from scratch; one model, scored at several numbers of codebooks on the "
+             "whole held-out split (STOI on the clips joined, as `bench/speech_quality.py`). A row counts only with "
+             "every codebook's usage >= 50%.", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for s in snapshots:
+        for r in s["rows"]:
+            line = (f"| {s['minutes']:g} | {s['steps']} | {r['codebooks']} | {r['kbps']:g} | {r['stoi']:.3f} | "
+                    f"{r['si_snr_db']:.2f} | {r['log_mel_l1']:.3f} | {r['usage_min']:.0%} |")
+            if with_classifier:
+                line += f" {r.get('accuracy', float('nan')):.1%} |"
+            lines.append(line)
+    lines += ["", f"Machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}; load average "
+              f"{meta['load_average_start']} at the start, {meta['load_average_end']} at the end; "
+              f"{meta['train_seconds']:.0f} s of training in all.", "", f"Command: `{meta['command']}`", ""]
+    if meta.get("installed"):
+        lines += [f"Installed as the package's pretrained `{meta['dataset']}` tokenizer: `{meta['installed']}`.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
