@@ -224,7 +224,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(modality=a.modality, out=a.out, seed=a.seed, quick=a.quick, progress=not a.quiet)
+    run_demo(modality=a.modality, out=a.out, seed=a.seed, quick=a.quick, progress=not a.quiet,
+             from_scratch=a.from_scratch)
     return 0
 
 
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=("image", "audio"), default="image")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    s.add_argument("--from-scratch", action="store_true",
+                   help="audio: train the speech tokenizer too instead of starting from the one shipped in the package")
     _common(s)
     s.set_defaults(func=cmd_demo)
 

@@ -135,10 +135,10 @@ class Codec:
 
     def record(self, path: str | Path | None = None) -> dict[str, Any]:
         """What a token or prior folder stores about the codec that made its tokens: class, fingerprint,
-        config, vocabulary, shapes, and the folder it was loaded from (None when the config alone rebuilds it)."""
+        config, vocabulary, shapes, codebooks per position (the trailing axis of residual tokens), and the folder it was loaded from (None when the config alone rebuilds it)."""
         return {
             "class_name": type(self).__name__, "kind": self.kind, "path": str(Path(path).resolve()) if path else None,
             "fingerprint": self.fingerprint, "modality": self.modality, "vocab_size": self.vocab_size,
             "input_shape": list(self.input_shape), "token_shape": list(self.token_shape()),
-            "sample_rate": self.sample_rate, "config": self.codec_config(),
+            "sample_rate": self.sample_rate, "num_codebooks": self.num_codebooks, "config": self.codec_config(),
         }
