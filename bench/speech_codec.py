@@ -99,6 +99,11 @@ def main() -> None:
     ap.add_argument("--n-quantizers", type=int, nargs="+", default=[2, 5, 12], help="codebooks scored per snapshot")
     ap.add_argument("--waveform-loss-weight", type=float, default=None, help="default: the config's (1 for istft)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4000, help="the cosine schedule's length; the run stops at the last "
+                    "--minutes mark or here, whichever comes first")
+    # A batch holds 16 x 20 = 320 frames for 1,024 codes (0.3 per code per step): vqgen's default of 2 would expire
+    # nearly every code at every step; 0.1 expires codes used less than about once in ten batches.
+    ap.add_argument("--dead-code-threshold", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default=str(ROOT / "runs" / "speech_codec"))
     ap.add_argument("--classifier", default=str(ROOT / "runs" / "speech_classifier"))
@@ -119,7 +124,8 @@ def main() -> None:
                             "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     data = {"name": args.dataset, "seed": args.seed}
     model = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": args.num_quantizers,
-             "codebook_size": 1024, "waveform_loss_weight": args.waveform_loss_weight}
+             "codebook_size": 1024, "waveform_loss_weight": args.waveform_loss_weight,
+             "dead_code_threshold": args.dead_code_threshold}
     splits = load_data(DataSpec(args.dataset, seed=args.seed))
     test = [splits.test[i] for i in range(len(splits.test))]
     xs = torch.stack([x for x, _ in test]).float()
@@ -132,7 +138,7 @@ def main() -> None:
     snapshots, spent, steps = [], 0.0, 0
     for i, minutes in enumerate(sorted(args.minutes)):
         budget = minutes * 60 - spent
-        cfg = TrainConfig(out=str(run_dir), steps=10**6, batch_size=args.batch_size, lr=args.lr, max_seconds=budget,
+        cfg = TrainConfig(out=str(run_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_seconds=budget,
                           seed=args.seed, eval_every=10**9, save_every=10**9, resume=i > 0, progress=True,
                           log_every=50, keep_checkpoints=1)
         result = train_tokenizer(data, model, cfg)
