@@ -25,6 +25,7 @@ from ..data import DataSpec
 CODEC_RECORD = "codec.json"
 CLASS_NAMES = "class_names.json"
 SAMPLING = "sampling.json"
+BPE_DIR = "bpe"  # a prior over BPE-merged sequences keeps a copy of its merges here
 DEFAULT_CFG_SCALE = 2.0  # conditional priors: the demo's digits read as asked 95% of the time at 2 vs 73% at 1
 BUILTIN_CHANNELS = {"mnist5k": 1, "shapes": 3}
 
@@ -55,6 +56,13 @@ class PriorFolder:
     codec_record: dict[str, Any] | None
     class_names: list[str] = field(default_factory=list)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    bpe: Any = None  # a ``pipelines.data.bpe.BPE`` when the prior models merged (BPE) sequences, else None
+
+    def require_codec_tokens(self, what: str) -> None:
+        """``ValueError`` for stages that need a prior over the codec's own tokens (score, compress)."""
+        if self.bpe is not None:
+            raise ValueError(f"{self.path} models BPE-merged sequences: `vqgen sample` decodes them, but {what} needs a "
+                             "prior over the codec's tokens; train one on a token folder without --bpe")
 
 
 def make_spec(name: str, codec: Codec | None = None, modality: str | None = None, *, image_size: int | None = None,
@@ -104,8 +112,14 @@ def load_prior_folder(path: str | Path, map_location: str = "cpu") -> PriorFolde
     prior = load_prior(str(path), map_location=map_location)
     rec = path / CODEC_RECORD
     names = path / CLASS_NAMES
+    bpe = None
+    if (path / BPE_DIR).is_dir():
+        from ..data.bpe import BPE
+
+        bpe = BPE.load(path / BPE_DIR)
     return PriorFolder(path, prior, json.loads(rec.read_text()) if rec.is_file() else None,
-                       json.loads(names.read_text()) if names.is_file() else [], SamplingDefaults.load(path / SAMPLING))
+                       json.loads(names.read_text()) if names.is_file() else [], SamplingDefaults.load(path / SAMPLING),
+                       bpe)
 
 
 def _fit_problems(prior: Prior, codec: Codec) -> list[str]:
@@ -121,8 +135,18 @@ def _fit_problems(prior: Prior, codec: Codec) -> list[str]:
     return problems
 
 
+def _bpe_fit_problems(folder: PriorFolder, codec: Codec) -> list[str]:
+    """Why a BPE prior's merges cannot stand for a codec's tokens (the merges' base vocabulary and grid)."""
+    info, problems = folder.bpe.info, []
+    if info.base_vocab != codec.vocab_size:
+        problems.append(f"vocabulary {info.base_vocab} (BPE merges) != {codec.vocab_size} (codec)")
+    if tuple(info.base_token_shape) != tuple(codec.token_shape()):
+        problems.append(f"token grid {tuple(info.base_token_shape)} (BPE merges) != {tuple(codec.token_shape())} (codec)")
+    return problems
+
+
 def _check_fits(folder: PriorFolder, codec: Codec, where: str) -> None:
-    problems = _fit_problems(folder.prior, codec)
+    problems = _bpe_fit_problems(folder, codec) if folder.bpe is not None else _fit_problems(folder.prior, codec)
     if problems:
         raise ValueError(f"the prior {folder.path} was not trained on tokens of the codec {where}: "
                          + "; ".join(problems) + ". Use the codec whose `vqgen tokenize` output the prior was trained on.")
@@ -150,7 +174,8 @@ def resolve_codec(folder: PriorFolder, override: str | Path | None = None, map_l
         raise ValueError(f"{folder.path}/{CODEC_RECORD} names no codec folder: pass --tokenizer DIR")
     want = rec.get("fingerprint") if rec else None
     if want and codec.fingerprint != want:
-        problems = _fit_problems(folder.prior, codec)  # say how it differs too (e.g. codebooks) where it can
+        # say how it differs too (e.g. codebooks) where it can
+        problems = _bpe_fit_problems(folder, codec) if folder.bpe is not None else _fit_problems(folder.prior, codec)
         raise ValueError(f"the codec {where} (fingerprint {codec.fingerprint}) is not the one the prior {folder.path} was "
                          f"trained on (fingerprint {want}, {rec.get('path') or 'a raw codec'})"
                          + (f" ({'; '.join(problems)})" if problems else "") + ": pass the --tokenizer "

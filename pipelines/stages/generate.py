@@ -20,15 +20,23 @@ from ..outputs import image_grid, save_image, save_wav, spectrogram_image
 def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[int] | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              cfg_scale: float | None = None, batch_size: int = 64, seed: int = 0, progress: bool = True,
-             class_names: list[str] | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+             class_names: list[str] | None = None, settings: dict[str, Any] | None = None, bpe: Any = None
+             ) -> dict[str, Any]:
     """Sample ``n`` grids (``labels``: one per sample, or None), decode them with ``codec`` and write them under
     ``out``.
 
     Images: ``sample_NNNN.png`` each plus ``grid.png``; audio: ``sample_NNNN.wav`` plus ``spectrograms.png``.
     ``samples.json`` records the settings used, the seed, the labels and the files; ``tokens.json`` the grids.
     Returns a dict: ``summary``, ``tokens`` int64 [n, *shape], ``decoded`` float32 [n, *input_shape].
+    ``bpe``: the prior models BPE-merged sequences (``pipelines.data.bpe.BPE``); samples are mapped back to codec
+    tokens first (a sample whose merges spell more or fewer codes than the grid is cut or padded with code 0, and
+    ``summary["bpe_length_mismatches"]`` counts them).
     """
-    if tuple(prior.shape) != tuple(codec.token_shape()) or prior.vocab_size != codec.vocab_size:
+    if bpe is not None:
+        base_shape, base_vocab = tuple(bpe.info.base_token_shape), bpe.info.base_vocab
+    else:
+        base_shape, base_vocab = tuple(prior.shape), prior.vocab_size
+    if base_shape != tuple(codec.token_shape()) or base_vocab != codec.vocab_size:
         raise ValueError(f"the prior models grids {tuple(prior.shape)} over {prior.vocab_size} tokens but the codec "
                          f"makes {tuple(codec.token_shape())} over {codec.vocab_size}: use the codec it was trained on")
     out = Path(out)
@@ -37,13 +45,17 @@ def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[i
     codec.eval()
     device = prior.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    all_tokens, decoded = [], []
+    all_tokens, decoded, mismatches = [], [], 0
     bar = tqdm(total=n, desc="sample", disable=not progress)
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         lab = torch.tensor(labels[start:start + b]) if labels is not None else None
         toks = prior.sample(b, labels=lab, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
                             generator=gen)
+        if bpe is not None:
+            toks, lengths = bpe.decode(toks.cpu())
+            mismatches += int((lengths != math.prod(base_shape)).sum())
+            toks = toks.to(device)
         all_tokens.append(toks.cpu())
         decoded.append(codec.decode(toks).cpu())
         bar.update(b)
@@ -67,7 +79,8 @@ def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[i
     summary = {
         "n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_scale": cfg_scale,
         "labels": labels, "label_names": [class_names[k] for k in labels] if (labels and class_names) else None,
-        "token_shape": list(prior.shape), "vocab_size": prior.vocab_size, "codec_fingerprint": codec.fingerprint,
+        "token_shape": list(base_shape), "vocab_size": base_vocab, "codec_fingerprint": codec.fingerprint,
+        **({"bpe_length_mismatches": mismatches} if bpe is not None else {}),
         "files": files, **(settings or {}),
     }
     (out / "samples.json").write_text(json.dumps(summary, indent=2))
@@ -102,4 +115,4 @@ def sample(prior_dir: str | Path, out: str | Path, n: int = 16, *, label: str | 
     settings = {"prior": str(prior_dir), "codec": str(codec_dir) if codec_dir else (folder.codec_record or {}).get("path"),
                 "settings_from_prior_folder": sorted(set(used) - given)}
     return generate(prior, codec, n, out, labels=labels, batch_size=batch_size, seed=seed, progress=progress,
-                    class_names=folder.class_names, settings=settings, **used)
+                    class_names=folder.class_names, settings=settings, bpe=folder.bpe, **used)

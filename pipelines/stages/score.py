@@ -17,6 +17,7 @@ def score(prior_dir: str | Path, data: dict[str, Any], out_csv: str | Path, *, c
     """Per-input NLL, bits/token, bits/dim and OOD score of a dataset's ``split`` into ``out_csv`` (see
     ``score_dataset``); the data is sized by the codec. Returns the summary."""
     folder, codec = open_prior(prior_dir, codec_dir, device)
+    folder.require_codec_tokens("score")
     splits = load_data(make_spec(codec=codec, **data))
     if splits.modality != codec.modality:
         raise ValueError(f"{data.get('name')} holds {splits.modality} data but the prior's codec is for {codec.modality}")
@@ -28,6 +29,7 @@ def compress(prior_dir: str | Path, inputs: list[str], out_file: str | Path, *, 
              device: str = "cpu", progress: bool = True) -> CompressionStats:
     """Compress image or audio files into ``out_file`` with the prior and its codec (``compress_files``)."""
     folder, codec = open_prior(prior_dir, codec_dir, device)
+    folder.require_codec_tokens("compress")
     return compress_files(folder.prior, codec, inputs, out_file, progress=progress)
 
 
@@ -35,4 +37,5 @@ def decompress(prior_dir: str | Path, in_file: str | Path, out_dir: str | Path, 
                device: str = "cpu", progress: bool = True) -> list[Path]:
     """Decode a ``compress`` output into PNG / WAV files under ``out_dir`` (``decompress_file``)."""
     folder, codec = open_prior(prior_dir, codec_dir, device)
+    folder.require_codec_tokens("decompress")
     return decompress_file(folder.prior, codec, in_file, out_dir, progress=progress)

@@ -5,6 +5,7 @@ defaults beside the model)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..data import infer_modality, load_data
 from ..data.tokens import load_token_header, load_tokens
 from ..training.loop import TrainConfig, TrainResult, train
 from ..training.tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
-from .common import DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
+from .common import BPE_DIR, DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
 
 
 def default_crop_samples(config: TokenizerConfig) -> int:
@@ -90,6 +91,12 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     sampling = SamplingDefaults(cfg_scale=(DEFAULT_CFG_SCALE if cfg_scale is None else cfg_scale) if num_classes else None)
     atomic_write_text(out / "config.json", config.to_json())
     write_prior_records(out, header.codec, header.class_names, sampling)
+    if header.bpe:  # the prior models merged sequences: keep the merges beside it, so `vqgen sample` can decode
+        bpe_src = Path(header.bpe["path"])
+        if not (bpe_src / "bpe.json").is_file():
+            raise FileNotFoundError(f"{tokens_dir} was merged with the BPE in {bpe_src}, which is gone: re-run "
+                                    "`vqgen bpe train` and `vqgen tokenize --bpe`")
+        shutil.copytree(bpe_src, out / BPE_DIR, dirs_exist_ok=True)
     dims = header.dims_per_input
     train_set, test_set = TokenGridDataset(tr_tokens, tr_labels), TokenGridDataset(te_tokens, te_labels)
     if not prior.net.fitted_by_counting:
