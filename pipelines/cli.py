@@ -187,7 +187,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     from .stages.score import score
 
     summary = score(a.prior, _data_args(a), a.out, codec_dir=a.tokenizer, split=a.split, batch_size=a.batch_size,
-                    device=a.device, progress=not a.quiet)
+                    device=a.device, progress=not a.quiet, ood=a.ood)
     _print_metrics(f"scored {a.dataset} ({a.split}) -> {a.out}", summary)
     return 0
 
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="CSV file")
     s.add_argument("--split", choices=("train", "test"), default="test")
     s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--ood", default=None, metavar="DATA",
+                   help="also score this dataset as out-of-distribution: prints AUROC of likelihood, bits/dim and "
+                        "typicality, writes OUT.ood.csv and a histogram OUT.ood.png")
     _data(s)
     _device(s)
     _common(s)
