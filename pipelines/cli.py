@@ -60,6 +60,8 @@ def _loop(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under OUT/checkpoints")
     g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N for a one-process run (default: cuda if "
+                                                  "available, else cpu; under a launcher, each process's own GPU)")
 
 
 def _train_config(a: argparse.Namespace) -> Any:
@@ -70,7 +72,7 @@ def _train_config(a: argparse.Namespace) -> Any:
         warmup_steps=a.warmup_steps, grad_clip=a.grad_clip or None, grad_accum=a.grad_accum,
         mixed_precision=a.mixed_precision, eval_every=a.eval_every, save_every=a.save_every,
         keep_checkpoints=a.keep_checkpoints, seed=a.seed, resume=a.resume, max_seconds=a.max_seconds,
-        num_workers=a.num_workers, progress=not a.quiet, compile=a.compile,
+        num_workers=a.num_workers, progress=not a.quiet, compile=a.compile, device=a.device,
     )
 
 
@@ -135,7 +137,7 @@ def cmd_tokenize(a: argparse.Namespace) -> int:
     if a.levels is not None and not a.raw:
         raise ValueError("--levels goes with --raw")
     header = tokenize(_data_args(a), a.out, codec_dir=a.tokenizer, raw_levels=(a.levels or 256) if a.raw else None,
-                      batch_size=a.batch_size, progress=not a.quiet)
+                      batch_size=a.batch_size, progress=not a.quiet, device=a.device)
     print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}")
     if a.bpe:
         from .data.bpe import write_bpe_token_folder
@@ -301,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--batch-size", type=int, default=256)
     _data(s)
+    _device(s)
     _common(s)
     s.set_defaults(func=cmd_tokenize)
 
@@ -464,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         return int(a.func(a) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: files, full disks (CheckpointWriteError)
         if a.debug:
             raise
         print(f"vqgen {a.command}: error: {e}", file=sys.stderr)

@@ -63,14 +63,15 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
 
 
 def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, raw_levels: int | None = None,
-             batch_size: int = 256, progress: bool = True) -> TokenHeader:
+             batch_size: int = 256, progress: bool = True, device: str = "cpu") -> TokenHeader:
     """The stage: load the dataset described by ``data`` (``make_spec`` arguments) and tokenize it with the codec
-    in ``codec_dir``, or with a ``RawCodec`` of ``raw_levels`` (2 or 256; audio is always 256-level mu-law)."""
+    in ``codec_dir`` (on ``device``), or with a ``RawCodec`` of ``raw_levels`` (2 or 256; audio is always 256-level
+    mu-law)."""
     from .common import make_spec
 
     if (codec_dir is None) == (raw_levels is None):
         raise ValueError("pass exactly one of --tokenizer DIR or --raw")
-    codec = load_codec(codec_dir) if codec_dir is not None else None
+    codec = load_codec(codec_dir, map_location=device) if codec_dir is not None else None
     spec: DataSpec = make_spec(codec=codec, **data)
     splits = load_data(spec)
     if codec is None:

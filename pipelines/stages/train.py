@@ -21,6 +21,16 @@ from ..training.tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, To
 from .common import BPE_DIR, DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
 
 
+def _refuse_other_model(saved: Any, wanted: Any, out: Path, kind: str) -> None:
+    """--resume with model arguments that build another model than the run's: a ValueError naming each field."""
+    a, b = saved.to_dict(), wanted.to_dict()
+    diff = [f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        raise ValueError(f"--resume: the arguments give another {kind} than the one being trained in {out} ("
+                         + "; ".join(diff) + "). The checkpoint cannot continue as a different model: resume with the "
+                         "run's arguments, or train the new one into another --out")
+
+
 def default_crop_samples(config: TokenizerConfig) -> int:
     """Audio training window in samples when none is given: ``AUDIO_CROP_SAMPLES`` (2048) for the mu-law heads,
     whose sample-rate decoders make every sample costly; 20 tokens (0.4 s at 16 kHz) for the spectral codec, whose
@@ -48,9 +58,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
         fields.setdefault("gumbel_anneal_steps", cfg.steps)  # anneal over the whole run
     config = TokenizerConfig(**fields)
     out = Path(cfg.out)
-    if cfg.resume and (out / "config.json").is_file() and TokenizerConfig.from_file(out / "config.json") != config:
-        raise ValueError(f"--resume: the arguments give a different tokenizer than the one in {out}/config.json; "
-                         "resume with the same arguments")
+    if cfg.resume and (out / "config.json").is_file():
+        _refuse_other_model(TokenizerConfig.from_file(out / "config.json"), config, out, "tokenizer")
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
     if modality == "audio" and crop_samples is None:
@@ -86,8 +95,10 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
                          f"codec of {tokens_dir} has one codebook (token grid {tuple(header.token_shape)})")
     config = PriorConfig(**fields | {"vocab_size": header.vocab_size, "shape": tuple(header.token_shape),
                                      "num_classes": num_classes, "num_codebooks": num_codebooks})
-    prior = build_prior(config)
     out = Path(cfg.out)
+    if cfg.resume and (out / "config.json").is_file():
+        _refuse_other_model(PriorConfig.from_file(out / "config.json"), config, out, "prior")
+    prior = build_prior(config)
     sampling = SamplingDefaults(cfg_scale=(DEFAULT_CFG_SCALE if cfg_scale is None else cfg_scale) if num_classes else None)
     atomic_write_text(out / "config.json", config.to_json())
     write_prior_records(out, header.codec, header.class_names, sampling)

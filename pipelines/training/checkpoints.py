@@ -4,6 +4,7 @@ never mistaken for a checkpoint."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,24 @@ from pathlib import Path
 from accelerate import Accelerator
 
 CKPT_PREFIX = "checkpoint-"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a permission): the message says where, why, and which
+    complete checkpoint a ``--resume`` would continue from; the half-written folder has been removed."""
+
+
+def _write_failure(e: BaseException, tmp: Path, step: int, out: str | Path) -> str:
+    full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "unexpected pos" in str(e)
+    try:
+        free = f"{shutil.disk_usage(tmp.parent).free / 2**20:.0f} MiB free now"
+    except OSError:
+        free = "free space unknown"
+    why = "no space left on device" if full else f"{type(e).__name__}: {str(e)[:200]}"
+    last = latest_checkpoint(out)
+    return (f"could not write the step-{step} checkpoint to {tmp} ({why}; {free} on that file system). The partial "
+            f"folder was removed. Last complete checkpoint: {last if last else 'none'}"
+            + ("; free some space (or pass another --out) and run again with --resume" if full else ""))
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -43,7 +62,12 @@ def save_checkpoint(accelerator: Accelerator, out: str | Path, step: int, keep: 
         if tmp.exists():
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as "enforce fail ... unexpected pos"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(_write_failure(e, tmp, step, out)) from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "COMPLETE").write_text(str(step))

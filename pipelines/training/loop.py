@@ -31,6 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
+from vqgen_io import atomic_write_text
+
 from .checkpoints import checkpoint_dir, latest_checkpoint, save_checkpoint
 
 log = logging.getLogger("vqgen.train")
@@ -71,6 +73,7 @@ class TrainConfig:
     progress: bool = True
     compile: bool = False  # torch.compile the model for training (saving always uses the plain module)
     stop_after_step: int | None = None  # testing aid: behave as if SIGTERM arrived after this step
+    device: str | None = None  # "cpu", "cuda", "cuda:N" or None (cuda if available); launchers pick per process
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -231,8 +234,16 @@ def make_accelerator(cfg: TrainConfig, out: Path, with_trackers: bool = True) ->
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+    dev = torch.device(cfg.device) if cfg.device else None  # ValueError for a malformed name
+    if dev is not None and dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and not multi_process:
+            torch.cuda.set_device(dev.index)  # Accelerate's single process uses the current CUDA device
+    elif dev is not None and dev.type != "cpu":
+        raise ValueError(f"--device {cfg.device}: training runs on cpu or cuda")
     return Accelerator(
-        cpu=multi_process and not torch.cuda.is_available(),
+        cpu=(dev is not None and dev.type == "cpu") or (multi_process and not torch.cuda.is_available()),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         # The scheduler is stepped by hand once per optimizer step: Accelerate's default steps it once per
@@ -244,12 +255,54 @@ def make_accelerator(cfg: TrainConfig, out: Path, with_trackers: bool = True) ->
     )
 
 
+RUN_CONFIG = "run_config.json"  # the loop settings a run was (last) started with, compared on --resume
+# On --resume the optimizer's state is restored, so its settings come from the checkpoint; the loop's own settings
+# (how long, how big a batch, the schedule's shape) come from the command line.
+FROM_CHECKPOINT = ("lr", "betas", "weight_decay")
+FROM_COMMAND_LINE = ("steps", "batch_size", "grad_accum", "warmup_steps", "min_lr_ratio", "mixed_precision", "seed",
+                     "grad_clip")
+
+
+def describe_world(accelerator: Accelerator) -> str:
+    """What a launch really got, e.g. "2 processes, MULTI_CPU, gloo, on cpu": printed when training starts, so a
+    launcher that silently started fewer processes than its config asked for is seen at once."""
+    n = accelerator.num_processes
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "no process group"
+    kind = str(accelerator.distributed_type).split(".")[-1]
+    return f"{n} process{'es' if n > 1 else ''}, {kind}, {backend}, on {accelerator.device}"
+
+
+def _run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in FROM_CHECKPOINT + FROM_COMMAND_LINE}
+
+
+def compare_run_config(out: Path, cfg: TrainConfig) -> list[str]:
+    """On --resume: one line per loop setting that differs from the run's ``run_config.json``, saying which value
+    is used (optimizer settings: the checkpoint's, restored with its state; the rest: the command line's)."""
+    path = Path(out) / RUN_CONFIG
+    if not path.is_file():
+        return []
+    saved, now = json.loads(path.read_text()), _run_settings(cfg)
+    notes = []
+    for k in FROM_CHECKPOINT + FROM_COMMAND_LINE:
+        if k in saved and saved[k] != now[k]:
+            flag = "--" + k.replace("_", "-")
+            if k in FROM_CHECKPOINT:
+                notes.append(f"{flag} {now[k]} differs from the checkpoint's {saved[k]}: the checkpoint's is used "
+                             "(the optimizer and its schedule are restored); start a new --out to change it")
+            else:
+                notes.append(f"{flag} {now[k]} differs from the run's {saved[k]}: {now[k]} (the command line) is used")
+    return notes
+
+
 def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: TrainConfig,
           hparams: dict[str, Any] | None = None) -> TrainResult:
     """Run the loop for ``task``; on "finished" or "budget" the final model is saved to ``cfg.out``."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg, out)
+    accelerator.print(f"training with {describe_world(accelerator)}")
     set_seed(cfg.seed)
     if len(train_set) == 0:
         raise ValueError("the training split is empty")
@@ -289,8 +342,17 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
             raise NoCheckpointError(
                 f"--resume: no checkpoint under {checkpoint_dir(out)}; start without --resume (or check --out)"
             )
-        accelerator.load_state(str(ckpt))
+        notes = compare_run_config(out, cfg)
+        try:
+            accelerator.load_state(str(ckpt))
+        except (RuntimeError, KeyError, ValueError) as e:  # a state dict of another model or optimizer
+            raise ValueError(f"--resume: the checkpoint {ckpt} does not fit this run's model or optimizer ({str(e)[:300]}); "
+                             "resume with the arguments the run was started with, or start a new --out") from None
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
+        for note in notes:
+            accelerator.print(f"--resume: {note}")
+    if accelerator.is_main_process:
+        atomic_write_text(out / RUN_CONFIG, json.dumps(_run_settings(cfg), indent=2))
     if accelerator.is_main_process:
         accelerator.init_trackers("vqgen", config={k: v for k, v in {**asdict(cfg), **(hparams or {})}.items()
                                                    if isinstance(v, (int, float, str, bool))})

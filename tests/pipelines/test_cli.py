@@ -328,3 +328,35 @@ def test_ngram_prior_fits_by_counting_and_compresses_losslessly(tmp_path):
     import numpy as np
 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / "x.png")), img)
+
+
+def test_every_stage_takes_device():
+    """--device on every stage that runs a model (training included), parsed into the namespace the stage reads."""
+    from pipelines.cli import build_parser
+
+    p = build_parser()
+    base = {
+        "train-tokenizer": ["--dataset", "mnist5k", "--out", "o"], "train-prior": ["--tokens", "t", "--arch", "lstm",
+                                                                                   "--out", "o"],
+        "reconstruct": ["--tokenizer", "t", "--dataset", "mnist5k", "--out", "o"],
+        "tokenize": ["--raw", "--dataset", "mnist5k", "--out", "o"], "sample": ["--prior", "p", "--out", "o"],
+        "score": ["--prior", "p", "--dataset", "mnist5k", "--out", "o.csv"], "compress": ["--prior", "p", "f.png",
+                                                                                         "--out", "o"],
+        "decompress": ["--prior", "p", "f.vqz", "--out", "o"],
+    }
+    for cmd, args in base.items():
+        assert p.parse_args([cmd, *args, "--device", "cpu"]).device == "cpu", cmd
+
+
+def test_training_device_errors_are_clear(tmp_path):
+    import pytest
+    import torch
+
+    from pipelines.training.loop import TrainConfig, make_accelerator
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            make_accelerator(TrainConfig(out=str(tmp_path), device="cuda"), tmp_path, with_trackers=False)
+    with pytest.raises(ValueError, match="training runs on cpu or cuda"):
+        make_accelerator(TrainConfig(out=str(tmp_path), device="meta"), tmp_path, with_trackers=False)
+    assert make_accelerator(TrainConfig(out=str(tmp_path), device="cpu"), tmp_path, with_trackers=False).device.type == "cpu"

@@ -238,3 +238,56 @@ def test_token_folder_is_range_checked_when_loaded(tmp_path):
                 {"train": (data.tokens, data.labels)})
     with pytest.raises(ValueError, match=r"shape \(2, 3\), but tokens.json says \(3, 2\)"):
         load_tokens(tmp_path, "train")
+
+
+def test_full_disk_during_a_checkpoint_says_what_happened_and_cleans_up(tmp_path, monkeypatch):
+    """A checkpoint write that fails with ENOSPC: a CheckpointWriteError naming the cause, the path and the last
+    complete checkpoint; no .tmp- folder left behind; the earlier checkpoint still resumes."""
+    import errno
+
+    from accelerate import Accelerator
+
+    from pipelines.training.checkpoints import CheckpointWriteError
+
+    train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, steps=2))
+    good = latest_checkpoint(tmp_path)
+    real = Accelerator.save_state
+
+    def full(self, path, *a, **kw):
+        real(self, path, *a, **kw)  # write part of it, as a disk filling up would, then fail
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Accelerator, "save_state", full)
+    with pytest.raises(CheckpointWriteError, match="no space left on device") as e:
+        train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, steps=6, resume=True))
+    assert str(good) in str(e.value) and "--resume" in str(e.value)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    monkeypatch.setattr(Accelerator, "save_state", real)
+    assert train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, steps=6, resume=True)).step == 6
+
+
+def test_resume_with_other_loop_settings_says_which_value_is_used(tmp_path, capsys):
+    train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, steps=4))
+    capsys.readouterr()
+    train(PriorTask(_prior(), "toy", 6), _token_data(), None, _cfg(tmp_path, steps=6, lr=5e-3, resume=True))
+    out = capsys.readouterr().out
+    assert "--lr 0.005 differs from the checkpoint's 0.01: the checkpoint's is used" in out
+    assert "--steps 6 differs from the run's 4: 6 (the command line) is used" in out
+
+
+def test_resume_with_another_architecture_names_the_fields(tmp_path, capsys):
+    """Through the CLI: train-prior --resume with another --arch / size is refused, naming each field."""
+    from pipelines.cli import main
+    from pipelines.data.tokens import TokenHeader, save_tokens
+
+    data = _token_data(32)
+    header = TokenHeader(vocab_size=4, token_shape=(2, 3), modality="image", dataset="toy",
+                         codec={"input_shape": [1, 8, 12]}, counts={"train": 32, "test": 32})
+    save_tokens(tmp_path / "tok", header, {"train": (data.tokens, data.labels), "test": (data.tokens, data.labels)})
+    base = ["train-prior", "--tokens", str(tmp_path / "tok"), "--out", str(tmp_path / "p"), "--steps", "2",
+            "--batch-size", "8", "--quiet"]
+    assert main(base + ["--arch", "lstm", "--lstm-hidden", "16"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--arch", "transformer", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "arch: 'lstm' in the run, 'transformer' now" in err and "another prior" in err
