@@ -3,7 +3,7 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["tokenizer_quality", "speech_quality", "demo_sampling", "demo_image", "demo_audio", "prior_sampling", "wavenet_generation", "pixelcnn_cache", "sparse_attention", "prior_throughput",
+ORDER = ["tokenizer_quality", "speech_quality", "speech_codec_spoken_digits", "demo_sampling", "demo_image", "demo_audio", "prior_sampling", "wavenet_generation", "pixelcnn_cache", "sparse_attention", "prior_throughput",
          "compression"]
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger("vqgen.demo")
 
 # Budgets (seconds of training) chosen so the whole image demo fits in 10 minutes on 2 CPU cores.
 IMAGE_PLAN = {"tok_steps": 6000, "tok_seconds": 200, "tok_batch": 16, "prior_steps": 4000, "prior_seconds": 230, "batch": 64}
-AUDIO_PLAN = {"tok_steps": 20000, "tok_seconds": 240, "tok_batch": 16, "prior_steps": 8000, "prior_seconds": 240,
+AUDIO_PLAN = {"tok_steps": 20000, "tok_seconds": 240, "tok_batch": 16, "prior_steps": 8000, "prior_seconds": 420,
               "batch": 32}
 # The audio demo's codec when it trains one (--from-scratch, tones): the spectral codec at 2.5 kbit/s.
 AUDIO_TOKENIZER = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": 5,
@@ -174,7 +174,7 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
                   and PRETRAINED_AUDIO in available() else None)
     tokenizer = AUDIO_TOKENIZER | ({"istft_dim": 16, "istft_layers": 1} if quick else {})
     prior = {"arch": "transformer", "codebook_pattern": "delay", "n_layer": 1 if quick else 4, "n_head": 4,
-             "d_model": 16 if quick else 256, "dropout": 0.0 if quick else 0.1, "label_dropout": 0.1}
+             "d_model": 16 if quick else 128, "dropout": 0.0 if quick else 0.1, "label_dropout": 0.1}
     splits, tok, rec, pres = _pipeline(out, data, tokenizer, prior, plan, 16 if quick else None, None, 4, seed,
                                        progress, pretrained=pretrained)
     _say(f"    held-out STOI {rec.get('stoi', float('nan')):.3f} at {rec.get('kbps', 0.0):.2f} kbit/s, codebook usage "
