@@ -40,7 +40,8 @@ AUDIO_PLAN = {"tok_steps": 20000, "tok_seconds": 240, "tok_batch": 16, "prior_st
 AUDIO_TOKENIZER = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": 5,
                    "codebook_size": 1024}
 PRETRAINED_AUDIO = "spoken-digits"  # tokenizers_vq.pretrained name the audio demo starts from
-CFG_CANDIDATES = (1.5, 2.0, 3.0, 4.0)  # guidance scales the image demo tries before recording one for `vqgen sample`
+CFG_CANDIDATES = (1.5, 2.0, 3.0, 4.0)  # guidance scales the demos try before recording one for `vqgen sample`
+AUDIO_TEMPERATURES = (1.0, 0.85, 0.7)  # the audio demo's selection also tries cooler sampling
 QUICK_PLAN = {"tok_steps": 6, "tok_seconds": 30, "tok_batch": 16, "prior_steps": 6, "prior_seconds": 30, "batch": 16}
 
 
@@ -110,26 +111,33 @@ def _pipeline(out: Path, data: dict[str, Any], tokenizer: dict[str, Any], prior:
     return splits, tok, rec, pres
 
 
-def _guided_agreement(out: Path, predict: Any, seed: int, quick: bool) -> tuple[float, dict[str, Any], dict[float, float]]:
-    """Ten samples of each class; the guidance scale `vqgen sample` will use, chosen on a selection run with other
-    seeds than the reported one and recorded in the prior folder; the fraction ``predict`` (decoded inputs ->
-    labels) hears / sees as the class asked for. Returns (agreement, the final sample summary, selection scores)."""
+def _guided_agreement(out: Path, predict: Any, seed: int, quick: bool, temperatures: tuple[float, ...] = (1.0,)
+                      ) -> tuple[float, dict[str, Any], dict[str, float]]:
+    """Ten samples of each class; the guidance scale (and, with several ``temperatures``, the temperature) `vqgen
+    sample` will use, chosen on a selection run with other seeds than the reported one and recorded in the prior
+    folder; the fraction ``predict`` (decoded inputs -> labels) hears / sees as the class asked for. Returns
+    (agreement, the final sample summary, selection scores by setting)."""
     labels = [d for d in range(10) for _ in range(10)]
 
     def agreement(dest: Path, seed_: int, **kw: Any) -> tuple[float, dict[str, Any]]:
         gen = sample(out / "prior", dest, len(labels), labels=labels, seed=seed_, progress=False, **kw)
         return (predict(gen["decoded"]) == torch.tensor(labels)).float().mean().item(), gen
 
-    candidates = CFG_CANDIDATES[:1] if quick else CFG_CANDIDATES
-    scores = {s: agreement(out / "cfg_selection" / f"cfg_{s:g}", seed + 1000, cfg_scale=s)[0] for s in candidates}
+    def name(cfg: float, temp: float) -> str:
+        return f"{cfg:g}" if len(temperatures) == 1 else f"cfg {cfg:g} T {temp:g}"
+
+    grid = [(c, t) for c in (CFG_CANDIDATES[:1] if quick else CFG_CANDIDATES) for t in temperatures]
+    scores = {(c, t): agreement(out / "cfg_selection" / name(c, t).replace(" ", "_"), seed + 1000, cfg_scale=c,
+                                temperature=t)[0] for c, t in grid}
     shutil.rmtree(out / "cfg_selection", ignore_errors=True)
     best = max(scores.values())
-    chosen = min(s for s, v in scores.items() if v >= best - 0.01)  # the gentlest scale within 1 point of the best
-    set_sampling_defaults(out / "prior", cfg_scale=chosen)
-    _say("    selection run, agreement by guidance scale: " + ", ".join(f"{s:g}: {v:.0%}" for s, v in scores.items())
-         + f"; the prior folder now samples with {chosen:g}")
+    # the gentlest setting within 1 point of the best: least guidance, then the highest temperature
+    cfg, temp = min((k for k, v in scores.items() if v >= best - 0.01), key=lambda k: (k[0], -k[1]))
+    set_sampling_defaults(out / "prior", cfg_scale=cfg, temperature=temp)
+    _say("    selection run, agreement by setting: " + ", ".join(f"{name(*k)}: {v:.0%}" for k, v in scores.items())
+         + f"; the prior folder now samples with {name(cfg, temp)}")
     agree, gen = agreement(out / "samples", seed)
-    return agree, gen, scores
+    return agree, gen, {name(*k): v for k, v in scores.items()}
 
 
 def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool) -> dict[str, Any]:
@@ -155,7 +163,7 @@ def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
         "prior_bits_per_dim": round(pres.metrics.get("bits_per_dim", float("nan")), 4),
         "classifier_test_accuracy": round(clf_acc, 4), "samples_label_agreement": round(agree, 4),
         "samples_grid": str(out / "samples" / "grid.png"), "reconstructions": str(out / "reconstructions.png"),
-        "cfg_scale": gen["summary"]["cfg_scale"], "cfg_selection": {f"{k:g}": round(v, 3) for k, v in scores.items()},
+        "cfg_scale": gen["summary"]["cfg_scale"], "cfg_selection": {k: round(v, 3) for k, v in scores.items()},
         "classifier": str(out / "classifier"),
     }
 
@@ -202,10 +210,13 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
     clf, clf_acc = train_audio_classifier(splits.train, splits.test, epochs=1 if quick else 20, seed=seed,
                                           progress=progress)
     save_audio_classifier(clf, out / "classifier")
-    agree, gen, scores = _guided_agreement(out, lambda x: predict_audio(clf, x), seed, quick)
+    # Audio samples also babble after the word at temperature 1, so the selection tries cooler sampling too.
+    agree, gen, scores = _guided_agreement(out, lambda x: predict_audio(clf, x), seed, quick,
+                                           temperatures=(1.0,) if quick else AUDIO_TEMPERATURES)
     _say(f"    classifier (held-out voices accuracy {clf_acc:.1%}) hears the requested digit in {agree:.1%} of clips")
     return summary | {
         "classifier_test_accuracy": round(clf_acc, 4), "samples_label_agreement": round(agree, 4),
-        "cfg_scale": gen["summary"]["cfg_scale"], "cfg_selection": {f"{k:g}": round(v, 3) for k, v in scores.items()},
+        "cfg_scale": gen["summary"]["cfg_scale"], "temperature": gen["summary"]["temperature"],
+        "cfg_selection": {k: round(v, 3) for k, v in scores.items()},
         "classifier": str(out / "classifier"), "samples_spectrograms": str(out / "samples" / "spectrograms.png"),
     }

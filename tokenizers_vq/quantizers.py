@@ -73,6 +73,13 @@ class Quantizer(nn.Module):
                              "rfsq for several)")
 
 
+def _vq_kwargs(config: TokenizerConfig) -> dict:
+    """vector-quantize-pytorch's VectorQuantize settings from a config (shared by vq and every rvq layer)."""
+    return dict(dim=config.latent_dim, codebook_size=config.codebook_size, decay=config.ema_decay,
+                kmeans_init=config.kmeans_init, kmeans_iters=10, threshold_ema_dead_code=config.dead_code_threshold,
+                commitment_weight=config.commitment_weight)
+
+
 class VQQuantizer(Quantizer):
     """VQ-VAE bottleneck (van den Oord et al. 2017) with EMA codebook updates, k-means initialisation,
     dead-code replacement and the commitment loss, all from vector-quantize-pytorch."""
@@ -81,15 +88,7 @@ class VQQuantizer(Quantizer):
         super().__init__()
         self.in_dim = self.out_dim = config.latent_dim
         self.vocab_size = config.codebook_size
-        self.vq = VectorQuantize(
-            dim=config.latent_dim,
-            codebook_size=config.codebook_size,
-            decay=config.ema_decay,
-            kmeans_init=config.kmeans_init,
-            kmeans_iters=10,
-            threshold_ema_dead_code=config.dead_code_threshold,
-            commitment_weight=config.commitment_weight,
-        )
+        self.vq = VectorQuantize(**_vq_kwargs(config))
         _sync_codebook_when_distributed(self.vq)
 
     def forward(self, z: Tensor, n_quantizers: int | None = None) -> QuantizerOutput:
@@ -309,17 +308,8 @@ class ResidualVQQuantizer(ResidualQuantizer):
         self.vocab_size = config.codebook_size
         self.num_codebooks = config.num_quantizers
         self.dropout = config.quantizer_dropout
-        self.rq = ResidualVQ(
-            dim=config.latent_dim,
-            num_quantizers=config.num_quantizers,
-            codebook_size=config.codebook_size,
-            quantize_dropout=config.quantizer_dropout,
-            decay=config.ema_decay,
-            kmeans_init=config.kmeans_init,
-            kmeans_iters=10,
-            threshold_ema_dead_code=config.dead_code_threshold,
-            commitment_weight=config.commitment_weight,
-        )
+        self.rq = ResidualVQ(num_quantizers=config.num_quantizers, quantize_dropout=config.quantizer_dropout,
+                             **_vq_kwargs(config))
         for layer in self.rq.layers:
             _sync_codebook_when_distributed(layer)
 

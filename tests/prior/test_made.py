@@ -61,15 +61,20 @@ def test_masks_are_not_saved() -> None:
     assert not any(k.endswith("mask") or k.endswith("order") for k in p.state_dict())
 
 
-@pytest.mark.parametrize("num_classes", [0, 2])
-def test_random_order_is_normalised_and_follows_its_order(num_classes: int) -> None:
-    p = make("random", shape=(2, 3), vocab=3, seed=5, num_classes=num_classes)
+def assert_normalised(p, num_classes: int) -> None:
+    """sum over all 3**6 grids of shape (2, 3) of exp(log_prob) is 1, unconditionally or for every label."""
     grids = torch.tensor(list(itertools.product(range(3), repeat=6))).reshape(-1, 2, 3)
     for label in range(num_classes) if num_classes else [None]:
         lab = None if label is None else torch.full((729,), label)
         with torch.no_grad():
             lp = p.log_prob(grids, lab).double()
         assert abs(torch.logsumexp(lp, 0).item()) < 1e-4
+
+
+@pytest.mark.parametrize("num_classes", [0, 2])
+def test_random_order_is_normalised_and_follows_its_order(num_classes: int) -> None:
+    p = make("random", shape=(2, 3), vocab=3, seed=5, num_classes=num_classes)
+    assert_normalised(p, num_classes)
     # perturbation: the logits at position i move only with tokens earlier in the MADE order
     o = made_order(p.config)
     x = torch.randint(0, 3, (4, 6))
@@ -205,12 +210,7 @@ def test_agnostic_masks_are_autoregressive_for_every_ordering_drawn(connectivity
 def test_agnostic_ensemble_is_normalised(connectivity: bool, num_classes: int) -> None:
     """Exhaustively over the 3**6 grids: sum_x exp(log_prob(x)) = 1 for the K = 3 ensemble (and per label)."""
     p = make_agnostic(ensemble=3, connectivity=connectivity, num_classes=num_classes)
-    grids = torch.tensor(list(itertools.product(range(3), repeat=6))).reshape(-1, 2, 3)
-    for label in range(num_classes) if num_classes else [None]:
-        lab = None if label is None else torch.full((729,), label)
-        with torch.no_grad():
-            lp = p.log_prob(grids, lab).double()
-        assert abs(torch.logsumexp(lp, 0).item()) < 1e-4
+    assert_normalised(p, num_classes)
 
 
 def test_agnostic_ensemble_is_the_mean_of_its_orderings() -> None:
