@@ -156,12 +156,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     orig = next((r for r in rows if r.get("family") == "original"), None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     style = {"codec2": ("o", "tab:blue"), "opus": ("s", "tab:green"), "vqgen": ("^", "tab:red")}
+    # one line per codec family, and per tokenizer folder for vqgen (a bitrate ladder is one model)
+    series = {}
+    for r in scored:
+        series.setdefault((r["family"], r.get("tokenizer", "")), []).append(r)
+    shades = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
     for ax, key, label in ((axes[0], "stoi", "STOI"), (axes[1], "accuracy", "classifier accuracy")):
-        for fam, (marker, color) in style.items():
-            pts = sorted((r["kbps"], r[key], r["codec"]) for r in scored if r["family"] == fam)
-            if not pts:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=fam,
+        vq = 0
+        for (fam, tok), members in series.items():
+            marker, color = style.get(fam, ("x", "black"))
+            if fam == "vqgen":
+                color, vq = shades[vq % len(shades)], vq + 1
+            pts = sorted((r["kbps"], r[key], r["codec"]) for r in members)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                    label=f"vqgen {Path(tok).name}" if fam == "vqgen" else fam,
                     linestyle="-" if fam != "opus" else "none")
             for k, v, name in pts:
                 ax.annotate(name.replace("Codec2 ", "").replace("vqgen ", ""), (k, v), textcoords="offset points",
@@ -180,7 +188,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
         ax.set_xlabel("kbit/s")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower left")
     fig.suptitle("spoken-digits, held-out voices: intelligibility vs bitrate")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
