@@ -119,6 +119,31 @@ class AudioDecoder(nn.Sequential):
         super().__init__(*layers)
 
 
+def chunked(fn: Callable[[int, int], Tensor], t: int, chunk: int, context: int, out_per_token: int) -> Tensor:
+    """Run ``fn(lo, hi)`` (tokens [lo, hi) with context) on overlapping windows of a t-token sequence and stitch
+    the centres: how both audio backbones bound memory on long inputs. fn returns [B, (hi - lo) * out_per_token(, q)];
+    the context is cut off again."""
+    pieces = []
+    for a in range(0, t, chunk):
+        b = min(a + chunk, t)
+        lo, hi = max(0, a - context), min(t, b + context)
+        pieces.append(fn(lo, hi)[:, (a - lo) * out_per_token:(b - lo) * out_per_token])
+    return torch.cat(pieces, dim=1)
+
+
+def multires_log_mel_l1(est: Tensor, ref: Tensor, sample_rate: int, ffts: list[int]) -> Tensor:
+    """Log-mel L1 (nats) averaged over the FFT sizes ``ffts`` that fit in T (reflect padding needs T > n_fft / 2).
+    est, ref: float [B, T]. 0 when none fits."""
+    losses = []
+    for n_fft in ffts:
+        if n_fft // 2 >= est.shape[-1]:
+            continue
+        n_mels = min(80, n_fft // 8)  # few enough that no mel band falls between two FFT bins
+        losses.append((log_mel_spectrogram(est, sample_rate, n_fft, n_mels=n_mels)
+                       - log_mel_spectrogram(ref, sample_rate, n_fft, n_mels=n_mels)).abs().mean())
+    return torch.stack(losses).mean() if losses else est.new_zeros(())
+
+
 def _convs(module: nn.Module) -> list[nn.Module]:
     """The conv layers of a sequential stack, in execution order (a residual branch's convs in place:
     the identity path never reaches further than the branch, so the branch sets the reach)."""
@@ -235,18 +260,6 @@ class AudioAutoencoder(nn.Module):
         out = self.decoder(self.quantizer.codes_to_latent(codes))
         return self.expected_waveform(out) if mode == "mean" else self.argmax_waveform(out)
 
-    def _chunked(self, fn: Callable[[int, int], Tensor], t: int, chunk: int, context: int, out_per_token: int,
-                 ) -> Tensor:
-        """Run ``fn(lo, hi)`` (tokens [lo, hi) with context) on overlapping windows of a t-token sequence and
-        stitch the centres. fn returns [B, (hi - lo) * out_per_token]; the context is cut off again."""
-        pieces = []
-        for a in range(0, t, chunk):
-            b = min(a + chunk, t)
-            lo, hi = max(0, a - context), min(t, b + context)
-            out = fn(lo, hi)
-            pieces.append(out[:, (a - lo) * out_per_token:(b - lo) * out_per_token])
-        return torch.cat(pieces, dim=1)
-
     def encode(self, x: Tensor, chunk_tokens: int | None = None) -> Tensor:
         """x float32 [B, T] in [-1, 1], T a multiple of downsample -> codes int64 [B, T / downsample] (rvq / rfsq:
         [B, T / downsample, q]; chunks are stitched along time, axis 1).
@@ -261,7 +274,7 @@ class AudioAutoencoder(nn.Module):
         chunk = self.config.chunk_tokens if chunk_tokens is None else chunk_tokens
         if chunk <= 0 or t <= chunk:
             return self._encode_piece(x)
-        return self._chunked(lambda lo, hi: self._encode_piece(x[:, lo * d:hi * d]), t, chunk, self.overlap, 1)
+        return chunked(lambda lo, hi: self._encode_piece(x[:, lo * d:hi * d]), t, chunk, self.overlap, 1)
 
     def decode(self, codes: Tensor, chunk_tokens: int | None = None, mode: str = "mean") -> Tensor:
         """codes int64 [B, t] (rvq / rfsq: [B, t, q'], q' <= q) -> waveform float32 [B, t * downsample] in [-1, 1].
@@ -280,19 +293,12 @@ class AudioAutoencoder(nn.Module):
         chunk = self.config.chunk_tokens if chunk_tokens is None else chunk_tokens
         if chunk <= 0 or t <= chunk:
             return self._decode_piece(codes, mode)
-        return self._chunked(lambda lo, hi: self._decode_piece(codes[:, lo:hi], mode), t, chunk, self.overlap,
+        return chunked(lambda lo, hi: self._decode_piece(codes[:, lo:hi], mode), t, chunk, self.overlap,
                              self.config.downsample)
 
     def mel_loss(self, est: Tensor, ref: Tensor) -> Tensor:
         """Multi-resolution log-mel L1 (nats), mean over the resolutions that fit in T. est, ref: [B, T]."""
-        losses = []
-        for n_fft in self.mel_ffts:
-            if n_fft // 2 >= est.shape[-1]:  # reflect padding needs T > n_fft / 2
-                continue
-            n_mels = min(80, n_fft // 8)  # few enough that no mel band falls between two FFT bins
-            losses.append((log_mel_spectrogram(est, self.config.sample_rate, n_fft, n_mels=n_mels)
-                           - log_mel_spectrogram(ref, self.config.sample_rate, n_fft, n_mels=n_mels)).abs().mean())
-        return torch.stack(losses).mean() if losses else est.new_zeros(())
+        return multires_log_mel_l1(est, ref, self.config.sample_rate, self.mel_ffts)
 
     def forward(self, x: Tensor) -> TokenizerOutput:
         """x float32 [B, T] in [-1, 1] -> TokenizerOutput(recon float32 [B, T] in [-1, 1] (``decode``'s "mean"),

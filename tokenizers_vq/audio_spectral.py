@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .audio import chunked, multires_log_mel_l1
 from .config import TokenizerConfig
-from .metrics import log_mel_spectrogram, si_snr
+from .metrics import si_snr
 from .mulaw import mu_law_decode, mu_law_encode
 from .quantizers import build_quantizer
 from .types import TokenizerOutput
@@ -136,6 +137,7 @@ class SpectralAudioAutoencoder(nn.Module):
         sr = config.sample_rate
         # Loss resolutions from 16 to 128 ms windows at 16 kHz (short ones keep onsets, long ones harmonics).
         self.loss_ffts = [max(64, n * sr // 16000 // 2 * 2) for n in (256, 512, 1024, 2048)]
+        self._windows: dict[tuple[int, str], Tensor] = {}
 
     # ------------------------------------------------------------------ interface
     @property
@@ -189,14 +191,6 @@ class SpectralAudioAutoencoder(nn.Module):
     def _decode_piece(self, codes: Tensor) -> Tensor:
         return self._synthesise(self.quantizer.codes_to_latent(codes)).clamp(-1.0, 1.0)
 
-    def _chunked(self, fn, t: int, chunk: int, out_per_token: int) -> Tensor:
-        pieces = []
-        for a in range(0, t, chunk):
-            b = min(a + chunk, t)
-            lo, hi = max(0, a - self.overlap), min(t, b + self.overlap)
-            pieces.append(fn(lo, hi)[:, (a - lo) * out_per_token:(b - lo) * out_per_token])
-        return torch.cat(pieces, dim=1)
-
     def encode(self, x: Tensor, chunk_tokens: int | None = None, n_quantizers: int | None = None) -> Tensor:
         """x float32 [B, T] in [-1, 1] -> codes int64 [B, T / hop] (residual quantizers: [B, T / hop, q]).
 
@@ -208,8 +202,8 @@ class SpectralAudioAutoencoder(nn.Module):
         chunk = self.config.chunk_tokens if chunk_tokens is None else chunk_tokens
         if chunk <= 0 or t <= chunk:
             return self._encode_piece(x, n_quantizers)
-        return self._chunked(lambda lo, hi: self._encode_piece(x[:, lo * self.hop:hi * self.hop], n_quantizers),
-                             t, chunk, 1)
+        return chunked(lambda lo, hi: self._encode_piece(x[:, lo * self.hop:hi * self.hop], n_quantizers),
+                       t, chunk, self.overlap, 1)
 
     def decode(self, codes: Tensor, chunk_tokens: int | None = None) -> Tensor:
         """codes int64 [B, t] (or [B, t, q]) -> waveform float32 [B, t * hop] in [-1, 1]. Chunked like ``encode``."""
@@ -217,28 +211,29 @@ class SpectralAudioAutoencoder(nn.Module):
         chunk = self.config.chunk_tokens if chunk_tokens is None else chunk_tokens
         if chunk <= 0 or t <= chunk:
             return self._decode_piece(codes)
-        return self._chunked(lambda lo, hi: self._decode_piece(codes[:, lo:hi]), t, chunk, self.hop)
+        return chunked(lambda lo, hi: self._decode_piece(codes[:, lo:hi]), t, chunk, self.overlap, self.hop)
 
     # ------------------------------------------------------------------ training
     def spectral_losses(self, est: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
         """(multi-resolution log-mel L1, multi-resolution log-STFT-magnitude L1), each a mean over the resolutions
         that fit in T. est, ref: float [B, T]."""
-        mels, mags = [], []
-        sr = self.config.sample_rate
+        mel = multires_log_mel_l1(est, ref, self.config.sample_rate, self.loss_ffts)
+        mags = []
         for n_fft in self.loss_ffts:
             if n_fft // 2 >= est.shape[-1]:  # reflect padding needs T > n_fft / 2
                 continue
-            n_mels = min(80, n_fft // 8)
-            mels.append((log_mel_spectrogram(est, sr, n_fft, n_mels=n_mels)
-                         - log_mel_spectrogram(ref, sr, n_fft, n_mels=n_mels)).abs().mean())
-            win = torch.hann_window(n_fft, device=est.device)
+            win = self._window(n_fft, est.device)
             s_est = torch.stft(est, n_fft, n_fft // 4, window=win, return_complex=True).abs()
             s_ref = torch.stft(ref, n_fft, n_fft // 4, window=win, return_complex=True).abs()
             mags.append((torch.log(s_est + 1e-5) - torch.log(s_ref + 1e-5)).abs().mean())
-        if not mels:
-            zero = est.new_zeros(())
-            return zero, zero
-        return torch.stack(mels).mean(), torch.stack(mags).mean()
+        return mel, (torch.stack(mags).mean() if mags else est.new_zeros(()))
+
+    def _window(self, n_fft: int, device: torch.device) -> Tensor:
+        """A Hann window per size and device, made once (the loss runs every training step)."""
+        key = (n_fft, str(device))
+        if key not in self._windows:
+            self._windows[key] = torch.hann_window(n_fft, device=device)
+        return self._windows[key]
 
     def forward(self, x: Tensor) -> TokenizerOutput:
         """x float32 [B, T] in [-1, 1] -> TokenizerOutput(recon float32 [B, T], codes, loss, metrics).
