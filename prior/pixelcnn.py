@@ -51,7 +51,7 @@ def _right_shift(x: Tensor) -> Tensor:
 class _GatedLayer(nn.Module):
     """One gated layer of both stacks (Fig. 2 of the paper). v, h: float [B, C, H, W]."""
 
-    def __init__(self, channels: int, kernel: int, first: bool, cond_dim: int):
+    def __init__(self, channels: int, kernel: int, first: bool, cond_dim: int, dropout: float = 0.0):
         super().__init__()
         C, k = channels, kernel
         self.k, self.first = k, first
@@ -60,6 +60,7 @@ class _GatedLayer(nn.Module):
         self.v_to_h = nn.Conv2d(2 * C, 2 * C, 1)  # the vertical -> horizontal link (after the down shift)
         self.h_out = nn.Conv2d(C, C, 1)
         self.cond = nn.Linear(cond_dim, 4 * C, bias=False) if cond_dim else None  # V h for both stacks
+        self.drop = nn.Dropout(dropout)  # on the residual branch (PixelCNN++): small datasets overfit without it
 
     @staticmethod
     def _gate(a: Tensor) -> Tensor:
@@ -74,7 +75,7 @@ class _GatedLayer(nn.Module):
         if self.cond is not None:
             cv, ch = self.cond(cond)[:, :, None, None].chunk(2, 1)
             v_pre, h_pre = v_pre + cv, h_pre + ch
-        h_new = self.h_out(self._gate(h_pre))
+        h_new = self.h_out(self.drop(self._gate(h_pre)))
         # no residual in the first layer: its input holds the current token (§2.2)
         return self._gate(v_pre), h_new if self.first else h + h_new
 
@@ -129,7 +130,7 @@ class GatedPixelCNN(PriorNet):
         self.label_embed = nn.Embedding(c.num_classes + 1, C) if c.num_classes else None
         cond_dim = C if c.num_classes else 0
         self.layers = nn.ModuleList(
-            _GatedLayer(C, first_kernel if i == 0 else kernel, i == 0, cond_dim) for i in range(c.pixelcnn_layers))
+            _GatedLayer(C, first_kernel if i == 0 else kernel, i == 0, cond_dim, c.dropout) for i in range(c.pixelcnn_layers))
         out = head_size(c.output, c.vocab_size, c.logistic_mixtures)  # V logits or 3K mixture parameters
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, out, 1))
 

@@ -141,3 +141,27 @@ def test_beam_search_cached_equals_uncached() -> None:
     b = p.beam_search(beam_size=5, labels=torch.tensor([0, 2, 1]), use_cache=False)
     assert torch.equal(a.tokens, b.tokens)
     torch.testing.assert_close(a.log_probs, b.log_probs, rtol=0, atol=1e-5)
+
+
+def test_dropout_acts_in_training_only_and_keeps_causality() -> None:
+    """``dropout`` (PriorConfig's) drops the gated residual branch while training: two training-mode
+    forwards differ, eval mode is deterministic and equals the cached steps, and a dropped unit never lets
+    a later token leak into an earlier logit."""
+    torch.manual_seed(0)
+    p = build_prior(arch="pixelcnn", vocab_size=4, shape=(5, 5), pixelcnn_layers=4, pixelcnn_channels=8,
+                    dropout=0.5)
+    x = torch.randint(0, 4, (2, 25))
+    p.train()
+    a, b = p.net(x), p.net(x)
+    assert not torch.equal(a, b)
+    y = x.clone()
+    y[:, 12] = (y[:, 12] + 1) % 4
+    torch.manual_seed(1)
+    ya = p.net(y)
+    torch.manual_seed(1)
+    xa = p.net(x)
+    torch.testing.assert_close(ya[:, :13], xa[:, :13], rtol=0, atol=0)  # same dropout masks: positions <= 12 unchanged
+    p.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(p.net(x), p.net(x), rtol=0, atol=0)
+        torch.testing.assert_close(stepwise_logits(p, x, None), p.net(x), rtol=0, atol=1e-5)
