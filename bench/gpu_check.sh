@@ -111,6 +111,15 @@ run_step() {
   "$PY" bench/gpu/report.py record --results "$STEPS_DIR" --step "$name" --rc "$rc" --seconds $(($(date +%s) - t0)) \
     --cap "$cap" --log "$log" ${extra[@]+"${extra[@]}"} ${DRY[@]+"${DRY[@]}"}
   echo "=== $name: exit status $rc after $(($(date +%s) - t0)) s ==="
+  publish
+}
+
+publish() {  # what exists so far into $OUT (the device tool brings back at most 8 files): also if the run is cut off
+  [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] || return 0
+  tar -czf "$OUT/gpu_check_steps.tar.gz" -C "$RESULTS" gpu_check 2>/dev/null
+  [ -f "$RESULTS/gpu_check.json" ] && cp "$RESULTS/gpu_check.json" "$OUT/gpu_check.json"
+  [ -f "$STEPS_DIR/tests.log" ] && cp "$STEPS_DIR/tests.log" "$OUT/gpu_check_pytest.log"
+  return 0
 }
 
 step() {  # step NAME CAP QUIET SCRIPT [ARGS...]: a bench/gpu/SCRIPT.py with the common arguments
@@ -138,11 +147,9 @@ step train_mfu 100 0 train_mfu             # last: its compiled mode runs only i
   --seconds $(($(date +%s) - START)) ${DRY[@]+"${DRY[@]}"}
 STATUS=$?
 cp "$STEPS_DIR/tests.log" "$STEPS_DIR/pytest.log" 2>/dev/null
-if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then   # the device tool brings back what is under $OUT (at most 8 files)
-  cp "$RESULTS/gpu_check.json" "$OUT/gpu_check.json"
+publish
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   cp "$MD" "$OUT/gpu_check.md"
-  cp "$STEPS_DIR/pytest.log" "$OUT/gpu_check_pytest.log" 2>/dev/null
-  tar -czf "$OUT/gpu_check_steps.tar.gz" -C "$RESULTS" gpu_check
-  echo "copied the summary, the markdown, the pytest log and gpu_check_steps.tar.gz to $OUT"
+  echo "copied gpu_check.json, gpu_check.md, gpu_check_pytest.log and gpu_check_steps.tar.gz to $OUT"
 fi
 exit "$STATUS"

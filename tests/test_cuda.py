@@ -59,11 +59,19 @@ def _compile_flex_per_shape():
 
 @pytest.fixture(autouse=True)
 def _exact_fp32():
-    """TF32 matmuls and convolutions would put CUDA fp32 ~1e-3 away from the CPU."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    """TF32 matmuls and convolutions would put CUDA fp32 ~1e-3 away from the CPU: IEEE fp32 for these tests, set
+    through torch's newer per-backend API where it exists (mixing it with the legacy flags can be an error)."""
+    mm, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(mm, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        targets = [(mm, "fp32_precision", "ieee"), (conv, "fp32_precision", "ieee")]
+    else:
+        targets = [(mm, "allow_tf32", False), (torch.backends.cudnn, "allow_tf32", False)]
+    old = [(obj, name, getattr(obj, name)) for obj, name, _ in targets]
+    for obj, name, value in targets:
+        setattr(obj, name, value)
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    for obj, name, value in old:
+        setattr(obj, name, value)
 
 
 def _perturbed(prior):  # noqa: ANN001, ANN202
@@ -165,10 +173,11 @@ def test_sparse_paths_agree_on_device(attention: str) -> None:
             p.net.impl = impl
             with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
                 bf16[impl] = p(x).float().cpu()
-        # bf16 keeps 8 bits of mantissa: both paths stay within ~1% of the fp32 reference's scale
+        # bf16 keeps 8 bits of mantissa: on the CPU (autocast) the dense path lands 1.6-3.1% of the logits' scale
+        # from fp32 with these weights, and the factorised path 0.1-0.3% from the dense one
         scale = out["dense"].abs().max().item()
-        assert (bf16["flex"] - bf16["dense"]).abs().max().item() < 0.03 * scale
-        assert (bf16["flex"] - out["dense"]).abs().max().item() < 0.03 * scale
+        assert (bf16["flex"] - bf16["dense"]).abs().max().item() < 0.02 * scale
+        assert (bf16["flex"] - out["dense"]).abs().max().item() < 0.1 * scale
 
 
 @pytest.mark.parametrize("name", ["transformer", "sparse_strided", "pixelcnn", "wavenet"])

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from argparse import Namespace
 from pathlib import Path
 
@@ -37,7 +38,7 @@ report = _load("report")
 
 
 def _run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "VQGEN_TEST_DEVICE")} | (env or {})
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "VQGEN_TEST_DEVICE", "GPU_CHECK_BUDGET")} | (env or {})
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -48,9 +49,16 @@ def test_dry_run_walks_every_step_on_the_cpu_and_reports_each_ok(tmp_path):
     docs_md = ROOT / "docs" / "benchmarks" / "gpu_check.md"
     docs_before = docs_md.read_text() if docs_md.is_file() else None
     results_before = (ROOT / "bench" / "results" / "gpu_check.json").is_file()
-    r = _run("--dry-run", "--results-dir", str(tmp_path), env={"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
-             timeout=880)
+    out = tmp_path / "out"  # what the device tool would bring back
+    out.mkdir()
+    r = _run("--dry-run", "--results-dir", str(tmp_path / "res"), timeout=880,
+             env={"PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "OUT": str(out)})
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md", "gpu_check_pytest.log",
+                                                     "gpu_check_steps.tar.gz"]  # the device tool takes <= 8 files
+    with tarfile.open(out / "gpu_check_steps.tar.gz") as tar:
+        assert {f"gpu_check/{name}.json" for name in report.STEPS} <= set(tar.getnames())
+    tmp_path = tmp_path / "res"
     s = json.loads((tmp_path / "gpu_check.json").read_text())
     assert s["dry_run"] is True and s["ok"] is True
     assert s["statuses"] == {name: "ok" for name in report.STEPS}
