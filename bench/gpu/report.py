@@ -27,7 +27,8 @@ TITLES = {"install": "0. install (missing packages, imports)", "environment": "1
 TIMEOUT_CODES = (124, 137)  # timeout(1): the cap was reached (137: also killed after the grace period)
 
 HOWTO = """\
-`bench/gpu_check.sh` is the one prepared script for a GPU machine: on one H100 / H200 it runs, in at most 8 minutes,
+`bench/gpu_check.sh` is the one prepared script for a GPU machine: on one H100 / H200 it runs, in at most 8 minutes:
+
 0. an install step (what `bench/gpu/wheels.txt` pins and the interpreter lacks, from a carried `wheelhouse/`, with
    `pip install --no-deps`, so torch is never touched; the repository goes on `PYTHONPATH`, nothing is built);
 1. the machine (nvidia-smi, torch, CUDA, package versions) and a measured bf16 matmul rate (8192^3), the MFU ceiling;
@@ -54,10 +55,14 @@ How to run it with the device tool (no network there):
    into `wheelhouse/`, which git ignores);
 2. `run` with `command: "bash bench/gpu_check.sh"`, `carry: ["wheelhouse"]`, `timeout_s: 560`; it uses the image's
    `python3` (set `PYTHON=` for another interpreter);
-3. copy the files it brings back into `bench/results/` and `docs/benchmarks/`, and run `python bench/assemble_docs.py`.
+3. from the files it brings back: `gpu_check.json` to `bench/results/`, `gpu_check.md` to `docs/benchmarks/`,
+   `tar -xzf gpu_check_steps.tar.gz -C bench/results` (each step's record and log), then
+   `python bench/assemble_docs.py` puts this section into `docs/BENCHMARKS.md`.
 
-Without a GPU, `bash bench/gpu_check.sh --dry-run` walks every step on the CPU at toy sizes (a minute or two; results
-in a temporary folder, or `--results-dir DIR`); `tests/test_gpu_check.py` runs it."""
+Without a GPU, `bash bench/gpu_check.sh --dry-run` walks every step on the CPU at toy sizes, with a few of the CUDA
+tests (`GPU_CHECK_DRY_TESTS=all`: all of them) run on the CPU as the device: about 90 CPU-seconds, 3.5-4.5 minutes on
+the shared 2-core development machine at load 8-10; results in a temporary folder, or `--results-dir DIR`.
+`tests/test_gpu_check.py` runs it (marked slow)."""
 
 
 def load(path: Path) -> dict[str, Any]:
