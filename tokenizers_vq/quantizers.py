@@ -105,9 +105,16 @@ class VQQuantizer(Quantizer):
         return _from_seq(out, grid)
 
 
+def _is_distributed() -> bool:
+    # Not vqp.is_distributed(): it is functools.cache'd, and VectorQuantize.__init__ calls it before the launcher's
+    # process group exists, so it answers False for the rest of the process and no codebook statistic was ever
+    # all-reduced (each rank learned its codebook from its own batches only).
+    return distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1
+
+
 def _when_distributed(dist_fn, local_fn):
     def fn(*args, **kwargs):
-        return (dist_fn if vqp.is_distributed() else local_fn)(*args, **kwargs)
+        return (dist_fn if _is_distributed() else local_fn)(*args, **kwargs)
 
     return fn
 
@@ -212,7 +219,7 @@ def _random_count(q: int, device: torch.device) -> int:
     """A uniform draw from 1..q (torch's RNG, which the training loop seeds and checkpoints), the same on every
     process: all ranks must run the same layers, or their codebook all-reduces would not pair up."""
     n = torch.randint(1, q + 1, (), device=device)
-    if vqp.is_distributed():
+    if _is_distributed():
         distributed.broadcast(n, src=0)
     return int(n)
 

@@ -3,25 +3,44 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from prior import Prior
-from tokenizers_vq import Tokenizer
+from prior import Prior, build_prior
+from tokenizers_vq import Tokenizer, build_tokenizer
 from tokenizers_vq import metrics as M
 from tokenizers_vq.code_stats import CodebookCounter, rate_metrics
 
-from .loop import TrainTask
+from .loop import EvalShard, TrainTask, forward_count, shard_ranges
 
 
-def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def _eval_batches(dataset: Dataset, batch_size: int, shard: EvalShard | None, limit: int | None = None,
+                  group_of: Callable[[int], Any] | None = None) -> Iterator[tuple[int, Any, bool]]:
+    """(index of the batch's first example in ``dataset``, batch, counted) for this process's share of ``dataset``
+    in order (all of it when ``shard`` is None). ``limit``: only the first batches until ``limit`` examples are
+    reached, as one process would read them. With a shard, batches with ``counted`` False follow until every
+    process has run the same number of forwards (``EvalShard``): score them, then drop the result."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is not None:
+        n = min(n, math.ceil(limit / batch_size) * batch_size)
+    ranges = shard_ranges(n, 1 if shard is None else shard.world, group_of)
+    lo, hi = ranges[0 if shard is None else shard.rank]
+    done = 0
+    for i, batch in enumerate(DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, shuffle=False)):
+        yield lo + i * batch_size, batch, True
+        done += 1
+    missing = forward_count(ranges, batch_size) - done if shard is not None else 0
+    if missing > 0:
+        pad = next(iter(DataLoader(Subset(dataset, range(min(batch_size, n))), batch_size=batch_size)))
+        for _ in range(missing):
+            yield 0, pad, False
 
 
 MEL_MIN_SAMPLES = 1024  # log_mel_l1's n_fft: shorter signals (a short held-out tail) are zero-padded to it
@@ -62,9 +81,12 @@ class _WholeSignalScores:
         self.x, self.r = [], []
 
 
+_SUMMED = ("psnr", "ssim", "si_snr", "log_mel_l1", "mu_law_accuracy", "loss")  # per-example means, summed x batch
+
+
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 128, progress: bool = False,
-                       limit: int | None = None) -> dict[str, float]:
+                       limit: int | None = None, shard: EvalShard | None = None) -> dict[str, float]:
     """Test-split metrics of a tokenizer.
 
     Images: PSNR (dB), SSIM, codebook usage (fraction of codes used on the split), code perplexity.
@@ -74,20 +96,25 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
     each whole file and averaged per sample (a file weighs its length); ``scored_samples`` and ``scored_files``
     count what was scored (every sample of every test file once; a file shorter than a clip as its padded
     clip). Loss and mu-law accuracy stay per window (forward's own), averaged over windows.
+
+    ``shard`` (multi-process training): this process scores its share (whole files for ``score_span`` datasets) and
+    the sums and code counts are all-reduced, so every process returns the 1-process metrics (to float rounding).
     """
     was = tokenizer.training
     tokenizer.eval()
     counts = CodebookCounter(tokenizer.vocab_size, tokenizer.num_codebooks)  # per codebook for rvq / rfsq
     sums: dict[str, float] = {}
-    n = 0
+    weights: dict[str, float] = {}
     device = next(tokenizer.parameters()).device
     spans = getattr(dataset, "score_span", None) if tokenizer.modality == "audio" else None
     whole = _WholeSignalScores(tokenizer.config.sample_rate) if spans is not None else None
-    for x, _ in tqdm(_loader(dataset, batch_size), desc="evaluate", disable=not progress, leave=False):
-        if limit is not None and n >= limit:
-            break
+    group_of = (lambda i: spans(i)[0]) if spans is not None else None  # type: ignore[misc]
+    batches = _eval_batches(dataset, batch_size, shard, limit, group_of)
+    for start, (x, _), counted in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
         x = x.to(device).float()
         out = tokenizer(x)
+        if not counted:  # a padding forward (see EvalShard)
+            continue
         counts.add(out.codes)
         b = x.shape[0]
         if tokenizer.modality == "image":
@@ -95,7 +122,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
         elif whole is not None:
             batch_metrics = {}
             for k in range(b):
-                group, lo, hi = spans(n + k)  # type: ignore[misc]
+                group, lo, hi = spans(start + k)  # type: ignore[misc]
                 whole.add(group, x[k, lo:hi].cpu(), out.recon[k, lo:hi].cpu())
         else:
             batch_metrics = {"si_snr": M.si_snr(out.recon, x).mean().item(),
@@ -105,13 +132,24 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
         batch_metrics["loss"] = out.loss.item()
         for k, v in batch_metrics.items():
             sums[k] = sums.get(k, 0.0) + v * b
-        n += b
+            weights[k] = weights.get(k, 0.0) + b
     tokenizer.train(was)
-    res = {k: v / max(n, 1) for k, v in sums.items()}
     if whole is not None:
-        whole.flush()
-        res |= {k: v / max(whole.samples, 1) for k, v in whole.sums.items()}
-        res |= {"scored_samples": whole.samples, "scored_files": whole.signals}
+        whole.flush()  # a shard ends at a file boundary: its last file is complete
+    # Everything that is summed over examples, in one float64 vector: one all-reduce for a sharded evaluation.
+    scored = [whole.sums["si_snr"], whole.sums["log_mel_l1"], whole.samples, whole.signals] if whole else []
+    stats = torch.tensor([sums.get(k, 0.0) for k in _SUMMED] + [weights.get(k, 0.0) for k in _SUMMED] + scored,
+                         dtype=torch.float64)
+    stats = torch.cat([stats, counts.counts.flatten().double()])
+    if shard is not None:
+        stats = shard.reduce(stats.to(device)).cpu()
+    k = len(_SUMMED)
+    res = {key: stats[i].item() / stats[k + i].item() for i, key in enumerate(_SUMMED) if stats[k + i] > 0}
+    if whole is not None:
+        si_snr, mel, samples, signals = stats[2 * k:2 * k + 4].tolist()
+        res |= {"si_snr": si_snr / max(samples, 1), "log_mel_l1": mel / max(samples, 1)}
+        res |= {"scored_samples": int(samples), "scored_files": int(signals)}
+    counts.counts = stats[2 * k + len(scored):].round().long().view_as(counts.counts)
     # Residual tokenizers: usage/perplexity of the worst codebook plus each one's, and the bitrate at each n < q.
     res |= counts.metrics() | rate_metrics(tokenizer)
     return res
@@ -151,25 +189,40 @@ class TokenizerTask(TrainTask):
         offsets = torch.randint(0, x.shape[-1] - self.crop_samples + 1, (x.shape[0], 1), device=x.device)
         return x.gather(1, offsets + torch.arange(self.crop_samples, device=x.device))
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def validate_data(self, dataset: Dataset, split: str) -> None:
+        """Inputs finite and in range (images [0, 1], audio [-1, 1]) once per split, so the training step skips that
+        check (a host sync per step). In-memory splits (a ``.tensors`` attribute: TensorDataset, mnist5k) are checked
+        whole here; the data layer's own datasets check what they read (audio_io: finite, scaled to peak <= 1;
+        image_io: clamped to [0, 1]; the procedural sets are in range by construction)."""
+        tensors = getattr(dataset, "tensors", None)
+        if tensors:
+            try:
+                self.model._check_input(tensors[0].float())  # type: ignore[operator]
+            except ValueError as e:
+                raise ValueError(f"{self.dataset_name} [{split}]: {e}") from None
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         x = self.crop(batch[0].float())
-        out = model(x)
-        shown = {k: float(v) for k, v in out.metrics.items() if k in ("psnr", "accuracy", "temperature")}
+        out = model(x, check_values=False)  # validate_data checked the split: no host sync here
+        shown = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.metrics.items()
+                 if k in ("psnr", "accuracy", "temperature")}  # tensors: the loop reads them on logging steps only
         return out.loss, shown
 
     def count(self, batch: Any) -> int:
         return int(batch[0].numel())
 
-    def on_step(self, step: int) -> None:
-        # Codebook state (EMA statistics, k-means init flags, Gumbel annealing step) lives in buffers. The VQ
-        # all-reduces its statistics, but we measured ranks drifting apart by one EMA update under DDP, so
-        # after every optimizer step rank 0's buffers are made authoritative: codebooks cannot diverge.
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            for buf in self.model.buffers():
-                torch.distributed.broadcast(buf, src=0)
+    # Codebook state (EMA statistics, k-means initialisation) is kept in sync by the quantizer itself: it all-reduces
+    # the per-batch statistics (vector-quantize-pytorch's sync_codebook), so N processes update the codebook exactly
+    # as one process with the N batches would (tests/pipelines/test_distributed.py compares the two).
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
-        return evaluate_tokenizer(model, dataset, batch_size, limit=self.eval_limit)  # type: ignore[arg-type]
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
+                 shard: EvalShard | None = None) -> dict[str, float]:
+        return evaluate_tokenizer(model, dataset, batch_size, limit=self.eval_limit, shard=shard)  # type: ignore[arg-type]
+
+    def unsharded_copy(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        copy = build_tokenizer(self.model.config)  # type: ignore[arg-type]
+        copy.load_state_dict(state_dict)
+        return copy
 
     def save_final(self, model: nn.Module, out: Path, metrics: dict[str, Any]) -> None:
         model.save_pretrained(out, card_info={"dataset": self.dataset_name, "steps": metrics.get("step"),  # type: ignore[attr-defined]
@@ -190,19 +243,27 @@ class TokenGridDataset(Dataset):
 
 
 @torch.no_grad()
-def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_input: int,
-                   conditional: bool) -> dict[str, float]:
-    """Held-out NLL: nats per grid, bits per token, bits per dimension (grid code length / input dims)."""
+def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_input: int, conditional: bool,
+                   shard: EvalShard | None = None,
+                   log_prob: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None) -> dict[str, float]:
+    """Held-out NLL of (tokens, label) pairs: nats per grid, bits per token, bits per dimension (grid code length /
+    ``dims_per_input``). ``shard``: this process scores its share and the sums are all-reduced (``EvalShard``).
+    ``log_prob``: what scores a batch (tokens int64 [B, *shape], labels [B] or None -> float [B]); default
+    ``prior.log_prob``; training passes the loss wrapper's forward, which FSDP's hooks see."""
     was = prior.training
     prior.eval()
+    score = log_prob or prior.log_prob
     total, n = 0.0, 0
     device = prior.device
-    for tokens, labels in _loader(dataset, batch_size):
+    for _, (tokens, labels), counted in _eval_batches(dataset, batch_size, shard):
         tokens = tokens.to(device)
-        lp = prior.log_prob(tokens, labels.to(device) if conditional else None)
-        total += -lp.double().sum().item()
-        n += tokens.shape[0]
+        lp = score(tokens, labels.to(device) if conditional else None)
+        if counted:
+            total += -lp.double().sum().item()
+            n += tokens.shape[0]
     prior.train(was)
+    if shard is not None:
+        total, n = shard.reduce(torch.tensor([total, n], dtype=torch.float64, device=device)).tolist()
     nll = total / max(n, 1)
     return {"nll_nats": nll, "bits_per_token": nll / math.log(2) / prior.config.seq_len,
             "bits_per_dim": nll / math.log(2) / dims_per_input}
@@ -236,16 +297,24 @@ class PriorTask(TrainTask):
         except ValueError as e:
             raise ValueError(f"{self.tokens_dir} [{split}]: {e}") from None
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         tokens, labels = batch
         loss = model(tokens, labels if self.conditional else None)
-        return loss, {"bits_per_token": loss.item() / math.log(2)}
+        return loss, {"bits_per_token": loss.detach() / math.log(2)}  # a tensor: no host sync per step
 
     def count(self, batch: Any) -> int:
         return int(batch[0].numel())
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
-        return evaluate_prior(model.prior, dataset, batch_size, self.dims_per_input, self.conditional)  # type: ignore[union-attr]
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
+                 shard: EvalShard | None = None) -> dict[str, float]:
+        # Scored through the wrapper's forward, so that under FSDP its hooks gather the parameters first.
+        return evaluate_prior(model.prior, dataset, batch_size, self.dims_per_input, self.conditional,  # type: ignore[union-attr]
+                              shard=shard, log_prob=lambda t, lab: model(t, lab, per_grid=True))
+
+    def unsharded_copy(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        copy = PriorLossWrapper(build_prior(self.model.prior.config))  # type: ignore[union-attr]
+        copy.load_state_dict(state_dict)
+        return copy
 
     def save_final(self, model: nn.Module, out: Path, metrics: dict[str, Any]) -> None:
         model.prior.save_pretrained(out, card_info={"tokens": self.tokens_dir, "steps": metrics.get("step"),  # type: ignore[union-attr]
@@ -260,7 +329,11 @@ class PriorLossWrapper(nn.Module):
         super().__init__()
         self.prior = prior
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, per_grid: bool = False) -> torch.Tensor:
+        """tokens int64 [B, *shape], labels int64 [B] or None -> the mean NLL per token in nats (scalar), or with
+        ``per_grid`` each grid's log-likelihood float [B] (``Prior.log_prob``, for evaluation)."""
+        if per_grid:
+            return self.prior.log_prob(tokens, labels)
         # ``PriorTask.validate_data`` checked every split before training: no per-step host sync here.
         return self.prior.loss(tokens, labels, check_values=False)
 
