@@ -171,9 +171,48 @@ def rvq_kmeans(out: Path) -> None:
     _record(out, task, te, train(task, tr, te, _cfg(out, 4, eval_every=4)))
 
 
+def fsdp_eval(out: Path) -> None:
+    """FSDP2 (torch's fully_shard, here on gloo CPU; Accelerate will not shard on CPU) with the loop's evaluation and
+    final-save pieces: every process scores its share through the sharded model's forward (uneven shards: without
+    equal forward counts this hangs), and the gathered full state dict rebuilds an unsharded copy (what train()
+    saves under FSDP). Both must score the test split as the unsharded model did. Needs the process group that the
+    earlier cases' Accelerator started (it outlives train())."""
+    if world() == 1:
+        return
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    from pipelines.training.loop import EvalShard
+    from prior.transformer import Block
+
+    _, te = prior_data()
+    torch.manual_seed(0)
+    task = PriorTask(build_prior(arch="transformer", vocab_size=4, shape=(2, 3), num_classes=2, n_layer=2, n_head=2,
+                                 d_model=16), "toy", 6)
+    task.model.eval()
+    with torch.no_grad():
+        reference = task.evaluate(task.model, te, EVAL_BATCH)
+    for m in task.model.modules():
+        if isinstance(m, Block):
+            fully_shard(m)
+    fully_shard(task.model)
+    shard = EvalShard(rank(), world(), lambda t: (dist.all_reduce(t), t)[1])
+    with torch.no_grad():
+        sharded = task.evaluate(task.model, te, EVAL_BATCH, shard=shard)
+    full = get_model_state_dict(task.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    copy = {}
+    if rank() == 0:
+        with torch.no_grad():
+            copy = task.evaluate(task.unsharded_copy(full).eval(), te, EVAL_BATCH)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank()}.json").write_text(json.dumps({"reference": reference, "sharded": sharded, "copy": copy}))
+
+
 # The VQ cases first: their tokenizer is built before this process's group exists, as the CLI builds it (the
 # cached-is_distributed bug only showed for a quantizer built before the group started).
-CASES = {f.__name__: f for f in (vq_sync, vq_nosync, rvq_kmeans, prior_full, prior_sigterm_one, prior_sigterm_all)}
+CASES = {f.__name__: f for f in (vq_sync, vq_nosync, rvq_kmeans, prior_full, prior_sigterm_one, prior_sigterm_all,
+                                         fsdp_eval)}
 
 
 def main(out: str, names: list[str]) -> None:

@@ -193,6 +193,15 @@ def test_kmeans_init_dead_codes_and_quantizer_dropout_keep_processes_in_sync(two
     assert _scores(r0) == _scores(r1)
 
 
+@needs_dist
+def test_fsdp_sharded_evaluation_and_gathered_copy_score_like_the_unsharded_model(two):
+    for r in (0, 1):
+        res = json.loads((two / "fsdp_eval" / f"rank{r}.json").read_text())
+        assert res["sharded"] == pytest.approx(res["reference"], rel=1e-6)
+        if r == 0:
+            assert res["copy"] == pytest.approx(res["reference"], rel=1e-6)
+
+
 def test_fsdp_on_cpu_is_refused_with_a_clear_error(tmp_path, monkeypatch):
     """Accelerate runs FSDP on GPUs only; on CPU it silently trains with DDP (or, without a CPU flag, as unconnected
     single processes: both seen with this torch and Accelerate). So a launch that asks for FSDP on CPU stops at once."""
