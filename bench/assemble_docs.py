@@ -4,7 +4,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["tokenizer_quality", "speech_quality", "speech_codec_spoken_digits", "demo_sampling", "demo_image", "demo_audio", "prior_sampling", "wavenet_generation", "pixelcnn_cache", "sparse_attention", "prior_throughput",
-         "compression"]
+         "vs_transformers", "compression", "speech_compress", "ood", "autoregressive_family", "gpu_check"]
 
 
 def main() -> None:
