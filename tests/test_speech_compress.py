@@ -1,0 +1,58 @@
+"""bench/speech_compress.py --quick: the two-stage speech codec's plumbing on 12 held-out spoken-digit clips.
+
+Tokenize, train a tiny unconditional prior per rung (q = 5 and q = 2 codebooks), ``compress`` / ``decompress``
+the clips as WAV files, and check what the bench reports: the decoded tokens equal the encoded ones, the
+decompressed audio is the tokenizer's own reconstruction, the rates follow from the byte counts, and a rerun
+reuses the trained priors. Skipped without espeak-ng (the spoken-digits data is synthesised by it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import speech_compress as SC  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                reason="spoken-digits needs espeak-ng: apt-get install espeak-ng")
+
+
+def test_bad_rungs_are_refused_naming_the_range(tmp_path):
+    with pytest.raises(ValueError, match=r"--rungs must be in \[1, 5\] \(the shipped tokenizer's codebooks\), got 2 7"):
+        SC.main(["--quick", "--work", str(tmp_path), "--rungs", "2", "7"])
+
+
+def test_quick_run_codes_losslessly_and_reports_consistent_rates(tmp_path):
+    res = SC.main(["--quick", "--work", str(tmp_path), "--no-write"])
+    rows = {r["codec"]: r for r in res["results"]}
+    seconds = res["meta"]["audio_seconds"]
+    assert res["meta"]["clips"] == 12 and seconds == pytest.approx(12.0)
+    for q, fixed_kbps in ((5, 2.5), (2, 1.0)):
+        fixed = rows[f"vqgen tokens q={q}, fixed-length code"]
+        coded = rows[f"vqgen tokens q={q} + prior, range-coded"]
+        assert fixed["kbps"] == coded["fixed_kbps"] == fixed_kbps  # 50 positions/s x q x 10 bits
+        # lossless token coding: every decoded token is the encoded one ...
+        assert coded["tokens_equal"] is True and coded["tokens_differing"] == 0
+        # ... so the decompressed WAVs are the tokenizer's reconstruction, up to 16-bit rounding
+        assert coded["max_abs_diff_vs_fixed"] <= 1.5 / 32768
+        assert coded["stoi"] == pytest.approx(fixed["stoi"], abs=2e-3)
+        # the reported rates are the byte counts over the audio's duration
+        assert coded["kbps"] == pytest.approx(8 * coded["file_bytes"] / seconds / 1000, abs=1e-4)
+        assert coded["payload_kbps"] == pytest.approx(8 * coded["payload_bytes"] / seconds / 1000, abs=1e-4)
+        assert coded["header_bytes"] == coded["file_bytes"] - coded["payload_bytes"] > 0
+        # a range coder spends within a few bits per chunk of the ideal code length
+        assert coded["ideal_bits"] - 32 <= 8 * coded["payload_bytes"] <= coded["ideal_bits"] + 128
+        # a teacher-forced pass gives the same code length as the coder's step-by-step one (float rounding apart)
+        by_book = coded["bits_per_token_by_codebook"]
+        assert len(by_book) == q
+        assert sum(by_book) / q == pytest.approx(coded["bits_per_token_ideal"], abs=0.01)
+        assert coded["prior"]["recipe"]["budget"] == SC.QUICK["budget"] and coded["prior"]["step"] == 4
+    assert rows["original (16-bit PCM WAV)"]["stoi"] == pytest.approx(1.0)
+    # a second run reuses the tokens and priors it finds (same recipe): nothing is retrained
+    before = {q: (tmp_path / f"prior_q{q}" / "model.safetensors").stat().st_mtime_ns for q in (5, 2)}
+    assert SC.main(["--quick", "--work", str(tmp_path), "--until", "priors"]) == {}
+    assert before == {q: (tmp_path / f"prior_q{q}" / "model.safetensors").stat().st_mtime_ns for q in (5, 2)}
