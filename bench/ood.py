@@ -12,7 +12,9 @@ In-distribution: the 500 mnist5k test digits. OOD sets, 500 grey 32x32 images ea
   grey by the codec, as ``--ood shapes``;
 * ``noise``: uniform 8-bit noise, every pixel drawn from 0..255;
 * ``inverted``: the mnist5k test digits inverted (255 - x): white background, dark strokes;
-* ``photos``: random 32x32 crops of scikit-image's bundled photographs (camera, astronaut, coffee, ...), in grey.
+* ``photos``: random 32x32 crops of scikit-image's bundled photographs (camera, astronaut, coffee, ...), in grey;
+* ``small``: the test digits shrunk to 16x16 and centred on black: less ink, so *simpler* than a digit (the
+  Nalisnick et al. case: an OOD input that is easier to code than the training data).
 
 The last three are written as PNG folders (``<work>/ood_sets/<name>/test/<name>/*.png``, a local folder dataset)
 and passed to ``pipelines.stages.score.score(..., ood=folder)``, the function behind ``vqgen score --ood``; it
@@ -49,17 +51,18 @@ RECIPE = {"arch": "pixelcnn", "pixelcnn_layers": 5, "pixelcnn_channels": 32, "st
 QUICK_RECIPE = {"arch": "pixelcnn", "pixelcnn_layers": 1, "pixelcnn_channels": 4, "steps": 2, "batch_size": 4}
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "clock", "brick", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "retina", "page", "text")  # photographs bundled with skimage
-SETS = ("shapes", "noise", "inverted", "photos")
+SETS = ("shapes", "noise", "inverted", "photos", "small")
 DESCRIBE = {"shapes": "procedural circles / squares / triangles (`--ood shapes`, grey)",
             "noise": "uniform 8-bit noise",
             "inverted": "mnist5k test digits, 255 - x",
-            "photos": "random 32x32 crops of scikit-image's photos, grey"}
+            "photos": "random 32x32 crops of scikit-image's photos, grey",
+            "small": "mnist5k test digits shrunk to 16x16 (area mean), centred on black"}
 
 
 # ---------------------------------------------------------------------------------------------- OOD sets
 def photo_crops(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
     """n random 32x32 grey crops uint8 [n, 32, 32], spread evenly over the bundled photos that load (those that
-    need a download are skipped); returns the crops and the names used."""
+    need a download are skipped): crop i comes from photo ``names[i % len(names)]``; returns the crops and names."""
     import skimage.data
     from skimage.color import rgb2gray
 
@@ -94,9 +97,12 @@ def build_sets(work: Path, n: int, seed: int) -> dict[str, Any]:
     digits = load_data(DataSpec("mnist5k")).test.tensors[0][:n]  # float32 [n, 1, 32, 32] in [0, 1]
     eight_bit = np.round(digits[:, 0].numpy() * 255).astype(np.uint8)
     photos, used = photo_crops(n, rng)
+    small = torch.nn.functional.interpolate(digits, size=(16, 16), mode="area")  # [n, 1, 16, 16]
+    small = torch.nn.functional.pad(small, (8, 8, 8, 8))  # centred on black, as mnist5k pads its digits
     arrays = {"noise": rng.integers(0, 256, size=(n, 32, 32), dtype=np.uint8),
               "inverted": 255 - eight_bit,
-              "photos": photos}
+              "photos": photos,
+              "small": np.round(small[:, 0].numpy() * 255).astype(np.uint8)}
     out: dict[str, Any] = {"shapes": "shapes", "photo_names": used}
     for name, arr in arrays.items():
         root = work / "ood_sets" / name
@@ -122,11 +128,16 @@ def verdict(r: dict[str, Any]) -> str:
     """One sentence: does plain likelihood separate the set, and does typicality fix it where it does not."""
     nll, typ = r["auroc_nll"], r["auroc_typicality"]
     bpd = f"{r['ood_bits_per_dim']:.2f} bits/dim against the digits' {r['in_bits_per_dim']:.2f}"
+    k = round(r["ood_more_likely_than_median_digit"] * r["n_ood"])
+    share = f"{k} of {r['n_ood']} {'is' if k == 1 else 'are'} more likely than the median test digit"
     if nll >= 0.95:
         s = f"Plain likelihood separates it ({bpd})"
-        s += "; typicality does too" if typ >= 0.95 else f", but typicality loses some of it (AUROC {typ:.3f})"
-        return s + "."
-    share = f"{100 * r['ood_more_likely_than_median_digit']:.0f}% of them are more likely than the median test digit"
+        if k:
+            where = f"{r['likely_sources']}, " if r.get("likely_sources") else ""
+            s += f", but {share} ({where}down to {r['ood_min_bits_per_dim']:.3f} bits/dim)"
+        if typ >= nll:
+            return s + ("; typicality catches those too" if k else "; typicality does too") + f" (AUROC {typ:.3f})."
+        return s + f"; typicality does about as well (AUROC {typ:.3f}; it also flags test digits far from the mean)."
     if nll <= 0.5:
         s = f"Plain likelihood fails: the model finds these inputs more likely than its own digits ({bpd}; {share})"
     else:
@@ -157,6 +168,12 @@ def score_sets(prior_dir: Path, sets: dict[str, Any], work: Path, names: list[st
                      "ood_more_likely_than_median_digit": float((b["nll_nats"] < np.median(a["nll_nats"])).mean()),
                      "stage_png": s["ood_png"], "csv_in": str(out_csv), "csv_ood": s["ood_csv"],
                      "seconds": time.perf_counter() - t0})
+        likely = b["nll_nats"] < np.median(a["nll_nats"])
+        rows[-1]["ood_min_bits_per_dim"] = float(b["bits_per_dim"].min())
+        if name == "photos" and likely.any():  # which photos give crops the model finds likelier than a digit
+            photo = sets["photo_names"]
+            found = sorted({photo[i % len(photo)] for i in np.flatnonzero(likely)})
+            rows[-1]["likely_sources"] = "crops of " + ", ".join(found)
         rows[-1]["verdict"] = verdict(rows[-1])
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -169,7 +186,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = 2 if len(rows) == 4 else len(rows)
+    cols = min(3, len(rows))
     nrows = -(-len(rows) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.7 * nrows), squeeze=False)
     for ax in axes.ravel()[len(rows):]:
@@ -240,7 +257,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-ood", help="token folder, prior, OOD image folders and CSVs go here")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="only rewrite docs/benchmarks/ood.md and ood.png from a results file and its CSVs (no run)")
     args = ap.parse_args(argv)
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        for r in res["rows"]:
+            r["verdict"] = verdict(r)
+        plot(res["rows"], ROOT / "docs" / "benchmarks" / "ood.png")
+        write_results("ood", res, markdown(res))
+        return res
     n = args.n or (40 if args.quick else 500)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     work = Path(args.work) if Path(args.work).is_absolute() else (ROOT / args.work)
@@ -265,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "--raw --levels 256 --dataset mnist5k` tokens")
     sets = build_sets(work, n, args.seed)
     rows = score_sets(prior_dir, sets, work, args.sets)
-    res = {"command": "OMP_NUM_THREADS=1 python bench/ood.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": " ".join(["OMP_NUM_THREADS=1 python bench/ood.py", *(argv if argv is not None else sys.argv[1:])]),
            "prior": {"dir": str(prior_dir), "config": folder.prior.config.to_dict(), "training": training,
                      "test_bits_per_dim": rows[0]["in_bits_per_dim"]},
            "rows": rows, "photo_names": sets["photo_names"], "reference_n": 2000,  # score_dataset's reference_limit
