@@ -63,7 +63,9 @@ def _ood_report(folder: Any, codec: Any, data: dict[str, Any], ood: str, out_csv
     for key, name in names.items():
         report[f"auroc_{name}"] = round(ood_auroc(a[key], b[key]), 4)
     png = out_csv.with_name(out_csv.stem + ".ood.png")
-    panels = [histogram_image({f"in: {data.get('name')}": a[k], f"ood: {ood}": b[k]}, f"{names[k]} (higher = OOD)")
+    short = lambda name: Path(str(name)).name or str(name)  # noqa: E731  (a folder's last part fits the legend)
+    panels = [histogram_image({f"in: {short(data.get('name'))}": a[k], f"ood: {short(ood)}": b[k]},
+                              f"{names[k]} (higher = OOD)")
               for k in ("nll_nats", "ood_score")]
     canvas = Image.new("RGB", (panels[0].width, sum(p.height for p in panels)), "white")
     for i, p in enumerate(panels):
