@@ -29,7 +29,8 @@ def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None 
     logits = logits.float()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / temperature
+    if temperature != 1.0:  # x / 1.0 == x exactly: skipping it changes no token, and saves one op per step
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, int(top_k), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -209,3 +209,39 @@ def test_learns_well_below_histogram(v: str) -> None:
     h, b = bits(hist), bits(p.eval())
     assert h > 1.9  # ~2 bits: the histogram cannot use the rule
     assert b < 0.25 * h, f"{v}: {b:.3f} bits/token vs histogram {h:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------- decoding fast path
+def test_state_dict_keys_unchanged() -> None:
+    """Priors saved before the decoding fast path (QKV was always one fused ``attn.qkv``) load as they are: the
+    parameter names and shapes are pinned here, and nothing decoding-specific (weight copies, caches) is saved."""
+    p = build_prior(arch="transformer", vocab_size=5, shape=(3, 4), n_layer=1, n_head=2, d_model=8, num_classes=2)
+    block = {"attn.proj.bias": (8,), "attn.proj.weight": (8, 8), "attn.qkv.bias": (24,), "attn.qkv.weight": (24, 8),
+             "ln1.bias": (8,), "ln1.weight": (8,), "ln2.bias": (8,), "ln2.weight": (8,), "mlp.0.bias": (32,),
+             "mlp.0.weight": (32, 8), "mlp.2.bias": (8,), "mlp.2.weight": (8, 32)}
+    expected = {**{f"net.blocks.0.{k}": s for k, s in block.items()}, "net.col_embed.weight": (4, 8),
+                "net.row_embed.weight": (3, 8), "net.head.bias": (5,), "net.head.weight": (5, 8),
+                "net.label_embed.weight": (3, 8), "net.ln_f.bias": (8,), "net.ln_f.weight": (8,), "net.start": (8,),
+                "net.tok_embed.weight": (5, 8)}
+    assert {k: tuple(v.shape) for k, v in p.state_dict().items()} == expected
+    p.sample(2, labels=0)  # a sampling call leaves nothing behind in the module
+    assert {k: tuple(v.shape) for k, v in p.state_dict().items()} == expected
+
+
+def test_decoding_follows_parameter_updates() -> None:
+    """``init_cache`` snapshots the weights (CPU: transposed copies) per call: after an optimizer step the next
+    sampling call decodes with the new weights, so cached still equals uncached."""
+    p = make("transformer", (3, 4), num_classes=2)
+    before = p.sample(4, labels=1, generator=torch.Generator().manual_seed(3))
+    p.train()
+    opt = torch.optim.SGD(p.parameters(), lr=1.0)
+    p.loss(torch.randint(0, 5, (8, 3, 4)), torch.randint(0, 2, (8,))).backward()
+    opt.step()
+    p.eval()
+    a = p.sample(4, labels=1, generator=torch.Generator().manual_seed(3), use_cache=True)
+    b = p.sample(4, labels=1, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert torch.equal(a, b) and not torch.equal(a, before)
+    cache = p.net.init_cache(2, torch.device("cpu"))
+    w = cache.weights[0].qkv[0]
+    assert w.is_contiguous() and w.shape == (16, 48)  # [in, out]: the layout MKL's small-batch GEMM reads fastest
+    assert w.data_ptr() != p.net.blocks[0].attn.qkv.weight.data_ptr()
