@@ -6,7 +6,9 @@ Container format (little-endian)
 ``b"VQGZ"``, format version u8, prior fingerprint (16 bytes: SHA-256 of its config and weights),
 vocab_size u32, ndim u8, shape u32 x ndim, N u32, chunk u32, has_labels u8 [+ width u8 + labels
 (signed, 1, 2 or 4 bytes each) x N],
-tokens CRC32 u32, metadata length u32 + metadata JSON, payload length u32 + payload (u32 words),
+tokens CRC32 u32, metadata length u32 + metadata JSON (version 2: deflated with zlib, since per-file names
+and lengths of many short clips cost as much as their audio; version 1 files, plain JSON, still read),
+payload length u32 + payload (u32 words),
 and a CRC32 of everything before it (u32), so truncation and corruption are detected before decoding.
 """
 
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 
 MAGIC = b"VQGZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -56,9 +58,12 @@ def read_header(data: bytes, name: str = "the compressed data") -> ContainerHead
     # the trailing CRC covers every byte, so check it before trusting any field
     crc_ok = len(data) >= 8 and zlib.crc32(data[:-4]) == int.from_bytes(data[-4:], "little")
     again = "compress the inputs again"
+    if crc_ok and len(data) > 4 and data[4] > FORMAT_VERSION:  # before parsing: a newer layout may not parse
+        raise ValueError(f"{name} uses container format {data[4]}, newer than this vqgen ({FORMAT_VERSION}): "
+                         "upgrade vqgen")
     try:
         h, end = _parse(data)
-    except (struct.error, ValueError, UnicodeDecodeError):
+    except (struct.error, ValueError, UnicodeDecodeError, zlib.error):
         if crc_ok:  # pragma: no cover - only a writer bug gets here
             raise ValueError(f"{name} is corrupted (its fields are inconsistent); {again}") from None
         raise ValueError(f"{name} is truncated or corrupted ({len(data)} bytes, shorter than its header says): "
@@ -105,7 +110,7 @@ def _parse(data: bytes) -> tuple[ContainerHeader, int]:
     struct.unpack_from("<I", data, off)  # the CRC itself must be there
     if len(meta_raw) != meta_len or len(payload) != payload_len or payload_len % 4 or chunk < 1 or not ndim:
         raise ValueError("inconsistent lengths")
-    meta = json.loads(meta_raw.decode())
+    meta = json.loads((zlib.decompress(meta_raw) if version >= 2 else meta_raw).decode())
     return ContainerHeader(version, fp, vocab, tuple(shape), n, chunk, labels, tokens_crc, meta, payload), off + 4
 
 
@@ -128,7 +133,7 @@ def pack(fingerprint: bytes, vocab_size: int, tokens: Tensor, labels: Tensor | N
         lo, hi = (int(labels.min()), int(labels.max())) if len(labels) else (0, 0)
         width = 1 if -128 <= lo and hi < 128 else 2 if -32768 <= lo and hi < 32768 else 4
         out += [struct.pack("<B", width), labels.numpy().astype(f"<i{width}").tobytes()]
-    meta = json.dumps(metadata, sort_keys=True).encode()
+    meta = zlib.compress(json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode(), 9)
     out += [struct.pack("<I", tokens_crc(tokens)), struct.pack("<I", len(meta)), meta,
             struct.pack("<I", len(payload)), payload]
     body = b"".join(out)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -229,7 +231,32 @@ def test_header_round_trips_metadata(packed):
     data = compress_grids(prior, tokens, metadata={"names": ["a.png"], "k": 1})
     h = read_header(data)
     assert h.metadata == {"names": ["a.png"], "k": 1} and h.n == 40 and h.shape == (4, 4) and h.labels is None
-    assert data[:4] == b"VQGZ" and struct.unpack_from("<B", data, 4)[0] == 1
+    assert data[:4] == b"VQGZ" and struct.unpack_from("<B", data, 4)[0] == 2
+
+
+def _as_version(data: bytes, version: int, plain_meta: bool) -> bytes:
+    """The same container rewritten with another version byte (and, for version 1, its metadata as plain JSON),
+    its CRC made good again: what an older (or newer) vqgen would have written."""
+    h = read_header(data)
+    meta = zlib.compress(json.dumps(h.metadata, sort_keys=True, separators=(",", ":")).encode(), 9)
+    start = data.index(struct.pack("<I", len(meta)) + meta)
+    new_meta = json.dumps(h.metadata, sort_keys=True).encode() if plain_meta else meta
+    body = data[:4] + bytes([version]) + data[5:start] + struct.pack("<I", len(new_meta)) + new_meta \
+        + data[start + 4 + len(meta):-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_version_1_files_still_decode_and_a_newer_version_is_named(packed):
+    """Format 2 deflates the metadata (per-file names and lengths); files written by format 1 (plain JSON) decode
+    to the same tokens, and a file from a newer vqgen is refused as such, not as corruption."""
+    prior, tokens, _ = packed
+    meta = {"names": [f"clip_{i:04d}.wav" for i in range(40)], "lengths": [16000] * 40}
+    data = compress_grids(prior, tokens, metadata=meta)
+    old = _as_version(data, 1, plain_meta=True)
+    assert len(old) > len(data) + 300  # the plain names cost what the deflated ones save
+    assert read_header(old).metadata == meta and torch.equal(decompress_grids(prior, old).tokens, tokens)
+    with pytest.raises(ValueError, match="container format 3, newer than this vqgen"):
+        decompress_grids(prior, _as_version(data, 3, plain_meta=False))
 
 
 def test_bad_inputs_to_compress(packed):
