@@ -372,7 +372,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         budget = p["recipe"]["budget"]
         lines.append(
             f"- q={r['codebooks']}: {r['file_bytes']:,} bytes = {r['payload_bytes']:,} of range-coder payload + "
-            f"{r['header_bytes']:,} of header (the prior's fingerprint, and each file's name and sample count as JSON: "
+            f"{r['header_bytes']:,} of header (the prior's fingerprint, and each file's name and sample count as deflated JSON: "
             f"about {r['header_bytes'] / meta['clips']:.0f} bytes per file); {r['bits_per_token_ideal']:.2f} bits/token "
             f"ideal against 10 fixed (by codebook: " + ", ".join(f"{b:.2f}" for b in r["bits_per_token_by_codebook"])
             + f"); decoded tokens equal to the encoded ones: {'all' if r['tokens_equal'] else 'NO'} "
