@@ -121,8 +121,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_head)
-        return q, k, v
+        # unbind, not unpacking a rearranged [3, B, H, L, hd]: unpacking is three selects, whose backward builds
+        # three zero-filled full-size gradients and sums them (~14% of the attention block's fwd+bwd at d 256)
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> b l three h d", three=3, h=self.n_head).unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd) views
 
     def forward(self, x: Tensor, attend: AttendFn | None = None) -> Tensor:
         q, k, v = self._qkv(x)  # (B, H, L, hd)
