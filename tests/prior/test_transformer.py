@@ -245,3 +245,15 @@ def test_decoding_follows_parameter_updates() -> None:
     w = cache.weights[0].qkv[0]
     assert w.is_contiguous() and w.shape == (16, 48)  # [in, out]: the layout MKL's small-batch GEMM reads fastest
     assert w.data_ptr() != p.net.blocks[0].attn.qkv.weight.data_ptr()
+
+
+def test_uncopied_decode_weights_give_the_same_steps() -> None:
+    """The layout used off CPU (weight^T as views of the parameters, ``copy=False``) decodes like the CPU copies."""
+    p = make("transformer", (3, 4), num_classes=2)
+    x, lab = torch.randint(0, 5, (3, 12)), torch.tensor([0, 1, 2])
+    a, b = p.net.init_cache(3, torch.device("cpu")), p.net.init_cache(3, torch.device("cpu"))
+    b.weights = [blk.decode_weights(False) for blk in p.net.blocks]
+    assert b.weights[0].qkv[0].data_ptr() == p.net.blocks[0].attn.qkv.weight.data_ptr()  # a view, not a copy
+    with torch.no_grad():
+        for pos in range(12):
+            torch.testing.assert_close(p.net.step(b, x, pos, lab), p.net.step(a, x, pos, lab), rtol=0, atol=1e-5)
