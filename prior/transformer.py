@@ -185,6 +185,16 @@ def _head_weights(ln: nn.LayerNorm, head: nn.Linear, copy: bool) -> tuple:
     return (ln.weight.detach(), ln.bias.detach(), ln.eps), _linear_t(head, copy)
 
 
+def _decoding_parts(net: nn.Module, length: int, batch_size: int, device: torch.device) -> tuple[list, list, tuple]:
+    """What every decoding cache of a Transformer net (``blocks``, ``ln_f``, ``head``) starts from: one empty
+    ``KVCache`` of ``length`` positions per block, the blocks' ``DecodeWeights`` and the head's weights (contiguous
+    weight^T copies on CPU, see ``DecodeWeights``)."""
+    c = net.config
+    dtype, copy = net.head.weight.dtype, net.head.weight.device.type == "cpu"
+    layers = [KVCache(batch_size, c.n_head, length, c.d_model // c.n_head, device, dtype) for _ in net.blocks]
+    return layers, [blk.decode_weights(copy) for blk in net.blocks], _head_weights(net.ln_f, net.head, copy)
+
+
 def _label_input(cache: TransformerCache, labels: Tensor, embed: nn.Embedding) -> Tensor:
     """The label embeddings float [B, D], looked up once per sampling call (the same ``labels`` every step)."""
     if cache.label_input is None or cache.label_input[0] is not labels:
@@ -266,14 +276,9 @@ class TransformerNet(PriorNet):
 
     # ------------------------------------------------------------------ incremental decoding
     def init_cache(self, batch_size: int, device: torch.device) -> TransformerCache:
-        c = self.config
-        dtype = self.head.weight.dtype
-        copy = self.head.weight.device.type == "cpu"  # see DecodeWeights
         with torch.no_grad():
-            positions = self._pos(0, c.seq_len).detach()
-        return TransformerCache([KVCache(batch_size, c.n_head, c.seq_len, c.d_model // c.n_head, device, dtype)
-                                 for _ in self.blocks], [blk.decode_weights(copy) for blk in self.blocks],
-                                _head_weights(self.ln_f, self.head, copy), positions)
+            positions = self._pos(0, self.config.seq_len).detach()
+        return TransformerCache(*_decoding_parts(self, self.config.seq_len, batch_size, device), positions)
 
     def step(self, cache: TransformerCache, x: Tensor, pos: int, labels: Tensor | None) -> Tensor:
         """Logits float [B, V] for position ``pos``, feeding only x[:, pos - 1] (the start input at pos 0)."""
@@ -368,12 +373,7 @@ class DelayTransformerNet(PriorNet):
         return undelay(logits, self.T).reshape(B, L, V)  # pad positions' outputs dropped
 
     def init_cache(self, batch_size: int, device: torch.device) -> DelayCache:
-        c = self.config
-        dtype = self.head.weight.dtype
-        copy = self.head.weight.device.type == "cpu"  # see DecodeWeights
-        return DelayCache([KVCache(batch_size, c.n_head, self.S, c.d_model // c.n_head, device, dtype)
-                           for _ in self.blocks], [blk.decode_weights(copy) for blk in self.blocks],
-                          _head_weights(self.ln_f, self.head, copy))
+        return DelayCache(*_decoding_parts(self, self.S, batch_size, device))
 
     def step(self, cache: DelayCache, x: Tensor, pos: int, labels: Tensor | None) -> Tensor:
         """Logits float [B, V] for flat position ``pos`` (time i, codebook k; step s = i + k). The first position
