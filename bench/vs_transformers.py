@@ -87,10 +87,10 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor, peer: bool):
     return step
 
 
-def sample_fn(model: torch.nn.Module, batch: int, length: int, peer: bool):
-    """() -> int64 [batch, length] tokens: one sampling call with a KV cache."""
+def sample_fn(model: torch.nn.Module, batch: int, length: int, peer: bool, device: str = "cpu"):
+    """() -> int64 [batch, length] tokens: one sampling call with a KV cache (``model`` already on ``device``)."""
     if peer:
-        prompt = torch.zeros(batch, 1, dtype=torch.long)
+        prompt = torch.zeros(batch, 1, dtype=torch.long, device=device)
 
         def run() -> torch.Tensor:
             model.eval()
@@ -98,7 +98,7 @@ def sample_fn(model: torch.nn.Module, batch: int, length: int, peer: bool):
                 return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
                                       max_new_tokens=length - 1, min_new_tokens=length - 1, top_k=0, pad_token_id=0)
     else:
-        g = torch.Generator().manual_seed(1)
+        g = torch.Generator(device=device).manual_seed(1)
 
         def run() -> torch.Tensor:
             return model.sample(batch, generator=g)

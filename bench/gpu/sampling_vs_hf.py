@@ -27,36 +27,17 @@ DRY = dict(vocab=64, positions=16, layers=1, heads=2, d=32, batches=(1, 2))
 
 
 def build(s: dict, device: str):  # noqa: ANN201
-    """(our prior, the GPT-2 peer), freshly initialised, fp32, eval mode, on ``device``."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """(our prior, the GPT-2 peer): ``bench/vs_transformers.py``'s pair, fp32, eval mode, on ``device``."""
+    from vs_transformers import build_models
 
-    from prior import build_prior
-
-    torch.manual_seed(0)
-    ours = build_prior(arch="transformer", vocab_size=s["vocab"], shape=(s["positions"],), n_layer=s["layers"],
-                       n_head=s["heads"], d_model=s["d"], dropout=0.0)
-    cfg = GPT2Config(vocab_size=s["vocab"], n_positions=s["positions"], n_layer=s["layers"], n_head=s["heads"],
-                     n_embd=s["d"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
-                     eos_token_id=0, pad_token_id=0, attn_implementation="sdpa")
-    peer = GPT2LMHeadModel(cfg)
-    return ours.to(device).eval(), peer.to(device).eval()
+    return tuple(m.to(device).eval() for m in build_models(s))
 
 
 def sampler(model, batch: int, length: int, device: str, peer: bool):  # noqa: ANN001, ANN201
-    """() -> int64 [batch, length]: one KV-cached sampling call (see the module docstring)."""
-    import torch
+    """() -> int64 [batch, length]: one KV-cached sampling call, as ``bench/vs_transformers.py`` times it."""
+    from vs_transformers import sample_fn
 
-    if peer:
-        prompt = torch.zeros(batch, 1, dtype=torch.long, device=device)
-
-        def run():  # noqa: ANN202
-            with torch.no_grad():
-                return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
-                                      max_new_tokens=length - 1, min_new_tokens=length - 1, top_k=0, pad_token_id=0)
-        return run
-    g = torch.Generator(device=device).manual_seed(1)
-    return lambda: model.sample(batch, generator=g)
+    return sample_fn(model, batch, length, peer, device)
 
 
 def main() -> None:
