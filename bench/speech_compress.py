@@ -56,7 +56,7 @@ from torch.utils.data import ConcatDataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import ROOT, cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
-from speech_peers import MissingTool, advance, best_delay, codec2_kbps, codec2_roundtrip  # noqa: E402
+from speech_quality import peer_rows  # noqa: E402
 
 from pipelines.audio_classifier import (  # noqa: E402
     load_audio_classifier,
@@ -239,28 +239,16 @@ def quality(recon: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, sr: in
     return {"stoi": round(M.stoi(recon, ref, sr), 4), "accuracy": round(acc, 4)}
 
 
-def codec2_rows(paths: list[Path], xs: torch.Tensor, labels: torch.Tensor, sr: int, clf: Any,
-                modes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Codec2 rows on the same WAVs: each mode's round trip (resampled to 8 kHz and back), its STOI-maximising
-    delay removed (searched on ``DELAY_CLIPS`` clips), with the round trips' seconds per second of audio."""
-    rows, seconds = [], xs.numel() / sr
-    sub = slice(None, None, max(1, len(xs) // DELAY_CLIPS))
-    for mode in modes:
-        try:
-            t, raw = timed(lambda m=mode: torch.stack([codec2_roundtrip(x, sr, m, delay=0) for x in xs]))
-        except MissingTool as e:
-            rows.append({"codec": f"Codec2 {mode}", "family": "codec2", "skipped": str(e)})
-            _say(json.dumps(rows[-1]))
-            continue
-        delay = best_delay(raw[sub], xs[sub], lambda a, b: M.stoi(a, b, sr), sr)
-        rows.append({"codec": f"Codec2 {mode}", "family": "codec2", "kbps": codec2_kbps(mode),
-                     **quality(advance(raw, delay), xs, labels, sr, clf), "delay_ms": round(1000 * delay / sr, 2),
-                     "roundtrip_s_per_audio_s": round(t / seconds, 4)})
-        _say(json.dumps(rows[-1]))
+def codec2_rows(xs: torch.Tensor, labels: torch.Tensor, sr: int, clf: Any, modes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Codec2 rows on the same clips, by ``bench/speech_quality.py``'s ``peer_rows`` (each mode's round trip at
+    8 kHz, its STOI-maximising delay removed), with the round trips' seconds per second of audio."""
+    rows = peer_rows(xs, labels, sr, clf, codec2_modes=modes, opus_kbps=())
+    for r in rows:
+        if "roundtrip_s" in r:
+            r["roundtrip_s_per_audio_s"] = round(r["roundtrip_s"] / (xs.numel() / sr), 4)
     return rows
 
 
-@torch.no_grad()
 def bits_by_codebook(prior: Any, tokens: torch.Tensor) -> list[float]:
     """Mean -log2 p(token | earlier tokens) of each codebook, from one teacher-forced pass of the prior over
     tokens int64 [N, t, q]: q floats (where the bits go; the coder's own sum is the ideal code length)."""
@@ -463,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _say(f"listener: {clf_info}")
     rows = [{"codec": "original (16-bit PCM WAV)", "family": "original", "kbps": sr * 16 / 1000,
              **quality(xs, xs, labels, sr, clf)}]
-    rows += codec2_rows(paths, xs, labels, sr, clf, quick["codec2"] if quick else CODEC2)
+    rows += codec2_rows(xs, labels, sr, clf, quick["codec2"] if quick else CODEC2)
     for q in sorted(rungs, reverse=True):
         rows += rung_rows(q, rungs[q][0], priors[q], paths, xs, labels, sr, clf, work)
     run["load_average_end"] = [round(v, 2) for v in os.getloadavg()]

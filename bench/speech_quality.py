@@ -67,10 +67,14 @@ def score(name: str, family: str, recon: torch.Tensor, ref: torch.Tensor, labels
             "accuracy": round((pred == labels).float().mean().item(), 4), "clips": len(ref), **extra}
 
 
-def peer_rows(xs: torch.Tensor, ys: torch.Tensor, sr: int, classifier: Any) -> list[dict[str, Any]]:
-    """Codec2 (each mode) and Opus 6 kbit/s rows; a missing tool gives a row with ``skipped`` and the install command."""
+def peer_rows(xs: torch.Tensor, ys: torch.Tensor, sr: int, classifier: Any,
+              codec2_modes: tuple[str, ...] = CODEC2_MODES, opus_kbps: tuple[float, ...] = (6.0,)) -> list[dict[str, Any]]:
+    """Codec2 (each of ``codec2_modes``) and Opus (each of ``opus_kbps``) rows on clips xs float [N, T] with labels
+    ys int64 [N]: STOI and the classifier's accuracy after the peer's STOI-maximising delay is removed, ``roundtrip_s``
+    (the round trips alone) and ``seconds`` (with the delay search); a missing tool gives a row with ``skipped``
+    and the install command."""
     rows = []
-    peers = [(f"Codec2 {m}", "codec2", m) for m in CODEC2_MODES] + [("Opus 6k", "opus", 6.0)]
+    peers = [(f"Codec2 {m}", "codec2", m) for m in codec2_modes] + [(f"Opus {k:g}k", "opus", k) for k in opus_kbps]
     sub = slice(None, None, max(1, len(xs) // DELAY_CLIPS))
     for name, family, setting in peers:
         t0 = time.time()
@@ -88,9 +92,11 @@ def peer_rows(xs: torch.Tensor, ys: torch.Tensor, sr: int, classifier: Any) -> l
             rows.append({"codec": name, "family": family, "skipped": str(e)})
             print(json.dumps(rows[-1]), flush=True)
             continue
+        roundtrip_s = time.time() - t0
         delay = best_delay(raw[sub], xs[sub], lambda a, b: M.stoi(a, b, sr), sr)
         rows.append(score(name, family, advance(raw, delay), xs, ys, sr, classifier, kbps,
-                          delay_ms=round(1000 * delay / sr, 2), seconds=round(time.time() - t0, 1), **extra))
+                          delay_ms=round(1000 * delay / sr, 2), roundtrip_s=round(roundtrip_s, 3),
+                          seconds=round(time.time() - t0, 1), **extra))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
