@@ -95,7 +95,6 @@ BUDGET = {5: {"steps": 400, "seconds": 900, "batch": 32}, 2: {"steps": 250, "sec
 LR = 1e-3
 PLACEMENTS = 8  # tokenizations of the training split, each at other random offsets of the word in its second
 CODEC2 = ("2400", "1300", "700C")
-DELAY_CLIPS = 60  # clips a peer's delay is searched on (as bench/speech_quality.py)
 # --quick (the test): 16 training clips, every 15th test clip (12), a 1 x 16 prior for 4 steps of 8 grids, no
 # Codec2 rows (their delay search is ~30 STOI calls; tests/test_speech_peers.py covers the peers)
 QUICK = {"limit": 16, "test_every": 15, "placements": 1, "prior": {**PRIOR, "n_layer": 1, "d_model": 16},
