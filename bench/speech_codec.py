@@ -109,6 +109,9 @@ def main() -> None:
     ap.add_argument("--classifier", default=str(ROOT / "runs" / "speech_classifier"))
     ap.add_argument("--install", action="store_true", help="ship the last snapshot as the pretrained tokenizer")
     ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.5 kbit/s)")
+    ap.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "auto"),
+                    help="training autocast (bf16 on a CPU with AVX-512 BF16 runs the convolutions ~1.7x faster; the "
+                         "scores are computed in fp32)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)
@@ -140,7 +143,7 @@ def main() -> None:
         budget = minutes * 60 - spent
         cfg = TrainConfig(out=str(run_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_seconds=budget,
                           seed=args.seed, eval_every=10**9, save_every=10**9, resume=i > 0, progress=True,
-                          log_every=50, keep_checkpoints=1)
+                          log_every=50, keep_checkpoints=1, mixed_precision=args.mixed_precision)
         result = train_tokenizer(data, model, cfg)
         spent += float(result.metrics.get("train_seconds", budget))
         steps = result.step

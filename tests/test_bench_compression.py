@@ -59,6 +59,9 @@ def test_quick_run_table(tmp_path, monkeypatch):
     rows2 = {r["method"]: r for r in tables[2]["rows"]}
     assert {"vqgen ngram", "vqgen pixelcnn"} <= set(rows2)
     assert rows2["vqgen pixelcnn"]["training"]["steps_done"] == 2  # the quick recipe, trained through the stage
+    u = rows2["vqgen pixelcnn"]["uncached"]  # the coder without the cache, for the speed-up: exact too
+    assert u["digits"] == 2 and u["round_trip_exact"] is True and u["compress_digits_per_s"] > 0
+    assert rows2["vqgen ngram"]["uncached"] is None
     # the grids the bench coded are the token folder's: xz's size equals liblzma's on the same packed bits ...
     from pipelines.data.tokens import load_tokens
 

@@ -49,7 +49,9 @@ from .score import encode_batch, net_labels
 
 log = logging.getLogger("vqgen.compress")
 
-DEFAULT_CHUNK = 64  # grids coded together: one batched step of the prior per position per chunk
+DEFAULT_CHUNK = 64  # grids coded together when the cache size is unknown: one batched step per position per chunk
+MAX_CHUNK = 512  # auto chunks: a bigger batch spreads each position's fixed Python cost over more grids
+CACHE_BUDGET_BYTES = 256 * 2**20  # auto chunks of attention priors: their KV cache grows with the chunk
 _FAMILY = constriction.stream.model.Categorical(perfect=False)  # same setting on both sides (required)
 
 
@@ -58,6 +60,26 @@ def module_fingerprint(model: nn.Module) -> bytes:
     """16 bytes: ``vqgen_io.fingerprint_module`` of a model and its config (two models share it only if they
     compute the same function)."""
     return bytes.fromhex(fingerprint_module(model, getattr(model, "config", None)))
+
+
+def auto_chunk(prior: Prior, n: int) -> int:
+    """Grids coded together when no chunk size is given: all ``n`` up to ``MAX_CHUNK`` (each position costs one
+    batched network step whatever the batch, so big chunks code faster: 1.7x from 64 to 500 binarised digits with
+    a PixelCNN), fewer for attention priors so their KV cache stays within ``CACHE_BUDGET_BYTES``."""
+    c = prior.config
+    per_grid = 0  # cache bytes per grid: constant-size caches (PixelCNN, WaveNet, LSTM, MADE, n-gram) count as 0
+    if c.arch in ("transformer", "sparse_transformer"):
+        per_grid = 2 * c.n_layer * c.seq_len * c.d_model * 4  # keys and values, fp32
+    cap = CACHE_BUDGET_BYTES // per_grid if per_grid else MAX_CHUNK
+    return max(1, min(n, MAX_CHUNK, cap))
+
+
+def _chunk(prior: Prior, n: int, chunk_size: int | None) -> int:
+    if chunk_size is None:
+        return auto_chunk(prior, n)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return int(chunk_size)
 
 
 # ---------------------------------------------------------------------------------------------- the shared loop
@@ -142,23 +164,22 @@ def _check_raster_order(prior: Prior) -> None:
                          "compress with it")
 
 
-def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, chunk_size: int = DEFAULT_CHUNK,
+def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, chunk_size: int | None = None,
                    metadata: dict[str, Any] | None = None, progress: bool = False) -> bytes:
     """Losslessly compress grids with ``prior``: tokens int [N, *prior.shape] in [0, vocab_size) -> bytes.
 
     labels: int64 [N] (-1 = unknown) or None; stored in the header. A conditional prior codes with them
     (unknown -> the null label); an unconditional prior only carries them. ``metadata``: a JSON-able dict
-    stored verbatim (file names etc.). Decode with ``decompress_grids`` and the same prior on the same
-    kind of device.
+    stored verbatim (file names etc.). ``chunk_size``: grids coded together (None: ``auto_chunk``). Decode
+    with ``decompress_grids`` and the same prior on the same kind of device.
     """
     _check_raster_order(prior)
     if labels is not None:
         labels = torch.as_tensor(labels).long().cpu()
         if labels.shape != (tokens.shape[0],):
             raise ValueError(f"labels must have shape [{tokens.shape[0]}], got {tuple(labels.shape)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     tokens = tokens.cpu()
+    chunk_size = _chunk(prior, tokens.shape[0], chunk_size)
     payload, _ = _encode(prior, tokens, labels, chunk_size, progress)
     return pack(module_fingerprint(prior), prior.vocab_size, tokens, labels, chunk_size, metadata or {}, payload)
 
@@ -263,7 +284,7 @@ class CompressionStats:
 
 
 def compression_stats(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, codec: Codec | None = None,
-                      chunk_size: int = DEFAULT_CHUNK, metadata: dict[str, Any] | None = None,
+                      chunk_size: int | None = None, metadata: dict[str, Any] | None = None,
                       progress: bool = False) -> CompressionStats:
     """Compress ``tokens`` int [N, *prior.shape] and compare: actual size vs the ideal code length vs PNG and
     gzip of the same grids. ``codec`` (optional) gives bits per input dimension (``codec.dims_per_input``;
@@ -277,6 +298,7 @@ def _compress_with_stats(prior: Prior, tokens: Tensor, labels: Tensor | None, co
     tokens = tokens.cpu()
     if labels is not None:
         labels = torch.as_tensor(labels).long().cpu()
+    chunk_size = _chunk(prior, tokens.shape[0], chunk_size)
     payload, ideal = _encode(prior, tokens, labels, chunk_size, progress)
     data = pack(module_fingerprint(prior), prior.vocab_size, tokens, labels, chunk_size, metadata or {}, payload)
     n, L = tokens.shape[0], prior.config.seq_len
@@ -340,7 +362,7 @@ def _check_codec(codec: Any) -> None:
 
 
 def compress_files(prior: Prior, codec: Codec, inputs: Sequence[str | Path], out_file: str | Path, *,
-                   chunk_size: int = DEFAULT_CHUNK, progress: bool = False) -> CompressionStats:
+                   chunk_size: int | None = None, progress: bool = False) -> CompressionStats:
     """Compress image or audio files into one file with ``prior`` over ``codec``'s tokens; returns its
     ``CompressionStats``.
 

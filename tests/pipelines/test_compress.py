@@ -458,3 +458,16 @@ def test_random_order_made_is_refused():
     prior = build_prior(arch="made", vocab_size=3, shape=(2, 2), made_hidden=(8,), made_order="random")
     with pytest.raises(ValueError, match="made_order='raster'"):
         compress_grids(prior, torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+def test_auto_chunk_codes_everything_together_unless_a_kv_cache_would_be_too_big():
+    pix = build_prior(PriorConfig(arch="pixelcnn", vocab_size=2, shape=(4, 4), pixelcnn_layers=1, pixelcnn_channels=4))
+    assert compress_mod.auto_chunk(pix, 10) == 10 and compress_mod.auto_chunk(pix, 5000) == compress_mod.MAX_CHUNK
+    big = build_prior(PriorConfig(arch="transformer", vocab_size=4, shape=(1024,), n_layer=8, d_model=512, n_head=4))
+    per_grid = 2 * 8 * 1024 * 512 * 4  # keys and values of 8 layers, fp32
+    assert compress_mod.auto_chunk(big, 5000) == compress_mod.CACHE_BUDGET_BYTES // per_grid == 8
+    tokens = torch.randint(0, 2, (7, 4, 4))
+    data = compress_grids(pix, tokens)
+    assert read_header(data).chunk == 7 and torch.equal(decompress_grids(pix, data).tokens, tokens)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        compress_grids(pix, tokens, chunk_size=0)
