@@ -2,8 +2,8 @@
 from one model, and (``--install``) the package's pretrained spoken-digits tokenizer.
 
 Trains ``vqgen train-tokenizer``'s stage function on ``spoken-digits`` (or ``--dataset tones``) with the
-spectral codec (``audio_head="istft"``: 50 frames/s, residual VQ with ``--num-quantizers`` codebooks of 1,024
-codes and quantizer dropout), stops at each ``--minutes`` mark (wall-clock training time, evaluation excluded),
+spectral codec (``audio_head="istft"``: 50 frames/s, residual VQ with ``--num-quantizers`` codebooks of
+``--codebook-size`` codes and quantizer dropout), stops at each ``--minutes`` mark (wall-clock training time, evaluation excluded),
 copies the model there to ``OUT/<m>min`` and continues (``--resume``) to the next mark. Each snapshot is scored on
 the whole held-out split at ``--n-quantizers`` codebooks: STOI (the clips joined, as bench/speech_quality.py),
 SI-SNR, log-mel L1, codebook usage per codebook, and the spoken-digit classifier's accuracy on the
@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4000, help="the cosine schedule's length; the run stops at the last "
                     "--minutes mark or here, whichever comes first")
+    ap.add_argument("--codebook-size", type=int, default=1024, help="codes per residual codebook (default 1,024: "
+                    "10 bits; 512 gives a held-out split of two voices a chance to visit most codes)")
     # A batch holds 16 x 20 = 320 frames for 1,024 codes (0.3 per code per step): vqgen's default of 2 would expire
     # nearly every code at every step; 0.1 expires codes used less than about once in ten batches.
     ap.add_argument("--dead-code-threshold", type=float, default=0.1)
@@ -110,8 +112,11 @@ def main() -> None:
     ap.add_argument("--install", action="store_true", help="ship the last snapshot as the pretrained tokenizer")
     ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.5 kbit/s)")
     ap.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "auto"),
-                    help="training autocast (bf16 on a CPU with AVX-512 BF16 runs the convolutions ~1.7x faster; the "
-                         "scores are computed in fp32)")
+                    help="training autocast (bf16 on a CPU with AVX-512 BF16: a training step of this codec ~1.2x "
+                         "faster, measured at 1 thread; the scores are computed in fp32)")
+    ap.add_argument("--results-name", default=None,
+                    help="bench/results/NAME.json + docs/benchmarks/NAME.md (default speech_codec_<dataset>, the "
+                         "shipped tokenizer's record: give another name for a run that does not --install)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)
@@ -120,14 +125,14 @@ def main() -> None:
     run_dir = out / "run"
     cmd = "python bench/speech_codec.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "classifier", "install") and v is not None)
+        for k, v in vars(args).items() if k not in ("out", "classifier", "install", "results_name") and v is not None)
     cmd += " --install" if args.install else ""
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "dataset": args.dataset, "command": cmd,
                             "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     data = {"name": args.dataset, "seed": args.seed}
     model = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": args.num_quantizers,
-             "codebook_size": 1024, "waveform_loss_weight": args.waveform_loss_weight,
+             "codebook_size": args.codebook_size, "waveform_loss_weight": args.waveform_loss_weight,
              "dead_code_threshold": args.dead_code_threshold}
     splits = load_data(DataSpec(args.dataset, seed=args.seed))
     test = [splits.test[i] for i in range(len(splits.test))]
@@ -157,7 +162,7 @@ def main() -> None:
     if args.install:
         dest = install(Path(snapshots[-1]["path"]), args.install_codebooks, args.dataset, meta)
         meta["installed"] = os.path.relpath(dest, ROOT)
-    write_results(f"speech_codec_{args.dataset.replace('-', '_')}", {"meta": meta, "snapshots": snapshots},
+    write_results(args.results_name or f"speech_codec_{args.dataset.replace('-', '_')}", {"meta": meta, "snapshots": snapshots},
                   markdown(snapshots, meta, classifier is not None))
 
 
