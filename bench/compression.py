@@ -420,7 +420,7 @@ def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int) ->
 def prior_row(name: str, prior_dir: Path, levels: int, grids: torch.Tensor, chunk: int,
               training: dict[str, Any] | None, n_uncached: int = 0) -> dict[str, Any]:
     """Compress the grids with the prior folder's prior (the container of ``vqgen compress``), decompress, check."""
-    from pipelines.likelihood.compress import compress_grids, decompress_grids, read_header
+    from pipelines.likelihood.compress import read_header
     from pipelines.likelihood.score import score_grids
     from pipelines.stages.common import open_prior
     from tokenizers_vq import RawCodec
@@ -433,13 +433,7 @@ def prior_row(name: str, prior_dir: Path, levels: int, grids: torch.Tensor, chun
                          "mnist5k` tokens")
     prior = folder.prior.eval()
     n = len(grids)
-    t0 = time.perf_counter()
-    data = compress_grids(prior, grids, chunk_size=chunk)
-    t_enc = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    back = decompress_grids(prior, data).tokens
-    t_dec = time.perf_counter() - t0
-    exact = torch.equal(back, grids)
+    data, t_enc, t_dec, exact = timed_round_trip(prior, grids, chunk)
     uncached = uncached_speed(prior, grids[:n_uncached]) if (n_uncached and prior.net.supports_cache) else None
     ideal_bits = float(score_grids(prior, grids).sum()) / LN2
     header = read_header(data, name)
@@ -454,24 +448,29 @@ def prior_row(name: str, prior_dir: Path, levels: int, grids: torch.Tensor, chun
             "round_trip_exact": exact, "skipped": None, "training": training, "uncached": uncached}
 
 
+def timed_round_trip(prior: Any, grids: torch.Tensor, chunk: int | None) -> tuple[bytes, float, float, bool]:
+    """(file bytes, compress seconds, decompress seconds, exact) of ``compress_grids`` / ``decompress_grids``."""
+    from pipelines.likelihood.compress import compress_grids, decompress_grids
+
+    t0 = time.perf_counter()
+    data = compress_grids(prior, grids, chunk_size=chunk)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    back = decompress_grids(prior, data).tokens
+    return data, t_enc, time.perf_counter() - t0, torch.equal(back, grids)
+
+
 def uncached_speed(prior: Any, grids: torch.Tensor) -> dict[str, Any]:
     """The coder without the prior's cache (a full forward of the network per position, as before cached
     generation): digits/s of compress and decompress on ``grids`` (one chunk), and the round trip checked."""
-    from pipelines.likelihood.compress import compress_grids, decompress_grids
-
     n = len(grids)
     prior.net.supports_cache = False  # the instance attribute shadows the class's True: _code_loop runs net(x)
     try:
-        t0 = time.perf_counter()
-        data = compress_grids(prior, grids, chunk_size=n)
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        back = decompress_grids(prior, data).tokens
-        t_dec = time.perf_counter() - t0
+        _, t_enc, t_dec, exact = timed_round_trip(prior, grids, n)
     finally:
         del prior.net.supports_cache
     return {"digits": n, "compress_digits_per_s": n / t_enc, "decompress_digits_per_s": n / t_dec,
-            "round_trip_exact": torch.equal(back, grids)}
+            "round_trip_exact": exact}
 
 
 # ---------------------------------------------------------------------------------------------- the run
