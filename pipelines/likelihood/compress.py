@@ -49,9 +49,8 @@ from .score import encode_batch, net_labels
 
 log = logging.getLogger("vqgen.compress")
 
-DEFAULT_CHUNK = 64  # grids coded together when the cache size is unknown: one batched step per position per chunk
 MAX_CHUNK = 512  # auto chunks: a bigger batch spreads each position's fixed Python cost over more grids
-CACHE_BUDGET_BYTES = 256 * 2**20  # auto chunks of attention priors: their KV cache grows with the chunk
+CACHE_BUDGET_BYTES = 256 * 2**20  # auto chunks of attention priors and WaveNets: their caches grow with the chunk
 _FAMILY = constriction.stream.model.Categorical(perfect=False)  # same setting on both sides (required)
 
 
@@ -65,11 +64,13 @@ def module_fingerprint(model: nn.Module) -> bytes:
 def auto_chunk(prior: Prior, n: int) -> int:
     """Grids coded together when no chunk size is given: all ``n`` up to ``MAX_CHUNK`` (each position costs one
     batched network step whatever the batch, so big chunks code faster: 1.7x from 64 to 500 binarised digits with
-    a PixelCNN), fewer for attention priors so their KV cache stays within ``CACHE_BUDGET_BYTES``."""
+    a PixelCNN), fewer for attention priors and WaveNets so their caches stay within ``CACHE_BUDGET_BYTES``."""
     c = prior.config
-    per_grid = 0  # cache bytes per grid: constant-size caches (PixelCNN, WaveNet, LSTM, MADE, n-gram) count as 0
+    per_grid = 0  # cache bytes per grid: small caches (PixelCNN rows, LSTM state, MADE, n-gram) count as 0
     if c.arch in ("transformer", "sparse_transformer"):
         per_grid = 2 * c.n_layer * c.seq_len * c.d_model * 4  # keys and values, fp32
+    elif c.arch == "wavenet":  # one queue of `dilation` past activations per layer
+        per_grid = c.n_cycles * (2**c.dilation_cycle - 1) * c.residual_channels * 4
     cap = CACHE_BUDGET_BYTES // per_grid if per_grid else MAX_CHUNK
     return max(1, min(n, MAX_CHUNK, cap))
 

@@ -466,6 +466,9 @@ def test_auto_chunk_codes_everything_together_unless_a_kv_cache_would_be_too_big
     big = build_prior(PriorConfig(arch="transformer", vocab_size=4, shape=(1024,), n_layer=8, d_model=512, n_head=4))
     per_grid = 2 * 8 * 1024 * 512 * 4  # keys and values of 8 layers, fp32
     assert compress_mod.auto_chunk(big, 5000) == compress_mod.CACHE_BUDGET_BYTES // per_grid == 8
+    deep = build_prior(PriorConfig(arch="wavenet", vocab_size=4, shape=(64,), residual_channels=64, dilation_cycle=12,
+                                   n_cycles=3))
+    assert compress_mod.auto_chunk(deep, 5000) == compress_mod.CACHE_BUDGET_BYTES // (3 * 4095 * 64 * 4) == 85
     tokens = torch.randint(0, 2, (7, 4, 4))
     data = compress_grids(pix, tokens)
     assert read_header(data).chunk == 7 and torch.equal(decompress_grids(pix, data).tokens, tokens)
