@@ -574,7 +574,7 @@ def markdown(res: dict[str, Any]) -> str:
              "Digits/s: tools, the wall time of the command on all digits (process start included, median of "
              f"{res['repeats']}); priors, `compress_grids` / `decompress_grids` ("
              + (f"chunks of {res['chunk']} digits" if res['chunk'] else "vqgen compress's chunks: `auto_chunk`, up to 512 "
-                "digits, fewer where an attention prior's KV cache would pass 256 MiB; each row's chunk is in the "
+                "digits, fewer where a prior's decoding cache would pass 256 MiB; each row's chunk is in the "
                 "results JSON")
              + ", "
              f"{m.get('torch_threads', 1)} torch thread(s)). Measured on {m['cpu']} with {m['cores']} cores (1-min load "

@@ -112,8 +112,7 @@ def main() -> None:
     ap.add_argument("--install", action="store_true", help="ship the last snapshot as the pretrained tokenizer")
     ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.5 kbit/s)")
     ap.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "auto"),
-                    help="training autocast (bf16 on a CPU with AVX-512 BF16: a training step of this codec ~1.2x "
-                         "faster, measured at 1 thread; the scores are computed in fp32)")
+                    help="training autocast (bf16 runs on a CPU with AVX-512 BF16; the scores are computed in fp32)")
     ap.add_argument("--results-name", default=None,
                     help="bench/results/NAME.json + docs/benchmarks/NAME.md (default speech_codec_<dataset>, the "
                          "shipped tokenizer's record: give another name for a run that does not --install)")

@@ -53,8 +53,8 @@ def _loop(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 to disable (default 1)")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     g.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
-                   help="auto: the launcher's setting, else bf16 on CUDA, else fp32; bf16 on a CPU with AVX-512 BF16 "
-                        "trains convolutional priors ~1.7x faster")
+                   help="auto: the launcher's setting, else bf16 on CUDA, else fp32 (bf16 also runs on a CPU with "
+                        "AVX-512 BF16, where it trains convolutional priors faster)")
     g.add_argument("--eval-every", type=int, default=500, help="evaluate on the test split every N steps")
     g.add_argument("--save-every", type=int, default=500, help="write a resumable checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="keep the last K checkpoints (default 2)")

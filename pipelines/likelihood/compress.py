@@ -61,16 +61,43 @@ def module_fingerprint(model: nn.Module) -> bytes:
     return bytes.fromhex(fingerprint_module(model, getattr(model, "config", None)))
 
 
+def _tensor_bytes(obj: Any, seen: set[int]) -> int:
+    """Bytes of the distinct tensor storages reachable from ``obj`` (tensors, dicts, lists, tuples, objects)."""
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, Tensor):
+        storage = obj.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        items = vars(obj).values()
+    else:
+        return 0
+    return sum(_tensor_bytes(v, seen) for v in items)
+
+
+def cache_bytes_per_grid(prior: Prior) -> int:
+    """Bytes the net's decoding cache grows by per grid of the batch, measured on ``init_cache`` of 1 and 2
+    grids (what a batch of any size shares, such as weight snapshots, cancels out); 0 without a cache."""
+    net = prior.net
+    if not net.supports_cache:
+        return 0
+    one, two = (_tensor_bytes(net.init_cache(b, prior.device), set()) for b in (1, 2))
+    return max(0, two - one)
+
+
 def auto_chunk(prior: Prior, n: int) -> int:
     """Grids coded together when no chunk size is given: all ``n`` up to ``MAX_CHUNK`` (each position costs one
-    batched network step whatever the batch, so big chunks code faster: 1.7x from 64 to 500 binarised digits with
-    a PixelCNN), fewer for attention priors and WaveNets so their caches stay within ``CACHE_BUDGET_BYTES``."""
-    c = prior.config
-    per_grid = 0  # cache bytes per grid: small caches (PixelCNN rows, LSTM state, MADE, n-gram) count as 0
-    if c.arch in ("transformer", "sparse_transformer"):
-        per_grid = 2 * c.n_layer * c.seq_len * c.d_model * 4  # keys and values, fp32
-    elif c.arch == "wavenet":  # one queue of `dilation` past activations per layer
-        per_grid = c.n_cycles * (2**c.dilation_cycle - 1) * c.residual_channels * 4
+    batched network step whatever the batch, so big chunks code faster), fewer where the decoding cache (a
+    Transformer's keys and values, a WaveNet's queues) would pass ``CACHE_BUDGET_BYTES``."""
+    per_grid = cache_bytes_per_grid(prior)
     cap = CACHE_BUDGET_BYTES // per_grid if per_grid else MAX_CHUNK
     return max(1, min(n, MAX_CHUNK, cap))
 

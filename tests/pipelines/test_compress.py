@@ -464,11 +464,14 @@ def test_auto_chunk_codes_everything_together_unless_a_kv_cache_would_be_too_big
     pix = build_prior(PriorConfig(arch="pixelcnn", vocab_size=2, shape=(4, 4), pixelcnn_layers=1, pixelcnn_channels=4))
     assert compress_mod.auto_chunk(pix, 10) == 10 and compress_mod.auto_chunk(pix, 5000) == compress_mod.MAX_CHUNK
     big = build_prior(PriorConfig(arch="transformer", vocab_size=4, shape=(1024,), n_layer=8, d_model=512, n_head=4))
-    per_grid = 2 * 8 * 1024 * 512 * 4  # keys and values of 8 layers, fp32
+    per_grid = 2 * 8 * 1024 * 512 * 4  # keys and values of 8 layers, fp32: all the cache holds per grid
+    assert compress_mod.cache_bytes_per_grid(big) == per_grid
     assert compress_mod.auto_chunk(big, 5000) == compress_mod.CACHE_BUDGET_BYTES // per_grid == 8
     deep = build_prior(PriorConfig(arch="wavenet", vocab_size=4, shape=(64,), residual_channels=64, dilation_cycle=12,
                                    n_cycles=3))
-    assert compress_mod.auto_chunk(deep, 5000) == compress_mod.CACHE_BUDGET_BYTES // (3 * 4095 * 64 * 4) == 85
+    queues = 3 * 4095 * 64 * 4  # one queue of `dilation` past activations per layer, plus a few [C] vectors
+    assert queues <= compress_mod.cache_bytes_per_grid(deep) < queues + 4096
+    assert compress_mod.auto_chunk(deep, 5000) == 85
     tokens = torch.randint(0, 2, (7, 4, 4))
     data = compress_grids(pix, tokens)
     assert read_header(data).chunk == 7 and torch.equal(decompress_grids(pix, data).tokens, tokens)
