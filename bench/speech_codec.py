@@ -13,9 +13,10 @@ reconstructions (``runs/speech_classifier``, trained by bench/speech_quality.py 
 of a quantizer-dropout model are exactly that model at n codebooks), into ``tokenizers_vq/pretrained/`` with its
 fingerprint in ``index.json``: what ``vqgen demo --modality audio`` starts from.
 
-Run (idle machine): ``python bench/speech_codec.py --minutes 10 30 --install``; then
-``OMP_NUM_THREADS=1 python bench/speech_quality.py --tokenizer runs/speech_codec/30min --n-quantizers 2 5 12
---classifier runs/speech_classifier --no-peers --merge`` puts the ladder beside Codec2 and Opus.
+Run (idle machine): ``python bench/speech_codec.py --minutes 10 30 --install`` (the defaults are the shipped
+tokenizer's recipe); then ``python bench/speech_quality.py --tokenizer runs/speech_codec/30min --n-quantizers 2 5 13
+--classifier runs/speech_classifier --merge`` puts the ladder beside Codec2 and Opus. ``--install-only`` ships a
+finished run judged first.
 """
 
 from __future__ import annotations
@@ -81,12 +82,22 @@ def install(src: Path, codebooks: int, name: str, meta: dict[str, Any]) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     small.save_pretrained(dest)
+    # Half the package size: float32 tensors stored as float16 (loaded back as float32); the fingerprint is the
+    # loaded model's, so it checks exactly what users get.
+    from safetensors.torch import load_file, save_file
+
+    weights = dest / "model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: v.half() if v.dtype == torch.float32 and v.abs().max() < 6e4 else v for k, v in tensors.items()},
+              str(weights), metadata={"format": "pt"})
+    shipped = load_tokenizer(dest)
     index_path = PRETRAINED_DIR / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    index[name] = {"folder": folder, "fingerprint": small.fingerprint,
+    index[name] = {"folder": folder, "fingerprint": shipped.fingerprint,
                    "trained_by": meta["command"], "data": meta["dataset"],
                    "train_seconds": meta["train_seconds"], "codebooks": codebooks,
-                   "kbps": round(small.frame_rate * codebooks * small.bits_per_token / 1000, 3)}
+                   "kbps": round(small.frame_rate * codebooks * small.bits_per_token / 1000, 3),
+                   "stored_as": "float16 (loaded as float32)"}
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     return dest
 
@@ -95,14 +106,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="spoken-digits", choices=("spoken-digits", "tones"))
     ap.add_argument("--minutes", type=float, nargs="+", default=[10, 30], help="snapshots at these training minutes")
-    ap.add_argument("--num-quantizers", type=int, default=12, help="residual codebooks trained (default 12: 6 kbit/s)")
-    ap.add_argument("--n-quantizers", type=int, nargs="+", default=[2, 5, 12], help="codebooks scored per snapshot")
+    ap.add_argument("--num-quantizers", type=int, default=13, help="residual codebooks trained (default 13: 5.85 kbit/s)")
+    ap.add_argument("--n-quantizers", type=int, nargs="+", default=[2, 5, 13], help="codebooks scored per snapshot")
     ap.add_argument("--waveform-loss-weight", type=float, default=None, help="default: the config's (1 for istft)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=4000, help="the cosine schedule's length; the run stops at the last "
-                    "--minutes mark or here, whichever comes first")
-    ap.add_argument("--codebook-size", type=int, default=1024, help="codes per residual codebook (default 1,024: "
-                    "10 bits; 512 gives a held-out split of two voices a chance to visit most codes)")
+    ap.add_argument("--steps", type=int, default=12000, help="the cosine schedule's length; the run stops at the last "
+                    "--minutes mark or here, whichever comes first (12,000: about 30 minutes on the 2-core machine of "
+                    "docs/BENCHMARKS.md)")
+    ap.add_argument("--codebook-size", type=int, default=512, help="codes per residual codebook (default 512: 9 bits; "
+                    "with 1,024 the first codebook used under half its codes on the two held-out voices)")
     # A batch holds 16 x 20 = 320 frames for 1,024 codes (0.3 per code per step): vqgen's default of 2 would expire
     # nearly every code at every step; 0.1 expires codes used less than about once in ten batches.
     ap.add_argument("--dead-code-threshold", type=float, default=0.1)
@@ -110,21 +122,29 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "speech_codec"))
     ap.add_argument("--classifier", default=str(ROOT / "runs" / "speech_classifier"))
     ap.add_argument("--install", action="store_true", help="ship the last snapshot as the pretrained tokenizer")
-    ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.5 kbit/s)")
-    ap.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "auto"),
+    ap.add_argument("--install-only", action="store_true",
+                    help="train nothing: install the last snapshot of the run recorded in bench/results/"
+                         "<--results-name>.json (a run judged first, then shipped)")
+    ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.25 kbit/s with 512 codes)")
+    ap.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16", "auto"),
                     help="training autocast (bf16 runs on a CPU with AVX-512 BF16; the scores are computed in fp32)")
     ap.add_argument("--results-name", default=None,
                     help="bench/results/NAME.json + docs/benchmarks/NAME.md (default speech_codec_<dataset>, the "
                          "shipped tokenizer's record: give another name for a run that does not --install)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    name = args.results_name or f"speech_codec_{args.dataset.replace('-', '_')}"
+    if args.install_only:
+        install_recorded(name, args.install_codebooks)
+        return
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     run_dir = out / "run"
     cmd = "python bench/speech_codec.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "classifier", "install", "results_name") and v is not None)
+        for k, v in vars(args).items()
+        if k not in ("out", "classifier", "install", "install_only", "results_name") and v is not None)
     cmd += " --install" if args.install else ""
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "dataset": args.dataset, "command": cmd,
@@ -138,7 +158,7 @@ def main() -> None:
     xs = torch.stack([x for x, _ in test]).float()
     ys = torch.stack([torch.as_tensor(y) for _, y in test]) if splits.num_classes else None
     classifier = None
-    if ys is not None and (Path(args.classifier) / "config.json").is_file():
+    if args.dataset == "spoken-digits" and ys is not None and (Path(args.classifier) / "config.json").is_file():
         from pipelines.audio_classifier import load_audio_classifier
 
         classifier = load_audio_classifier(args.classifier)
@@ -161,8 +181,22 @@ def main() -> None:
     if args.install:
         dest = install(Path(snapshots[-1]["path"]), args.install_codebooks, args.dataset, meta)
         meta["installed"] = os.path.relpath(dest, ROOT)
-    write_results(args.results_name or f"speech_codec_{args.dataset.replace('-', '_')}", {"meta": meta, "snapshots": snapshots},
-                  markdown(snapshots, meta, classifier is not None))
+    write_results(name, {"meta": meta, "snapshots": snapshots}, markdown(snapshots, meta, classifier is not None))
+
+
+def install_recorded(name: str, codebooks: int) -> None:
+    """``--install-only``: ship the last snapshot of the run recorded in bench/results/NAME.json and note it there."""
+    res_path = ROOT / "bench" / "results" / f"{name}.json"
+    if not res_path.is_file():
+        raise SystemExit(f"{res_path} does not exist: run bench/speech_codec.py with --results-name {name} first")
+    results = json.loads(res_path.read_text())
+    meta, snapshots = results["meta"], results["snapshots"]
+    src = Path(snapshots[-1]["path"])
+    if not (src / "config.json").is_file():
+        raise SystemExit(f"{src} (the run's last snapshot) is gone: rerun the bench with --install")
+    dest = install(src, codebooks, meta["dataset"], meta)
+    meta["installed"] = os.path.relpath(dest, ROOT)
+    write_results(name, results, markdown(snapshots, meta, any("accuracy" in r for s in snapshots for r in s["rows"])))
 
 
 def markdown(snapshots: list[dict[str, Any]], meta: dict[str, Any], with_classifier: bool) -> str:

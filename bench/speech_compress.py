@@ -1,13 +1,13 @@
 """A speech codec out of two stages: the shipped spoken-digits tokenizer's tokens, entropy-coded by a prior.
 
 The shipped tokenizer (``tokenizers_vq.pretrained``: the spectral codec, 50 token positions/s x 5 residual
-codebooks of 1,024, a fixed-length code of 2.5 kbit/s) turns speech into tokens [t, 5]; an unconditional
+codebooks of 512, a fixed-length code of 2.25 kbit/s) turns speech into tokens [t, 5]; an unconditional
 delay-pattern Transformer prior (MusicGen's pattern, like the audio demo's prior but without the digit label)
 trained on the training voices' tokens gives p(token | earlier tokens), and ``vqgen compress`` range-codes the
-tokens with it, so a second costs the prior's bits/token x 250 tokens instead of 10 bits x 250. ``vqgen
+tokens with it, so a second costs the prior's bits/token x 250 tokens instead of 9 bits x 250. ``vqgen
 decompress`` decodes the tokens bit-exactly and writes the tokenizer's reconstruction as WAV. The tokenizer was
 trained with quantizer dropout, so its first q codebooks are a codec of their own (``truncate_codebooks``):
-the bench builds a ladder, one prior per q (default q = 5 and q = 2, 2.5 and 1.0 kbit/s before coding).
+the bench builds a ladder, one prior per q (default q = 5 and q = 2, 2.25 and 0.9 kbit/s before coding).
 
 Steps (each artefact is kept under ``--work`` and reused by a later run with the same recipe, so the work can
 be split into runs of a few minutes each, ``--until``):
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, Subset
+from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import ROOT, cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
@@ -71,7 +71,7 @@ from pipelines.likelihood.compress import decompress_grids  # noqa: E402
 from pipelines.likelihood.score import encode_batch  # noqa: E402
 from pipelines.outputs import save_wav  # noqa: E402
 from pipelines.stages.score import compress, decompress  # noqa: E402
-from pipelines.stages.tokenize import tokenize_splits  # noqa: E402
+from pipelines.stages.tokenize import tokenize_splits, with_placements  # noqa: E402
 from pipelines.stages.train import train_prior  # noqa: E402
 from pipelines.training.loop import TrainConfig  # noqa: E402
 from prior import load_prior  # noqa: E402
@@ -81,7 +81,7 @@ from tokenizers_vq.pretrained import load_pretrained, pretrained_path  # noqa: E
 from tokenizers_vq.tokenizer import truncate_codebooks  # noqa: E402
 
 DATASET = "spoken-digits"
-PRETRAINED = "spoken-digits"  # tokenizers_vq.pretrained name: the shipped 2.5 kbit/s spectral codec
+PRETRAINED = "spoken-digits"  # tokenizers_vq.pretrained name: the shipped 2.25 kbit/s spectral codec
 WORK = ROOT / "runs" / "speech_compress"
 # The prior: the audio demo's delay-pattern Transformer (4 layers x 128), unconditional.
 PRIOR = {"arch": "transformer", "codebook_pattern": "delay", "n_layer": 4, "n_head": 4, "d_model": 128, "dropout": 0.1}
@@ -132,12 +132,7 @@ def full_tokens(splits: Any, tok: Any, work: Path, placements: int, data_recipe:
         _say(f"tokens: reusing {out}")
         return out
     shutil.rmtree(out, ignore_errors=True)
-    views = []
-    for e in range(placements):
-        view = splits.train.covering()  # a one-second file is one item, placed at an offset drawn per (seed, epoch, item)
-        view.set_epoch(e)
-        views.append(view)
-    aug = dataclasses.replace(splits, train=ConcatDataset(views))
+    aug = with_placements(splits, placements)  # the word at an offset drawn per (seed, epoch, item)
     t, _ = timed(lambda: tokenize_splits(aug, out, DATASET, tok, pretrained_path(PRETRAINED), batch_size=64,
                                          progress=False))
     _say(f"tokens: {placements} x {len(splits.train)} training clips and {len(splits.test)} test clips in {t:.0f} s")
@@ -332,15 +327,16 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     coded = [r for r in rows if r.get("family") == "vqgen-coded"]
     lines = ["# A speech codec out of two stages: tokens entropy-coded by a prior (`bench/speech_compress.py`)", "",
-             f"The shipped spoken-digits tokenizer ({meta['tokenizer']}) gives 50 token positions per second with 5 "
-             "residual codebooks of 1,024 codes, a fixed-length code of 2.5 kbit/s; its first q codebooks are a codec "
+             f"The shipped spoken-digits tokenizer ({meta['tokenizer']}) gives 50 token positions per second with "
+             f"{meta['codebooks']} residual codebooks of {meta['vocab_size']:,} codes, a fixed-length code of "
+             f"{meta['fixed_kbps']:g} kbit/s; its first q codebooks are a codec "
              "of their own (quantizer dropout; `truncate_codebooks`). An unconditional delay-pattern Transformer prior "
              "per q, trained on the training voices' tokens only, drives the range coder of `vqgen compress`. All "
              f"{meta['clips']} held-out clips (2 voices never seen by the tokenizer, the prior or the listener; one "
              "second each, the word centred in silence) were written as 16-bit WAV files and compressed into one "
              "container; `vqgen decompress` wrote them back. kbit/s = 8 x container bytes / seconds of audio "
              f"({meta['audio_seconds']:.0f} s); ideal = the prior's code length sum -log2 p(token); fixed-rate = the "
-             "tokenizer's tokens at log2(1024) bits each. STOI against the WAVs coded, on the clips joined; listener = "
+             f"tokenizer's tokens at log2({meta['vocab_size']}) bits each. STOI against the WAVs coded, on the clips joined; listener = "
              "the spoken-digit classifier's accuracy (`pipelines.audio_classifier`, trained on the training voices' "
              "originals). Codec2 codes the same WAVs at 8 kHz, its STOI-maximising delay removed.", "",
              *table(rows), ""]
@@ -361,7 +357,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"- q={r['codebooks']}: {r['file_bytes']:,} bytes = {r['payload_bytes']:,} of range-coder payload + "
             f"{r['header_bytes']:,} of header (the prior's fingerprint, and each file's name and sample count as deflated JSON: "
             f"about {r['header_bytes'] / meta['clips']:.0f} bytes per file); {r['bits_per_token_ideal']:.2f} bits/token "
-            f"ideal against 10 fixed (by codebook: " + ", ".join(f"{b:.2f}" for b in r["bits_per_token_by_codebook"])
+            f"ideal against {meta['bits_per_token']:g} fixed (by codebook: " + ", ".join(f"{b:.2f}" for b in r["bits_per_token_by_codebook"])
             + f"); decoded tokens equal to the encoded ones: {'all' if r['tokens_equal'] else 'NO'} "
             f"({r['tokens_differing']} differ); decompressed WAVs against the tokenizer's direct decode: max |diff| "
             f"{r['max_abs_diff_vs_fixed']:.1e} (16-bit WAV rounding). Prior: {p['params']:,} parameters, "
@@ -371,10 +367,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
               f"{meta['placements']} times ({meta['tokenize_seconds']:.0f} s), each time with the word at other random offsets in its second (a shift by part of the 20 ms hop gives other "
               "tokens for the same word; with one placement the validation bits/token rose after step 200). The budgets were "
               "chosen on one training voice held out (en-029, priors trained on the other 5), never on the test "
-              "voices: there the q = 5 prior reached 6.49 bits/token and the q = 2 prior 6.74, against 4.83 and 4.22 "
-              "on the test voices with all 6 training voices (a harder voice, or the sixth voice helping: not "
-              "separated here). Every clip is one second with the word centred in silence, and every codec codes "
-              "the whole second."]
+              "voices, for the tokenizer shipped before (1,024 codes per codebook): there the q = 5 prior reached 6.49 "
+              "bits/token and the q = 2 prior 6.74, against 4.83 and 4.22 on the test voices with all 6 training "
+              "voices (a harder voice, or the sixth voice helping: not separated here); the same budgets serve the "
+              "512-code tokenizer, not re-tuned. Every clip is one second with the word centred in silence, and every "
+              "codec codes the whole second."]
     lines += ["", "Timing: compress = read the WAVs, tokenize, range-code with the prior (one batched, cached prior step "
               "per token position for 64 clips at a time), write; decompress = decode step by step, detokenize, write "
               "WAVs; each includes loading the prior and tokenizer. Codec2's round trip is c2enc + c2dec as "
@@ -457,6 +454,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__, "threads": eval_threads,
             "train_threads": args.train_threads, "python": platform.python_version(),
             "tokenizer": f"`{PRETRAINED}`, fingerprint {tok.fingerprint}", "clips": len(xs),
+            "codebooks": tok.num_codebooks, "vocab_size": tok.vocab_size, "bits_per_token": tok.bits_per_token,
+            "fixed_kbps": round(tok.bitrate / 1000, 3),
             "audio_seconds": xs.numel() / sr, "listener": clf_info, "placements": placements, "quick": args.quick,
             "train_clips": len(splits.train), "tokenize_seconds": _sealed(full_dir)["info"].get("seconds")}
     # the runs that trained the priors (maybe earlier invocations, --until priors) come first

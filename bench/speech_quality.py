@@ -127,7 +127,9 @@ def tokenizer_rows(path: str, n_quantizers: list[int] | None, xs: torch.Tensor, 
             recon = AF.resample(recon, rate, sr)[..., : xs.shape[-1]]
         kbps = tok.frame_rate * books * tok.bits_per_token / 1000
         cfg = tok.config
-        name = f"vqgen {Path(path).name}" + (f" q={books}" if n is not None else "")
+        # the run folder and the snapshot: two models' "30min" snapshots stay apart in a merged table
+        folder = Path(path).resolve()
+        name = f"vqgen {folder.parent.name}/{folder.name}" + (f" q={books}" if n is not None else "")
         rows.append(score(name, "vqgen", recon, xs, ys, sr, classifier, kbps, tokenizer=str(path),
                           quantizer=cfg.quantizer, codebooks=books, seconds=round(time.time() - t0, 1)))
         print(json.dumps(rows[-1]), flush=True)
@@ -175,10 +177,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
                 color, vq = shades[vq % len(shades)], vq + 1
             pts = sorted((r["kbps"], r[key], r["codec"]) for r in members)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
-                    label=f"vqgen {Path(tok).name}" if fam == "vqgen" else fam,
+                    label=f"vqgen {Path(tok).parent.name}/{Path(tok).name}" if fam == "vqgen" else fam,
                     linestyle="-" if fam != "opus" else "none")
-            for k, v, name in pts:
-                ax.annotate(name.replace("Codec2 ", "").replace("vqgen ", ""), (k, v), textcoords="offset points",
+            for k, v, name in pts:  # the legend names the series: a point says its mode or codebooks only
+                ax.annotate(name.split()[-1] if fam != "opus" else name, (k, v), textcoords="offset points",
                             xytext=(4, -10), fontsize=7)
         if orig is not None:
             ax.axhline(orig[key], color="gray", linestyle="--", label=f"original ({orig[key]:.3g})")
@@ -250,15 +252,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="60 test clips, 5 classifier epochs; print only")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--merge", action="store_true", help="keep earlier rows this run does not redo (by codec name)")
+    ap.add_argument("--forget", nargs="+", default=[], metavar="CODEC",
+                    help="with --merge: drop these earlier rows (by codec name), e.g. a superseded model's")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "python": platform.python_version()}
-    run = {"command": "OMP_NUM_THREADS=1 python bench/speech_quality.py"
+    run = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python bench/speech_quality.py"
                       + "".join(f" --tokenizer {t}" for t in args.tokenizer)
                       + (" --n-quantizers " + " ".join(map(str, args.n_quantizers)) if args.n_quantizers else "")
-                      + (" --no-peers" if args.no_peers else "") + (" --merge" if args.merge else ""),
+                      + (" --no-peers" if args.no_peers else "") + (" --merge" if args.merge else "")
+                      + (" --forget " + " ".join(f'"{c}"' for c in args.forget) if args.forget else ""),
            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     splits = load_data(DataSpec(DATASET))  # espeak-ng missing: the loader's error says how to install it
     sr = 16000
@@ -295,7 +300,7 @@ def main() -> None:
     res_path = ROOT / "bench" / "results" / "speech_quality.json"
     if args.merge and res_path.is_file():
         old = json.loads(res_path.read_text())
-        done = {r["codec"] for r in rows}
+        done = {r["codec"] for r in rows} | set(args.forget)
         rows = [r for r in old["results"] if r["codec"] not in done] + rows
         meta["runs"] = old["meta"].get("runs", []) + meta["runs"]
         if "loaded" in info and "train_s" in old["meta"].get("classifier", {}):  # how the loaded one was trained

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .audio import chunked, multires_log_mel_l1
+from .audio import chunked, multires_spectral_l1
 from .config import TokenizerConfig
 from .metrics import si_snr
 from .mulaw import mu_law_decode, mu_law_encode
@@ -137,7 +137,6 @@ class SpectralAudioAutoencoder(nn.Module):
         sr = config.sample_rate
         # Loss resolutions from 16 to 128 ms windows at 16 kHz (short ones keep onsets, long ones harmonics).
         self.loss_ffts = [max(64, n * sr // 16000 // 2 * 2) for n in (256, 512, 1024, 2048)]
-        self._windows: dict[tuple[int, str], Tensor] = {}
 
     # ------------------------------------------------------------------ interface
     @property
@@ -217,23 +216,7 @@ class SpectralAudioAutoencoder(nn.Module):
     def spectral_losses(self, est: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
         """(multi-resolution log-mel L1, multi-resolution log-STFT-magnitude L1), each a mean over the resolutions
         that fit in T. est, ref: float [B, T]."""
-        mel = multires_log_mel_l1(est, ref, self.config.sample_rate, self.loss_ffts)
-        mags = []
-        for n_fft in self.loss_ffts:
-            if n_fft // 2 >= est.shape[-1]:  # reflect padding needs T > n_fft / 2
-                continue
-            win = self._window(n_fft, est.device)
-            s_est = torch.stft(est, n_fft, n_fft // 4, window=win, return_complex=True).abs()
-            s_ref = torch.stft(ref, n_fft, n_fft // 4, window=win, return_complex=True).abs()
-            mags.append((torch.log(s_est + 1e-5) - torch.log(s_ref + 1e-5)).abs().mean())
-        return mel, (torch.stack(mags).mean() if mags else est.new_zeros(()))
-
-    def _window(self, n_fft: int, device: torch.device) -> Tensor:
-        """A Hann window per size and device, made once (the loss runs every training step)."""
-        key = (n_fft, str(device))
-        if key not in self._windows:
-            self._windows[key] = torch.hann_window(n_fft, device=device)
-        return self._windows[key]
+        return multires_spectral_l1(est, ref, self.config.sample_rate, self.loss_ffts)
 
     def forward(self, x: Tensor) -> TokenizerOutput:
         """x float32 [B, T] in [-1, 1] -> TokenizerOutput(recon float32 [B, T], codes, loss, metrics).

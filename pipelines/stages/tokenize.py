@@ -3,12 +3,13 @@ folder whose header records the codec."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tokenizers_vq import Codec, RawCodec, load_codec
@@ -34,6 +35,22 @@ def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Data
 def _covering(dataset: Dataset) -> Dataset:
     """The dataset as windows covering every file when it has that view (audio files), else itself."""
     return dataset.covering() if hasattr(dataset, "covering") else dataset  # type: ignore[attr-defined]
+
+
+def with_placements(splits: Splits, placements: int) -> Splits:
+    """``splits`` with the training split as ``placements`` covering views of epochs 0..placements-1: an audio
+    file shorter than a clip sits at an offset drawn per (seed, epoch, item), so each view holds the same words at
+    other offsets (a shift by part of a token's hop gives other tokens), more distinct token sequences for a prior
+    to learn from than one tokenization. Datasets without that view (images, ``tones``), or ``placements`` <= 1,
+    are returned unchanged. The test split is untouched (clips centred)."""
+    if placements <= 1 or not hasattr(splits.train, "covering"):
+        return splits
+    views = []
+    for epoch in range(placements):
+        view = splits.train.covering()  # type: ignore[attr-defined]
+        view.set_epoch(epoch)
+        views.append(view)
+    return dataclasses.replace(splits, train=ConcatDataset(views))
 
 
 def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: Codec,

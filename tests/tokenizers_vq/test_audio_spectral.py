@@ -65,3 +65,33 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(back.encode(x), tok.encode(x))
     torch.testing.assert_close(back.decode(tok.encode(x)), tok.decode(tok.encode(x)))
     assert back.fingerprint == tok.fingerprint
+
+
+def test_fused_spectral_loss_equals_separate_mel_and_magnitude_losses():
+    """One STFT per resolution (unfold framing, no gradient through the reference) gives the values and the
+    gradient of torchaudio's mel spectrogram loss plus a torch.stft log-magnitude loss."""
+    from tokenizers_vq.audio import multires_log_mel_l1, multires_spectral_l1
+    from tokenizers_vq.metrics import log_mel_spectrogram
+
+    g = torch.Generator().manual_seed(0)
+    est = (torch.randn(3, 4000, generator=g) * 0.1).requires_grad_()
+    ref = torch.randn(3, 4000, generator=g) * 0.2
+    ffts = [128, 256, 1024, 16384]  # the last does not fit in 4,000 samples and is skipped by both
+    mels, mags = [], []
+    for n in ffts[:3]:
+        mels.append((log_mel_spectrogram(est, 8000, n, n_mels=min(80, n // 8))
+                     - log_mel_spectrogram(ref, 8000, n, n_mels=min(80, n // 8))).abs().mean())
+        win = torch.hann_window(n)
+        a, b = (torch.stft(s, n, n // 4, window=win, return_complex=True).abs() for s in (est, ref))
+        mags.append((torch.log(a + 1e-5) - torch.log(b + 1e-5)).abs().mean())
+    mel_ref, mag_ref = torch.stack(mels).mean(), torch.stack(mags).mean()
+    grad_ref = torch.autograd.grad(mel_ref + mag_ref, est)[0]
+    mel, mag = multires_spectral_l1(est, ref, 8000, ffts)
+    grad = torch.autograd.grad(mel + mag, est)[0]
+    torch.testing.assert_close(mel, mel_ref)
+    torch.testing.assert_close(multires_log_mel_l1(est, ref, 8000, ffts), mel_ref)
+    torch.testing.assert_close(mag, mag_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-7, rtol=1e-4)
+    assert mag.item() > 0.1  # different signals: a loss that could not be zero by accident
+    zero_mel, zero_mag = multires_spectral_l1(est, est.detach(), 8000, ffts)
+    assert zero_mel.item() == 0 and zero_mag.item() == 0

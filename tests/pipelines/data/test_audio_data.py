@@ -308,3 +308,27 @@ def test_spoken_digits_are_generated_once_and_read_as_a_folder(tmp_path, monkeyp
     monkeypatch.setattr(shutil, "which", lambda name: None)
     again = load_data(DataSpec("spoken-digits", cache_dir=str(tmp_path)))
     assert torch.equal(again.test[3][0], x)
+
+
+def test_with_placements_repeats_the_training_words_at_other_offsets(tmp_path):
+    """A prior's training split tokenized n times: n x the items, the same labels in order, each short file at
+    seeded offsets that differ between views; the test split and non-audio splits are untouched."""
+    from pipelines.stages.tokenize import with_placements
+
+    for split, n in (("train", 2), ("test", 1)):
+        for label, freq in (("hi", 900.0), ("lo", 300.0)):
+            (tmp_path / "ds" / split / label).mkdir(parents=True)
+            for i in range(n):
+                sf.write(tmp_path / "ds" / split / label / f"{i}.wav", sine(0.05, SR, freq), SR)
+    s = load_data(DataSpec(str(tmp_path / "ds"), clip_samples=4000))  # 800-sample files in 4,000-sample clips
+    aug = with_placements(s, 3)
+    assert len(aug.train) == 3 * len(s.train) == 12 and aug.test is s.test
+    items = [aug.train[i] for i in range(len(aug.train))]
+    assert [int(y) for _, y in items] == [int(y) for _, y in items[:4]] * 3
+    starts = [int(torch.nonzero(x.abs() > 1e-4)[0]) for x, _ in items]
+    assert all(len({starts[k], starts[k + 4], starts[k + 8]}) == 3 for k in range(4))  # 3,200 offsets to draw from
+    again = with_placements(s, 3).train  # seeded: the same offsets when tokenized again
+    assert starts == [int(torch.nonzero(again[i][0].abs() > 1e-4)[0]) for i in range(12)]
+    assert with_placements(s, 1) is s
+    tones = load_data(DataSpec("tones", limit=8))
+    assert with_placements(tones, 4) is tones  # generated on access: no file offsets to redraw
