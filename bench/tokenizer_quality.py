@@ -184,9 +184,22 @@ def meets_target(row: dict[str, Any]) -> bool | None:
     return bool(ok)
 
 
+def recipe(r: dict[str, Any]) -> str:
+    """An audio row's settings that differ from the defaults its table assumes (mu-law heads: FSQ levels
+    8,5,5,5, waveform loss x30; fp32), e.g. "fsq_levels 16,8,8; waveform x100; bf16"; "" for the defaults."""
+    c, parts = r.get("config", {}), []
+    if c.get("fsq_levels") not in (None, [8, 5, 5, 5]) and r["quantizer"] in ("fsq", "rfsq"):
+        parts.append("fsq_levels " + ",".join(map(str, c["fsq_levels"])))
+    if c.get("audio_head", "categorical") != "istft" and c.get("waveform_loss_weight", 30.0) != 30.0:
+        parts.append(f"waveform x{c['waveform_loss_weight']:g}")
+    if r.get("mixed_precision") == "bf16":
+        parts.append("bf16")
+    return "; ".join(parts)
+
+
 def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two result rows the same experiment (a rerun replaces the old row)."""
-    return r["dataset"], r["quantizer"], r.get("budget_s"), r.get("config", {}).get("audio_head")
+    return r["dataset"], r["quantizer"], r.get("budget_s"), r.get("config", {}).get("audio_head"), recipe(r)
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -211,6 +224,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         else:
             zero = f"{r['zero_code_log_mel_l1']:.3f}" if "zero_code_log_mel_l1" in r else "-"
             head = r.get("config", {}).get("audio_head", "categorical")  # rows from before the head existed
+            head += f" ({recipe(r)})" if recipe(r) else ""
             audio.append(f"| {r['quantizer']} | {r['dataset']} | {head} | {r['budget_s']:.0f} | {r['steps']} | "
                          f"{r['si_snr']:.2f} | "
                          f"{r['log_mel_l1']:.3f} | {zero} | {r['kbps']:.2f} | {r['codebook_usage']:.1%} | "
