@@ -127,13 +127,17 @@ def tokenizer_rows(path: str, n_quantizers: list[int] | None, xs: torch.Tensor, 
             recon = AF.resample(recon, rate, sr)[..., : xs.shape[-1]]
         kbps = tok.frame_rate * books * tok.bits_per_token / 1000
         cfg = tok.config
-        # the run folder and the snapshot: two models' "30min" snapshots stay apart in a merged table
-        folder = Path(path).resolve()
-        name = f"vqgen {folder.parent.name}/{folder.name}" + (f" q={books}" if n is not None else "")
+        name = f"vqgen {run_label(path)}" + (f" q={books}" if n is not None else "")
         rows.append(score(name, "vqgen", recon, xs, ys, sr, classifier, kbps, tokenizer=str(path),
                           quantizer=cfg.quantizer, codebooks=books, seconds=round(time.time() - t0, 1)))
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def run_label(path: str) -> str:
+    """"<run folder>/<snapshot>" of a tokenizer folder: two models' "30min" snapshots stay apart in a merged table."""
+    folder = Path(path).resolve()
+    return f"{folder.parent.name}/{folder.name}"
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -177,7 +181,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
                 color, vq = shades[vq % len(shades)], vq + 1
             pts = sorted((r["kbps"], r[key], r["codec"]) for r in members)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
-                    label=f"vqgen {Path(tok).parent.name}/{Path(tok).name}" if fam == "vqgen" else fam,
+                    label=f"vqgen {run_label(tok)}" if fam == "vqgen" else fam,
                     linestyle="-" if fam != "opus" else "none")
             for k, v, name in pts:  # the legend names the series: a point says its mode or codebooks only
                 ax.annotate(name.split()[-1] if fam != "opus" else name, (k, v), textcoords="offset points",

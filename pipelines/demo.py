@@ -105,10 +105,11 @@ def _pipeline(out: Path, data: dict[str, Any], tokenizer: dict[str, Any], prior:
     _say("2/5 reconstructions")
     rec_out = out / ("reconstructions.png" if tok.modality == "image" else "reconstructions")
     rec = reconstruct(tok, splits, rec_out, n=n_recon, seed=seed, progress=progress)
-    placements = plan.get("placements", 1) if hasattr(splits.train, "covering") else 1  # audio files only
+    placed = with_placements(splits, plan.get("placements", 1))  # unchanged for images and tones
+    times = len(placed.train) // len(splits.train)
     _say(f"3/5 tokenizing both splits ({tuple(tok.token_shape())} tokens per input"
-         + (f"; the training split {placements} times, at other random offsets" if placements > 1 else "") + ")")
-    tokenize_splits(with_placements(splits, placements), out / "tokens", name, tok, out / "tokenizer", progress=progress)
+         + (f"; the training split {times} times, at other random offsets" if times > 1 else "") + ")")
+    tokenize_splits(placed, out / "tokens", name, tok, out / "tokenizer", progress=progress)
     arch = prior["arch"].replace("_", "-") + (" (delay pattern)" if prior.get("codebook_pattern") == "delay" else "")
     _say(f"4/5 training a {arch} prior p(tokens | label), up to {plan['prior_seconds']} s")
     pres = train_prior(out / "tokens", prior, _train_cfg(out / "prior", plan["prior_steps"], plan["prior_seconds"],
