@@ -1,0 +1,82 @@
+"""Folders saved by vqgen's format-1 code (tests/fixtures/v1, written by main at fa9f99e) still load with today's
+code and give the same fingerprints, tokens, reconstructions, likelihoods and samples; its compressed file still
+decodes to the same images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.cli import main
+from pipelines.data.tokens import load_token_header, load_tokens
+from prior import load_prior
+from tokenizers_vq import load_tokenizer
+from vqgen_io import fingerprint_module
+
+V1 = Path(__file__).parent / "fixtures" / "v1"
+EXPECTED = json.loads((V1 / "expected.json").read_text())
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _tokenizer_input(tok) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    c = tok.config
+    if str(tok.modality) == "image":
+        return torch.rand(2, c.channels, c.image_size, c.image_size, generator=g)
+    t = torch.arange(c.clip_samples) / 16000.0
+    x = torch.stack([0.5 * torch.sin(2 * torch.pi * 440 * t), 0.3 * torch.sin(2 * torch.pi * 220 * t)])
+    return x + 0.05 * torch.randn(x.shape, generator=g)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["tokenizers"]))
+def test_v1_tokenizer_folders(name):
+    exp = EXPECTED["tokenizers"][name]
+    tok = load_tokenizer(V1 / "tokenizers" / name)
+    assert tok.fingerprint == exp["fingerprint"]
+    x = _tokenizer_input(tok)
+    tokens = tok.encode(x)
+    assert tokens.tolist() == exp["tokens"]
+    recon = tok.decode(tokens)
+    assert float(recon.double().sum()) == pytest.approx(exp["recon_sum"], rel=1e-4, abs=1e-3)
+    assert float(recon.double().abs().sum()) == pytest.approx(exp["recon_abs_sum"], rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["priors"]))
+def test_v1_prior_folders(name):
+    exp = EXPECTED["priors"][name]
+    p = load_prior(str(V1 / "priors" / name))
+    assert fingerprint_module(p, p.config) == exp["fingerprint"]
+    tokens = torch.tensor(exp["tokens"])
+    labels = None if exp["labels"] is None else torch.tensor(exp["labels"])
+    assert p.log_prob(tokens, labels).tolist() == pytest.approx(exp["log_prob"], rel=1e-5, abs=1e-5)
+    s = p.sample(3, labels=None if labels is None else labels[:3], generator=torch.Generator().manual_seed(3))
+    assert s.tolist() == exp["samples"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["raw"]))
+def test_v1_raw_codec_folders(name):
+    assert load_tokenizer(V1 / "raw" / name).fingerprint == EXPECTED["raw"][name]["fingerprint"]
+
+
+def test_v1_token_and_prior_folders_and_compressed_file(tmp_path):
+    run = V1 / "run"
+    header = load_token_header(run / "tokens")
+    assert header.counts == EXPECTED["run"]["tokens_header"]["counts"]
+    tokens, labels = load_tokens(run / "tokens", "test")
+    assert tuple(tokens.shape) == (16, 16, 16) and labels.shape == (16,)
+    p = load_prior(str(run / "prior"))
+    assert fingerprint_module(p, p.config) == EXPECTED["run"]["prior_fingerprint"]
+    prior_dir = tmp_path / "prior"  # a copy: commands must not write into the fixture
+    shutil.copytree(run / "prior", prior_dir)
+    assert main(["decompress", "--prior", str(prior_dir), str(run / "digits.vqz"), "--out", str(tmp_path / "d"),
+                 "--quiet"]) == 0
+    got = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in sorted((tmp_path / "d").iterdir())}
+    assert got == EXPECTED["run"]["decoded"]
