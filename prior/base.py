@@ -17,30 +17,8 @@ from tqdm.auto import tqdm
 
 from vqgen_io import FolderMixin
 
-from .config import PriorConfig
-from .histogram import HistogramNet
-from .lstm import LSTMNet
-from .made import MADE
-from .net import PriorNet
-from .ngram import NGramNet
-from .pixelcnn import GatedPixelCNN
+from .config import ARCHS, PriorConfig
 from .sampling import check_sampling_args, logits_to_probs, sample_from_probs
-from .sparse import SparseTransformerNet
-from .transformer import DelayTransformerNet, TransformerNet
-from .wavenet import WaveNet
-
-NET_CLASSES: dict[str, type[PriorNet]] = {
-    "transformer": TransformerNet,
-    "sparse_transformer": SparseTransformerNet,
-    "wavenet": WaveNet,
-    "pixelcnn": GatedPixelCNN,
-    "made": MADE,
-    "lstm": LSTMNet,
-    "histogram": HistogramNet,
-    "ngram": NGramNet,
-}
-# codebook_pattern="delay" nets (MusicGen's delay pattern over (t, q) grids); config.DELAY_ARCHS lists these archs
-DELAY_NET_CLASSES: dict[str, type[PriorNet]] = {"transformer": DelayTransformerNet}
 
 
 class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"]):
@@ -56,8 +34,10 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
     def __init__(self, config: PriorConfig):
         super().__init__()
         self.config = config
-        delay = config.codebook_pattern == "delay"
-        self.net = (DELAY_NET_CLASSES if delay else NET_CLASSES)[config.arch](config)
+        net_class = ARCHS.get(config.arch)  # the architecture registered under that name (prior/<arch>.py)
+        if config.codebook_pattern == "delay":  # MusicGen's delay pattern over (t, q) grids: the arch's delay net
+            net_class = net_class.delay_net
+        self.net = net_class(config)
 
     @property
     def device(self) -> torch.device:
@@ -217,7 +197,7 @@ def build_prior(config: PriorConfig | None = None, **overrides: Any) -> Prior:
     if config is None:
         config = PriorConfig(**overrides)
     elif overrides:
-        config = PriorConfig.from_dict({**config.to_dict(), **overrides})
+        config = config.replace(**overrides)
     return Prior(config)
 
 

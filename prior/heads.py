@@ -27,13 +27,33 @@ saturates; the infinite edges are finite constants far in the tails (exact in fl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vqgen_io.components import ComponentConfig
+
 OUTPUTS = ("softmax", "logistic_mixture")
 _TAIL = 1e4  # a standardised edge at +-1e4 is +-inf for the logistic in float32 (sigma(-1e4) = 0 exactly)
 LOG_SCALE_MIN = -7.0  # PixelCNN++'s floor on log s (keeps bin probabilities differentiable)
+
+
+@dataclass
+class OutputHeadConfig(ComponentConfig):
+    """Settings of the output head (prior/heads.py), for the architectures that can predict ordered values with a
+    discretised logistic mixture: an architecture supports ``output="logistic_mixture"`` by including these."""
+
+    output: str = "softmax"  # softmax (V logits) | logistic_mixture (PixelCNN++; ordered values only: raw pixels, mu-law)
+    logistic_mixtures: int = 5  # components K per position
+
+    def finalize(self, parent: Any) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.output == "logistic_mixture" and self.logistic_mixtures < 1:
+            raise ValueError(f"logistic_mixtures must be >= 1, got {self.logistic_mixtures}")
 
 
 def head_size(output: str, vocab_size: int, mixtures: int) -> int:

@@ -7,13 +7,25 @@ parameter, so the generic gradient training loop works on it too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from .config import PriorConfig
+from vqgen_io.components import ComponentConfig
+
+from .config import ARCHS, PriorConfig
 from .net import PriorNet
 
 
+@dataclass
+class HistogramConfig(ComponentConfig):
+    """Independent per-position token counts."""
+
+    laplace_alpha: float = 1.0  # add-alpha (Laplace) smoothing of the per-position count tables
+
+
+@ARCHS.register("histogram", config=HistogramConfig)
 class HistogramNet(PriorNet):
     variable_length = True  # position i's table does not depend on anything, so a prefix is fine
     supports_cache = True  # a "step" is a table lookup: O(V) per position instead of a prefix forward

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import PriorConfig
+from vqgen_io.components import ComponentConfig
+
+from .config import ARCHS, PriorConfig
 from .net import PriorNet
 
 
@@ -26,6 +28,15 @@ class LSTMCache:
     pos: int = 0
 
 
+@dataclass
+class LSTMConfig(ComponentConfig):
+    """A stacked LSTM over the raster sequence."""
+
+    lstm_hidden: int = 128  # width
+    lstm_layers: int = 2  # layers
+
+
+@ARCHS.register("lstm", config=LSTMConfig)
 class LSTMNet(PriorNet):
     """forward: x int64 [B, L'] in [0, V) (any L' <= L), labels int64 [B] in [0, num_classes] or None ->
     logits float [B, L', V]."""

@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import PriorConfig
+from vqgen_io.components import ComponentConfig
+
+from .config import ARCHS, PriorConfig
 from .net import PriorNet
 
 
@@ -125,6 +127,28 @@ class MADECache:
     pos: int = 0
 
 
+@dataclass
+class MADEConfig(ComponentConfig):
+    """Masked autoencoder for distribution estimation (Germain et al. 2015); see the module docstring."""
+
+    made_hidden: tuple[int, ...] = (256, 256)  # hidden layer widths
+    made_order: str = "raster"  # raster | random (a fixed permutation from made_seed) | agnostic (order-agnostic training, section 4.2)
+    made_seed: int = 0  # the seed the orderings are drawn from
+    made_ensemble: int = 1  # likelihood = log mean of p over the first K orderings (sampling uses the first)
+    made_connectivity_agnostic: bool = False  # draw the hidden connectivity with each ordering too
+    made_num_masks: int = 0  # 0 = a fresh ordering every update; N = cycle among N fixed ones
+
+    def finalize(self, parent: Any) -> None:
+        self.made_hidden = tuple(int(s) for s in self.made_hidden)
+        if self.made_order not in ("raster", "random", "agnostic"):
+            raise ValueError(f"made_order must be 'raster', 'random' or 'agnostic', got {self.made_order!r}")
+        if self.made_ensemble < 1 or self.made_num_masks < 0 or (
+                self.made_num_masks and self.made_ensemble > self.made_num_masks):
+            raise ValueError(f"made_ensemble must be in [1, made_num_masks or inf), got {self.made_ensemble} "
+                             f"(made_num_masks={self.made_num_masks})")
+
+
+@ARCHS.register("made", config=MADEConfig)
 class MADE(PriorNet):
     """Masked autoencoder over the one-hot grid.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,9 @@ class PriorNet(nn.Module):
     (then "filled" means the positions before pos in that order).
     """
 
+    name: ClassVar[str] = ""  # the registered architecture name (set by ``ARCHS.register``)
+    config_class: ClassVar[type] = type(None)  # its config section dataclass (set by ``ARCHS.register``)
+    delay_net: ClassVar[type[PriorNet] | None] = None  # the net codebook_pattern="delay" builds (MusicGen), if any
     variable_length: bool = False
     fitted_by_counting: bool = False  # True: ``fit(tokens [N, L], labels [N] | None)`` is its training (closed form)
     supports_cache: bool = False

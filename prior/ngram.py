@@ -43,12 +43,15 @@ exact); ``step`` looks up position pos's parents in the buffer: O(levels * V) pe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .config import PriorConfig
+from vqgen_io.components import ComponentConfig
+
+from .config import ARCHS, PriorConfig
 from .net import PriorNet
 
 # causal (dy, dx) offsets, nearest first; the first 10 are JBIG's three-line template
@@ -104,6 +107,19 @@ def _unique(key: Tensor, bound: int, counts: bool = False) -> tuple[Tensor, Tens
     return torch.unique(key, return_inverse=True)
 
 
+@dataclass
+class NGramConfig(ComponentConfig):
+    """Count-based context model over local parents (see the module docstring)."""
+
+    ngram_order: int = 3  # parents per position (1-D: the previous tokens; grids: cells of the template)
+    ngram_template: str = "jbig"  # jbig (causal neighbourhood, nearest first, <= 14) | raster (previous tokens)
+    ngram_smoothing: str = "kneser_ney"  # kneser_ney | witten_bell (back-off) | add_alpha (top context only)
+    ngram_alpha: float = 0.5  # pseudo-count per token
+    ngram_discount: float | None = None  # absolute discount in (0, 1] (default: n1 / (n1 + 2 n2) per level)
+    ngram_position: bool = False  # the position itself as the last (most specific) parent
+
+
+@ARCHS.register("ngram", config=NGramConfig)
 class NGramNet(PriorNet):
     variable_length = True  # position i's parents are all earlier positions, so a prefix is fine
     supports_cache = True  # a step is a lookup of position pos's parents in the buffer

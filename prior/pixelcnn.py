@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import PriorConfig
-from .heads import head_size, head_to_logits
+from .config import ARCHS, PriorConfig
+from .heads import OutputHeadConfig, head_size, head_to_logits
 from .net import PriorNet
 
 
@@ -111,6 +111,16 @@ class PixelCNNCache:
     pos: int = 0
 
 
+@dataclass
+class PixelCNNConfig(OutputHeadConfig):
+    """Gated PixelCNN with vertical and horizontal stacks (van den Oord et al. 2016)."""
+
+    pixelcnn_layers: int = 6  # gated layers
+    pixelcnn_channels: int = 64  # channels
+    dropout: float = 0.0  # dropout on each layer's output while training
+
+
+@ARCHS.register("pixelcnn", config=PixelCNNConfig)
 class GatedPixelCNN(PriorNet):
     """p(grid) over a (H, W) grid (1-D shapes are (1, L), (h, w, q) ones (h, w * q)), read in raster order.
 

@@ -56,16 +56,18 @@ stride and summary keys are needed until the end.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import PriorConfig
-from .transformer import AttendFn, TransformerNet
+from .config import ARCHS, PriorConfig
+from .transformer import AttendFn, TransformerConfig, TransformerNet
 
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (b, h, q_idx, kv_idx) -> bool
 FACTORISED_MIN_LEN = 512  # "auto" on CPU: shorter sequences run the dense-masked path (less overhead)
@@ -522,6 +524,27 @@ class SparseAttention:
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
 
+@dataclass
+class SparseTransformerConfig(TransformerConfig):
+    """The Transformer with factorized sparse attention (Child et al. 2019)."""
+
+    attention: str = "strided"  # strided | fixed attention pattern (Child et al. 2019, section 4.2)
+    stride: int | None = None  # the paper's l (default: the row width for grids, ~sqrt(L) for 1-D)
+    summary: int = 1  # the paper's c, the last c positions of each block are summaries
+
+    def finalize(self, parent: Any) -> None:
+        super().finalize(parent)
+        if self.attention not in ("strided", "fixed"):
+            raise ValueError(f"attention must be 'strided' or 'fixed', got {self.attention!r}")
+        if self.stride is None:
+            self.stride = parent.plane[1] if len(parent.shape) >= 2 else max(1, math.isqrt(parent.seq_len))
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.attention == "fixed" and not 1 <= self.summary <= self.stride:
+            raise ValueError(f"summary must be in [1, stride={self.stride}], got {self.summary}")
+
+
+@ARCHS.register("sparse_transformer", config=SparseTransformerConfig)
 class SparseTransformerNet(TransformerNet):
     """``TransformerNet`` with factorized attention (module docstring). forward: x int64 [B, L'] in [0, V)
     (1 <= L' <= L), labels int64 [B] in [0, num_classes] or None -> logits float [B, L', V].

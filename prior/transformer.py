@@ -26,7 +26,8 @@ and no host synchronisation (``bench/vs_transformers.py`` measures it against Hu
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .codebooks import delay_order, delay_pattern, step_sources, undelay
-from .config import PriorConfig
-from .heads import head_size, head_to_logits
+from .config import ARCHS, PriorConfig
+from .heads import OutputHeadConfig, head_size, head_to_logits
 from .net import PriorNet
 
 AttendFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v float [B, H, L, hd] -> out [B, H, L, hd]
@@ -202,6 +203,22 @@ def _label_input(cache: TransformerCache, labels: Tensor, embed: nn.Embedding) -
     return cache.label_input[1]
 
 
+@dataclass
+class TransformerConfig(OutputHeadConfig):
+    """GPT-style decoder (pre-norm blocks of causal self-attention and an MLP)."""
+
+    n_layer: int = 4  # layers
+    n_head: int = 4  # attention heads (d_model must divide by it)
+    d_model: int = 128  # width
+    dropout: float = 0.0  # dropout on attention and MLP outputs while training
+
+    def finalize(self, parent: Any) -> None:
+        super().finalize(parent)
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+
+
+@ARCHS.register("transformer", config=TransformerConfig)
 class TransformerNet(PriorNet):
     """forward: x int64 [B, L'] in [0, V) (any 1 <= L' <= L), labels int64 [B] in [0, num_classes] or None
     -> logits float [B, L', V]; the logits at i depend on x[:, :i] (and the label) only."""
@@ -407,3 +424,6 @@ class DelayTransformerNet(PriorNet):
             kv.reorder(index)
         if cache.logits is not None:
             cache.logits = cache.logits[index]
+
+
+TransformerNet.delay_net = DelayTransformerNet  # codebook_pattern="delay" builds this net instead

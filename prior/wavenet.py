@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import PriorConfig
+from vqgen_io.components import ComponentConfig
+
+from .config import ARCHS, PriorConfig
 from .net import PriorNet
 
 
@@ -71,6 +73,17 @@ class WaveNetCache:
     pos: int = 0
 
 
+@dataclass
+class WaveNetConfig(ComponentConfig):
+    """Stacks of dilated causal convolutions with gated units (van den Oord et al. 2016)."""
+
+    residual_channels: int = 64  # channels of the residual stream
+    skip_channels: int = 64  # channels of the skip connections
+    dilation_cycle: int = 10  # layers per cycle, dilations 1, 2, ..., 2**(cycle-1)
+    n_cycles: int = 1  # cycles; receptive field = n_cycles * (2**dilation_cycle - 1) + 2
+
+
+@ARCHS.register("wavenet", config=WaveNetConfig)
 class WaveNet(PriorNet):
     """p(x) = prod_i p(x_i | x_{i-R..i-1} [, label]) with R = ``receptive_field``.
 

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import AUDIO_HEADS
 from .mulaw import mu_law_decode
 
 # Scale e^-7 ~ 1e-3 is well under one bin (2/255), so a confident head can put all its mass in a bin; e^7 is
@@ -38,6 +37,7 @@ from .mulaw import mu_law_decode
 _MIN_LOG_SCALE, _MAX_LOG_SCALE = -7.0, 7.0
 # Added to the raw log-scale output: a logistic of scale 1/2 has peak density 1/2, that of the uniform on [-1, 1],
 # so an untrained head starts near log(Q) nats like the categorical one (scale 1 started ~1 nat worse).
+MU_LAW_HEADS = ("logistic", "categorical")  # what build_head makes
 _LOG_SCALE_OFFSET = math.log(0.5)
 
 
@@ -150,4 +150,4 @@ def build_head(head: str, classes: int, mixtures: int) -> nn.Module:
         return CategoricalHead(classes)
     if head == "logistic":
         return LogisticMixtureHead(classes, mixtures)
-    raise ValueError(f"audio_head must be one of {AUDIO_HEADS}, got {head!r}")
+    raise ValueError(f"audio_head must be one of {MU_LAW_HEADS}, got {head!r}")

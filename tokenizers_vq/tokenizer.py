@@ -14,21 +14,13 @@ from vqgen_io import FolderMixin, fingerprint_module
 from .codec import Codec
 from .config import TokenizerConfig
 from .mulaw import check_range
+from .registry import AUTOENCODERS
 from .types import TokenizerOutput
 
 
 def _build_backbone(config: TokenizerConfig) -> nn.Module:
-    if config.modality == "image":
-        from .image import ImageAutoencoder
-
-        return ImageAutoencoder(config)
-    if config.audio_head == "istft":
-        from .audio_spectral import SpectralAudioAutoencoder
-
-        return SpectralAudioAutoencoder(config)
-    from .audio import AudioAutoencoder
-
-    return AudioAutoencoder(config)
+    """The autoencoder family registered under ``config.autoencoder`` (``tokenizers_vq/autoencoders/<name>.py``)."""
+    return AUTOENCODERS.get(config.autoencoder)(config)
 
 
 class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqgen", "tokenizer"]):
@@ -173,7 +165,7 @@ def build_tokenizer(config: TokenizerConfig | None = None, **overrides: Any) -> 
     if config is None:
         config = TokenizerConfig(**overrides)
     elif overrides:
-        config = TokenizerConfig.from_dict({**config.to_dict(), **overrides})
+        config = config.replace(**overrides)
     return Tokenizer(config)
 
 

@@ -10,20 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from prior import PriorConfig, build_prior
-from tokenizers_vq import TokenizerConfig, build_tokenizer
-from tokenizers_vq.config import MU_LAW_HEADS
+from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig, build_tokenizer
 from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data
 from ..data.tokens import load_token_header, load_tokens
 from ..training.loop import TrainConfig, TrainResult, train
-from ..training.tasks import AUDIO_CROP_SAMPLES, PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
+from ..training.tasks import PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
 from .common import BPE_DIR, DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
 
 
 def _refuse_other_model(saved: Any, wanted: Any, out: Path, kind: str) -> None:
     """--resume with model arguments that build another model than the run's: a ValueError naming each field."""
-    a, b = saved.to_dict(), wanted.to_dict()
+    a, b = saved.canonical_dict(), wanted.canonical_dict()  # whatever format the run's config.json is in
     diff = [f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diff:
         raise ValueError(f"--resume: the arguments give another {kind} than the one being trained in {out} ("
@@ -32,10 +31,9 @@ def _refuse_other_model(saved: Any, wanted: Any, out: Path, kind: str) -> None:
 
 
 def default_crop_samples(config: TokenizerConfig) -> int:
-    """Audio training window in samples when none is given: ``AUDIO_CROP_SAMPLES`` (2048) for the mu-law heads,
-    whose sample-rate decoders make every sample costly; 20 tokens (0.4 s at 16 kHz) for the spectral codec, whose
-    frame-rate layers are cheap and whose 80 ms STFT window wants frames of context. Never more than a clip."""
-    want = AUDIO_CROP_SAMPLES if config.audio_head in MU_LAW_HEADS else 20 * config.downsample
+    """Audio training window in samples when none is given: the autoencoder family's ``train_crop_samples``
+    (mu-law heads 2048, spectral codec 20 tokens), never more than a clip."""
+    want = AUTOENCODERS.get(config.autoencoder).train_crop_samples(config)
     return min(want, config.clip_samples // config.downsample * config.downsample)
 
 
@@ -54,8 +52,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     fields = {k: v for k, v in model.items() if v is not None} | {"modality": modality}
     fields |= ({"channels": spec.channels, "image_size": spec.image_size} if modality == "image"
                else {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples})
-    if fields.get("quantizer") == "gumbel":
-        fields.setdefault("gumbel_anneal_steps", cfg.steps)  # anneal over the whole run
+    quantizer = QUANTIZERS.config_class(fields.get("quantizer", "fsq"))
+    fields = quantizer().run_defaults(cfg.steps) | fields  # e.g. gumbel anneals over the whole run
     config = TokenizerConfig(**fields)
     out = Path(cfg.out)
     if cfg.resume and (out / "config.json").is_file():

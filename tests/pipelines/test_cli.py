@@ -203,8 +203,10 @@ def test_gumbel_kl_weight_reaches_the_saved_config(tmp_path):
               "--hidden-channels", "8", "--latent-dim", "8", "--num-res-blocks", "1", "--codebook-size", "16"]
     assert main([*common, "--out", str(tmp_path / "a"), "--gumbel-kl-weight", "0.3"]) == 0
     assert main([*common, "--out", str(tmp_path / "b")]) == 0
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["gumbel_kl_weight"] == 0.3
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["gumbel_kl_weight"] == 0.1  # the audio default
+    from tokenizers_vq import TokenizerConfig
+
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["quantizer_config"]["gumbel_kl_weight"] == 0.3
+    assert TokenizerConfig.from_file(tmp_path / "b" / "config.json").gumbel_kl_weight == 0.1  # the audio default
 
 
 def test_raw_pixels_histogram_score_and_lossless_compress(tmp_path):

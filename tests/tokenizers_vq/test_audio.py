@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokenizers_vq import build_tokenizer, load_tokenizer, mu_law_decode, mu_law_encode
-from tokenizers_vq.audio import stage_strides
+from tokenizers_vq.autoencoders.mulaw import stage_strides
 from tokenizers_vq.metrics import bitrate_kbps, log_mel_l1, mu_law_accuracy, si_snr, stoi
 
 SR = 16000

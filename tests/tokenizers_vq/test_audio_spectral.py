@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tokenizers_vq import TokenizerConfig, build_tokenizer, load_tokenizer
-from tokenizers_vq.audio_spectral import FrameSTFT
+from tokenizers_vq.autoencoders.spectral import FrameSTFT
 
 
 def tiny(**kw):
@@ -70,7 +70,7 @@ def test_save_load_round_trip(tmp_path):
 def test_fused_spectral_loss_equals_separate_mel_and_magnitude_losses():
     """One STFT per resolution (unfold framing, no gradient through the reference) gives the values and the
     gradient of torchaudio's mel spectrogram loss plus a torch.stft log-magnitude loss."""
-    from tokenizers_vq.audio import multires_log_mel_l1, multires_spectral_l1
+    from tokenizers_vq.audio_dsp import multires_log_mel_l1, multires_spectral_l1
     from tokenizers_vq.metrics import log_mel_spectrogram
 
     g = torch.Generator().manual_seed(0)

@@ -11,16 +11,23 @@ the mean image for hundreds of steps).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import TokenizerConfig
-from .layers import ResBlock, norm
-from .metrics import psnr
-from .quantizers import build_quantizer
-from .types import TokenizerOutput
+from vqgen_io.components import ComponentConfig
+
+from ..layers import ResBlock, norm
+from ..metrics import psnr
+from ..quantizers import build_quantizer
+from ..registry import AUTOENCODERS
+from ..types import TokenizerOutput
+
+if TYPE_CHECKING:
+    from ..config import TokenizerConfig
 
 
 def stage_widths(hidden: int, levels: int, max_mult: int = 2) -> list[int]:
@@ -74,8 +81,28 @@ class ImageDecoder(nn.Module):
         return self.net(x)
 
 
+@dataclass
+class VQVAEConfig(ComponentConfig):
+    """The 2017 VQ-VAE layout (see the module docstring): the small, fast choice for digits."""
+
+    downsample: int = 4  # input-to-token factor per axis (a power of two)
+    hidden_channels: int = 32  # width of the first conv stage
+    num_res_blocks: int = 2  # residual blocks at the token resolution
+
+    def finalize(self, parent: Any) -> None:
+        ds = int(self.downsample)
+        if ds < 1 or ds & (ds - 1):
+            raise ValueError(f"downsample must be a power of two >= 1, got {ds}")
+        self.downsample = ds
+        if parent.image_size % ds:
+            raise ValueError(f"image_size {parent.image_size} is not divisible by downsample {ds}")
+
+
+@AUTOENCODERS.register("vqvae", config=VQVAEConfig)
 class ImageAutoencoder(nn.Module):
     """Convolutional encoder/decoder around a quantizer (VQ-VAE layout, see the module docstring)."""
+
+    modality = "image"
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()

@@ -22,18 +22,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .audio_heads import build_head
-from .config import TokenizerConfig
-from .metrics import _mel_transform, mu_law_accuracy, si_snr
-from .mulaw import mu_law_decode, mu_law_encode
-from .quantizers import build_quantizer
-from .types import TokenizerOutput
+from ..audio_dsp import chunked, multires_log_mel_l1
+from ..audio_heads import MU_LAW_HEADS, build_head
+from ..metrics import mu_law_accuracy, si_snr
+from ..mulaw import mu_law_decode, mu_law_encode
+from ..quantizers import build_quantizer
+from ..registry import AUTOENCODERS
+from ..types import TokenizerOutput
+from .audio_config import AudioFamilyConfig, check_power_of_two
+
+if TYPE_CHECKING:
+    from ..config import TokenizerConfig
 
 MAX_CHANNEL_MULT = 8  # widest stage = 8 x hidden_channels (SoundStream doubles per stage, we cap it)
 
@@ -119,60 +125,6 @@ class AudioDecoder(nn.Sequential):
         super().__init__(*layers)
 
 
-def chunked(fn: Callable[[int, int], Tensor], t: int, chunk: int, context: int, out_per_token: int) -> Tensor:
-    """Run ``fn(lo, hi)`` (tokens [lo, hi) with context) on overlapping windows of a t-token sequence and stitch
-    the centres: how both audio backbones bound memory on long inputs. fn returns [B, (hi - lo) * out_per_token(, q)];
-    the context is cut off again."""
-    pieces = []
-    for a in range(0, t, chunk):
-        b = min(a + chunk, t)
-        lo, hi = max(0, a - context), min(t, b + context)
-        pieces.append(fn(lo, hi)[:, (a - lo) * out_per_token:(b - lo) * out_per_token])
-    return torch.cat(pieces, dim=1)
-
-
-def multires_log_mel_l1(est: Tensor, ref: Tensor, sample_rate: int, ffts: list[int]) -> Tensor:
-    """Log-mel L1 (nats) averaged over the FFT sizes ``ffts`` that fit in T (reflect padding needs T > n_fft / 2).
-    est, ref: float [B, T]. 0 when none fits. The mel half of ``multires_spectral_l1``."""
-    return multires_spectral_l1(est, ref, sample_rate, ffts)[0]
-
-
-def _log_spectra(x: Tensor, window: Tensor, fb: Tensor) -> tuple[Tensor, Tensor]:
-    """x float [B, T] -> (log(|STFT| + 1e-5) [B, frames, bins], log(max(mel, 1e-5)) [B, frames, n_mels]); Hann
-    ``window`` of n_fft samples, hop n_fft / 4, centred reflect padding (torch.stft's and torchaudio's framing)."""
-    n_fft = window.shape[0]
-    # torch.stft frames by an as_strided view whose backward is slow on CPU; unfold's is not.
-    xp = F.pad(x.float()[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
-    s = torch.fft.rfft(xp.unfold(-1, n_fft, n_fft // 4) * window)
-    mag = (s.real.square() + s.imag.square()).clamp_min(1e-20).sqrt()  # the floor keeps d/dx finite at 0
-    return torch.log(mag + 1e-5), torch.log((mag @ fb).clamp_min(1e-5))
-
-
-def multires_spectral_l1(est: Tensor, ref: Tensor, sample_rate: int, ffts: list[int]) -> tuple[Tensor, Tensor]:
-    """(multi-resolution log-mel L1, multi-resolution log-STFT-magnitude L1) in nats, each a mean over the FFT
-    sizes ``ffts`` that fit in T. est, ref: float [B, T].
-
-    The values of torchaudio's ``MelSpectrogram`` (``metrics.log_mel_spectrogram``, ``n_mels = min(80, n_fft // 8)``,
-    few enough that no mel band falls between two FFT bins) and of a ``torch.stft`` log-magnitude (Hann window,
-    hop n_fft / 4, centred reflect padding), from one STFT per resolution instead of two, framed by ``unfold``,
-    and without gradients through the reference: the spectral codec's losses were half of its training step.
-    """
-    mels, mags = [], []
-    for n_fft in ffts:
-        if n_fft // 2 >= est.shape[-1]:  # reflect padding needs T > n_fft / 2
-            continue
-        melt = _mel_transform(int(sample_rate), int(n_fft), n_fft // 4, min(80, n_fft // 8), est.device)
-        win, fb = melt.spectrogram.window, melt.mel_scale.fb  # [n_fft], [bins, n_mels]
-        log_mag, log_mel = _log_spectra(est, win, fb)
-        with torch.no_grad():
-            ref_mag, ref_mel = _log_spectra(ref, win, fb)
-        mels.append((log_mel - ref_mel).abs().mean())
-        mags.append((log_mag - ref_mag).abs().mean())
-    if not mels:
-        return est.new_zeros(()), est.new_zeros(())
-    return torch.stack(mels).mean(), torch.stack(mags).mean()
-
-
 def _convs(module: nn.Module) -> list[nn.Module]:
     """The conv layers of a sequential stack, in execution order (a residual branch's convs in place:
     the identity path never reaches further than the branch, so the branch sets the reach)."""
@@ -205,12 +157,40 @@ def decoder_receptive_field(decoder: nn.Module) -> float:
     return span
 
 
+@dataclass
+class MuLawConfig(AudioFamilyConfig):
+    """Strided 1-D convolutions and a decoder that predicts every mu-law sample (see the module docstring)."""
+
+    audio_head: str = "logistic"  # logistic (discretised logistic mixture over the mu-law classes) | categorical (the VQ-VAE paper's free logits; ~4x fewer steps per CPU-second) | istft (the spectral codec, another family)
+    logistic_mixtures: int = 1  # mixture components per sample
+    downsample: int = 64  # input-to-token factor (a power of two): 250 tokens/s at 16 kHz
+    hidden_channels: int = 16  # width of the first conv stage
+    num_res_blocks: int = 1  # residual units per stage
+    latent_res_blocks: int = 3  # dilated residual units (1, 3, 9, ...) at the token rate
+
+    def finalize(self, parent: Any) -> None:
+        if self.audio_head not in MU_LAW_HEADS:
+            raise ValueError(f"audio_head must be one of {(*MU_LAW_HEADS, 'istft')}, got {self.audio_head!r}")
+        if self.logistic_mixtures < 1:
+            raise ValueError(f"logistic_mixtures must be >= 1, got {self.logistic_mixtures}")
+        self.downsample = check_power_of_two(self.downsample)
+        self.check_downsample(parent, self.downsample)
+
+
+@AUTOENCODERS.register("mulaw", config=MuLawConfig)
 class AudioAutoencoder(nn.Module):
     """Encoder -> quantizer -> decoder over mu-law audio; see the module docstring.
 
     Input: float32 [B, T] in [-1, 1] at ``config.sample_rate``, T a multiple of ``config.downsample``.
     Tokens: int64 [B, T / downsample] ([B, T / downsample, q] for rvq / rfsq). Output: float32 [B, T] in [-1, 1].
     """
+
+    modality = "audio"
+
+    @staticmethod
+    def train_crop_samples(config: TokenizerConfig) -> int:
+        """Training window when none is given: 2048 samples (a sample-rate decoder makes every sample costly)."""
+        return 2048
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -222,7 +202,7 @@ class AudioAutoencoder(nn.Module):
         # A norm keeps FSQ/VQ encoder positions in range, but would pin gumbel's logits, whose scale is the codes'
         # confidence (it collapsed gumbel on spoken-digits: docs/DESIGN_NOTES.md).
         self.encoder = AudioEncoder(self.quantizer.in_dim, config.hidden_channels, strides, config.num_res_blocks,
-                                    config.latent_res_blocks, normalize=config.quantizer != "gumbel")
+                                    config.latent_res_blocks, normalize=self.quantizer.normalize_input)
         self.decoder = AudioDecoder(self.quantizer.out_dim, self.head.channels, config.hidden_channels, strides,
                                     config.num_res_blocks, config.latent_res_blocks)
         d = config.downsample

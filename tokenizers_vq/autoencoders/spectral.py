@@ -20,16 +20,23 @@ window and chunked encode/decode with ``overlap`` frames of context equals a one
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .audio import chunked, multires_spectral_l1
-from .config import TokenizerConfig
-from .metrics import si_snr
-from .mulaw import mu_law_decode, mu_law_encode
-from .quantizers import build_quantizer
-from .types import TokenizerOutput
+from ..audio_dsp import chunked, multires_spectral_l1
+from ..metrics import si_snr
+from ..mulaw import mu_law_decode, mu_law_encode
+from ..quantizers import build_quantizer
+from ..registry import AUTOENCODERS
+from ..types import TokenizerOutput
+from .audio_config import AudioFamilyConfig
+
+if TYPE_CHECKING:
+    from ..config import TokenizerConfig
 
 KERNEL = 7  # depthwise kernel of each ConvNeXt block (Vocos, ConvNeXt)
 WINDOW_HOPS = 4  # STFT window = 4 hops (75% overlap), as Vocos
@@ -105,6 +112,30 @@ class FrameSTFT(nn.Module):
         return y[:, start:end] / env[:, start:end].clamp(min=1e-8)
 
 
+@dataclass
+class SpectralConfig(AudioFamilyConfig):
+    """STFT features in, ConvNeXt stacks at the token rate, inverse-STFT synthesis (see the module docstring)."""
+
+    audio_head: ClassVar[str] = "istft"  # how format 1 (and --audio-head) named this family
+    waveform_loss_weight: float = 1.0  # weight of the L1 between the decoded and the input waveform
+    downsample: int | None = None  # the token hop in samples (default: sample_rate / 50, 50 tokens/s); any multiple of istft_upsample
+    stft_loss_weight: float = 1.0  # weight of the multi-resolution log-STFT-magnitude L1
+    istft_dim: int = 256  # width of the frame-rate ConvNeXt stacks
+    istft_layers: int = 6  # ConvNeXt blocks in the encoder and in the decoder
+    istft_upsample: int = 4  # STFT frames per token (hop 320 -> STFT hop 80, window 320 at 16 kHz)
+
+    def finalize(self, parent: Any) -> None:
+        if self.downsample is None:
+            self.downsample = parent.sample_rate // 50  # one STFT frame per token at 50 Hz
+        self.downsample = int(self.downsample)
+        if self.downsample < 1:
+            raise ValueError(f"downsample must be >= 1, got {self.downsample}")
+        if self.istft_upsample < 1 or self.downsample % self.istft_upsample:
+            raise ValueError(f"downsample {self.downsample} is not a multiple of istft_upsample {self.istft_upsample}")
+        self.check_downsample(parent, self.downsample)
+
+
+@AUTOENCODERS.register("spectral", config=SpectralConfig)
 class SpectralAudioAutoencoder(nn.Module):
     """Waveform float32 [B, T] in [-1, 1] (T a multiple of ``downsample``) <-> tokens [B, T / downsample(, q)].
 
@@ -112,6 +143,14 @@ class SpectralAudioAutoencoder(nn.Module):
     ``istft_upsample`` (STFT frames per token: the STFT hop is downsample / istft_upsample, its window 4 hops);
     ``istft_dim`` / ``istft_layers`` size the encoder and decoder stacks.
     """
+
+    modality = "audio"
+
+    @staticmethod
+    def train_crop_samples(config: TokenizerConfig) -> int:
+        """Training window when none is given: 20 tokens (0.4 s at 16 kHz): frame-rate layers are cheap and the
+        80 ms STFT window wants frames of context."""
+        return 20 * config.downsample
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -127,7 +166,7 @@ class SpectralAudioAutoencoder(nn.Module):
         self.fine_dim = fine
         # Kernel 1 on the spectral channels: each token frame already stacks ``sub`` STFT frames of 4 hops each.
         self.encoder = FrameStack(3 * bins * self.sub, dim, self.quantizer.in_dim, layers, in_kernel=1)
-        self.latent_norm = nn.LayerNorm(self.quantizer.in_dim) if config.quantizer != "gumbel" else None
+        self.latent_norm = nn.LayerNorm(self.quantizer.in_dim) if self.quantizer.normalize_input else None
         # Token-rate stack, then ``sub`` finer frames per token (depth-to-space) refined at the STFT frame rate:
         # a short synthesis window keeps onsets and envelopes sharp, which intelligibility (STOI) depends on.
         self.decoder = FrameStack(self.quantizer.out_dim, dim, fine * self.sub, layers)

@@ -1,0 +1,348 @@
+"""The `vqgen` commands: each is its own options dataclass (a field per flag, its comment the help), the option
+groups it shares with other commands, and the function that runs it with library calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prior import ARCHS, PriorConfig
+from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig
+
+from .flags import Group, Parsed, check_sections, dataclass_group, model_group
+from .options import CommonOptions, DataOptions, DeviceOptions, data_args
+
+PRIOR_MODEL = "prior model"
+TOKENIZER_MODEL = "tokenizer model"
+LOOP = "training loop"
+# TrainConfig fields a command fills itself: the run folder (--out), --seed, --quiet, and a testing aid
+LOOP_FROM_ELSEWHERE = ("out", "seed", "progress", "stop_after_step")
+
+
+@dataclass
+class Command:
+    """A `vqgen` subcommand: ``options`` (its own dataclass), the shared ``groups`` and ``run(parsed) -> exit code``."""
+
+    help: str
+    options: type
+    run: Callable[[Parsed], int]
+    groups: Callable[[], list[Group]] = list
+    trains: bool = False  # takes --config / --print-config (every training command)
+
+
+def _loop(steps: int, batch: int, lr: float) -> Group:
+    from .training.loop import TrainConfig
+
+    return dataclass_group(LOOP, TrainConfig, skip=LOOP_FROM_ELSEWHERE,
+                           defaults={"steps": steps, "batch_size": batch, "lr": lr})
+
+
+def train_config(a: Parsed) -> Any:
+    from .training.loop import TrainConfig
+
+    loop = {f.name: a.values[f.name] for f in dataclasses.fields(TrainConfig)
+            if f.name in a.values and f.name not in LOOP_FROM_ELSEWHERE}
+    loop["grad_clip"] = loop.get("grad_clip") or None  # 0 disables clipping
+    return TrainConfig(**loop, out=a.out, seed=a.seed, progress=not a.quiet)
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    print(title)
+    for k, v in metrics.items():
+        print(f"  {k:>18}: {v:.4f}" if isinstance(v, float) else f"  {k:>18}: {v}")
+
+
+def _report(result: Any, out: str) -> int:
+    if result.status == "preempted":
+        print(f"stopped at step {result.step}; checkpoint: {result.checkpoint}. Re-run with --resume to continue.")
+    else:
+        _print_metrics(f"finished at step {result.step}; saved to {out}", result.metrics)
+    return 0  # a pre-empted run exits cleanly too: it wrote a checkpoint to resume from
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainTokenizerOptions:
+    out: str  # run folder: becomes a save_pretrained folder, resumable checkpoints under OUT/checkpoints
+    crop_samples: int | None = None  # audio: train on a random window of this many samples per clip, a multiple of downsample (default 2048 for the mu-law heads, 20 tokens for the spectral codec; 0 = whole clips); evaluation uses whole clips
+    eval_limit: int | None = None  # evaluate on at most N test examples
+
+
+def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
+    """The TokenizerConfig fields the command line gave (shared ones always, section ones when given)."""
+    fields = a.section_fields(TOKENIZER_MODEL)
+    chosen = {"quantizer_config": fields["quantizer"]}
+    if fields.get("autoencoder"):
+        chosen["autoencoder_config"] = fields["autoencoder"]
+    elif fields.get("modality"):  # the family the config will choose
+        head = {"audio_head": fields["audio_head"]} if "audio_head" in fields else {}
+        chosen["autoencoder_config"] = TokenizerConfig(modality=fields["modality"], **head).autoencoder
+    check_sections(a, TOKENIZER_MODEL, chosen, {"quantizer_config": QUANTIZERS, "autoencoder_config": AUTOENCODERS})
+    return fields
+
+
+def run_train_tokenizer(a: Parsed) -> int:
+    from .stages.train import train_tokenizer
+
+    result = train_tokenizer(data_args(a), tokenizer_model_fields(a), train_config(a), crop_samples=a.crop_samples,
+                             eval_limit=a.eval_limit)
+    return _report(result, a.out)
+
+
+@dataclass
+class TrainPriorOptions:
+    tokens: str  # a token folder written by `vqgen tokenize`
+    out: str  # run folder: becomes a save_pretrained folder, resumable checkpoints under OUT/checkpoints
+    conditional: bool = False  # model p(tokens | label) (needs labels)
+    cfg_scale: float | None = None  # conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in OUT/sampling.json (default 2; 1 = no guidance)
+
+
+def prior_model_fields(a: Parsed) -> dict[str, Any]:
+    """The PriorConfig fields the command line gave (shared ones always, the architecture's when given)."""
+    fields = a.section_fields(PRIOR_MODEL)
+    check_sections(a, PRIOR_MODEL, {"net": fields["arch"]}, {"net": ARCHS})
+    return fields
+
+
+def run_train_prior(a: Parsed) -> int:
+    from .stages.train import train_prior
+
+    result = train_prior(a.tokens, prior_model_fields(a), train_config(a), conditional=a.conditional,
+                         cfg_scale=a.cfg_scale)
+    return _report(result, a.out)
+
+
+# ---------------------------------------------------------------------------------------------- using models
+@dataclass
+class ReconstructOptions:
+    tokenizer: str  # the tokenizer (or codec) folder
+    out: str  # a .png file or a folder
+    n: int = 16  # how many examples to show
+
+
+def run_reconstruct(a: Parsed) -> int:
+    from .stages.reconstruct import reconstruct_dataset
+
+    metrics = reconstruct_dataset(a.tokenizer, data_args(a), a.out, n=a.n, seed=a.seed, device=a.device,
+                                  progress=not a.quiet)
+    _print_metrics(f"test-split metrics of {a.tokenizer} on {a.dataset}:", metrics)
+    return 0
+
+
+@dataclass
+class TokenizeOptions:
+    out: str  # the token folder to write
+    tokenizer: str | None = None  # the codec folder (a trained tokenizer); or --raw
+    raw: bool = False  # use the raw pixels / mu-law samples as the grid
+    levels: Literal[2, 256] | None = None  # --raw images: 2 (binarised) or 256 (8-bit) (default 256)
+    bpe: str | None = None  # a folder from `vqgen bpe train`: write merged variable-length sequences (end token, padding, lengths) instead of the grids
+    batch_size: int = 256  # inputs encoded at once
+
+
+def run_tokenize(a: Parsed) -> int:
+    from .stages.tokenize import tokenize
+
+    if a.levels is not None and not a.raw:
+        raise ValueError("--levels goes with --raw")
+    header = tokenize(data_args(a), a.out, codec_dir=a.tokenizer, raw_levels=(a.levels or 256) if a.raw else None,
+                      batch_size=a.batch_size, progress=not a.quiet, device=a.device)
+    print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}")
+    if a.bpe:
+        from .data.bpe import write_bpe_token_folder
+
+        stats = write_bpe_token_folder(a.out, a.bpe, a.out)
+        print(f"merged with {a.bpe}: {stats['original_length']} tokens -> {stats['mean_merged_length']:.1f} on average "
+              f"({stats['reduction']:.2f}x shorter), padded to {stats['max_len']} with an end token; vocabulary "
+              f"{stats['merged_vocab'] + 1}")
+    return 0
+
+
+@dataclass
+class BPEOptions:
+    action: Literal["train"] = field(metadata={"positional": True})  # train: learn merges on the folder's training split
+    tokens: str  # a token folder written by `vqgen tokenize` (grids read in raster order)
+    vocab: int  # merged vocabulary size, the codec's codes included
+    out: str  # the BPE folder (tokenizer.json, bpe.json)
+
+
+def run_bpe(a: Parsed) -> int:
+    from .data.bpe import BPE
+    from .data.tokens import load_token_header, load_tokens
+
+    header = load_token_header(a.tokens)
+    if header.bpe:
+        raise ValueError(f"{a.tokens} already holds merged (BPE) sequences; train on the codec's token folder")
+    tokens, _ = load_tokens(a.tokens, "train")
+    bpe = BPE.train(tokens, a.vocab, header.vocab_size, codec=header.codec)
+    bpe.save(a.out)
+    print(f"wrote {a.out}: {bpe.info.merged_vocab} ids ({bpe.info.merged_vocab - header.vocab_size} merges over "
+          f"{header.vocab_size} codes)")
+    return 0
+
+
+@dataclass
+class SampleOptions:
+    prior: str  # a prior folder (it records its codec and sampling defaults)
+    out: str  # folder for the PNG or WAV files
+    tokenizer: str | None = None  # the codec folder to use instead of the one the prior records (it must be the same codec)
+    n: int = 16  # how many samples
+    label: str | None = None  # class index or name (conditional priors; default: cycle through the classes)
+    temperature: float | None = None  # softmax temperature, 0 = greedy (default: the prior folder's sampling.json, else 1)
+    top_k: int | None = None  # keep the k most likely tokens per step
+    top_p: float | None = None  # nucleus sampling: keep the smallest set with mass >= p, in (0, 1]
+    cfg_scale: float | None = None  # classifier-free guidance scale (conditional priors; default: the scale recorded in the prior folder's sampling.json; 1 = no guidance)
+    batch_size: int = 64  # samples drawn at once
+
+
+def run_sample(a: Parsed) -> int:
+    from .stages.generate import sample
+
+    res = sample(a.prior, a.out, a.n, label=a.label, codec_dir=a.tokenizer, temperature=a.temperature, top_k=a.top_k,
+                 top_p=a.top_p, cfg_scale=a.cfg_scale, batch_size=a.batch_size, seed=a.seed, device=a.device,
+                 progress=not a.quiet)
+    s = res["summary"]
+    print(f"wrote {a.n} samples to {a.out} ({', '.join(s['files'][:3])}, ...); temperature {s['temperature']}, "
+          f"top_k {s['top_k']}, top_p {s['top_p']}, cfg_scale {s['cfg_scale']}")
+    return 0
+
+
+@dataclass
+class ScoreOptions:
+    prior: str  # a prior folder
+    out: str  # the CSV file to write
+    tokenizer: str | None = None  # the codec folder to use instead of the one the prior records (it must be the same codec)
+    split: Literal["train", "test"] = "test"  # which split of the dataset to score
+    batch_size: int = 128  # inputs scored at once
+    ood: str | None = None  # also score this dataset as out-of-distribution: prints the AUROC of likelihood, bits/dim and typicality, writes OUT.ood.csv and a histogram OUT.ood.png
+
+
+def run_score(a: Parsed) -> int:
+    from .stages.score import score
+
+    summary = score(a.prior, data_args(a), a.out, codec_dir=a.tokenizer, split=a.split, batch_size=a.batch_size,
+                    device=a.device, progress=not a.quiet, ood=a.ood)
+    _print_metrics(f"scored {a.dataset} ({a.split}) -> {a.out}", summary)
+    return 0
+
+
+@dataclass
+class CompressOptions:
+    prior: str  # a prior folder
+    out: str  # the compressed file to write
+    inputs: tuple[str, ...] = field(metadata={"positional": True})  # image files of the codec's size, or audio files (any rate and length)
+    tokenizer: str | None = None  # the codec folder to use instead of the one the prior records (it must be the same codec)
+
+
+def run_compress(a: Parsed) -> int:
+    from .stages.score import compress
+
+    stats = compress(a.prior, list(a.inputs), a.out, codec_dir=a.tokenizer, device=a.device, progress=not a.quiet)
+    _print_metrics(f"compressed {len(a.inputs)} file(s) -> {a.out}", stats.to_dict())
+    return 0
+
+
+@dataclass
+class DecompressOptions:
+    file: str = field(metadata={"positional": True})  # a file written by `vqgen compress`
+    prior: str  # the prior folder that compressed it
+    out: str  # folder for the decoded PNG or WAV files
+    tokenizer: str | None = None  # the codec folder to use instead of the one the prior records (it must be the same codec)
+
+
+def run_decompress(a: Parsed) -> int:
+    from .stages.score import decompress
+
+    paths = decompress(a.prior, a.file, a.out, codec_dir=a.tokenizer, device=a.device, progress=not a.quiet)
+    print(f"decompressed {a.file} -> {len(paths)} file(s) in {a.out}")
+    return 0
+
+
+@dataclass
+class ExportOptions:
+    out: str  # the folder to write
+    tokenizer: str | None = None  # a tokenizer run folder, checkpoint folder or saved folder
+    prior: str | None = None  # the same, for a prior
+    format: Literal["safetensors", "onnx"] = "safetensors"  # safetensors: the folder vqgen loads; onnx: encoder.onnx + decoder.onnx that run with onnxruntime alone, no torch or vqgen (tokenizers only)
+    push_to_hub: str | None = None  # also upload the folder to this Hugging Face Hub model repo OWNER/NAME (needs `huggingface-cli login`)
+
+
+def run_export(a: Parsed) -> int:
+    from .stages.export import export_model
+
+    if bool(a.tokenizer) == bool(a.prior):
+        raise ValueError("pass exactly one of --tokenizer DIR or --prior DIR")
+    path = export_model(a.tokenizer or a.prior, a.out, kind="tokenizer" if a.tokenizer else "prior", fmt=a.format,
+                        push_to_hub=a.push_to_hub)
+    files = "config.json, encoder.onnx, decoder.onnx, README.md" if a.format == "onnx" else \
+        "config.json, model.safetensors, README.md"
+    print(f"exported to {path} ({files})" + (f"; pushed to the Hub as {a.push_to_hub}" if a.push_to_hub else ""))
+    return 0
+
+
+@dataclass
+class DemoOptions:
+    modality: Literal["image", "audio"] = "image"  # image: digits; audio: spoken digits (tones without espeak-ng)
+    out: str = "runs/demo"  # the demo's folder
+    quick: bool = False  # a much shorter run (for smoke tests)
+    from_scratch: bool = False  # audio: train the speech tokenizer too instead of starting from the one shipped in the package
+
+
+def run_demo(a: Parsed) -> int:
+    from .demo import run_demo as demo
+
+    demo(modality=a.modality, out=a.out, seed=a.seed, quick=a.quick, progress=not a.quiet, from_scratch=a.from_scratch)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def _common() -> list[Group]:
+    return [dataclass_group("common", CommonOptions)]
+
+
+def _data() -> list[Group]:
+    return [dataclass_group("data", DataOptions)]
+
+
+def _device() -> list[Group]:
+    return [dataclass_group("device", DeviceOptions)]
+
+
+def _tokenizer_model() -> Group:
+    return model_group(TOKENIZER_MODEL, TokenizerConfig,
+                       skip=("channels", "image_size", "sample_rate", "clip_samples", "format_version"),
+                       choices={"quantizer": QUANTIZERS, "autoencoder": AUTOENCODERS})
+
+
+def _prior_model() -> Group:
+    return model_group(PRIOR_MODEL, PriorConfig, skip=("vocab_size", "shape", "num_classes", "num_codebooks",
+                                                       "format_version"), choices={"arch": ARCHS},
+                       defaults={"arch": dataclasses.MISSING})
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command("train a tokenizer and a prior on built-in data and generate samples", DemoOptions, run_demo,
+                    _common),
+    "train-tokenizer": Command("train a discrete autoencoder (vq, fsq, gumbel, rvq, rfsq, ...)", TrainTokenizerOptions,
+                               run_train_tokenizer,
+                               lambda: [*_data(), _tokenizer_model(), _loop(3000, 16, 2e-3), *_common()], trains=True),
+    "reconstruct": Command("write originals and reconstructions and print test metrics", ReconstructOptions,
+                           run_reconstruct, lambda: [*_data(), *_device(), *_common()]),
+    "tokenize": Command("encode a dataset's splits into a token folder (the prior's input)", TokenizeOptions,
+                        run_tokenize, lambda: [*_data(), *_device(), *_common()]),
+    "train-prior": Command("train an autoregressive prior on a token folder", TrainPriorOptions, run_train_prior,
+                           lambda: [_prior_model(), _loop(2000, 64, 1e-3), *_common()], trains=True),
+    "sample": Command("sample token grids and decode them into PNGs or WAVs", SampleOptions, run_sample,
+                      lambda: [*_device(), *_common()]),
+    "score": Command("per-input NLL, bits/dim and OOD scores into a CSV", ScoreOptions, run_score,
+                     lambda: [*_data(), *_device(), *_common()]),
+    "compress": Command("compress image or audio files with the prior and arithmetic coding", CompressOptions,
+                        run_compress, lambda: [*_device(), *_common()]),
+    "decompress": Command("decode a file written by `vqgen compress`", DecompressOptions, run_decompress,
+                          lambda: [*_device(), *_common()]),
+    "bpe": Command("byte-pair encoding over a token folder's sequences (Hugging Face tokenizers)", BPEOptions, run_bpe,
+                   _common),
+    "export": Command("a clean shareable folder (safetensors or ONNX) from a run or checkpoint", ExportOptions,
+                      run_export, _common),
+}
