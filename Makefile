@@ -26,7 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	$(BIN)/python bench/tokenizer_quality.py
+	$(BIN)/python -m bench.tokenizer_quality
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,17 +1,24 @@
-"""Assemble docs/BENCHMARKS.md from the sections each bench script writes to docs/benchmarks/*.md."""
+"""Assemble docs/BENCHMARKS.md from the sections each bench script writes to docs/benchmarks/*.md.
 
-from pathlib import Path
+Run: ``python -m bench.assemble_docs`` (after a bench has rewritten its section).
+"""
 
-ROOT = Path(__file__).resolve().parents[1]
+import argparse
+
+from bench.common import ROOT
+
 ORDER = ["tokenizer_quality", "speech_quality", "speech_codec_spoken_digits", "demo_sampling", "demo_image", "demo_audio", "prior_sampling", "wavenet_generation", "pixelcnn_cache", "sparse_attention", "prior_throughput",
          "vs_transformers", "compression", "speech_compress", "ood", "autoregressive_family", "gpu_check"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
+    ap.parse_args(argv)  # no options: --help only
     parts = sorted((ROOT / "docs" / "benchmarks").glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
     text = ["# Benchmarks", "",
-            "Every number here is produced by a script in `bench/` (its command is given in each section); the raw",
-            "results, with the machine described, are in `bench/results/*.json`. Ratios compare two things measured",
+            "Every number here is produced by a script in `bench/`, run from the repository root as",
+            "`python -m bench.NAME` (its command is given in each section); the raw results, with the machine",
+            "described, are in `bench/results/*.json`. Ratios compare two things measured",
             "in the same run on the same machine. CPU runs were made on the 2-core development machine while other",
             "jobs were running, so absolute timings are noisy; ratios are more stable.", ""]
     for p in parts:

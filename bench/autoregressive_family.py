@@ -1,7 +1,7 @@
 """The autoregressive family on one footing (issue 14): held-out NLL and training seconds per prior, softmax vs
 logistic-mixture heads on 8-bit pixels, and BPE over codec tokens.
 
-Run: ``OMP_NUM_THREADS=1 python bench/autoregressive_family.py`` (writes bench/results/autoregressive_family.json
+Run: ``OMP_NUM_THREADS=1 python -m bench.autoregressive_family`` (writes bench/results/autoregressive_family.json
 and docs/benchmarks/autoregressive_family.md). ``--budget S`` sets each neural prior's training wall clock
 (default 30 s); ``--work DIR`` holds the token folders and the audio tokenizer it trains for the BPE part.
 
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT, cpu_model, write_results  # noqa: E402
+from bench.common import ROOT, cpu_model, write_results
 
 LN2 = math.log(2)
 
@@ -159,7 +158,7 @@ def bpe_rows(name: str, tok_dir: Path, bpe_vocab: int, work: Path, budget: float
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=30.0, help="training seconds per neural prior")
     ap.add_argument("--image-tokenizer", default="runs/demo/tokenizer")
     ap.add_argument("--audio-budget", type=float, default=60.0, help="seconds to train the spoken-digits tokenizer")
@@ -199,7 +198,7 @@ def main() -> None:
     results = {"family": fam, "heads": hd, "bpe": bpe, "budget_seconds": a.budget, "machine": machine,
                "total_seconds": time.perf_counter() - t_all}
     md = ["# The autoregressive family (issue 14)", "",
-          f"`OMP_NUM_THREADS=1 python bench/autoregressive_family.py --budget {a.budget:g}` (one run each). CPU "
+          f"`OMP_NUM_THREADS=1 python -m bench.autoregressive_family --budget {a.budget:g}` (one run each). CPU "
           f"({machine['cpu']}, {machine['torch_threads']} thread, torch {machine['torch']}), measured on a shared, "
           f"loaded machine (1-min load average {load:.1f} at the end), so training seconds are wall clock under "
           "load: compare them within this table only. Neural priors train for the same wall-clock budget with "

@@ -11,7 +11,7 @@ steps. Tokens: synthesised (t, q) grids with RVQ-like structure (default), or a 
 
 Both patterns can reach that floor (under delay, ck[i] comes one step after c(k-1)[i]).
 
-Run: ``python bench/codebook_pattern.py`` (about a minute of one CPU core; prints a table; ``--json FILE``
+Run: ``python -m bench.codebook_pattern`` (about a minute of one CPU core; prints a table; ``--json FILE``
 writes the numbers).
 """
 
@@ -42,7 +42,7 @@ def floor_nats_per_token(t: int, q: int, V: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", default=None, help="a token folder with a codebook axis (default: synthetic)")
     ap.add_argument("--t", type=int, default=50)
     ap.add_argument("--q", type=int, default=4)

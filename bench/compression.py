@@ -19,8 +19,9 @@ vqgen rows: priors trained through the CLI's stage functions (``pipelines.stages
 budget: each recipe is PriorConfig + TrainConfig fields (``steps`` is the work, ``max_seconds`` a wall-clock cap,
 at most 10 CPU-minutes by default). ``--pixelcnn-args key=value ...`` (likewise ``--transformer-args``,
 ``--made-args``, ``--ngram-args``, ``--histogram-args``, and ``--pixelcnn8-args`` / ``--ngram8-args`` for the
-8-bit rows) overrides fields of a recipe; ``--prior NAME=DIR`` benches an already-trained prior folder instead
-of (NAME = a row) or beside (a new NAME) the trained rows. Each prior codes the test digits with
+8-bit rows) overrides fields of a recipe (values in YAML: ``lr=2e-3 made_hidden=[500,500] attention=fixed``);
+``--prior NAME=DIR`` benches an already-trained prior folder instead of (NAME = a row) or beside (a new NAME) the
+trained rows. Each prior codes the test digits with
 ``pipelines.likelihood.compress`` (the container ``vqgen compress`` writes, header included), decodes them and
 checks them token for token; the ideal code length is the held-out NLL (sum of -log2 p).
 
@@ -28,7 +29,7 @@ For every row: file bytes, ideal bytes (priors), bits/pixel, nats per digit, com
 (tools: wall time of the command, process start included, median of ``--repeats``), and how many times smaller
 than the best standard tool on the same bits.
 
-Run: ``OMP_NUM_THREADS=1 python bench/compression.py`` (writes bench/results/compression.json and
+Run: ``OMP_NUM_THREADS=1 python -m bench.compression`` (writes bench/results/compression.json and
 docs/benchmarks/compression.md; about 25 minutes on 2 cores); ``--quick``: 20 digits, tiny budgets, print only
 (``--json PATH`` to keep the results).
 """
@@ -36,7 +37,6 @@ docs/benchmarks/compression.md; about 25 minutes on 2 cores); ``--quick``: 20 di
 from __future__ import annotations
 
 import argparse
-import ast
 import io
 import json
 import math
@@ -48,15 +48,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT, cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
+from bench.common import (
+    ROOT,
+    cpu_model,
+    parse_overrides,
+    recipe_keys,
+    tokenize_mnist,
+    train_row,
+    write_results,
+)
 
 LN2 = math.log(2)
 SIDE = 32  # mnist5k digits are padded to 32x32
@@ -67,7 +73,6 @@ PUBLISHED = [  # the issue's reference numbers: nats per digit on the standard b
     ("MADE (Germain et al. 2015)", 88.0),
     ("PixelCNN (van den Oord et al. 2016, the Pixel RNN paper)", 81.3),
 ]
-MAX_BUDGET_S = 600  # the issue's cap: at most 10 CPU-minutes of training per prior
 
 # Recipes: PriorConfig fields + TrainConfig fields (steps, batch_size, lr, max_seconds, ...). ``steps`` sets the
 # cosine schedule's length; ``max_seconds`` caps the wall clock (a loaded machine may stop a run early, which
@@ -106,8 +111,6 @@ QUICK_RECIPES: dict[int, dict[str, dict[str, Any]]] = {  # seconds, for the test
 OVERRIDE_FLAGS = {(2, "histogram"): "histogram", (2, "ngram"): "ngram", (2, "made"): "made",
                   (2, "pixelcnn"): "pixelcnn", (2, "transformer"): "transformer", (256, "histogram"): "histogram8",
                   (256, "ngram"): "ngram8", (256, "pixelcnn"): "pixelcnn8"}
-FIXED_BY_DATA = {"vocab_size", "shape", "num_classes", "num_codebooks", "format_version"}  # train_prior sets them
-TRAIN_NOT_SETTABLE = {"out", "resume", "progress", "stop_after_step"}
 
 
 def which(tool: str) -> str | None:
@@ -121,40 +124,6 @@ def missing_tools(*tools: str) -> str | None:
     if not gone:
         return None
     return f"{', '.join(gone)} not installed: sudo apt-get install {' '.join(sorted({PACKAGE[t] for t in gone}))}"
-
-
-# ---------------------------------------------------------------------------------------------- recipes
-def parse_overrides(flag: str, items: list[str] | None) -> dict[str, Any]:
-    """``key=value`` strings -> {key: value}; values are Python literals (3e-3, (500, 500), True) or strings.
-    Keys must be PriorConfig or TrainConfig fields; a bad one is a ValueError naming the flag and the fix."""
-    from pipelines.training.loop import TrainConfig
-    from prior import PriorConfig
-
-    known = ({f.name for f in fields(PriorConfig)} | {f.name for f in fields(TrainConfig)}) - FIXED_BY_DATA \
-        - TRAIN_NOT_SETTABLE
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"{flag}: {item!r} is not key=value (e.g. {flag} pixelcnn_layers=8 steps=2000)")
-        if key not in known:
-            raise ValueError(f"{flag}: {key!r} is neither a PriorConfig nor a TrainConfig field that a recipe may set; "
-                             f"known: {', '.join(sorted(known))}")
-        try:
-            out[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[key] = text  # a bare word: attention=fixed, output=logistic_mixture
-    return out
-
-
-def split_recipe(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A recipe -> (PriorConfig fields, TrainConfig fields)."""
-    from pipelines.training.loop import TrainConfig
-
-    train_keys = {f.name for f in fields(TrainConfig)}
-    return ({k: v for k, v in recipe.items() if k not in train_keys},
-            {k: v for k, v in recipe.items() if k in train_keys})
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -386,37 +355,6 @@ def standard_rows(grids: np.ndarray, levels: int, repeats: int, quick: bool) -> 
 
 
 # ---------------------------------------------------------------------------------------------- vqgen priors
-def tokenize_mnist(work: Path, levels: int, limit: int | None) -> Path:
-    """``vqgen tokenize --raw --levels L --dataset mnist5k`` into work/tokens_L (``limit``: training digits)."""
-    from pipelines.stages.tokenize import tokenize
-
-    out = work / (f"tokens_{levels}" + ("" if limit is None else f"_limit{limit}"))
-    tokenize({"name": "mnist5k", "limit": limit}, out, raw_levels=levels, progress=False, device="cpu")
-    return out
-
-
-def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int) -> dict[str, Any]:
-    """``vqgen train-prior`` with a recipe (its stage function); the budget actually used."""
-    from pipelines.stages.train import train_prior
-    from pipelines.training.loop import TrainConfig
-
-    model, loop = split_recipe(recipe)
-    if loop.get("max_seconds") and loop["max_seconds"] > MAX_BUDGET_S:
-        print(f"warning: max_seconds={loop['max_seconds']} is over the issue's {MAX_BUDGET_S} s cap per prior", flush=True)
-    steps = loop.pop("steps", 1)
-    loop.setdefault("eval_every", steps)  # one held-out evaluation, at the end: the budget goes to training
-    loop.setdefault("save_every", steps)
-    cfg = TrainConfig(out=str(out), steps=steps, progress=False, device="cpu", seed=seed, **loop)
-    if out.exists():
-        shutil.rmtree(out)  # a fresh run, never a resumed one
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    result = train_prior(tokens_dir, model, cfg)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    m = result.metrics
-    return {"recipe": recipe, "steps_done": m.get("step", 0), "stopped_by": m.get("stopped_by", "fitted by counting"),
-            "train_wall_s": wall, "train_cpu_s": cpu, "train_eval": {k: v for k, v in m.items() if k != "step"}}
-
-
 def prior_row(name: str, prior_dir: Path, levels: int, grids: torch.Tensor, chunk: int,
               training: dict[str, Any] | None, n_uncached: int = 0) -> dict[str, Any]:
     """Compress the grids with the prior folder's prior (the container of ``vqgen compress``), decompress, check."""
@@ -640,7 +578,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 digits, tiny budgets, 200 training digits; print only")
     ap.add_argument("--n", type=int, default=None, help="test digits to code (default 500; --quick: 20)")
     ap.add_argument("--levels", type=int, nargs="+", default=[2, 256], choices=(2, 256))
@@ -650,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     for (lv, _), flag in OVERRIDE_FLAGS.items():
         ap.add_argument(f"--{flag}-args", nargs="+", metavar="KEY=VALUE", default=None,
                         help=f"override fields of the {flag.rstrip('8')} recipe ({lv} levels): PriorConfig / TrainConfig "
-                             "fields, e.g. pixelcnn_layers=8 dropout=0.1 steps=2000 lr=2e-3 max_seconds=600")
+                             "fields with YAML values, e.g. pixelcnn_layers=8 dropout=0.1 steps=2000 lr=2e-3 "
+                             "made_hidden=[500,500]")
     ap.add_argument("--prior", action="append", metavar="NAME=DIR", default=None,
                     help="bench an already-trained prior folder (raw 32x32 mnist5k pixels; its levels decide the table); "
                          "NAME replaces the row of that name or adds one; repeatable")
@@ -702,10 +641,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.rows is not None and name not in args.rows:
                 continue
             flag = OVERRIDE_FLAGS[(lv, name)]
-            recipes[name] = recipe | parse_overrides(f"--{flag}-args", getattr(args, f"{flag}_args"))
+            recipes[name] = recipe | parse_overrides(getattr(args, f"{flag}_args"), flag=f"--{flag}-args",
+                                                     known=recipe_keys())
         given = {k: v for k, v in given_all.items() if given_levels[k] == lv}
         out_levels.append(bench_levels(lv, args, work, recipes, given))
-    res = {"command": " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python bench/compression.py", *(argv if argv is not None else sys.argv[1:])]),
+    res = {"command": " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python -m bench.compression", *(argv if argv is not None else sys.argv[1:])]),
            "chunk": args.chunk, "repeats": args.repeats, "quick": args.quick, "levels": out_levels,
            "published_nats_per_digit": dict(PUBLISHED),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

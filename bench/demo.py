@@ -3,8 +3,8 @@ the numbers the issue asks for — wall time, tokenizer quality, prior bits/dim 
 trained digit classifier agrees with the requested digit — to bench/results/demo.json and
 docs/benchmarks/demo.md.
 
-    OMP_NUM_THREADS=2 python bench/demo.py                       # runs the demo (about 7-10 minutes on 2 cores)
-    python bench/demo.py --from-summary runs/demo/summary.json   # formats a run made with `vqgen demo`
+    OMP_NUM_THREADS=2 python -m bench.demo                       # runs the demo (about 7-10 minutes on 2 cores)
+    python -m bench.demo --from-summary runs/demo/summary.json   # formats a run made with `vqgen demo`
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import platform
 from pathlib import Path
 
 import torch
-from machine import cpu_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, cpu_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--from-summary", default=None, help="summary.json of a finished `vqgen demo` run")
     ap.add_argument("--out", default="runs/bench-demo")
     ap.add_argument("--modality", choices=("image", "audio"), default="image")
@@ -60,13 +60,13 @@ def main() -> None:
     else:
         sel = ", ".join(f"{k}: {v:.0%}" for k, v in (summary.get("cfg_selection") or {}).items())
         lines += ["", f"Tokenizer: `{summary.get('tokenizer_source', 'trained')}` (`pretrained:spoken-digits` = the "
-                  "package's shipped spectral codec, `bench/speech_codec.py --install`; `trained` = trained by the "
+                  "package's shipped spectral codec, `python -m bench.speech_codec --install`; `trained` = trained by the "
                   "demo). `tokenizer_stoi`, `tokenizer_si_snr_db` and `tokenizer_log_mel_l1` are its reconstructions "
                   "of the held-out voices (STOI on the clips joined); `kbps` = tokens per second x codebooks x "
                   "log2(vocabulary); `codebook_usage` is the worst codebook's. `prior_bits_per_token` is the prior's "
                   "held-out code length per token. `samples_label_agreement` is the fraction of the 100 clips (ten "
                   "per digit, drawn by the `sample` stage with the prior folder's defaults) that the spoken-digit "
-                  "classifier (`pipelines.audio_classifier`, trained on the training voices' original clips; "
+                  "classifier (`pipelines.demo.speech_judge`, trained on the training voices' original clips; "
                   "`classifier_test_accuracy` on the held-out voices' originals) hears as the digit asked for. "
                   f"Target: >= 0.80. Guidance scale chosen on a selection run with other seeds ({sel or 'none'})."]
     if a.note:

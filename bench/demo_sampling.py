@@ -2,7 +2,7 @@
 `vqgen sample --prior DIR --label k --n 20` (no other flags: the prior folder's recorded defaults) for every
 digit, and reads them with the demo's own digit classifier (``DIR/../classifier``, written by `vqgen demo`).
 
-    python bench/demo_sampling.py --demo runs/demo          # after `vqgen demo --out runs/demo`
+    python -m bench.demo_sampling --demo runs/demo          # after `vqgen demo --out runs/demo`
 
 Writes bench/results/demo_sampling.json and docs/benchmarks/demo_sampling.md. Target: >= 95% read as asked.
 """
@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_model, timed, write_results
 from PIL import Image
 
-from pipelines.classifier import load_classifier, predict
+from bench.common import cpu_model, timed, write_results
 from pipelines.cli import main as vqgen
+from pipelines.demo.digit_judge import load_classifier, predict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", default="runs/demo", help="the --out folder of a finished `vqgen demo` run")
     ap.add_argument("--n", type=int, default=20, help="samples per digit (default 20)")
     ap.add_argument("--seed", type=int, default=0)
@@ -54,7 +55,7 @@ def main() -> None:
     md = ["## `vqgen sample` with no flags on the demo's prior", "",
           f"`{results['command']}`, read by the demo's own digit classifier (`{demo / 'classifier'}`). Settings taken "
           f"from the prior folder's `sampling.json`: cfg_scale {settings['cfg_scale']}, temperature "
-          f"{settings['temperature']}. Command: `python bench/demo_sampling.py --demo {demo}`.", "",
+          f"{settings['temperature']}. Command: `python -m bench.demo_sampling --demo {demo}`.", "",
           f"**{agree:.1%}** of {10 * a.n} samples read as the digit asked for (target >= 95%); per digit: "
           + ", ".join(f"{k}: {v}/{a.n}" for k, v in per_digit.items()) + f". Sampling took {seconds:.0f} s on "
           f"{results['machine']['cpu']}."]

@@ -41,7 +41,7 @@ if ! command -v "$PY" >/dev/null 2>&1; then
 fi
 
 if [ "$MODE" = prepare ]; then
-  exec "$PY" bench/gpu/install.py prepare --wheelhouse "$REPO/wheelhouse"
+  exec "$PY" -m bench.gpu.install prepare --wheelhouse "$REPO/wheelhouse"
 fi
 
 DRY=()
@@ -90,7 +90,7 @@ run_step() {
   wanted "$name" || return 0
   left=$((DEADLINE - $(date +%s)))
   if [ "$left" -lt 20 ]; then
-    "$PY" bench/gpu/report.py skip --results "$STEPS_DIR" --step "$name" \
+    "$PY" -m bench.gpu.report skip --results "$STEPS_DIR" --step "$name" \
       --reason "not started: the run's ${BUDGET} s budget was spent"
     return 0
   fi
@@ -106,7 +106,7 @@ run_step() {
   [ "$quiet" = 1 ] || tail -n +1 -f "$log" --pid "$pid" 2>/dev/null
   wait "$pid"
   rc=$?
-  "$PY" bench/gpu/report.py record --results "$STEPS_DIR" --step "$name" --rc "$rc" --seconds $(($(date +%s) - t0)) \
+  "$PY" -m bench.gpu.report record --results "$STEPS_DIR" --step "$name" --rc "$rc" --seconds $(($(date +%s) - t0)) \
     --cap "$cap" --log "$log" ${extra[@]+"${extra[@]}"} ${DRY[@]+"${DRY[@]}"}
   echo "=== $name: exit status $rc after $(($(date +%s) - t0)) s ==="
   publish
@@ -120,10 +120,10 @@ publish() {  # what exists so far into $OUT (the device tool brings back at most
   return 0
 }
 
-step() {  # step NAME CAP QUIET SCRIPT [ARGS...]: a bench/gpu/SCRIPT.py with the common arguments
+step() {  # step NAME CAP QUIET MODULE [ARGS...]: python -m bench.gpu.MODULE with the common arguments
   local name="$1" cap="$2" quiet="$3" script="$4"
   shift 4
-  run_step "$name" "$cap" "$quiet" "$PY" "bench/gpu/$script.py" --results "$STEPS_DIR" --budget @CAP@ \
+  run_step "$name" "$cap" "$quiet" "$PY" -m "bench.gpu.$script" --results "$STEPS_DIR" --budget @CAP@ \
     ${DRY[@]+"${DRY[@]}"} "$@"
 }
 
@@ -142,7 +142,7 @@ step sparse_attention 130 0 sparse_flex
 step sampling 45 0 sampling_vs_hf
 step train_mfu 100 0 train_mfu             # last: its compiled mode runs only if the run has the time left
 
-"$PY" bench/gpu/report.py summary --results "$STEPS_DIR" --json "$RESULTS/gpu_check.json" --md "$MD" \
+"$PY" -m bench.gpu.report summary --results "$STEPS_DIR" --json "$RESULTS/gpu_check.json" --md "$MD" \
   --seconds $(($(date +%s) - START)) ${DRY[@]+"${DRY[@]}"}
 STATUS=$?
 cp "$STEPS_DIR/tests.log" "$STEPS_DIR/pytest.log" 2>/dev/null

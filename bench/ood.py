@@ -23,7 +23,7 @@ typicality score |NLL - mean train NLL| (Nalisnick et al. 2019, "Detecting out-o
 generative models using typicality"). 1.0 = every OOD input scores above every test digit, 0.5 = chance,
 below 0.5 = the OOD data looks *more* likely than the digits.
 
-Run: ``OMP_NUM_THREADS=1 python bench/ood.py`` (writes bench/results/ood.json, docs/benchmarks/ood.md and
+Run: ``OMP_NUM_THREADS=1 python -m bench.ood`` (writes bench/results/ood.json, docs/benchmarks/ood.md and
 docs/benchmarks/ood.png); ``--quick`` (a tiny prior, 40 images per set, print only).
 """
 
@@ -42,9 +42,15 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compression import parse_overrides, tokenize_mnist, train_row  # noqa: E402  (one recipe format for both)
-from machine import ROOT, cpu_model, write_results  # noqa: E402
+from bench.common import (
+    ROOT,
+    cpu_model,
+    parse_overrides,
+    recipe_keys,
+    tokenize_mnist,
+    train_row,
+    write_results,
+)
 
 RECIPE = {"arch": "pixelcnn", "pixelcnn_layers": 5, "pixelcnn_channels": 32, "steps": 400, "batch_size": 16,
           "lr": 3e-3, "max_seconds": 300}
@@ -247,12 +253,13 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the bench; returns the results dict (also written unless --quick)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny prior, 40 images per set, 200 training digits; print only")
     ap.add_argument("--n", type=int, default=None, help="images per OOD set (default 500; --quick 40)")
     ap.add_argument("--prior", default=None, help="an already-trained prior folder over raw 8-bit mnist5k pixels")
     ap.add_argument("--prior-args", nargs="+", metavar="KEY=VALUE", default=None,
-                    help="override fields of the recipe (PriorConfig / TrainConfig), e.g. steps=600 max_seconds=400")
+                    help="override fields of the recipe (PriorConfig / TrainConfig, YAML values), e.g. steps=600 "
+                         "max_seconds=400 lr=2e-3")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-ood", help="token folder, prior, OOD image folders and CSVs go here")
@@ -278,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prior_dir = Path(args.prior)
     else:
         tokens = tokenize_mnist(work, 256, 200 if args.quick else None)
-        recipe = (QUICK_RECIPE if args.quick else RECIPE) | parse_overrides("--prior-args", args.prior_args)
+        overrides = parse_overrides(args.prior_args, flag="--prior-args", known=recipe_keys())
+        recipe = (QUICK_RECIPE if args.quick else RECIPE) | overrides
         prior_dir = work / "prior"
         print(f"training the prior: {recipe}", flush=True)
         training = train_row(tokens, prior_dir, recipe, args.seed)
@@ -291,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "--raw --levels 256 --dataset mnist5k` tokens")
     sets = build_sets(work, n, args.seed)
     rows = score_sets(prior_dir, sets, work, args.sets)
-    res = {"command": " ".join(["OMP_NUM_THREADS=1 python bench/ood.py", *(argv if argv is not None else sys.argv[1:])]),
+    res = {"command": " ".join(["OMP_NUM_THREADS=1 python -m bench.ood", *(argv if argv is not None else sys.argv[1:])]),
            "prior": {"dir": str(prior_dir), "config": folder.prior.config.to_dict(), "training": training,
                      "test_bits_per_dim": rows[0]["in_bits_per_dim"]},
            "rows": rows, "photo_names": sets["photo_names"], "reference_n": 2000,  # score_dataset's reference_limit

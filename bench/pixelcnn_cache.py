@@ -15,7 +15,7 @@ fewer digits (``--n-uncached``, in one chunk of that size) than the cached one (
 of ``--chunk``). The cached path's per-position overhead amortises over the chunk, so it is also run on
 ``--n-cached-small`` digits in chunks of ``--n-uncached`` grids: like for like with the uncached row.
 
-Run: ``OMP_NUM_THREADS=1 python bench/pixelcnn_cache.py`` (writes bench/results/pixelcnn_cache.json and
+Run: ``OMP_NUM_THREADS=1 python -m bench.pixelcnn_cache`` (writes bench/results/pixelcnn_cache.json and
 docs/benchmarks/pixelcnn_cache.md); ``--quick`` for a short run that only prints.
 """
 
@@ -27,8 +27,8 @@ import platform
 import sys
 
 import torch
-from machine import cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
+from bench.common import cpu_model, timed, write_results
 from pipelines.data import DataSpec, load_data
 from pipelines.likelihood.compress import compress_grids, decompress_grids
 from prior import Prior, build_prior
@@ -60,7 +60,7 @@ def code(prior: Prior, grids: torch.Tensor, chunk: int, cached: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 cached / 1 uncached digits, print only")
     ap.add_argument("--n-cached", type=int, default=200, help="digits coded with the cache (default 200)")
     ap.add_argument("--n-uncached", type=int, default=1,
@@ -88,8 +88,8 @@ def main() -> None:
     speedup_same_chunk = {k: cached_small[f"{k}_digits_per_s"] / uncached[f"{k}_digits_per_s"]
                           for k in ("compress", "decompress")}
 
-    command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}".strip(), "python",
-                        "bench/pixelcnn_cache.py", *sys.argv[1:]])
+    command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}".strip(), "python -m",
+                        "bench.pixelcnn_cache", *sys.argv[1:]])
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version(),
                "note": "2 cores shared with other jobs while measuring: absolute numbers are noisy"}

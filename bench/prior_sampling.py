@@ -6,7 +6,7 @@ Two ways to draw the same sequence (same generator seed, checked token for token
   * uncached: ``Prior.sample(use_cache=False)``: the whole prefix through the network for every token,
               O(L^2) per token with attention (what a model without a cache has to do).
 
-Run: ``python bench/prior_sampling.py`` (writes bench/results/prior_sampling.json and
+Run: ``python -m bench.prior_sampling`` (writes bench/results/prior_sampling.json and
 docs/benchmarks/prior_sampling.md); ``--quick`` for a short run that only prints.
 """
 
@@ -15,22 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from pathlib import Path
 
 import torch
-from machine import cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
+from bench.common import cpu_model, timed, write_results
 from prior import build_prior
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-
-
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run (256 tokens), print only")
     ap.add_argument("--length", type=int, default=None, help="tokens to generate (default 1024; quick 256)")
     ap.add_argument("--batch", type=int, default=1)
@@ -80,7 +73,7 @@ def main() -> None:
             f"each of the {L} tokens, and both draw {'the same' if same else 'DIFFERENT'} tokens from the same "
             f"generator seed. The machine was shared (1-minute load average {machine['load_average_1min']:.1f} "
             "at the end of the run), so absolute times are noisy; both methods ran back to back in one process. "
-            f"Command: `python bench/prior_sampling.py --threads {args.threads}`.", ""]))
+            f"Command: `python -m bench.prior_sampling --threads {args.threads}`.", ""]))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ FLOPs per token = 6 * n_params + 12 * n_layer * d_model * seq_len (Chowdhery et 
 appendix B: 6N for the parameter matmuls forward + backward, plus the attention score/value matmuls).
 n_params counts every parameter, embedding tables included, so MFU is slightly overestimated.
 
-Run: ``OMP_NUM_THREADS=2 python bench/prior_throughput.py`` (writes bench/results/prior_throughput.json
+Run: ``OMP_NUM_THREADS=2 python -m bench.prior_throughput`` (writes bench/results/prior_throughput.json
 and docs/benchmarks/prior_throughput.md); ``--quick`` runs 2 timed steps per mode and only prints.
 """
 
@@ -25,20 +25,14 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
-
-from pipelines.training.tasks import PriorLossWrapper  # noqa: E402
-from prior import build_prior  # noqa: E402
+from bench.common import cpu_model, write_results
+from pipelines.training.tasks import PriorLossWrapper
+from prior import build_prior
 
 MODEL = dict(arch="transformer", vocab_size=1000, shape=(16, 16), n_layer=4, n_head=4, d_model=256)
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets; H200 has the H100 SXM's compute)
@@ -105,7 +99,7 @@ class Runner:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=24, help="timed steps per mode (split into --rounds)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating eager/compiled timing rounds")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per mode after the first")
@@ -204,7 +198,7 @@ def main() -> None:
            "load_average": {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]}}
     hw = info.get("gpu") or f"{info['cpu_model']}, {info['cpus_usable']} usable cores"
     cmd = (f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']} " if info["OMP_NUM_THREADS"] else "") + \
-        f"python bench/prior_throughput.py --steps {args.steps} --rounds {args.rounds} --warmup {args.warmup}"
+        f"python -m bench.prior_throughput --steps {args.steps} --rounds {args.rounds} --warmup {args.warmup}"
     md = [
         "## Prior training throughput: eager vs torch.compile", "",
         f"`{cmd}` on {hw} ({device}, torch {info['torch']}, {info['torch_threads']} threads).", "",

@@ -27,7 +27,7 @@ minus its RSS just before its first step, i.e. the extra memory the step needed 
 gradients, the allocator's behaviour; the model, the inputs and the masks are excluded, the mask size is given
 separately). Times: median of ``--repeats`` steps after that first one.
 
-Run: ``OMP_NUM_THREADS=2 python bench/sparse_attention.py --threads 2`` (CPU: 1k, 4k, 16k; writes
+Run: ``OMP_NUM_THREADS=2 python -m bench.sparse_attention --threads 2`` (CPU: 1k, 4k, 16k; writes
 bench/results/sparse_attention.json and docs/benchmarks/sparse_attention.md); ``--quick`` (1k, 2k; print only);
 ``--lengths 1024 4096 16384`` to choose.
 """
@@ -48,12 +48,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when a script runs)
-
-from prior import build_prior  # noqa: E402
-from prior.sparse import SparseAttention  # noqa: E402
+from bench.common import ROOT, cpu_model
+from prior import build_prior
+from prior.sparse import SparseAttention
 
 H, HEAD_DIM = 4, 64  # attention table
 PRIOR = dict(n_layer=2, n_head=4, d_model=128, vocab_size=512)  # prior table
@@ -156,7 +153,7 @@ def markdown_table(rows: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1k and 2k only, print only")
     ap.add_argument("--lengths", type=int, nargs="*", default=None)
     ap.add_argument("--repeats", type=int, default=3)
@@ -192,9 +189,10 @@ def main() -> None:
                 if cuda:
                     r = measure(table, m, L, "cuda", dtype, args.repeats)
                 else:
-                    out = subprocess.run([sys.executable, __file__, "--child", table, m, str(L), "--repeats",
-                                          str(args.repeats), "--device", "cpu", "--threads", str(args.threads)],
-                                         capture_output=True, text=True, check=True)
+                    # this module again in a fresh process (clean peak RSS), from the root so that `bench` imports
+                    out = subprocess.run([sys.executable, "-m", "bench.sparse_attention", "--child", table, m, str(L),
+                                          "--repeats", str(args.repeats), "--device", "cpu", "--threads",
+                                          str(args.threads)], capture_output=True, text=True, check=True, cwd=ROOT)
                     r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(r)
                 print(f"{table:9s} L={L:6d} {m:20s} {r['ms']:9.1f} ms  peak +{r['peak_mib']:8.1f} MiB  "
@@ -254,7 +252,7 @@ def main() -> None:
                 "contiguous segments, fixed keys split into block-diagonal + summary strip), so whole 128x128 "
                 "tiles are skipped.")
         md_lines += [f"Memory: {mem_what}. {note} Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
-                     f"python bench/sparse_attention.py --threads {args.threads}`.", ""]
+                     f"python -m bench.sparse_attention --threads {args.threads}`.", ""]
         md.write_text("\n".join(md_lines))
         print(f"wrote {out.relative_to(ROOT)} and {md.relative_to(ROOT)}")
 

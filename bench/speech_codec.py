@@ -13,8 +13,8 @@ reconstructions (``runs/speech_classifier``, trained by bench/speech_quality.py 
 of a quantizer-dropout model are exactly that model at n codebooks), into ``tokenizers_vq/pretrained/`` with its
 fingerprint in ``index.json``: what ``vqgen demo --modality audio`` starts from.
 
-Run (idle machine): ``python bench/speech_codec.py --minutes 10 30 --install`` (the defaults are the shipped
-tokenizer's recipe); then ``python bench/speech_quality.py --tokenizer runs/speech_codec/30min --n-quantizers 2 5 13
+Run (idle machine): ``python -m bench.speech_codec --minutes 10 30 --install`` (the defaults are the shipped
+tokenizer's recipe); then ``python -m bench.speech_quality --tokenizer runs/speech_codec/30min --n-quantizers 2 5 13
 --classifier runs/speech_classifier --merge`` puts the ladder beside Codec2 and Opus. ``--install-only`` ships a
 finished run judged first.
 """
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from machine import ROOT, cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
+from bench.common import ROOT, cpu_model, write_results
 from pipelines.data import DataSpec, load_data
 from pipelines.stages.train import train_tokenizer
 from pipelines.training.loop import TrainConfig
@@ -62,7 +62,7 @@ def score_snapshot(path: Path, n_quantizers: list[int], xs: torch.Tensor, ys: to
                "log_mel_l1": round(float(M.log_mel_l1(recon, xs, sr)), 4), "usage_min": min(usage),
                "usage": usage}
         if classifier is not None and ys is not None:
-            from pipelines.audio_classifier import predict_audio
+            from pipelines.demo.speech_judge import predict_audio
 
             row["accuracy"] = round((predict_audio(classifier, recon) == ys).float().mean().item(), 4)
         rows.append(row)
@@ -103,7 +103,7 @@ def install(src: Path, codebooks: int, name: str, meta: dict[str, Any]) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="spoken-digits", choices=("spoken-digits", "tones"))
     ap.add_argument("--minutes", type=float, nargs="+", default=[10, 30], help="snapshots at these training minutes")
     ap.add_argument("--num-quantizers", type=int, default=13, help="residual codebooks trained (default 13: 5.85 kbit/s)")
@@ -141,7 +141,7 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     run_dir = out / "run"
-    cmd = "python bench/speech_codec.py " + " ".join(
+    cmd = "python -m bench.speech_codec " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if k not in ("out", "classifier", "install", "install_only", "results_name") and v is not None)
@@ -159,7 +159,7 @@ def main() -> None:
     ys = torch.stack([torch.as_tensor(y) for _, y in test]) if splits.num_classes else None
     classifier = None
     if args.dataset == "spoken-digits" and ys is not None and (Path(args.classifier) / "config.json").is_file():
-        from pipelines.audio_classifier import load_audio_classifier
+        from pipelines.demo.speech_judge import load_audio_classifier
 
         classifier = load_audio_classifier(args.classifier)
     snapshots, spent, steps = [], 0.0, 0
@@ -188,7 +188,7 @@ def install_recorded(name: str, codebooks: int) -> None:
     """``--install-only``: ship the last snapshot of the run recorded in bench/results/NAME.json and note it there."""
     res_path = ROOT / "bench" / "results" / f"{name}.json"
     if not res_path.is_file():
-        raise SystemExit(f"{res_path} does not exist: run bench/speech_codec.py with --results-name {name} first")
+        raise SystemExit(f"{res_path} does not exist: run `python -m bench.speech_codec` with --results-name {name} first")
     results = json.loads(res_path.read_text())
     meta, snapshots = results["meta"], results["snapshots"]
     src = Path(snapshots[-1]["path"])

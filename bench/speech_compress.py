@@ -30,9 +30,9 @@ be split into runs of a few minutes each, ``--until``):
 Run (about 10 minutes on 2 lightly loaded cores: tokens 3.5, each prior about 3, the evaluation 1; in three
 parts that reuse each other's artefacts, the first one also tokenizing)::
 
-    OMP_NUM_THREADS=2 python bench/speech_compress.py --rungs 5 --until priors
-    OMP_NUM_THREADS=2 python bench/speech_compress.py --rungs 2 --until priors
-    OMP_NUM_THREADS=1 python bench/speech_compress.py
+    OMP_NUM_THREADS=2 python -m bench.speech_compress --rungs 5 --until priors
+    OMP_NUM_THREADS=2 python -m bench.speech_compress --rungs 2 --until priors
+    OMP_NUM_THREADS=1 python -m bench.speech_compress
 
 writes bench/results/speech_compress.json and docs/benchmarks/speech_compress.md. ``--quick`` (a tiny prior,
 16 training clips, 12 test clips; prints only) checks the plumbing in well under a minute.
@@ -47,38 +47,35 @@ import math
 import os
 import platform
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT, cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
-from speech_quality import peer_rows  # noqa: E402
-
-from pipelines.audio_classifier import (  # noqa: E402
+from bench.common import ROOT, cpu_model, timed, write_results
+from bench.speech_quality import peer_rows
+from pipelines.data import DataSpec, load_data
+from pipelines.data.audio_io import read_audio
+from pipelines.data.tokens import load_token_header, load_tokens, save_tokens
+from pipelines.demo.speech_judge import (
     load_audio_classifier,
     predict_audio,
     save_audio_classifier,
     train_audio_classifier,
 )
-from pipelines.data import DataSpec, load_data  # noqa: E402
-from pipelines.data.audio_io import read_audio  # noqa: E402
-from pipelines.data.tokens import load_token_header, load_tokens, save_tokens  # noqa: E402
-from pipelines.likelihood.compress import decompress_grids  # noqa: E402
-from pipelines.likelihood.score import encode_batch  # noqa: E402
-from pipelines.outputs import save_wav  # noqa: E402
-from pipelines.stages.score import compress, decompress  # noqa: E402
-from pipelines.stages.tokenize import tokenize_splits, with_placements  # noqa: E402
-from pipelines.stages.train import train_prior  # noqa: E402
-from pipelines.training.loop import TrainConfig  # noqa: E402
-from prior import load_prior  # noqa: E402
-from tokenizers_vq import load_tokenizer  # noqa: E402
-from tokenizers_vq import metrics as M  # noqa: E402
-from tokenizers_vq.pretrained import load_pretrained, pretrained_path  # noqa: E402
-from tokenizers_vq.tokenizer import truncate_codebooks  # noqa: E402
+from pipelines.likelihood.compress import decompress_grids
+from pipelines.likelihood.score import encode_batch
+from pipelines.outputs import save_wav
+from pipelines.stages.score import compress, decompress
+from pipelines.stages.tokenize import tokenize_splits, with_placements
+from pipelines.stages.train import train_prior
+from pipelines.training.loop import TrainConfig
+from prior import load_prior
+from tokenizers_vq import load_tokenizer
+from tokenizers_vq import metrics as M
+from tokenizers_vq.pretrained import load_pretrained, pretrained_path
+from tokenizers_vq.tokenizer import truncate_codebooks
 
 DATASET = "spoken-digits"
 PRETRAINED = "spoken-digits"  # tokenizers_vq.pretrained name: the shipped 2.25 kbit/s spectral codec
@@ -96,7 +93,7 @@ LR = 1e-3
 PLACEMENTS = 8  # tokenizations of the training split, each at other random offsets of the word in its second
 CODEC2 = ("2400", "1300", "700C")
 # --quick (the test): 16 training clips, every 15th test clip (12), a 1 x 16 prior for 4 steps of 8 grids, no
-# Codec2 rows (their delay search is ~30 STOI calls; tests/test_speech_peers.py covers the peers)
+# Codec2 rows (their delay search is ~30 STOI calls; tests/bench/test_speech_peers.py covers the peers)
 QUICK = {"limit": 16, "test_every": 15, "placements": 1, "prior": {**PRIOR, "n_layer": 1, "d_model": 16},
          "budget": {"steps": 4, "seconds": 30, "batch": 8}, "codec2": (), "classifier_epochs": 1}
 
@@ -337,7 +334,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "container; `vqgen decompress` wrote them back. kbit/s = 8 x container bytes / seconds of audio "
              f"({meta['audio_seconds']:.0f} s); ideal = the prior's code length sum -log2 p(token); fixed-rate = the "
              f"tokenizer's tokens at log2({meta['vocab_size']}) bits each. STOI against the WAVs coded, on the clips joined; listener = "
-             "the spoken-digit classifier's accuracy (`pipelines.audio_classifier`, trained on the training voices' "
+             "the spoken-digit classifier's accuracy (`pipelines.demo.speech_judge`, trained on the training voices' "
              "originals). Codec2 codes the same WAVs at 8 kHz, its STOI-maximising delay removed.", "",
              *table(rows), ""]
     peers = [r for r in rows if r.get("family") == "codec2" and "skipped" not in r]
@@ -387,7 +384,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--rungs", type=int, nargs="+", default=[5, 2], metavar="Q",
                     help="numbers of codebooks to build a codec + prior for (default 5 2)")
     ap.add_argument("--until", choices=("tokens", "priors", "all"), default="all",
@@ -407,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     eval_threads = torch.get_num_threads()
-    command = "python bench/speech_compress.py" + ("" if args.rungs == [5, 2] else " --rungs " + " ".join(
+    command = "python -m bench.speech_compress" + ("" if args.rungs == [5, 2] else " --rungs " + " ".join(
         map(str, args.rungs))) + ("" if args.until == "all" else f" --until {args.until}") + (
         "" if args.placements == PLACEMENTS else f" --placements {args.placements}") + (" --quick" if args.quick else "")
     run = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} {command}".strip(),

@@ -3,7 +3,7 @@
 For the ``spoken-digits`` test split (2 voices never seen in training, 180 one-second clips) each codec codes
 and decodes every clip; a row reports its bitrate (kbit/s), STOI against the original (``tokenizers_vq.metrics
 .stoi``: the clips joined end to end) and the accuracy of a spoken-digit classifier on its output. The
-classifier (``pipelines.audio_classifier``) is trained on the training voices' original clips only, with
+classifier (``pipelines.demo.speech_judge``) is trained on the training voices' original clips only, with
 gain / shift / noise augmentation, and the ``original`` row gives its accuracy on the untouched held-out clips:
 the ceiling a codec's row can reach.
 
@@ -15,7 +15,7 @@ Plug in trained tokenizers with ``--tokenizer DIR`` (repeatable) and, for residu
 ladder with ``--n-quantizers 1 2 4 8`` (``encode(x, n_quantizers=n)``; rows at each n). Bitrate of a
 tokenizer row = token positions per second x codebooks used x log2(vocabulary) (fixed-length code).
 
-Run: ``OMP_NUM_THREADS=1 python bench/speech_quality.py [--tokenizer DIR ...] [--n-quantizers N ...]``
+Run: ``OMP_NUM_THREADS=1 python -m bench.speech_quality [--tokenizer DIR ...] [--n-quantizers N ...]``
 (writes bench/results/speech_quality.json, docs/benchmarks/speech_quality.md and .png); ``--quick`` uses 60
 clips and prints only.
 """
@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 import torchaudio.functional as AF
-from machine import ROOT, cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
-from speech_peers import (
+
+from bench.common import ROOT, cpu_model, write_results
+from bench.speech_peers import (
     CODEC2_MODES,
     MissingTool,
     advance,
@@ -42,15 +43,14 @@ from speech_peers import (
     codec2_roundtrip,
     opus_roundtrip,
 )
-
-from pipelines.audio_classifier import (
+from pipelines.data import DataSpec, load_data
+from pipelines.demo.speech_judge import (
     audio_accuracy,
     load_audio_classifier,
     predict_audio,
     save_audio_classifier,
     train_audio_classifier,
 )
-from pipelines.data import DataSpec, load_data
 from tokenizers_vq import load_tokenizer
 from tokenizers_vq import metrics as M
 
@@ -215,7 +215,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png: bool) -> str
              "`bench/speech_quality.py`: every codec codes and decodes the 180 one-second test clips of "
              "`spoken-digits` (2 espeak-ng voices not in the training split). STOI (Taal et al. 2011, via pystoi) is "
              "scored on the clips joined end to end (single digits are often under the 0.4 s of speech pystoi needs "
-             "per signal). Classifier accuracy is that of a small log-mel conv net (`pipelines.audio_classifier`, "
+             "per signal). Classifier accuracy is that of a small log-mel conv net (`pipelines.demo.speech_judge`, "
              f"0-4 kHz) trained on the 6 training voices' original clips only, with gain, shift and 5-40 dB noise "
              f"augmentation ({c['epochs']} epochs, {c['train_s']:.0f} s of training; later runs may load it from "
              f"`{c.get('saved', 'runs/speech_classifier')}` with `--classifier`); "
@@ -242,7 +242,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png: bool) -> str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", action="append", default=[], metavar="DIR", help="a trained vqgen audio tokenizer "
                     "folder (repeatable)")
     ap.add_argument("--n-quantizers", type=int, nargs="+", default=None, metavar="N",
@@ -263,7 +263,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "python": platform.python_version()}
-    run = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python bench/speech_quality.py"
+    run = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python -m bench.speech_quality"
                       + "".join(f" --tokenizer {t}" for t in args.tokenizer)
                       + (" --n-quantizers " + " ".join(map(str, args.n_quantizers)) if args.n_quantizers else "")
                       + (" --no-peers" if args.no_peers else "") + (" --merge" if args.merge else "")

@@ -11,7 +11,7 @@ for gumbel; codebook usage >= 80% for vq and fsq. Audio at <= 2.5 kbit/s: tones 
 spoken-digits log-mel L1 at most half that of the decoder fed all-zero codes; an audio row counts only with
 every codebook at least 50% used (a collapsed codebook that passes a spectral threshold is a failure).
 
-Run: ``OMP_NUM_THREADS=2 python bench/tokenizer_quality.py`` (writes bench/results/tokenizer_quality.json
+Run: ``OMP_NUM_THREADS=2 python -m bench.tokenizer_quality`` (writes bench/results/tokenizer_quality.json
 and docs/benchmarks/tokenizer_quality.md); ``--quick`` for a short smoke run that only prints.
 """
 
@@ -30,16 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 from torch.utils.data import DataLoader
 
+from bench.common import ROOT, cpu_model, parse_overrides, write_results
 from pipelines.data import DataSpec, load_data
 from pipelines.training.loop import TrainConfig, train
 from pipelines.training.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
 from tokenizers_vq import TokenizerConfig, build_tokenizer
 from tokenizers_vq import metrics as M
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE_DATASETS = ("mnist5k",)
 AUDIO_DATASETS = ("tones", "spoken-digits")
 # Loop settings per modality (the CLI's train-tokenizer defaults should match these for images).
@@ -61,18 +60,6 @@ def machine() -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version()}
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs (values parsed as JSON when possible) for ``TokenizerConfig``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        k, _, v = item.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def steps_per_second(tokenizer: torch.nn.Module, task: Any, dataset: Any, batch_size: int, lr: float, n: int = 20,
@@ -252,21 +239,22 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"(OMP_NUM_THREADS={meta['omp_num_threads']}).", "",
              *[f"- run of {', '.join(r['datasets'])}: load average (1, 5, 15 min) {r['load_average_start']} at the "
                f"start, {r['load_average_end']} at the end. {r['note']}" for r in meta["runs"]], "",
-             "Reproduce: `OMP_NUM_THREADS=2 python bench/tokenizer_quality.py --datasets mnist5k --budget 300` (image "
-             "rows); `OMP_NUM_THREADS=1 python bench/tokenizer_quality.py --datasets tones --audio-budget 300 --merge` "
+             "Reproduce: `OMP_NUM_THREADS=2 python -m bench.tokenizer_quality --datasets mnist5k --budget 300` (image "
+             "rows); `OMP_NUM_THREADS=1 python -m bench.tokenizer_quality --datasets tones --audio-budget 300 --merge` "
              "and the same with `--datasets spoken-digits`, side by side (audio rows). Add "
              "`--set audio_head=categorical` for the paper's free-logit decoder head.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per image row (default 300)")
     ap.add_argument("--audio-budget", type=float, default=None, help="training seconds per audio row (default --budget)")
     ap.add_argument("--quantizers", nargs="+", default=["fsq", "vq", "gumbel"], choices=["fsq", "vq", "gumbel", "rvq", "rfsq"],
                     help="rvq / rfsq: residual codebooks (--set num_quantizers=N downsample=D; the bitrate counts them all)")
     ap.add_argument("--datasets", nargs="+", default=["mnist5k", "tones", "spoken-digits"])
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TokenizerConfig overrides (all rows)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TokenizerConfig overrides (all rows), YAML values: fsq_levels=[16,8,8] "
+                         "waveform_loss_weight=100")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 images / 16 audio clips")
     ap.add_argument("--lr", type=float, default=None, help="default 2e-3")
     ap.add_argument("--crop-samples", type=int, default=AUDIO_CROP_SAMPLES,
@@ -284,7 +272,7 @@ def main() -> None:
     args = ap.parse_args()
     budget = 10.0 if args.quick else args.budget
     audio_budget = 10.0 if args.quick else (args.audio_budget or budget)
-    overrides = parse_overrides(args.set)
+    overrides = parse_overrides(args.set, known=TokenizerConfig.__dataclass_fields__)
     meta = machine()
     run_info = {"datasets": args.datasets, "quantizers": args.quantizers, "budget_s": budget,
                 "audio_budget_s": audio_budget, "load_average_start": [round(v, 2) for v in os.getloadavg()]}

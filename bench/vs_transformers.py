@@ -21,7 +21,7 @@ median over rounds and the ratio the median of the per-round ratios (both models
 a load spike from the shared machine hits both). One untimed warm-up call each (allocator, thread pool, and the
 compiled decoding step when our prior compiles one).
 
-Run: ``OMP_NUM_THREADS=1 python bench/vs_transformers.py`` (1 torch thread: on the shared 2-core machine an
+Run: ``OMP_NUM_THREADS=1 python -m bench.vs_transformers`` (1 torch thread: on the shared 2-core machine an
 OpenMP peer thread that is descheduled spins at every barrier; ``--threads 2`` to try). Writes
 bench/results/vs_transformers.json and docs/benchmarks/vs_transformers.md. ``--quick``: tiny sizes, one round, no
 files unless ``--json PATH`` (the test's smoke run).
@@ -33,18 +33,13 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from machine import cpu_model, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
-
-from prior import PriorConfig, build_prior  # noqa: E402
+from bench.common import cpu_model, write_results
+from prior import PriorConfig, build_prior
 
 FULL = dict(vocab=1024, positions=256, layers=4, heads=4, d=256, train_batch=16, sample_batches=(1, 16))
 QUICK = dict(vocab=64, positions=16, layers=1, heads=2, d=32, train_batch=2, sample_batches=(1, 2))
@@ -201,7 +196,7 @@ def markdown(res: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 round; writes files only with --json")
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5; quick 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -224,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     elif not args.quick and not args.tasks:
-        cmd = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python bench/vs_transformers.py --threads "
+        cmd = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m bench.vs_transformers --threads "
                f"{args.threads}" + (f" --rounds {args.rounds}" if args.rounds else ""))
         write_results("vs_transformers", res, markdown(res, cmd))
     return res

@@ -6,7 +6,7 @@ Three ways to draw the same sequence (same generator seed, checked token for tok
   * windowed: only the last receptive field (R + 1 tokens) recomputed per token, the naive baseline of
               Paine et al. (what a careful implementation without queues would do).
 
-Run: ``OMP_NUM_THREADS=1 python bench/wavenet_generation.py`` (writes bench/results/wavenet_generation.json
+Run: ``OMP_NUM_THREADS=1 python -m bench.wavenet_generation`` (writes bench/results/wavenet_generation.json
 and docs/benchmarks/wavenet_generation.md); ``--quick`` for a short run that only prints.
 """
 
@@ -16,17 +16,12 @@ import argparse
 import os
 import platform
 import sys
-from pathlib import Path
 
 import torch
-from machine import cpu_model, timed, write_results  # noqa: E402  (bench/ is on sys.path when a script runs)
 
+from bench.common import cpu_model, timed, write_results
 from prior import Prior, build_prior
 from prior.sampling import logits_to_probs, sample_from_probs
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
 
 
 @torch.no_grad()
@@ -46,7 +41,7 @@ def sample_windowed(prior: Prior, n: int, generator: torch.Generator) -> torch.T
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run (smaller model, shorter sequence), print only")
     ap.add_argument("--length", type=int, default=None, help="tokens to generate (default 2048; quick 1100)")
     ap.add_argument("--batch", type=int, default=1)
@@ -71,8 +66,8 @@ def main() -> None:
     t_win, x_win = timed(lambda: sample_windowed(prior, args.batch, gen()))
     same = bool(torch.equal(x_fast, x_naive) and torch.equal(x_fast.reshape(args.batch, -1), x_win))
 
-    command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}".strip(), "python",
-                        "bench/wavenet_generation.py", *sys.argv[1:]])
+    command = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}".strip(), "python -m",
+                        "bench.wavenet_generation", *sys.argv[1:]])
     rows = [("fast (ring buffers)", t_fast), ("naive (whole prefix)", t_naive), ("windowed (last R+1 tokens)", t_win)]
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version()}

@@ -1,5 +1,6 @@
 """The house rules, read off the code's own imports: ``prior`` and ``tokenizers_vq`` never import each other or
-``pipelines``; ``vqgen_io`` (what both share) imports none of them; and no module-level import cycle anywhere."""
+``pipelines``; ``vqgen_io`` (what both share) imports none of them; ``bench`` (the benchmarks) may import all
+four, but nothing in them or in ``scripts/`` imports ``bench``; and no module-level import cycle anywhere."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("vqgen_io", "tokenizers_vq", "prior", "pipelines")
+PACKAGES = ("vqgen_io", "tokenizers_vq", "prior", "pipelines", "bench", "scripts")  # scripts/: run as files
 FORBIDDEN = {
-    "vqgen_io": {"tokenizers_vq", "prior", "pipelines"},
-    "tokenizers_vq": {"prior", "pipelines"},
-    "prior": {"tokenizers_vq", "pipelines"},
+    "vqgen_io": {"tokenizers_vq", "prior", "pipelines", "bench", "scripts"},
+    "tokenizers_vq": {"prior", "pipelines", "bench", "scripts"},
+    "prior": {"tokenizers_vq", "pipelines", "bench", "scripts"},
+    "pipelines": {"bench", "scripts"},
+    "scripts": {"bench"},
+    "bench": {"scripts"},
 }
 
 
@@ -59,6 +63,12 @@ def test_model_packages_import_nothing_above_them(name: str) -> None:
     assert not bad, f"{name} imports {sorted(bad)}: {name.split('.')[0]} must not depend on them"
 
 
+def test_every_package_is_checked() -> None:
+    assert {m.split(".")[0] for m in MODULES} == set(PACKAGES)
+    assert {"bench", "bench.common", "bench.compression", "bench.gpu.stepkit", "scripts.train_prior"} \
+        <= set(MODULES)
+
+
 def test_no_module_level_import_cycles() -> None:
     graph = {n: {m for m in _imports(n, p, top_level_only=True) if m in MODULES and m != n} for n, p in MODULES.items()}
     state: dict[str, int] = {}
@@ -86,3 +96,6 @@ def test_the_rule_checker_sees_a_violation(tmp_path: Path) -> None:
     f.write_text("from tokenizers_vq import load_tokenizer\nfrom ..pipelines.data import DataSpec\n")
     assert _imports("prior.mod", f, top_level_only=True) == {
         "tokenizers_vq", "tokenizers_vq.load_tokenizer", "pipelines.data", "pipelines.data.DataSpec"}
+    f.write_text("def f():\n    import bench.compression\n    from bench.common import ROOT\n")  # lazy too
+    assert _imports("pipelines.mod", f, top_level_only=False) == {"bench.compression", "bench.common",
+                                                                   "bench.common.ROOT"}

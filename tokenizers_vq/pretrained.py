@@ -1,7 +1,7 @@
 """Tokenizers shipped inside the package, loaded through the normal ``load_tokenizer`` path.
 
 A speech codec takes longer to train than a demo can wait, so the package carries a small pretrained
-spoken-digits tokenizer (trained by ``bench/speech_codec.py --install``; its command, data and training
+spoken-digits tokenizer (trained by ``python -m bench.speech_codec --install``; its command, data and training
 time are in docs/BENCHMARKS.md). ``load_pretrained(name)`` checks the folder's fingerprint against the one
 recorded here, so a damaged or swapped file is an error, not a silently different codec.
 """
@@ -42,5 +42,5 @@ def load_pretrained(name: str, map_location: str = "cpu") -> Codec:
         raise ValueError(
             f"the pretrained tokenizer in {path} has fingerprint {codec.fingerprint}, but the package recorded "
             f"{record['fingerprint']}: the files were changed or damaged; reinstall vqgen, or retrain it with "
-            f"`{record.get('trained_by', 'python bench/speech_codec.py --install')}`")
+            f"`{record.get('trained_by', 'python -m bench.speech_codec --install')}`")
     return codec

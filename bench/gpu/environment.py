@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 
-import stepkit
+from bench.gpu import stepkit
 
 PACKAGES = ("torch", "triton", "transformers", "accelerate", "safetensors", "einops", "einx",
             "vector-quantize-pytorch", "numpy", "huggingface_hub", "tokenizers", "torchaudio", "pytest",

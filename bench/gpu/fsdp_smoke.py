@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import stepkit
+from bench.gpu import stepkit
 
 ROOT = stepkit.ROOT
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import stepkit
+from bench.gpu import stepkit
 
 WHEELS_TXT = Path(__file__).with_name("wheels.txt")
 IMPORTS = ("torch", "accelerate", "safetensors", "einops", "vector_quantize_pytorch", "constriction", "soundfile",
@@ -138,7 +138,8 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}",
+                                 description=__doc__.strip().splitlines()[0])
     ap.add_argument("action", choices=["install", "prepare"])
     ap.add_argument("--wheelhouse", default=str(stepkit.ROOT / "wheelhouse"))
     ap.add_argument("--results", default=None, help="install: folder for install.json")

@@ -57,12 +57,12 @@ How to run it with the device tool (no network there):
    `python3` (set `PYTHON=` for another interpreter);
 3. from the files it brings back: `gpu_check.json` to `bench/results/`, `gpu_check.md` to `docs/benchmarks/`,
    `tar -xzf gpu_check_steps.tar.gz -C bench/results` (each step's record and log), then
-   `python bench/assemble_docs.py` puts this section into `docs/BENCHMARKS.md`.
+   `python -m bench.assemble_docs` puts this section into `docs/BENCHMARKS.md`.
 
 Without a GPU, `bash bench/gpu_check.sh --dry-run` walks every step on the CPU at toy sizes, with a few of the CUDA
 tests (`GPU_CHECK_DRY_TESTS=all`: all of them) run on the CPU as the device: about 90 CPU-seconds, 3.5-4.5 minutes on
 the shared 2-core development machine at load 8-10; results in a temporary folder, or `--results-dir DIR`.
-`tests/test_gpu_check.py` runs it (marked slow)."""
+`tests/bench/test_gpu_check.py` runs it (marked slow)."""
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -270,7 +270,8 @@ def summary(a: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}",
+                                 description=__doc__.strip().splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("record")
     r.add_argument("--results", required=True)

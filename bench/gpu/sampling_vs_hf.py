@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 
-import stepkit
+from bench.gpu import stepkit
 
 FULL = dict(vocab=1024, positions=256, layers=4, heads=4, d=256, batches=(1, 16))
 DRY = dict(vocab=64, positions=16, layers=1, heads=2, d=32, batches=(1, 2))
@@ -28,14 +28,14 @@ DRY = dict(vocab=64, positions=16, layers=1, heads=2, d=32, batches=(1, 2))
 
 def build(s: dict, device: str):  # noqa: ANN201
     """(our prior, the GPT-2 peer): ``bench/vs_transformers.py``'s pair, fp32, eval mode, on ``device``."""
-    from vs_transformers import build_models
+    from bench.vs_transformers import build_models
 
     return tuple(m.to(device).eval() for m in build_models(s))
 
 
 def sampler(model, batch: int, length: int, device: str, peer: bool):  # noqa: ANN001, ANN201
     """() -> int64 [batch, length]: one KV-cached sampling call, as ``bench/vs_transformers.py`` times it."""
-    from vs_transformers import sample_fn
+    from bench.vs_transformers import sample_fn
 
     return sample_fn(model, batch, length, peer, device)
 

@@ -22,7 +22,7 @@ import gc
 import statistics
 import time
 
-import stepkit
+from bench.gpu import stepkit
 
 LENGTHS = (4096, 16384, 65536, 8192, 32768)
 EXTRA = (("strided factorised", 16384), ("fixed factorised", 16384), ("strided factorised", 65536),
@@ -49,7 +49,8 @@ def raise_recompile_limit() -> dict[str, int]:
 def measure(method: str, L: int, device: str, repeats: int) -> dict:
     """One row: {"method", "L", "first_call_s", "ms", "ms_min", "peak_mib"} of a training step (module docstring)."""
     import torch
-    from sparse_attention import setup_prior
+
+    from bench.sparse_attention import setup_prior
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     fn, _ = setup_prior(method, L, device, dtype)
@@ -101,7 +102,8 @@ def main() -> None:
                         help="start a row only with this much budget left (default 25 for flex, 8 otherwise)")))
     with stepkit.Record("sparse_attention", args) as rec:
         import torch
-        from sparse_attention import PRIOR
+
+        from bench.sparse_attention import PRIOR
 
         device = stepkit.device_for(args)
         repeats = args.repeats or (2 if args.dry_run else 5)

@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-for _p in (ROOT, ROOT / "bench"):  # the repository's packages, and bench/machine.py & the CPU benches
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks (vendor)
 
 
 def parse_args(description: str, extra: Any = None) -> argparse.Namespace:
     """The common arguments (``--results``, ``--budget``, ``--dry-run``) plus ``extra(parser)``'s own."""
-    ap = argparse.ArgumentParser(description=description.strip().splitlines()[0])
+    main = sys.modules["__main__"].__spec__  # the step's module, run as `python -m bench.gpu.NAME`
+    ap = argparse.ArgumentParser(prog=f"python -m {main.name}" if main else None,
+                                 description=description.strip().splitlines()[0])
     ap.add_argument("--results", required=True, help="folder that receives <step>.json")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds this step may spend (rows after it: skipped)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: walks the step without a GPU")
@@ -52,7 +51,8 @@ def device_for(args: argparse.Namespace) -> str:
 def machine(device: str) -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores, python, torch, and the GPU when ``device`` is cuda."""
     import torch
-    from machine import cpu_model
+
+    from bench.common import cpu_model
 
     info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                             "python_executable": sys.executable, "torch": torch.__version__, "device": device}

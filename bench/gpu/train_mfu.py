@@ -27,7 +27,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import stepkit
+from bench.gpu import stepkit
 
 MODEL = dict(arch="transformer", vocab_size=1024, shape=(32, 32), n_layer=8, n_head=8, d_model=512, dropout=0.0)
 BATCH = 32
@@ -76,8 +76,8 @@ def main() -> None:
         ap.add_argument("--modes", nargs="*", default=None, help="default: eager compiled loop (dry run: eager loop)")))
     with stepkit.Record("train_mfu", args) as rec:
         import torch
-        from prior_throughput import Runner
 
+        from bench.prior_throughput import Runner
         from pipelines.training.tasks import PriorLossWrapper
         from prior import build_prior
 

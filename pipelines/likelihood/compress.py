@@ -24,9 +24,6 @@ The file format lives in ``container.py``.
 
 from __future__ import annotations
 
-import gzip
-import io
-import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -41,13 +38,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prior import Prior
-from tokenizers_vq import Codec, RawCodec
+from tokenizers_vq import Codec
 from vqgen_io import atomic_write_bytes, fingerprint_module
 
 from .container import ContainerHeader, DecompressedGrids, pack, read_header, tokens_crc
 from .score import encode_batch, net_labels
-
-log = logging.getLogger("vqgen.compress")
 
 MAX_CHUNK = 512  # auto chunks: a bigger batch spreads each position's fixed Python cost over more grids
 CACHE_BUDGET_BYTES = 256 * 2**20  # auto chunks of attention priors and WaveNets: their caches grow with the chunk
@@ -240,57 +235,11 @@ def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed d
     return DecompressedGrids(tokens, h.labels)
 
 
-# ---------------------------------------------------------------------------------------------- baselines & stats
-def _grid_images(grids: Tensor, codec: Codec | None) -> list[Any]:
-    """PIL images of each grid, the natural lossless image form of the same data (for the PNG baseline):
-    raw image grids as the images they are (1-bit, grey or RGB); any other grid as one 8-bit grey image
-    per grid when its values fit, else 16-bit."""
-    from PIL import Image
-
-    if isinstance(codec, RawCodec) and codec.modality == "image":
-        x = codec.decode(grids)  # [N, C, H, W] in [0, 1]
-        arr = np.round(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-        if codec.levels == 2 and codec.input_shape[0] == 1:
-            return [Image.fromarray(a[..., 0] > 127) for a in arr]  # 1-bit PNG
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
-    g = grids.reshape(grids.shape[0], grids.shape[1] if grids.dim() > 2 else 1, -1).numpy()
-    # uint16 arrays become Pillow's "I;16" images; naming the mode explicitly is refused by current Pillow
-    if g.max(initial=0) >= 2**16:
-        raise ValueError("PNG holds at most 16 bits per value")  # no lossless PNG form: the baseline is None
-    return [Image.fromarray(a.astype(np.uint8) if a.max(initial=0) < 256 else a.astype(np.uint16)) for a in g]
-
-
-def png_size(grids: Tensor, codec: Codec | None = None) -> int:
-    """Total bytes of one optimised PNG per grid (how a folder of lossless images would store them)."""
-    total = 0
-    for im in _grid_images(grids.cpu(), codec):
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
-        total += buf.tell()
-    return total
-
-
-def gzip_size(grids: Tensor, vocab_size: int) -> int:
-    """Bytes of gzip -9 on all grids in one stream, at the narrowest fixed width (bit-packed for V = 2)."""
-    a = grids.cpu().numpy().reshape(-1)
-    raw = (np.packbits(a.astype(np.uint8)) if vocab_size == 2
-           else a.astype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32))
-    return len(gzip.compress(raw.tobytes(), compresslevel=9, mtime=0))
-
-
-def _statistic(name: str, fn: Callable[[], int]) -> int | None:
-    """A baseline size for the report, or None when computing it fails: a statistic never breaks the job."""
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001 - any failure of a side statistic is reported, not raised
-        log.warning("could not compute the %s baseline (%s: %s); the compressed file is unaffected", name,
-                    type(e).__name__, e)
-        return None
-
-
+# ---------------------------------------------------------------------------------------------- stats
 @dataclass
 class CompressionStats:
-    """Sizes of one set of grids, in bytes, bits and bits per input dimension (None: a baseline that failed)."""
+    """Sizes of one set of compressed grids, in bytes, bits and bits per input dimension: what `vqgen
+    compress` reports (PNG and gzip of the same grids, for comparison, are bench code: bench/baselines.py)."""
 
     n: int
     seq_len: int
@@ -301,10 +250,6 @@ class CompressionStats:
     payload_overhead_percent: float  # (payload bits - ideal bits) / ideal bits * 100
     bits_per_dim_file: float
     bits_per_dim_ideal: float
-    gzip_bytes: int | None
-    png_bytes: int | None
-    bits_per_dim_gzip: float | None
-    bits_per_dim_png: float | None
     kbit_per_second: float | None = None  # audio: the file's bitrate over the input's duration
 
     def to_dict(self) -> dict[str, Any]:
@@ -314,9 +259,9 @@ class CompressionStats:
 def compression_stats(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, codec: Codec | None = None,
                       chunk_size: int | None = None, metadata: dict[str, Any] | None = None,
                       progress: bool = False) -> CompressionStats:
-    """Compress ``tokens`` int [N, *prior.shape] and compare: actual size vs the ideal code length vs PNG and
-    gzip of the same grids. ``codec`` (optional) gives bits per input dimension (``codec.dims_per_input``;
-    default: per grid position) and lets the PNG baseline store raw images as real images."""
+    """Compress ``tokens`` int [N, *prior.shape] and compare the actual size with the ideal code length.
+    ``codec`` (optional) gives bits per input dimension (``codec.dims_per_input``; default: per grid
+    position)."""
     return _compress_with_stats(prior, tokens, labels, codec, chunk_size, metadata, progress)[1]
 
 
@@ -331,14 +276,10 @@ def _compress_with_stats(prior: Prior, tokens: Tensor, labels: Tensor | None, co
     data = pack(module_fingerprint(prior), prior.vocab_size, tokens, labels, chunk_size, metadata or {}, payload)
     n, L = tokens.shape[0], prior.config.seq_len
     dims = codec.dims_per_input() if codec is not None else L
-    bpd = lambda nbytes: None if nbytes is None else 8.0 * nbytes / (n * dims)  # noqa: E731
-    gz = _statistic("gzip", lambda: gzip_size(tokens, prior.vocab_size))
-    png = _statistic("PNG", lambda: png_size(tokens, codec))
     return data, CompressionStats(
         n=n, seq_len=L, dims_per_input=dims, file_bytes=len(data), payload_bytes=len(payload), ideal_bits=ideal,
         payload_overhead_percent=100.0 * (8 * len(payload) - ideal) / max(ideal, 1e-12),
-        bits_per_dim_file=bpd(len(data)), bits_per_dim_ideal=ideal / (n * dims),
-        gzip_bytes=gz, png_bytes=png, bits_per_dim_gzip=bpd(gz), bits_per_dim_png=bpd(png),
+        bits_per_dim_file=8.0 * len(data) / (n * dims), bits_per_dim_ideal=ideal / (n * dims),
         kbit_per_second=8.0 * len(data) / seconds / 1000 if seconds else None,
     )
 
@@ -480,5 +421,5 @@ def decompress_file(prior: Prior, codec: Codec, in_file: str | Path, out_dir: st
 
 
 __all__ = ["CompressionStats", "DecompressedGrids", "compress_files", "compress_grids", "compression_stats",
-           "container_codec_fingerprint", "decompress_file", "decompress_grids", "gzip_size", "module_fingerprint",
-           "png_size", "read_header"]
+           "container_codec_fingerprint", "decompress_file", "decompress_grids", "module_fingerprint",
+           "read_header"]

@@ -94,7 +94,11 @@ def test_score_and_compress_roundtrip(run, tmp_path, capsys):
         f = tmp_path / f"d{i}.png"
         Image.fromarray((splits.test[i][0][0].numpy() * 255).astype("uint8")).save(f)
         files.append(str(f))
+    capsys.readouterr()
     assert main(["compress", "--prior", str(run / "prior"), *files, "--out", str(tmp_path / "c.vqz"), "--quiet"]) == 0
+    printed = capsys.readouterr().out  # the file, payload, ideal bits and overhead; no PNG / gzip baselines
+    assert all(k in printed for k in ("file_bytes", "payload_bytes", "ideal_bits", "payload_overhead"))
+    assert "png" not in printed and "gzip" not in printed
     assert main(["decompress", "--prior", str(run / "prior"), str(tmp_path / "c.vqz"), "--out", str(tmp_path / "dec"),
                  "--quiet"]) == 0
     assert len(list((tmp_path / "dec").glob("*.png"))) == 3

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from pipelines.audio_classifier import (
+from pipelines.demo.speech_judge import (
     SpokenDigitClassifier,
     audio_accuracy,
     load_audio_classifier,

@@ -1,12 +1,7 @@
-"""The Transformer prior against an independent reference, Hugging Face transformers' GPT-2 (minGPT's check), and
-the smoke run of bench/vs_transformers.py."""
+"""The Transformer prior against an independent reference, Hugging Face transformers' GPT-2 (minGPT's check).
+(The bench that times the two, bench/vs_transformers.py, is tested in tests/bench/test_vs_transformers.py.)"""
 
 from __future__ import annotations
-
-import importlib.util
-import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -77,22 +72,3 @@ def test_logits_and_greedy_samples_match_gpt2() -> None:
     mine = ours.sample(1, temperature=0)
     assert torch.equal(mine[:, : L - 1], gen[:, 1:])
     assert len(set(mine[0].tolist())) > 2  # not a constant sequence
-
-
-def test_bench_quick_mode_reports_three_ratios(tmp_path: Path) -> None:
-    path = Path(__file__).resolve().parents[2] / "bench" / "vs_transformers.py"
-    spec = importlib.util.spec_from_file_location("vs_transformers_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    threads = torch.get_num_threads()
-    out = tmp_path / "vs.json"
-    bench.main(["--quick", "--json", str(out)])
-    assert torch.get_num_threads() == threads  # the bench restores the caller's thread count
-    res = json.loads(out.read_text())
-    assert set(res["ratios"]) == {"train", "sample_b1", "sample_b16"}
-    for k, r in res["ratios"].items():
-        assert math.isfinite(r) and r > 0, k
-        for who in ("ours", "hf"):
-            assert len(res["seconds"][k][who]) == 1 and res["seconds"][k][who][0] > 0
-    assert res["params"]["ours"] > 0 and res["params"]["hf"] > 0
-    assert res["machine"]["torch_threads"] == 1

@@ -1,5 +1,6 @@
 """A small spoken-digit classifier: the automatic listener that checks whether a reconstructed (or generated)
-digit is still the digit that was said, as ``pipelines.classifier`` does for images.
+digit is still the digit that was said, as ``pipelines.demo.digit_judge`` does for images. The judge of
+``vqgen demo``'s audio check, and the listener of the speech benches (bench/speech_quality.py, ...).
 
 Log-mel front end (0-4 kHz, the telephone band that STOI also scores, so an 8 kHz codec is not penalised for
 the band it never carries), per-clip level normalisation (a louder or quieter copy looks the same), then four
@@ -185,5 +186,5 @@ def load_audio_classifier(path: str | Path) -> SpokenDigitClassifier:
         raise ValueError(f"{path} is not a spoken-digit classifier folder (config.json kind != {KIND!r})")
     model = SpokenDigitClassifier(**cfg)
     model.load_state_dict(load_safetensors(Path(path) / "model.safetensors",
-                                           "re-run bench/speech_quality.py to train and save it again"))
+                                           "re-run `python -m bench.speech_quality` to train and save it again"))
     return model.eval()

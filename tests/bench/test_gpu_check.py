@@ -4,7 +4,6 @@ the wheels it carries to the GPU image satisfy vqgen's own requirements."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,25 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.gpu import install, report
+
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-GPU_DIR = ROOT / "bench" / "gpu"
-
-
-def _load(name: str):  # noqa: ANN202
-    """A bench/gpu module, without leaving bench/ on sys.path for the other tests."""
-    saved = list(sys.path)
-    sys.path.insert(0, str(GPU_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location(f"gpu_check_{name}", GPU_DIR / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path[:] = saved
-
-
-report = _load("report")
 
 
 def _run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -184,7 +168,6 @@ def test_the_pinned_wheels_satisfy_vqgen_requirements_and_bad_lines_are_named(tm
     from packaging.requirements import Requirement
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    install = _load("install")
     pins = dict(install.pinned())
     assert len(pins) == len(install.pinned())  # one version of each: two would stop the whole install
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

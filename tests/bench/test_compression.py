@@ -6,15 +6,13 @@ from __future__ import annotations
 import lzma
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import compression as C  # noqa: E402
+import bench.compression as C
+from bench.common import parse_overrides, recipe_keys, split_recipe
 
 BINARISED_TOOLS = {"JBIG (pbmtojbg)": ("pbmtojbg", "jbgtopbm"), "xz -9e": ("xz",), "bzip2 -9": ("bzip2",),
                    "gzip -9 -n": ("gzip",), "PNG": ()}
@@ -79,20 +77,24 @@ def test_quick_run_table(tmp_path, monkeypatch):
     assert rows2["vqgen histogram"]["ideal_bytes"] == pytest.approx(bits / 8, rel=1e-6)
 
 
-def test_recipe_overrides_parse_literals_and_refuse_unknown_keys():
-    got = C.parse_overrides("--pixelcnn-args", ["pixelcnn_layers=8", "lr=2e-3", "made_hidden=(500, 500)",
-                                                 "attention=fixed", "max-seconds=600"])
-    assert got == {"pixelcnn_layers": 8, "lr": 0.002, "made_hidden": (500, 500), "attention": "fixed",
-                   "max_seconds": 600}
-    model, loop = C.split_recipe({"arch": "pixelcnn", **got})
-    assert set(loop) == {"lr", "max_seconds"} and model["pixelcnn_layers"] == 8
-    with pytest.raises(ValueError, match=r"--pixelcnn-args: 'pixelcnn_layer' is neither a PriorConfig nor a "
-                                         r"TrainConfig field"):
-        C.parse_overrides("--pixelcnn-args", ["pixelcnn_layer=8"])
-    with pytest.raises(ValueError, match=r"--transformer-args: 'vocab_size' is neither"):
-        C.parse_overrides("--transformer-args", ["vocab_size=3"])  # set by the token folder, not the recipe
-    with pytest.raises(ValueError, match=r"'steps' is not key=value"):
-        C.parse_overrides("--made-args", ["steps"])
+def test_recipe_overrides_parse_yaml_values_and_refuse_unknown_keys():
+    got = parse_overrides(["pixelcnn_layers=8", "lr=2e-3", "made_hidden=[500, 500]", "attention=fixed",
+                           "max-seconds=600", "compile=true"], flag="--pixelcnn-args", known=recipe_keys())
+    assert got == {"pixelcnn_layers": 8, "lr": 0.002, "made_hidden": [500, 500], "attention": "fixed",
+                   "max_seconds": 600, "compile": True}
+    model, loop = split_recipe({"arch": "pixelcnn", **got})
+    assert set(loop) == {"lr", "max_seconds", "compile"} and model["pixelcnn_layers"] == 8
+    with pytest.raises(ValueError, match=r"'pixelcnn_layer' is not a field --pixelcnn-args may set; known: "):
+        parse_overrides(["pixelcnn_layer=8"], flag="--pixelcnn-args", known=recipe_keys())
+    with pytest.raises(ValueError, match=r"'vocab_size' is not a field --transformer-args may set"):
+        parse_overrides(["vocab_size=3"], flag="--transformer-args", known=recipe_keys())  # the data's
+    with pytest.raises(ValueError, match=r"--made-args: 'steps' is not key=value"):
+        parse_overrides(["steps"], flag="--made-args", known=recipe_keys())
+
+
+def test_the_bench_refuses_a_bad_override_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"'pixelcnn_layer' is not a field --pixelcnn-args may set"):
+        C.main(["--quick", "--work", str(tmp_path), "--levels", "2", "--pixelcnn-args", "pixelcnn_layer=8"])
 
 
 @pytest.mark.parametrize("n,rows,cols", [(20, 1, 20), (20, 3, 7), (7, 7, 1)])

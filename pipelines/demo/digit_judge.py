@@ -1,5 +1,6 @@
 """A small CNN digit classifier, used to check automatically that generated digits look like the digit asked
-for (the demo's "recognisable" check). Trained on the mnist5k training split in well under a minute."""
+for (the demo's "recognisable" check, also bench/demo_sampling.py's). Trained on the mnist5k training split in
+well under a minute."""
 
 from __future__ import annotations
 

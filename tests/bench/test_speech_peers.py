@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import speech_peers as P  # noqa: E402
+import bench.speech_peers as P
 
 SR = 16000
 

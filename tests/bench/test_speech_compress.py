@@ -9,13 +9,10 @@ reuses the trained priors. Skipped without espeak-ng (the spoken-digits data is 
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import speech_compress as SC  # noqa: E402
+import bench.speech_compress as SC
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                 reason="spoken-digits needs espeak-ng: apt-get install espeak-ng")

@@ -6,6 +6,9 @@ digit classifier agrees with the requested digit. Audio: spoken-digits through t
 spectral speech codec (50 frames/s x 5 residual codebooks of 512 codes, 2.25 kbit/s; ``--from-scratch`` trains one), a
 delay-pattern Transformer prior conditioned on the digit, ten clips of each digit (WAV + spectrograms) and the
 same check with a spoken-digit classifier; without espeak-ng, the `tones` melodies instead.
+
+The two judges live beside the demo: ``digit_judge`` (images) and ``speech_judge`` (spoken digits); the benches
+use them too.
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ import torch
 from tokenizers_vq import load_codec
 from tokenizers_vq.config import DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
 
-from .data import load_data
-from .stages.common import make_spec, set_sampling_defaults
-from .stages.generate import sample
-from .stages.reconstruct import reconstruct
-from .stages.tokenize import tokenize_splits, with_placements
-from .stages.train import train_prior, train_tokenizer
-from .training.loop import TrainConfig
+from ..data import load_data
+from ..stages.common import make_spec, set_sampling_defaults
+from ..stages.generate import sample
+from ..stages.reconstruct import reconstruct
+from ..stages.tokenize import tokenize_splits, with_placements
+from ..stages.train import train_prior, train_tokenizer
+from ..training.loop import TrainConfig
 
 log = logging.getLogger("vqgen.demo")
 
@@ -155,7 +158,7 @@ def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
     splits, tok, rec, pres = _pipeline(out, data, {"modality": "image", "quantizer": "fsq"}, prior, plan,
                                        100 if quick else None, None, 16, seed, progress)
     _say(f"    test PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}, codebook usage {rec['codebook_usage']:.0%}")
-    from .classifier import predict, save_classifier, train_classifier
+    from .digit_judge import predict, save_classifier, train_classifier
 
     _say("5/5 a digit classifier; the guidance scale `vqgen sample` will use, chosen on a selection run; ten samples "
          "of each digit with the prior folder's default settings")
@@ -210,7 +213,7 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
         labels = [i % k for i in range(min(10, 2 * k))] if splits.num_classes else None
         sample(out / "prior", out / "samples", len(labels) if labels else 8, labels=labels, seed=seed, progress=progress)
         return summary
-    from .audio_classifier import predict_audio, save_audio_classifier, train_audio_classifier
+    from .speech_judge import predict_audio, save_audio_classifier, train_audio_classifier
 
     _say("5/5 a spoken-digit classifier (trained on the training voices' original clips); the guidance scale, "
          "chosen on a selection run; ten clips of each digit with the prior folder's default settings")
