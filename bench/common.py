@@ -97,7 +97,7 @@ def recipe_keys() -> set[str]:
     from pipelines.training.loop import TrainConfig
     from prior import PriorConfig
 
-    return ({f.name for f in fields(PriorConfig)} | {f.name for f in fields(TrainConfig)}) - FIXED_BY_DATA \
+    return (PriorConfig.known_fields() | {f.name for f in fields(TrainConfig)}) - FIXED_BY_DATA \
         - TRAIN_NOT_SETTABLE
 
 

@@ -109,7 +109,7 @@ def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, An
     if modality == "image":
         c, h, _ = splits.input_shape
         fields |= {"channels": c, "image_size": h}
-    fields |= {k: v for k, v in overrides.items() if k in TokenizerConfig.__dataclass_fields__}
+    fields |= {k: v for k, v in overrides.items() if k in TokenizerConfig.known_fields()}
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TokenizerConfig(**fields))
     crop = crop_samples if modality == "audio" else None
@@ -272,7 +272,7 @@ def main() -> None:
     args = ap.parse_args()
     budget = 10.0 if args.quick else args.budget
     audio_budget = 10.0 if args.quick else (args.audio_budget or budget)
-    overrides = parse_overrides(args.set, known=TokenizerConfig.__dataclass_fields__)
+    overrides = parse_overrides(args.set, known=TokenizerConfig.known_fields())
     meta = machine()
     run_info = {"datasets": args.datasets, "quantizers": args.quantizers, "budget_s": budget,
                 "audio_budget_s": audio_budget, "load_average_start": [round(v, 2) for v in os.getloadavg()]}

@@ -43,7 +43,7 @@ def parse_command(argv: list[str]) -> tuple[str, Parsed, bool]:
     groups = _groups(name, cmd)
     rest, config_file, show = _recipe_flags(rest) if cmd.trains else (rest, None, False)
     known = {f.name for g in groups for f in g.flags}
-    config = load_config_file(config_file, known) if config_file else {}
+    config = load_config_file(config_file, known, name) if config_file else {}
     description = cmd.help + (". Settings can come from a recipe: --config FILE.yaml (flags override it); "
                               "--print-config writes the resolved settings as one." if cmd.trains else ".")
     return name, parse(rest, groups, prog=f"vqgen {name}", description=description, config=config), show

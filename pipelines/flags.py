@@ -172,21 +172,15 @@ def _is_sequence(tp: Any) -> bool:
     return typing.get_origin(tp) in (list, tuple)
 
 
-def load_config_file(path: str | Path, known: set[str]) -> dict[str, Any]:
-    """A recipe: a YAML mapping of flag names (dashes or underscores) to values. Unknown names are an error."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--config {path}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"--config {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path} must be a mapping of flag names to values, got {type(data).__name__}")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+def load_config_file(path: str | Path, known: set[str], command: str) -> dict[str, Any]:
+    """A recipe (``recipes.load_recipe``: a YAML mapping of flag names to values, or a shipped recipe's name) for
+    ``command``. Unknown names are an error naming the file."""
+    from recipes import load_recipe
+
+    data = load_recipe(path, command)
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"--config {path}: unknown settings {unknown} for this command (see --help)")
+        raise ValueError(f"--config {path}: unknown settings {unknown} for `vqgen {command}` (see --help)")
     return data
 
 

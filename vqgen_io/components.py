@@ -163,6 +163,12 @@ class SectionedConfig(JsonConfig):
     def _derive_selectors(self, given: dict[str, Any]) -> None:
         """Fill selector fields left ``None`` (``given``: the keywords not yet used)."""
 
+    @classmethod
+    def known_fields(cls) -> set[str]:
+        """Every keyword the constructor takes by name: the shared fields and every registered section field."""
+        own = {f.name for f in dataclasses.fields(cls) if f.name not in cls.SECTIONS}  # type: ignore[arg-type]
+        return own | {n for _, registry in cls.SECTIONS.values() for n in registry.field_owners()}
+
     # ------------------------------------------------------------------ flat access to section fields
     def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails
         if not name.startswith("_"):

@@ -21,7 +21,7 @@ window and chunked encode/decode with ``overlap`` frames of context equals a one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +116,7 @@ class FrameSTFT(nn.Module):
 class SpectralConfig(AudioFamilyConfig):
     """STFT features in, ConvNeXt stacks at the token rate, inverse-STFT synthesis (see the module docstring)."""
 
-    audio_head: ClassVar[str] = "istft"  # how format 1 (and --audio-head) named this family
+    audio_head: str = "istft"  # istft: this family (--audio-head istft chooses it; format 1 named it so)
     waveform_loss_weight: float = 1.0  # weight of the L1 between the decoded and the input waveform
     downsample: int | None = None  # the token hop in samples (default: sample_rate / 50, 50 tokens/s); any multiple of istft_upsample
     stft_loss_weight: float = 1.0  # weight of the multi-resolution log-STFT-magnitude L1
@@ -125,6 +125,9 @@ class SpectralConfig(AudioFamilyConfig):
     istft_upsample: int = 4  # STFT frames per token (hop 320 -> STFT hop 80, window 320 at 16 kHz)
 
     def finalize(self, parent: Any) -> None:
+        if self.audio_head != "istft":
+            raise ValueError(f"audio_head {self.audio_head!r} is a mu-law head: drop --autoencoder spectral (or use "
+                             "--autoencoder mulaw)")
         if self.downsample is None:
             self.downsample = parent.sample_rate // 50  # one STFT frame per token at 50 Hz
         self.downsample = int(self.downsample)
