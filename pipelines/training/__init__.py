@@ -1,11 +1,12 @@
 """Training: the one Accelerate loop (``loop.train``) and what tokenizers and priors plug into it (``tasks``).
 
 One module per concern: ``config`` (settings, result), ``task`` (the ``TrainTask`` hooks), ``accelerator``
-(device, precision, process group), ``prepare`` (data checks, data order, optimizer and schedule), ``loop`` (the
-steps), ``evaluation``, ``checkpoints`` (atomic saves, ``--resume``), ``trackers``, ``signals`` and ``guards``.
+(device, precision, process group), ``prepare`` (data checks, data order, optimizer and schedule), ``loop``
+(the steps), ``evaluation``, ``checkpoints`` (atomic saves, ``--resume``), ``trackers``, ``signals`` and
+``guards``.
 
-The main names are re-exported here, imported on first use so that ``import pipelines.training.checkpoints`` (or
-``from pipelines.training import TrainConfig``) does not load the whole loop.
+The main names are re-exported here, imported on first use so that ``import pipelines.training.checkpoints``
+(or ``from pipelines.training import TrainConfig``) does not load the whole loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ _HOMES = {
 }
 __all__ = [
     "CheckpointWriteError", "EvalShard", "NoCheckpointError", "TrainConfig", "TrainResult", "TrainTask",
-    "TrainingDiverged", "forward_count", "make_accelerator", "resolve_mixed_precision", "shard_ranges", "train",
+    "TrainingDiverged", "forward_count", "make_accelerator", "resolve_mixed_precision", "shard_ranges",
+    "train",
 ]
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Resumable checkpoints of a training run: ``OUT/checkpoints/checkpoint-NNNNNNNN`` folders written by
-``accelerator.save_state`` into a temporary folder and renamed into place, so a save cut off halfway is
-never mistaken for a checkpoint; the loop position they carry (``LoopState``); and ``--resume``, which loads the
+``accelerator.save_state`` into a temporary folder and renamed into place, so a save cut off halfway is never
+mistaken for a checkpoint; the loop position they carry (``LoopState``); and ``--resume``, which loads the
 newest one and compares the run's recorded loop settings (``run_config.json``) with this command's."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from .config import TrainConfig
 
 CKPT_PREFIX = "checkpoint-"
 RUN_CONFIG = "run_config.json"  # the loop settings a run was (last) started with, compared on --resume
-# On --resume the optimizer's state is restored, so its settings come from the checkpoint; the loop's own settings
-# (how long, how big a batch, the schedule's shape) come from the command line.
+# On --resume the optimizer's state is restored, so its settings come from the checkpoint; the loop's own
+# settings (how long, how big a batch, the schedule's shape) come from the command line.
 FROM_CHECKPOINT = ("lr", "betas", "weight_decay")
-FROM_COMMAND_LINE = ("steps", "batch_size", "grad_accum", "warmup_steps", "min_lr_ratio", "mixed_precision", "seed",
-                     "grad_clip")
+FROM_COMMAND_LINE = ("steps", "batch_size", "grad_accum", "warmup_steps", "min_lr_ratio", "mixed_precision",
+                     "seed", "grad_clip")
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -45,8 +45,8 @@ def _write_failure(e: BaseException, tmp: Path, step: int, out: str | Path) -> s
         free = "free space unknown"
     why = "no space left on device" if full else f"{type(e).__name__}: {str(e)[:200]}"
     last = latest_checkpoint(out)
-    return (f"could not write the step-{step} checkpoint to {tmp} ({why}; {free} on that file system). The partial "
-            f"folder was removed. Last complete checkpoint: {last if last else 'none'}"
+    return (f"could not write the step-{step} checkpoint to {tmp} ({why}; {free} on that file system). "
+            f"The partial folder was removed. Last complete checkpoint: {last if last else 'none'}"
             + ("; free some space (or pass another --out) and run again with --resume" if full else ""))
 
 
@@ -60,7 +60,8 @@ def list_checkpoints(out: str | Path) -> list[Path]:
     d = checkpoint_dir(out)
     if not d.is_dir():
         return []
-    ckpts = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX):].isdigit()]
+    ckpts = [p for p in d.iterdir()
+             if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX):].isdigit()]
     return sorted(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
 
 
@@ -82,7 +83,8 @@ def save_checkpoint(accelerator: Accelerator, out: str | Path, step: int, keep: 
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as "enforce fail ... unexpected pos"
+    # torch's zip writer reports a full disk as a RuntimeError "enforce fail ... unexpected pos"
+    except (OSError, RuntimeError) as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(_write_failure(e, tmp, step, out)) from e
@@ -110,14 +112,15 @@ class LoopState:
         return {"step": self.step, "batches_seen": self.batches_seen, "best": self.best}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.step, self.batches_seen, self.best = int(d["step"]), int(d["batches_seen"]), dict(d.get("best", {}))
+        self.step, self.batches_seen = int(d["step"]), int(d["batches_seen"])
+        self.best = dict(d.get("best", {}))
 
 
 def resume(accelerator: Accelerator, out: Path, cfg: TrainConfig, state: LoopState) -> Path:
-    """Load the newest checkpoint under ``out`` into the prepared model, optimizer, scheduler, RNGs and ``state``
-    (every process calls this), print where the run continues and which loop settings differ from the run's.
-    Returns the checkpoint. Raises ``NoCheckpointError`` when there is none, ``ValueError`` when it belongs to
-    another model or optimizer."""
+    """Load the newest checkpoint under ``out`` into the prepared model, optimizer, scheduler, RNGs and
+    ``state`` (every process calls this), print where the run continues and which loop settings differ from
+    the run's. Returns the checkpoint. Raises ``NoCheckpointError`` when there is none, ``ValueError`` when it
+    belongs to another model or optimizer."""
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         raise NoCheckpointError(
@@ -127,8 +130,9 @@ def resume(accelerator: Accelerator, out: Path, cfg: TrainConfig, state: LoopSta
     try:
         accelerator.load_state(str(ckpt))
     except (RuntimeError, KeyError, ValueError) as e:  # a state dict of another model or optimizer
-        raise ValueError(f"--resume: the checkpoint {ckpt} does not fit this run's model or optimizer ({str(e)[:300]}); "
-                         "resume with the arguments the run was started with, or start a new --out") from None
+        raise ValueError(f"--resume: the checkpoint {ckpt} does not fit this run's model or optimizer "
+                         f"({str(e)[:300]}); resume with the arguments the run was started with, or start "
+                         "a new --out") from None
     accelerator.print(f"resumed from {ckpt} at step {state.step}")
     for note in notes:
         accelerator.print(f"--resume: {note}")
@@ -146,8 +150,9 @@ def write_run_config(out: Path, cfg: TrainConfig) -> None:
 
 
 def compare_run_config(out: Path, cfg: TrainConfig) -> list[str]:
-    """On --resume: one line per loop setting that differs from the run's ``run_config.json``, saying which value
-    is used (optimizer settings: the checkpoint's, restored with its state; the rest: the command line's)."""
+    """On --resume: one line per loop setting that differs from the run's ``run_config.json``, saying which
+    value is used (optimizer settings: the checkpoint's, restored with its state; the rest: the command
+    line's)."""
     path = Path(out) / RUN_CONFIG
     if not path.is_file():
         return []
@@ -157,8 +162,10 @@ def compare_run_config(out: Path, cfg: TrainConfig) -> list[str]:
         if k in saved and saved[k] != now[k]:
             flag = "--" + k.replace("_", "-")
             if k in FROM_CHECKPOINT:
-                notes.append(f"{flag} {now[k]} differs from the checkpoint's {saved[k]}: the checkpoint's is used "
-                             "(the optimizer and its schedule are restored); start a new --out to change it")
+                notes.append(f"{flag} {now[k]} differs from the checkpoint's {saved[k]}: the checkpoint's "
+                             "is used (the optimizer and its schedule are restored); start a new --out to "
+                             "change it")
             else:
-                notes.append(f"{flag} {now[k]} differs from the run's {saved[k]}: {now[k]} (the command line) is used")
+                notes.append(f"{flag} {now[k]} differs from the run's {saved[k]}: {now[k]} "
+                             "(the command line) is used")
     return notes

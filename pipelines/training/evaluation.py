@@ -1,5 +1,5 @@
-"""Held-out evaluation during training: run the task's ``evaluate`` on one process, or split across every process
-of a launch (``EvalShard``, ``shard_ranges``, ``forward_count``) with the sums all-reduced."""
+"""Held-out evaluation during training: run the task's ``evaluate`` on one process, or split across every
+process of a launch (``EvalShard``, ``shard_ranges``, ``forward_count``) with the sums all-reduced."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 class EvalShard:
     """This process's part of an evaluation run by every process of a multi-process training.
 
-    ``rank`` of ``world`` processes; ``reduce`` sums a tensor over the processes (an all-reduce: every process gets
-    the total, on the tensor's device). A task's ``evaluate`` scores only its part of the test split (see
-    ``shard_ranges``), sums its statistics (sums and counts, never averages), reduces them with ``reduce``, and then
-    computes the metrics from the totals: every process returns the same numbers as a 1-process evaluation.
-    Every process must run the model the same number of times (``forward_count``), padding with a repeated batch
-    whose results it drops: under FSDP each forward all-gathers the parameters, so unequal counts would hang.
+    ``rank`` of ``world`` processes; ``reduce`` sums a tensor over the processes (an all-reduce: every process
+    gets the total, on the tensor's device). A task's ``evaluate`` scores only its part of the test split (see
+    ``shard_ranges``), sums its statistics (sums and counts, never averages), reduces them with ``reduce``,
+    and then computes the metrics from the totals: every process returns the same numbers as a 1-process
+    evaluation. Every process must run the model the same number of times (``forward_count``), padding with a
+    repeated batch whose results it drops: under FSDP each forward all-gathers the parameters, so unequal
+    counts would hang.
     """
 
     rank: int
@@ -35,9 +36,10 @@ class EvalShard:
 
 
 def shard_ranges(n: int, world: int, group_of: Callable[[int], Any] | None = None) -> list[tuple[int, int]]:
-    """Split the indices ``[0, n)`` into ``world`` contiguous ``(start, stop)`` ranges of nearly equal size, in rank
-    order. ``group_of(i)`` (optional: the file that window i of a long recording belongs to) moves each cut forward
-    to the next group boundary, so no group is split between two processes (its score needs all of it)."""
+    """Split the indices ``[0, n)`` into ``world`` contiguous ``(start, stop)`` ranges of nearly equal size,
+    in rank order. ``group_of(i)`` (optional: the file that window i of a long recording belongs to) moves
+    each cut forward to the next group boundary, so no group is split between two processes (its score needs
+    all of it)."""
     cuts = [0]
     for r in range(1, world):
         c = max(cuts[-1], r * n // world)
@@ -56,11 +58,11 @@ def forward_count(ranges: list[tuple[int, int]], batch_size: int) -> int:
 
 def evaluate(accelerator: Accelerator, task: TrainTask, model: nn.Module, test_set: Dataset,
              batch_size: int) -> dict[str, Any]:
-    """Held-out metrics (name -> number, as ``task.evaluate`` returns them), the same on every process, in eval mode
-    under ``torch.no_grad`` and the run's autocast; ``model``'s train/eval mode is restored afterwards. One process
-    scores the whole split; N processes each score their share and all-reduce the sums (``EvalShard``), so no
-    process waits idle and nothing runs on one rank alone (under FSDP that would hang at the first parameter
-    all-gather). Every process must call this."""
+    """Held-out metrics (name -> number, as ``task.evaluate`` returns them), the same on every process, in
+    eval mode under ``torch.no_grad`` and the run's autocast; ``model``'s train/eval mode is restored
+    afterwards. One process scores the whole split; N processes each score their share and all-reduce the sums
+    (``EvalShard``), so no process waits idle and nothing runs on one rank alone (under FSDP that would hang
+    at the first parameter all-gather). Every process must call this."""
     was = model.training
     model.eval()
     with torch.no_grad(), accelerator.autocast():

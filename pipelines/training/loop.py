@@ -64,20 +64,21 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
           hparams: dict[str, Any] | None = None) -> TrainResult:
     """Run the loop for ``task``; on "finished" or "budget" the final model is saved to ``cfg.out``.
 
-    Every process of a launch calls this with the same arguments. Data: Accelerate's seedable sampler draws one
-    permutation of ``train_set`` per epoch (the same on every process) and cuts it into batches of ``batch_size``;
-    with N processes batch i goes to process i % N, so the N batches of one optimizer step are the consecutive
-    global batch a single process with ``N * batch_size`` would take (exactly so when the split is a multiple of
-    the global batch; otherwise Accelerate pads the last step with examples from the start). Evaluation runs on
-    every process on its share of ``test_set`` and the sums are all-reduced (``EvalShard``); checkpoints and resume
-    take every process; a signal on any process stops all of them after the same step, with a checkpoint.
-    ``hparams``: extra scalars recorded with the run's settings in ``train_config.json``.
+    Every process of a launch calls this with the same arguments. Data: Accelerate's seedable sampler draws
+    one permutation of ``train_set`` per epoch (the same on every process) and cuts it into batches of
+    ``batch_size``; with N processes batch i goes to process i % N, so the N batches of one optimizer step are
+    the consecutive global batch a single process with ``N * batch_size`` would take (exactly so when the
+    split is a multiple of the global batch; otherwise Accelerate pads the last step with examples from the
+    start). Evaluation runs on every process on its share of ``test_set`` and the sums are all-reduced
+    (``EvalShard``); checkpoints and resume take every process; a signal on any process stops all of them
+    after the same step, with a checkpoint. ``hparams``: extra scalars recorded with the run's settings in
+    ``train_config.json``.
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg, out)
-    accelerator.print(f"training with {describe_world(accelerator)}"
-                      + (f", {accelerator.mixed_precision} autocast" if accelerator.mixed_precision != "no" else ""))
+    autocast = f", {accelerator.mixed_precision} autocast" if accelerator.mixed_precision != "no" else ""
+    accelerator.print(f"training with {describe_world(accelerator)}{autocast}")
     set_seed(cfg.seed)
     check_data(task, train_set, test_set)
     loader = make_loader(train_set, cfg, accelerator)
@@ -92,32 +93,33 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
 
     steps = _Steps(accelerator, task, cfg, model, opt, sched, loader, state, train_set, test_set, last_ckpt)
     status = steps.run()
-    if status == "preempted":
-        end_trackers(accelerator)
-        return TrainResult(status, state.step, steps.metrics, steps.last_ckpt)
-    result = steps.finish(status)
+    # A pre-empted run ends with its checkpoint and no final model; the others evaluate and save (finish).
+    result = (TrainResult(status, state.step, steps.metrics, steps.last_ckpt) if status == "preempted"
+              else steps.finish(status))
     end_trackers(accelerator)
     return result
 
 
 class _Steps:
-    """The step loop of one run, on prepared objects: micro-batches, optimizer steps, and what each optimizer step
-    triggers (logging, evaluation, checkpoints, stopping); then the end of a run that was not pre-empted."""
+    """The step loop of one run, on prepared objects: micro-batches, optimizer steps, and what each optimizer
+    step triggers (logging, evaluation, checkpoints, stopping); then the end of a run that was not
+    pre-empted."""
 
     def __init__(self, accelerator: Accelerator, task: TrainTask, cfg: TrainConfig, model: nn.Module,
-                 opt: torch.optim.Optimizer, sched: Any, loader: DataLoader, state: LoopState, train_set: Dataset,
-                 test_set: Dataset | None, last_ckpt: str | None):
+                 opt: torch.optim.Optimizer, sched: Any, loader: DataLoader, state: LoopState,
+                 train_set: Dataset, test_set: Dataset | None, last_ckpt: str | None):
         self.accelerator, self.task, self.cfg, self.out = accelerator, task, cfg, Path(cfg.out)
         self.model, self.opt, self.sched, self.loader, self.state = model, opt, sched, loader, state
         self.train_set, self.test_set = train_set, test_set
         self.fwd_model = torch.compile(model) if cfg.compile else model
         self.fsdp = accelerator.distributed_type == DistributedType.FSDP
         self.unwrapped = accelerator.unwrap_model(model)
-        # Under FSDP the parameters stay sharded: evaluation calls the prepared model (its forward gathers them).
+        # Under FSDP the parameters stay sharded: evaluation calls the prepared model (its forward gathers
+        # them).
         self.eval_model = model if self.fsdp else self.unwrapped
         self.metrics: dict[str, Any] = {}
         self.evaluated_at = -1
-        self.last_ckpt = last_ckpt  # the newest checkpoint (named when the loss diverges, returned in the result)
+        self.last_ckpt = last_ckpt  # the newest checkpoint: named if the loss diverges, returned at the end
         self.t_start = time.time()
         self.scalars = TrainScalars(time.time())
         self.bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {task.name}", dynamic_ncols=True,
@@ -125,8 +127,8 @@ class _Steps:
         self.guard, self.flags = FiniteGuard(accelerator.device), HostFlags(accelerator)
 
     def run(self) -> str:
-        """Train until the last step ("finished"), a signal ("preempted", checkpoint written) or the time budget
-        ("budget"); resumes mid-epoch at ``state.batches_seen``. Returns the status."""
+        """Train until the last step ("finished"), a signal ("preempted", checkpoint written) or the time
+        budget ("budget"); resumes mid-epoch at ``state.batches_seen``. Returns the status."""
         status = "finished"
         with SignalFlag() as sig:
             n_batches = len(self.loader)
@@ -135,7 +137,8 @@ class _Steps:
                 self.loader.set_epoch(epoch)
                 if hasattr(self.train_set, "set_epoch"):  # Accelerate skips it under a sharded batch sampler
                     self.train_set.set_epoch(epoch)
-                epoch_loader = self.accelerator.skip_first_batches(self.loader, offset) if offset else self.loader
+                epoch_loader = (self.accelerator.skip_first_batches(self.loader, offset) if offset
+                                else self.loader)
                 for batch in epoch_loader:
                     self._micro_step(batch, epoch)
                     if not self.accelerator.sync_gradients:
@@ -148,7 +151,8 @@ class _Steps:
         return status
 
     def _micro_step(self, batch: Any, epoch: int) -> None:
-        """Forward and backward on one micro-batch; the optimizer steps when Accelerate's accumulation says so."""
+        """Forward and backward on one micro-batch; the optimizer steps when Accelerate's accumulation says
+        so."""
         accelerator, state = self.accelerator, self.state
         with accelerator.accumulate(self.model):
             self.model.train()
@@ -215,18 +219,21 @@ class _Steps:
             self.bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
 
     def _save(self) -> None:
-        self.last_ckpt = str(save_checkpoint(self.accelerator, self.out, self.state.step, self.cfg.keep_checkpoints))
+        ckpt = save_checkpoint(self.accelerator, self.out, self.state.step, self.cfg.keep_checkpoints)
+        self.last_ckpt = str(ckpt)
 
     def finish(self, status: str) -> TrainResult:
-        """End a "finished" or "budget" run: evaluate unless the last step was evaluated, write the last checkpoint,
-        and save the final model and ``metrics.json`` into the run folder (main process). Every process calls it."""
+        """End a "finished" or "budget" run: evaluate unless the last step was evaluated, write the last
+        checkpoint, and save the final model and ``metrics.json`` into the run folder (main process). Every
+        process calls it."""
         accelerator, state = self.accelerator, self.state
         if self.test_set is not None and self.evaluated_at != state.step:
             self.metrics = self._evaluate()
         self._save()
         metrics = {**self.metrics, "step": state.step, "train_seconds": round(time.time() - self.t_start, 2),
                    "stopped_by": status}
-        # Under FSDP every process takes part in gathering the full state dict (it lands on the main process only).
+        # Under FSDP every process takes part in gathering the full state dict (it lands on the main
+        # process only).
         full_state = accelerator.get_state_dict(self.model) if self.fsdp else None
         if accelerator.is_main_process:
             final = self.task.unsharded_copy(full_state) if full_state is not None else self.unwrapped

@@ -15,9 +15,9 @@ _HOST_GROUP: Any = None  # the gloo group for HostFlags, made once per process (
 class SignalFlag:
     """Turns SIGTERM/SIGINT into a flag the loop checks after each step (cluster pre-emption).
 
-    A context manager: installs its handler on entry (main thread only; elsewhere signals are left alone) and puts
-    the previous handlers back on exit. ``signum`` is the signal received, or None. A second Ctrl-C raises
-    ``KeyboardInterrupt`` at once."""
+    A context manager: installs its handler on entry (main thread only; elsewhere signals are left alone) and
+    puts the previous handlers back on exit. ``signum`` is the signal received, or None. A second Ctrl-C
+    raises ``KeyboardInterrupt`` at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -43,8 +43,8 @@ class SignalFlag:
 
 class HostFlags:
     """Per-step agreement between processes on facts only the host knows (a signal arrived, the time budget is
-    spent), so every process stops after the same step: an all-reduce (max) of a small CPU tensor over a gloo group,
-    which never waits for the GPU. One process: no communication."""
+    spent), so every process stops after the same step: an all-reduce (max) of a small CPU tensor over a gloo
+    group, which never waits for the GPU. One process: no communication."""
 
     def __init__(self, accelerator: Accelerator):
         global _HOST_GROUP
@@ -56,7 +56,8 @@ class HostFlags:
             self.group = _HOST_GROUP
 
     def any(self, *flags: bool) -> list[bool]:
-        """For each flag: is it set on any process? Every process must call this with the same number of flags."""
+        """For each flag: is it set on any process? Every process must call this with the same number of
+        flags."""
         if not self.active:
             return list(flags)
         t = torch.tensor([float(f) for f in flags])

@@ -1,5 +1,5 @@
-"""What a run logs: Accelerate trackers (TensorBoard when installed, ``train_log.csv`` always) and the training
-scalars (running means kept on the device, throughput), written on logging steps."""
+"""What a run logs: Accelerate trackers (TensorBoard when installed, ``train_log.csv`` always) and the
+training scalars (running means kept on the device, throughput), written on logging steps."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ class CSVTracker(GeneralTracker):
 
 
 def default_trackers(out: Path) -> list[Any]:
-    """The trackers for ``Accelerator(log_with=...)``: the CSV always, TensorBoard (under ``out``) when installed."""
+    """The trackers for ``Accelerator(log_with=...)``: the CSV always, TensorBoard (under ``out``) when
+    installed."""
     trackers: list[Any] = [CSVTracker("vqgen", out)]
     try:
         import tensorboard  # noqa: F401
@@ -69,15 +70,16 @@ def start_trackers(accelerator: Accelerator, cfg: TrainConfig, hparams: dict[str
 
 
 def end_trackers(accelerator: Accelerator) -> None:
-    """Finish the run's trackers: ``end_training`` without destroying the process group (see ``_keep_group`` in
-    ``accelerator``)."""
+    """Finish the run's trackers: ``end_training`` without destroying the process group (see ``_keep_group``
+    in ``accelerator``)."""
     for tracker in accelerator.trackers:
         tracker.finish()
 
 
 class RunningMeans:
     """Exponential moving averages (0.9) of the shown training scalars, kept where they are computed: adding a
-    tensor launches a kernel but never waits for it; ``read`` brings them all to the host at once (one sync)."""
+    tensor launches a kernel but never waits for it; ``read`` brings them all to the host at once (one
+    sync)."""
 
     def __init__(self) -> None:
         self.values: dict[str, torch.Tensor | float] = {}
@@ -93,13 +95,14 @@ class RunningMeans:
         res = {k: float(v) for k, v in self.values.items() if not isinstance(v, torch.Tensor)}
         if tensors:
             device = next(iter(tensors.values())).device
-            res |= dict(zip(tensors, torch.stack([v.to(device).reshape(()) for v in tensors.values()]).tolist()))
+            stacked = torch.stack([v.to(device).reshape(()) for v in tensors.values()])
+            res |= dict(zip(tensors, stacked.tolist()))
         return {k: res[k] for k in self.values}
 
 
 class TrainScalars:
-    """The training scalars of a run: running means of the task's scalars and the throughput (units per second,
-    summed over the processes) since the last logging step."""
+    """The training scalars of a run: running means of the task's scalars and the throughput (units per
+    second, summed over the processes) since the last logging step."""
 
     def __init__(self, start: float):
         self.means = RunningMeans()
@@ -112,11 +115,11 @@ class TrainScalars:
         self.means.add(scalars)
 
     def log(self, accelerator: Accelerator, bar: tqdm, step: int, lr: float, now: float) -> None:
-        """Show the scalars on ``bar`` and log them as ``train/*`` at ``step`` (one host sync), then restart the
-        throughput count at ``now``."""
+        """Show the scalars on ``bar`` and log them as ``train/*`` at ``step`` (one host sync), then restart
+        the throughput count at ``now``."""
         shown = self.means.read()  # the one host sync of a logging step
         rate = self.units / max(1e-9, now - self.since)
         self.since, self.units = now, 0
         bar.set_postfix({**{k: f"{v:.4g}" for k, v in shown.items()}, "units/s": f"{rate:.3g}"})
-        accelerator.log({**{f"train/{k}": v for k, v in shown.items()}, "train/lr": lr, "train/units_per_s": rate},
-                        step=step)
+        accelerator.log({**{f"train/{k}": v for k, v in shown.items()}, "train/lr": lr,
+                         "train/units_per_s": rate}, step=step)
