@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    """A re-exported name, imported from its home module on first use (PEP 562)."""
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -102,8 +102,7 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
 
 class _Steps:
     """The step loop of one run, on prepared objects: micro-batches, optimizer steps, and what each optimizer
-    step triggers (logging, evaluation, checkpoints, stopping); then the end of a run that was not
-    pre-empted."""
+    step triggers (logging, evaluation, checkpoints, stopping); then ``finish`` for a run not pre-empted."""
 
     def __init__(self, accelerator: Accelerator, task: TrainTask, cfg: TrainConfig, model: nn.Module,
                  opt: torch.optim.Optimizer, sched: Any, loader: DataLoader, state: LoopState,
@@ -114,8 +113,7 @@ class _Steps:
         self.fwd_model = torch.compile(model) if cfg.compile else model
         self.fsdp = accelerator.distributed_type == DistributedType.FSDP
         self.unwrapped = accelerator.unwrap_model(model)
-        # Under FSDP the parameters stay sharded: evaluation calls the prepared model (its forward gathers
-        # them).
+        # Under FSDP parameters stay sharded: evaluation calls the prepared model, whose forward gathers them.
         self.eval_model = model if self.fsdp else self.unwrapped
         self.metrics: dict[str, Any] = {}
         self.evaluated_at = -1
@@ -151,8 +149,7 @@ class _Steps:
         return status
 
     def _micro_step(self, batch: Any, epoch: int) -> None:
-        """Forward and backward on one micro-batch; the optimizer steps when Accelerate's accumulation says
-        so."""
+        """Forward and backward on one micro-batch; the optimizer steps once Accelerate has accumulated."""
         accelerator, state = self.accelerator, self.state
         with accelerator.accumulate(self.model):
             self.model.train()
@@ -232,8 +229,7 @@ class _Steps:
         self._save()
         metrics = {**self.metrics, "step": state.step, "train_seconds": round(time.time() - self.t_start, 2),
                    "stopped_by": status}
-        # Under FSDP every process takes part in gathering the full state dict (it lands on the main
-        # process only).
+        # Under FSDP every process takes part in gathering the full state dict (only the main one gets it).
         full_state = accelerator.get_state_dict(self.model) if self.fsdp else None
         if accelerator.is_main_process:
             final = self.task.unsharded_copy(full_state) if full_state is not None else self.unwrapped
