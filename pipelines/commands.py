@@ -17,8 +17,7 @@ from .options import CommonOptions, DataOptions, DeviceOptions, data_args
 PRIOR_MODEL = "prior model"
 TOKENIZER_MODEL = "tokenizer model"
 LOOP = "training loop"
-# TrainConfig fields a command fills itself: the run folder (--out), --seed, --quiet, and a testing aid
-LOOP_FROM_ELSEWHERE = ("out", "seed", "progress", "stop_after_step")
+LOOP_FROM_ELSEWHERE = ("out", "seed")  # TrainConfig fields whose flags other groups declare (command, common)
 
 
 @dataclass
@@ -33,17 +32,17 @@ class Command:
 
 
 def _loop(steps: int, batch: int, lr: float) -> Group:
-    from .training.loop import TrainConfig
+    from .training.config import TrainConfig
 
     return dataclass_group(LOOP, TrainConfig, skip=LOOP_FROM_ELSEWHERE,
                            defaults={"steps": steps, "batch_size": batch, "lr": lr})
 
 
 def train_config(a: Parsed) -> Any:
-    from .training.loop import TrainConfig
+    from .training.config import TrainConfig
 
     loop = {f.name: a.values[f.name] for f in dataclasses.fields(TrainConfig)
-            if f.name in a.values and f.name not in LOOP_FROM_ELSEWHERE}
+            if f.name in a.values and f.name not in LOOP_FROM_ELSEWHERE and f.metadata.get("flag") is not False}
     loop["grad_clip"] = loop.get("grad_clip") or None  # 0 disables clipping
     return TrainConfig(**loop, out=a.out, seed=a.seed, progress=not a.quiet)
 

@@ -64,7 +64,7 @@ def dataclass_group(title: str, cls: type, *, skip: Iterable[str] = (), defaults
     hints, defaults = _resolved_hints(cls), defaults or {}
     flags = []
     for f in dataclasses.fields(cls):
-        if f.name in skip or f.name.startswith("_"):
+        if f.name in skip or f.name.startswith("_") or f.metadata.get("flag") is False:
             continue
         default = defaults.get(f.name, f.default)
         if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

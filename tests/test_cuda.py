@@ -215,7 +215,7 @@ def _token_folder(path, n: int = 64):  # noqa: ANN001, ANN202
 @pytest.mark.parametrize("arch", ["transformer", "sparse_transformer"])
 def test_train_prior_runs_bf16_on_device_and_its_folder_reloads(tmp_path, arch: str) -> None:
     from pipelines.stages.train import train_prior
-    from pipelines.training.loop import TrainConfig
+    from pipelines.training.config import TrainConfig
 
     tokens, te = _token_folder(tmp_path / "tok")
     cfg = TrainConfig(out=str(tmp_path / "prior"), steps=6, batch_size=16, lr=3e-3, eval_every=3, save_every=3,
@@ -235,7 +235,7 @@ def test_train_prior_runs_bf16_on_device_and_its_folder_reloads(tmp_path, arch: 
 
 def test_train_tokenizer_runs_bf16_on_device_and_its_folder_reloads(tmp_path) -> None:
     from pipelines.stages.train import train_tokenizer
-    from pipelines.training.loop import TrainConfig
+    from pipelines.training.config import TrainConfig
 
     cfg = TrainConfig(out=str(tmp_path / "tok"), steps=4, batch_size=8, eval_every=2, save_every=2,
                       mixed_precision="bf16", device=DEVICE, progress=False)

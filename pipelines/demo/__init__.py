@@ -31,7 +31,7 @@ from ..stages.generate import sample
 from ..stages.reconstruct import reconstruct
 from ..stages.tokenize import tokenize_splits, with_placements
 from ..stages.train import train_prior, train_tokenizer
-from ..training.loop import TrainConfig
+from ..training.config import TrainConfig
 
 log = logging.getLogger("vqgen.demo")
 

@@ -15,7 +15,8 @@ from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data
 from ..data.tokens import load_token_header, load_tokens
-from ..training.loop import TrainConfig, TrainResult, train
+from ..training.config import TrainConfig, TrainResult
+from ..training.loop import train
 from ..training.tasks import PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
 from .common import BPE_DIR, DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
 

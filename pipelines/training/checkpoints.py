@@ -1,17 +1,35 @@
 """Resumable checkpoints of a training run: ``OUT/checkpoints/checkpoint-NNNNNNNN`` folders written by
-``accelerator.save_state`` into a temporary folder and renamed into place, so a save cut off halfway is
-never mistaken for a checkpoint."""
+``accelerator.save_state`` into a temporary folder and renamed into place, so a save cut off halfway is never
+mistaken for a checkpoint; the loop position they carry (``LoopState``); and ``--resume``, which loads the
+newest one and compares the run's recorded loop settings (``run_config.json``) with this command's."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 
+from vqgen_io import atomic_write_text
+
+from .config import TrainConfig
+
 CKPT_PREFIX = "checkpoint-"
+RUN_CONFIG = "run_config.json"  # the loop settings a run was (last) started with, compared on --resume
+# On --resume the optimizer's state is restored, so its settings come from the checkpoint; the loop's own
+# settings (how long, how big a batch, the schedule's shape) come from the command line.
+FROM_CHECKPOINT = ("lr", "betas", "weight_decay")
+FROM_COMMAND_LINE = ("steps", "batch_size", "grad_accum", "warmup_steps", "min_lr_ratio", "mixed_precision",
+                     "seed", "grad_clip")
+
+
+class NoCheckpointError(FileNotFoundError):
+    """``--resume`` was asked for but there is nothing to resume from."""
 
 
 class CheckpointWriteError(OSError):
@@ -27,8 +45,8 @@ def _write_failure(e: BaseException, tmp: Path, step: int, out: str | Path) -> s
         free = "free space unknown"
     why = "no space left on device" if full else f"{type(e).__name__}: {str(e)[:200]}"
     last = latest_checkpoint(out)
-    return (f"could not write the step-{step} checkpoint to {tmp} ({why}; {free} on that file system). The partial "
-            f"folder was removed. Last complete checkpoint: {last if last else 'none'}"
+    return (f"could not write the step-{step} checkpoint to {tmp} ({why}; {free} on that file system). "
+            f"The partial folder was removed. Last complete checkpoint: {last if last else 'none'}"
             + ("; free some space (or pass another --out) and run again with --resume" if full else ""))
 
 
@@ -42,7 +60,8 @@ def list_checkpoints(out: str | Path) -> list[Path]:
     d = checkpoint_dir(out)
     if not d.is_dir():
         return []
-    ckpts = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX):].isdigit()]
+    ckpts = [p for p in d.iterdir()
+             if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX):].isdigit()]
     return sorted(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
 
 
@@ -64,7 +83,8 @@ def save_checkpoint(accelerator: Accelerator, out: str | Path, step: int, keep: 
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as "enforce fail ... unexpected pos"
+    # torch's zip writer reports a full disk as a RuntimeError "enforce fail ... unexpected pos"
+    except (OSError, RuntimeError) as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(_write_failure(e, tmp, step, out)) from e
@@ -78,3 +98,74 @@ def save_checkpoint(accelerator: Accelerator, out: str | Path, step: int, keep: 
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+class LoopState:
+    """The loop's position, registered with Accelerate so ``save_state``/``load_state`` carry it."""
+
+    def __init__(self) -> None:
+        self.step = 0  # optimizer steps taken
+        self.batches_seen = 0  # micro-batches consumed since the start (gives epoch and offset)
+        self.best: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "batches_seen": self.batches_seen, "best": self.best}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.step, self.batches_seen = int(d["step"]), int(d["batches_seen"])
+        self.best = dict(d.get("best", {}))
+
+
+def resume(accelerator: Accelerator, out: Path, cfg: TrainConfig, state: LoopState) -> Path:
+    """Load the newest checkpoint under ``out`` into the prepared model, optimizer, scheduler, RNGs and
+    ``state`` (every process calls this), print where the run continues and which loop settings differ from
+    the run's. Returns the checkpoint. Raises ``NoCheckpointError`` when there is none, ``ValueError`` when it
+    belongs to another model or optimizer."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        raise NoCheckpointError(
+            f"--resume: no checkpoint under {checkpoint_dir(out)}; start without --resume (or check --out)"
+        )
+    notes = compare_run_config(out, cfg)
+    try:
+        accelerator.load_state(str(ckpt))
+    except (RuntimeError, KeyError, ValueError) as e:  # a state dict of another model or optimizer
+        raise ValueError(f"--resume: the checkpoint {ckpt} does not fit this run's model or optimizer "
+                         f"({str(e)[:300]}); resume with the arguments the run was started with, or start "
+                         "a new --out") from None
+    accelerator.print(f"resumed from {ckpt} at step {state.step}")
+    for note in notes:
+        accelerator.print(f"--resume: {note}")
+    return ckpt
+
+
+def _run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in FROM_CHECKPOINT + FROM_COMMAND_LINE}
+
+
+def write_run_config(out: Path, cfg: TrainConfig) -> None:
+    """Record the loop settings this run started with (``out/run_config.json``; the main process only)."""
+    atomic_write_text(out / RUN_CONFIG, json.dumps(_run_settings(cfg), indent=2))
+
+
+def compare_run_config(out: Path, cfg: TrainConfig) -> list[str]:
+    """On --resume: one line per loop setting that differs from the run's ``run_config.json``, saying which
+    value is used (optimizer settings: the checkpoint's, restored with its state; the rest: the command
+    line's)."""
+    path = Path(out) / RUN_CONFIG
+    if not path.is_file():
+        return []
+    saved, now = json.loads(path.read_text()), _run_settings(cfg)
+    notes = []
+    for k in FROM_CHECKPOINT + FROM_COMMAND_LINE:
+        if k in saved and saved[k] != now[k]:
+            flag = "--" + k.replace("_", "-")
+            if k in FROM_CHECKPOINT:
+                notes.append(f"{flag} {now[k]} differs from the checkpoint's {saved[k]}: the checkpoint's "
+                             "is used (the optimizer and its schedule are restored); start a new --out to "
+                             "change it")
+            else:
+                notes.append(f"{flag} {now[k]} differs from the run's {saved[k]}: {now[k]} "
+                             "(the command line) is used")
+    return notes

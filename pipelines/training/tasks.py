@@ -18,7 +18,8 @@ from tokenizers_vq import Tokenizer, build_tokenizer
 from tokenizers_vq import metrics as M
 from tokenizers_vq.code_stats import CodebookCounter, rate_metrics
 
-from .loop import EvalShard, TrainTask, forward_count, shard_ranges
+from .evaluation import EvalShard, forward_count, shard_ranges
+from .task import TrainTask
 
 
 def _eval_batches(dataset: Dataset, batch_size: int, shard: EvalShard | None, limit: int | None = None,

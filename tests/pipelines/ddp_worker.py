@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipelines.training.loop import TrainConfig, TrainResult, TrainTask, train
+from pipelines.training.config import TrainConfig, TrainResult
+from pipelines.training.loop import train
+from pipelines.training.task import TrainTask
 from pipelines.training.tasks import PriorTask, TokenGridDataset, TokenizerTask
 from prior import build_prior
 from tokenizers_vq import build_tokenizer
@@ -183,7 +185,7 @@ def fsdp_eval(out: Path) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
-    from pipelines.training.loop import EvalShard
+    from pipelines.training.evaluation import EvalShard
     from prior.transformer import Block
 
     _, te = prior_data()

@@ -358,7 +358,8 @@ def test_training_device_errors_are_clear(tmp_path):
     import pytest
     import torch
 
-    from pipelines.training.loop import TrainConfig, make_accelerator
+    from pipelines.training.accelerator import make_accelerator
+    from pipelines.training.config import TrainConfig
 
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):

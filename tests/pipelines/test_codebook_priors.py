@@ -14,7 +14,7 @@ from pipelines.likelihood.compress import compress_grids, decompress_grids
 from pipelines.stages import common
 from pipelines.stages.common import PriorFolder, resolve_codec
 from pipelines.stages.train import train_prior
-from pipelines.training.loop import TrainConfig
+from pipelines.training.config import TrainConfig
 from prior import build_prior
 from tokenizers_vq import RawCodec
 

@@ -24,7 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.training.loop import EvalShard, TrainConfig, forward_count, shard_ranges, train
+from pipelines.training.config import TrainConfig
+from pipelines.training.evaluation import EvalShard, forward_count, shard_ranges
+from pipelines.training.loop import train
 from pipelines.training.tasks import PriorTask, TokenGridDataset, evaluate_prior, evaluate_tokenizer
 from prior import build_prior
 from tokenizers_vq import build_tokenizer

@@ -9,8 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.training.checkpoints import latest_checkpoint, list_checkpoints
-from pipelines.training.loop import NoCheckpointError, TrainConfig, TrainingDiverged, TrainTask, train
+from pipelines.training.checkpoints import NoCheckpointError, latest_checkpoint, list_checkpoints
+from pipelines.training.config import TrainConfig
+from pipelines.training.guards import TrainingDiverged
+from pipelines.training.loop import train
+from pipelines.training.task import TrainTask
 from pipelines.training.tasks import PriorTask, TokenGridDataset, TokenizerTask
 from prior import build_prior
 from tokenizers_vq import build_tokenizer

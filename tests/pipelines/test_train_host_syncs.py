@@ -15,7 +15,10 @@ import torch
 import pipelines
 import prior
 import tokenizers_vq
-from pipelines.training.loop import TrainConfig, TrainingDiverged, resolve_mixed_precision, train
+from pipelines.training.accelerator import resolve_mixed_precision
+from pipelines.training.config import TrainConfig
+from pipelines.training.guards import TrainingDiverged
+from pipelines.training.loop import train
 from pipelines.training.tasks import PriorTask, TokenGridDataset, TokenizerTask
 from prior import build_prior
 from tokenizers_vq import build_tokenizer
