@@ -62,7 +62,7 @@ def family(train: torch.Tensor, test: torch.Tensor, budget: float) -> list[dict]
 
     def add(name: str, prior, seconds: float, steps: int | None, ensemble: int | None = None) -> None:
         if ensemble is not None:
-            prior.net.config.made_ensemble = ensemble
+            prior.config.made_ensemble = ensemble  # the net reads it from the same config
         t0 = time.perf_counter()
         v = nll(prior, test)
         rows.append({"prior": name, "nats_per_digit": v, "train_seconds": seconds, "steps": steps,
@@ -71,12 +71,12 @@ def family(train: torch.Tensor, test: torch.Tensor, budget: float) -> list[dict]
 
     p = build_prior(arch="histogram", vocab_size=2, shape=shape)
     t0 = time.perf_counter()
-    p.net.fit(train.reshape(len(train), -1), None)
+    p.fit(train)
     add("histogram (per-pixel Bernoulli)", p, time.perf_counter() - t0, None)
     for k in (4, 10, 14):
         p = build_prior(arch="ngram", vocab_size=2, shape=shape, ngram_order=k)
         t0 = time.perf_counter()
-        p.net.fit(train.reshape(len(train), -1), None)
+        p.fit(train)
         add(f"ngram, JBIG template k={k} (Kneser-Ney)", p, time.perf_counter() - t0, None)
     torch.manual_seed(0)
     p = build_prior(arch="made", vocab_size=2, shape=shape, made_hidden=(500,))

@@ -372,7 +372,7 @@ def prior_row(name: str, prior_dir: Path, levels: int, grids: torch.Tensor, chun
     prior = folder.prior.eval()
     n = len(grids)
     data, t_enc, t_dec, exact = timed_round_trip(prior, grids, chunk)
-    uncached = uncached_speed(prior, grids[:n_uncached]) if (n_uncached and prior.net.supports_cache) else None
+    uncached = uncached_speed(prior, grids[:n_uncached]) if (n_uncached and prior.supports_cache) else None
     ideal_bits = float(score_grids(prior, grids).sum()) / LN2
     header = read_header(data, name)
     payload, chunk = len(header.payload), header.chunk  # the chunk auto_chunk chose when none was given
@@ -386,15 +386,16 @@ def prior_row(name: str, prior_dir: Path, levels: int, grids: torch.Tensor, chun
             "round_trip_exact": exact, "skipped": None, "training": training, "uncached": uncached}
 
 
-def timed_round_trip(prior: Any, grids: torch.Tensor, chunk: int | None) -> tuple[bytes, float, float, bool]:
+def timed_round_trip(prior: Any, grids: torch.Tensor, chunk: int | None,
+                     use_cache: bool = True) -> tuple[bytes, float, float, bool]:
     """(file bytes, compress seconds, decompress seconds, exact) of ``compress_grids`` / ``decompress_grids``."""
     from pipelines.likelihood.compress import compress_grids, decompress_grids
 
     t0 = time.perf_counter()
-    data = compress_grids(prior, grids, chunk_size=chunk)
+    data = compress_grids(prior, grids, chunk_size=chunk, use_cache=use_cache)
     t_enc = time.perf_counter() - t0
     t0 = time.perf_counter()
-    back = decompress_grids(prior, data).tokens
+    back = decompress_grids(prior, data, use_cache=use_cache).tokens
     return data, t_enc, time.perf_counter() - t0, torch.equal(back, grids)
 
 
@@ -402,11 +403,7 @@ def uncached_speed(prior: Any, grids: torch.Tensor) -> dict[str, Any]:
     """The coder without the prior's cache (a full forward of the network per position, as before cached
     generation): digits/s of compress and decompress on ``grids`` (one chunk), and the round trip checked."""
     n = len(grids)
-    prior.net.supports_cache = False  # the instance attribute shadows the class's True: _code_loop runs net(x)
-    try:
-        _, t_enc, t_dec, exact = timed_round_trip(prior, grids, n)
-    finally:
-        del prior.net.supports_cache
+    _, t_enc, t_dec, exact = timed_round_trip(prior, grids, n, use_cache=False)
     return {"digits": n, "compress_digits_per_s": n / t_enc, "decompress_digits_per_s": n / t_dec,
             "round_trip_exact": exact}
 

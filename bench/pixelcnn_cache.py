@@ -6,7 +6,7 @@ channels, untrained weights, which cost the same time as trained ones) drives
 
   * cached:   ``GatedPixelCNN.step`` with its cache (vertical stack once per row, horizontal stack once
               per pixel; O(1) amortised work per position);
-  * uncached: the same instance with ``supports_cache = False``, so ``_code_loop`` runs the full forward
+  * uncached: the same instance with ``use_cache=False``, so ``_code_loop`` runs the full forward
               on the whole grid buffer for every position (the behaviour before the cache existed).
 
 Compress and decompress each run the prior position by position through the same code path, so both are
@@ -47,12 +47,8 @@ def test_digits(n: int) -> torch.Tensor:
 
 def code(prior: Prior, grids: torch.Tensor, chunk: int, cached: bool) -> dict:
     """Compress then decompress ``grids`` with the cache on or off; timings and the exactness check."""
-    prior.net.supports_cache = cached  # instance attribute shadows the class's True
-    try:
-        t_enc, data = timed(lambda: compress_grids(prior, grids, chunk_size=chunk))
-        t_dec, out = timed(lambda: decompress_grids(prior, data))
-    finally:
-        del prior.net.supports_cache
+    t_enc, data = timed(lambda: compress_grids(prior, grids, chunk_size=chunk, use_cache=cached))
+    t_dec, out = timed(lambda: decompress_grids(prior, data, use_cache=cached))
     n = len(grids)
     return {"digits": n, "chunk": min(chunk, n), "compress_s": t_enc, "decompress_s": t_dec,
             "compress_digits_per_s": n / t_enc, "decompress_digits_per_s": n / t_dec,

@@ -101,11 +101,11 @@ def setup_prior(method: str, L: int, device: str, dtype: torch.dtype):
         pattern, impl = method.split()
         prior = build_prior(arch="sparse_transformer", shape=(L,), attention=pattern, stride=stride, summary=summary,
                             **PRIOR)
-        prior.net.impl = {"dense-mask": "dense"}.get(impl, impl)
+        prior.attention_impl = {"dense-mask": "dense"}.get(impl, impl)
     prior = prior.to(device=device, dtype=dtype).train()
     mask_bytes = 0
     if method.endswith("dense-mask"):
-        mask_bytes = prior.net.masks.numel()  # built now, outside the measured step
+        mask_bytes = prior.attention_mask_bytes()  # built now, outside the measured step
     x = torch.randint(0, PRIOR["vocab_size"], (1, L), device=device)
 
     def step() -> None:

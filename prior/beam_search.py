@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from .decoding import evaluating
 
 if TYPE_CHECKING:
     from .base import Prior
@@ -34,42 +35,33 @@ def beam_search(prior: Prior, beam_size: int = 4, labels: Tensor | int | None = 
 
     labels: None (unconditional prior: one query, n = 1), an int (n = 1) or int64 [n] in [0, num_classes).
     With beam_size >= vocab_size ** (L - 1) every prefix is kept, so the result is the exact argmax; smaller
-    beams give a lower bound on it. Works with any architecture: nets with ``supports_cache`` and a
-    ``reorder_cache(cache, index)`` method (the Transformers, the PixelCNN) decode incrementally, the others recompute
-    the prefix each step. Returns ``BeamSearchOutput(tokens [n, *shape], log_probs [n])``.
+    beams give a lower bound on it. Works with any architecture through ``Prior.decoder``: with ``use_cache``
+    a net that ``supports_cache`` decodes incrementally, its cache following the survivors
+    (``PriorNet.reorder_cache``); the others recompute the prefix each step. Returns
+    ``BeamSearchOutput(tokens [n, *shape], log_probs [n])``.
     """
     if int(beam_size) != beam_size or beam_size < 1:
         raise ValueError(f"beam_size must be a positive integer, got {beam_size}")
     K, V, L = int(beam_size), prior.vocab_size, prior.config.seq_len
-    net = prior.net
     device = prior.device
     n = 1 if labels is None or isinstance(labels, int) or torch.as_tensor(labels).dim() == 0 else len(labels)
-    lab = prior._labels(labels, n, device)  # validates (raises for labels to an unconditional prior and vice versa)
+    lab = prior.check_labels(labels, n, device)  # raises for labels to an unconditional prior and vice versa
     lab = lab.repeat_interleave(K) if lab is not None else None  # [n * K]: beam b of query q is row q * K + b
 
-    was_training = prior.training
-    prior.eval()
-    x = torch.zeros(n * K, L, dtype=torch.long, device=device)
     scores = torch.full((n, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam at the start, so the first step does not pick K copies of one token
-    cached = use_cache and net.supports_cache and hasattr(net, "reorder_cache")
-    order = net.decode_order  # None = raster; else the net's own factorisation order (delay pattern, random MADE)
-    raster = order is None
-    cache = net.init_cache(n * K, device) if cached else None
     base = torch.arange(n, device=device)[:, None] * K
-    for pos in tqdm(range(L) if raster else order.tolist(), desc="beam search", disable=not progress, leave=False):
-        if cached:
-            logits = net.step(cache, x, pos, lab)
-        else:
-            logits = net(x[:, : pos + 1] if (net.variable_length and raster) else x, lab)[:, pos]
+
+    def choose(pos: int, logits: Tensor) -> Tensor:
+        nonlocal scores
         lp = torch.log_softmax(logits.float(), -1).view(n, K, V)
         cand = (scores[:, :, None] + lp).view(n, K * V)
         scores, idx = cand.topk(K, dim=-1)  # [n, K], sorted best first
-        rows = (base + idx // V).view(-1)  # the parent beam of each survivor
-        x = x[rows]
-        x[:, pos] = (idx % V).view(-1)
-        if cached:
-            net.reorder_cache(cache, rows)
-    prior.train(was_training)
+        dec.reorder((base + idx // V).view(-1))  # each survivor continues its parent beam
+        return (idx % V).view(-1)
+
+    with evaluating(prior):
+        dec = prior.decoder(n * K, lab, use_cache=use_cache)
+        x = dec.run(choose, progress, "beam search")
     tokens = x.view(n, K, L)[:, 0].reshape(n, *prior.shape)
     return BeamSearchOutput(tokens, scores[:, 0])

@@ -47,6 +47,9 @@ class HistogramNet(PriorNet):
         idx = labels if labels is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return self.logits[idx, pos]  # [B, V]
 
+    def reorder_cache(self, cache: dict, index: Tensor) -> None:
+        """Nothing to keep: the cache is empty (beam search)."""
+
     @torch.no_grad()
     def fit(self, x: Tensor, labels: Tensor | None = None) -> None:
         """Set the tables to log((count + alpha) / (n + alpha V)). x: int64 [N, L]; labels: int64 [N] or None.

@@ -89,3 +89,8 @@ class LSTMNet(PriorNet):
         out, cache.state = self._run_lstm(inp, cache.state)
         cache.pos = pos + 1
         return self.head(out[:, 0])
+
+    def reorder_cache(self, cache: LSTMCache, index: Tensor) -> None:
+        """Keep batch rows ``index`` int64 [B'] of the (h, c) state (beam search)."""
+        if cache.state is not None:
+            cache.state = (cache.state[0][:, index], cache.state[1][:, index])

@@ -272,6 +272,10 @@ class MADE(PriorNet):
         rows = slice(pos * V, (pos + 1) * V)
         return F.linear(h, out.masked_weight()[rows], out.bias[rows])  # [B, V]
 
+    def reorder_cache(self, cache: MADECache, index: Tensor) -> None:
+        """Keep batch rows ``index`` int64 [B'] of the running pre-activation (beam search)."""
+        cache.pre = cache.pre[index]
+
 
 def sample_made(prior: Any, n: int, **kwargs) -> Tensor:
     """Draw ``n`` grids int64 [n, *shape] from a MADE prior in its own ordering (any ``made_order``): the same

@@ -293,6 +293,9 @@ class NGramNet(PriorNet):
         parents = [s.reshape(-1) for s in self._parents(x, labels, torch.tensor([pos], device=x.device))]
         return self._log_probs(parents, B).float()  # [B, V]
 
+    def reorder_cache(self, cache: dict, index: Tensor) -> None:
+        """Nothing to keep: the cache is empty, a step reads its parents from the buffer (beam search)."""
+
     # ------------------------------------------------------------------ fitting
     @torch.no_grad()
     def fit(self, x: Tensor, labels: Tensor | None = None) -> None:

@@ -1,5 +1,5 @@
-"""Small pure functions for decoding (gpt-fast ``generate.py`` style): the sampling loop in
-``prior.base`` is a few lines around these, so the hot path stays visible and compilable."""
+"""Small pure functions for decoding (gpt-fast ``generate.py`` style): ``Prior.sample`` is a few lines
+around these and ``prior.decoding.Decoder``, so the hot path stays visible and compilable."""
 
 from __future__ import annotations
 

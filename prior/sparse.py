@@ -553,6 +553,8 @@ class SparseTransformerNet(TransformerNet):
     ``"flex_eager"``; may be changed on the instance.
     """
 
+    attention_impls = IMPLS
+
     def __init__(self, config: PriorConfig, impl: str = "auto"):
         super().__init__(config)
         self.impl = impl

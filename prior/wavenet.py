@@ -170,3 +170,9 @@ class WaveNet(PriorNet):
             zs.append(z)
         cache.pos = pos + 1
         return self.head(self.skip(torch.cat(zs, -1)))  # [B, V]
+
+    def reorder_cache(self, cache: WaveNetCache, index: Tensor) -> None:
+        """Keep batch rows ``index`` int64 [B'] of the queues and the label terms (beam search)."""
+        cache.first = cache.first[index]
+        cache.queues = [q[index] for q in cache.queues]
+        cache.cond = [None if c is None else c[index] for c in cache.cond]

@@ -10,11 +10,12 @@ The decoder can only run the prior step by step (it needs token i before it can 
 Batched full-sequence logits and step-by-step (KV-cache) logits agree mathematically but not in floating
 point, and a single differing rounding changes the integer model the coder uses, after which the decoder
 emits garbage. So the encoder never uses the batched logits: encoder and decoder both call ``_code_loop``,
-which fills a token buffer position by position exactly as decoding does (``net.step`` with a cache when
-``net.supports_cache``, else a full forward on the buffer) in fixed-size chunks of grids, so every logit is
-computed from identical inputs by an identical sequence of operations. Probabilities are then a float64
-softmax on the CPU, and constriction quantizes them to a 24-bit fixed-point categorical model whose
-"leaky" quantization gives every symbol non-zero mass (so even tokens the model calls impossible encode).
+which fills a token buffer position by position through the prior's one decoding loop (``Prior.decoder``:
+the net's cached step when it ``supports_cache``, else a full forward) in fixed-size chunks of grids, so
+every logit is computed from identical inputs by an identical sequence of operations. Probabilities are
+then a float64 softmax on the CPU, and constriction quantizes them to a 24-bit fixed-point categorical
+model whose "leaky" quantization gives every symbol non-zero mass (so even tokens the model calls
+impossible encode).
 What remains outside our control is the device: compress and decompress on the same kind of device with
 the same dtype (a GPU's kernels round differently from a CPU's). A CRC32 of the tokens in the header turns
 any divergence into a clear error instead of silently wrong tokens.
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prior import Prior
+from prior.decoding import evaluating
 from tokenizers_vq import Codec
 from vqgen_io import atomic_write_bytes, fingerprint_module
 
@@ -79,12 +81,11 @@ def _tensor_bytes(obj: Any, seen: set[int]) -> int:
 
 
 def cache_bytes_per_grid(prior: Prior) -> int:
-    """Bytes the net's decoding cache grows by per grid of the batch, measured on ``init_cache`` of 1 and 2
-    grids (what a batch of any size shares, such as weight snapshots, cancels out); 0 without a cache."""
-    net = prior.net
-    if not net.supports_cache:
+    """Bytes the net's decoding cache grows by per grid of the batch, measured on the caches of decoders of
+    1 and 2 grids (what a batch of any size shares, such as weight snapshots, cancels out); 0 without one."""
+    if not prior.supports_cache:
         return 0
-    one, two = (_tensor_bytes(net.init_cache(b, prior.device), set()) for b in (1, 2))
+    one, two = (_tensor_bytes(prior.decoder(b).cache, set()) for b in (1, 2))
     return max(0, two - one)
 
 
@@ -108,42 +109,33 @@ def _chunk(prior: Prior, n: int, chunk_size: int | None) -> int:
 # ---------------------------------------------------------------------------------------------- the shared loop
 @torch.no_grad()
 def _code_loop(prior: Prior, labels: Tensor | None, n: int, chunk: int,
-               code_position: Callable[[int, slice, np.ndarray], np.ndarray], progress: bool = False) -> None:
+               code_position: Callable[[int, slice, np.ndarray], np.ndarray], progress: bool = False,
+               use_cache: bool = True) -> None:
     """Run the prior position by position over ``n`` grids in chunks of ``chunk``; both sides use this.
 
-    For each chunk and position, computes probabilities float64 [b, V] from a token buffer whose earlier
-    positions are filled, calls ``code_position(pos, rows, probs)`` (which encodes the known tokens or
-    decodes new ones) and writes the int tokens [b] it returns into the buffer. labels: net labels int64
-    [n] in [0, num_classes] or None.
+    For each chunk, a ``Prior.decoder`` (cached when the net supports it, unless ``use_cache=False``) walks
+    the positions in decode order (raster, or the delay pattern's: both sides alike); at each, probabilities
+    float64 [b, V] from its logits go to ``code_position(pos, rows, probs)`` (which encodes the known tokens
+    or decodes new ones), and the int tokens [b] it returns are accepted. labels: net labels int64 [n] in
+    [0, num_classes] or None.
     """
-    net = prior.net
     device = prior.device
     L = prior.config.seq_len
-    order = net.decode_order  # None = raster; the delay pattern codes in its own order (both sides alike)
-    positions = range(L) if order is None else order.tolist()
-    was_training = prior.training
-    prior.eval()  # dropout off: the same function at both ends
-    try:
+    with evaluating(prior):  # dropout off: the same function at both ends
         bar = tqdm(total=n * L, desc="coding", disable=not progress, leave=False, unit="tok")
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             b = rows.stop - rows.start
             lab = None if labels is None else labels[rows].to(device)
-            x = torch.zeros(b, L, dtype=torch.long, device=device)
-            cache = net.init_cache(b, device) if net.supports_cache else None
-            for pos in positions:
-                if cache is not None:
-                    logits = net.step(cache, x, pos, lab)
-                else:
-                    inp = x[:, : pos + 1] if (net.variable_length and order is None) else x
-                    logits = net(inp, lab)[:, pos]
+
+            def choose(pos: int, logits: Tensor, rows: slice = rows, b: int = b) -> Tensor:
                 probs = torch.softmax(logits.detach().double().cpu(), -1).numpy()  # [b, V] float64
                 sym = code_position(pos, rows, probs)
-                x[:, pos] = torch.as_tensor(sym, dtype=torch.long, device=device)
                 bar.update(b)
+                return torch.as_tensor(sym, dtype=torch.long, device=device)
+
+            prior.decoder(b, lab, use_cache=use_cache).run(choose)
         bar.close()
-    finally:
-        prior.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -158,8 +150,8 @@ def _check_prior_matches(prior: Prior, h: ContainerHeader, name: str) -> None:
                          "weights; pass the --prior folder that compressed it")
 
 
-def _encode(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, progress: bool
-            ) -> tuple[bytes, float]:
+def _encode(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, progress: bool,
+            use_cache: bool = True) -> tuple[bytes, float]:
     """(payload bytes, ideal code length in bits = sum of -log2 p(token) under the coder's float model)."""
     prior.check_tokens(tokens)
     n = tokens.shape[0]
@@ -173,7 +165,7 @@ def _encode(prior: Prior, tokens: Tensor, labels: Tensor | None, chunk: int, pro
         ideal[0] -= float(np.log2(probs[np.arange(len(sym)), sym]).sum())
         return sym
 
-    _code_loop(prior, net_labels(prior, labels, n, torch.device("cpu")), n, chunk, code, progress)
+    _code_loop(prior, net_labels(prior, labels, n, torch.device("cpu")), n, chunk, code, progress, use_cache)
     return enc.get_compressed().astype("<u4").tobytes(), ideal[0]
 
 
@@ -181,20 +173,23 @@ def _check_raster_order(prior: Prior) -> None:
     """The coder walks positions in the net's decode order with its cache (raster, or the delay pattern's);
     a net with another order and no cache (a MADE with a random ordering) is refused: a full forward per
     position would be too slow to code with."""
-    if prior.net.decode_order is not None and not prior.net.supports_cache:
+    if prior.decode_order is not None and not prior.supports_cache:
         raise ValueError("compression codes positions in raster order, but this prior factorises p(x) in another "
                          f"order (made_order={prior.config.made_order!r}); train it with made_order='raster' to "
                          "compress with it")
 
 
 def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *, chunk_size: int | None = None,
-                   metadata: dict[str, Any] | None = None, progress: bool = False) -> bytes:
+                   metadata: dict[str, Any] | None = None, progress: bool = False,
+                   use_cache: bool = True) -> bytes:
     """Losslessly compress grids with ``prior``: tokens int [N, *prior.shape] in [0, vocab_size) -> bytes.
 
     labels: int64 [N] (-1 = unknown) or None; stored in the header. A conditional prior codes with them
     (unknown -> the null label); an unconditional prior only carries them. ``metadata``: a JSON-able dict
     stored verbatim (file names etc.). ``chunk_size``: grids coded together (None: ``auto_chunk``). Decode
-    with ``decompress_grids`` and the same prior on the same kind of device.
+    with ``decompress_grids`` and the same prior on the same kind of device. ``use_cache=False`` codes with a
+    full forward of the prior per position instead of its cache (benchmarks of the cache): cached and uncached
+    logits round differently, so decompress with the same setting.
     """
     _check_raster_order(prior)
     if labels is not None:
@@ -203,16 +198,17 @@ def compress_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, *
             raise ValueError(f"labels must have shape [{tokens.shape[0]}], got {tuple(labels.shape)}")
     tokens = tokens.cpu()
     chunk_size = _chunk(prior, tokens.shape[0], chunk_size)
-    payload, _ = _encode(prior, tokens, labels, chunk_size, progress)
+    payload, _ = _encode(prior, tokens, labels, chunk_size, progress, use_cache)
     return pack(module_fingerprint(prior), prior.vocab_size, tokens, labels, chunk_size, metadata or {}, payload)
 
 
 def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed data",
-                     progress: bool = False) -> DecompressedGrids:
+                     progress: bool = False, use_cache: bool = True) -> DecompressedGrids:
     """Inverse of ``compress_grids``: bytes -> (tokens int64 [N, *shape], labels int64 [N] or None).
 
     Raises ``ValueError`` when the data is not a vqgen container, is truncated or corrupted, was made with
     another prior, or decodes to tokens whose checksum differs (device/dtype mismatch, see module doc).
+    ``use_cache``: as the data was compressed (``compress_grids``).
     """
     _check_raster_order(prior)
     h = read_header(data, name)
@@ -226,7 +222,8 @@ def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed d
         out[rows, pos] = sym
         return sym
 
-    _code_loop(prior, net_labels(prior, h.labels, h.n, torch.device("cpu")), h.n, h.chunk, code, progress)
+    _code_loop(prior, net_labels(prior, h.labels, h.n, torch.device("cpu")), h.n, h.chunk, code, progress,
+               use_cache)
     tokens = torch.from_numpy(out).reshape(h.n, *h.shape)
     if tokens_crc(tokens) != h.tokens_crc:
         raise ValueError(f"decoding {name} produced tokens that fail their checksum: the prior computed different "

@@ -55,20 +55,10 @@ def net_labels(prior: Prior, labels: Tensor | None, n: int, device: torch.device
 
     A conditional prior given ``labels=None`` or a label of -1 (unknown) uses the null label
     ``num_classes``, i.e. the unconditional p(grid) that classifier-free-guidance training also fits.
-    An unconditional prior ignores labels (they are only carried along).
+    An unconditional prior ignores labels (they are only carried along). ``Prior.check_labels`` with
+    ``unknown=True``.
     """
-    k = prior.config.num_classes
-    if k == 0:
-        return None
-    if labels is None:
-        return torch.full((n,), k, dtype=torch.long, device=device)
-    labels = torch.as_tensor(labels).to(device)
-    if labels.dtype.is_floating_point or labels.shape != (n,):
-        raise ValueError(f"labels must be an integer tensor of shape [{n}], got {labels.dtype} {tuple(labels.shape)}")
-    if labels.numel() and (labels.min().item() < -1 or labels.max().item() >= k):
-        raise ValueError(f"labels must lie in [0, {k}) (or -1 for unknown), got range "
-                         f"[{labels.min().item()}, {labels.max().item()}]")
-    return torch.where(labels < 0, torch.full_like(labels, k), labels).long()
+    return prior.check_labels(labels, n, device, unknown=True)
 
 
 @torch.no_grad()
@@ -91,12 +81,7 @@ def score_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, batc
         for i in range(0, n, batch_size):
             flat = tokens[i: i + batch_size].reshape(-1, prior.config.seq_len).long().to(device)
             lb = None if lab is None else lab[i: i + batch_size].to(device)
-            seq = prior.net.sequence_log_prob(flat, lb)  # an order-agnostic MADE's ensemble, else None
-            if seq is not None:
-                out.append(-seq.double().cpu())
-                continue
-            logp = torch.log_softmax(prior.net(flat, lb).double(), -1)  # [b, L, V]
-            out.append(-logp.gather(-1, flat.unsqueeze(-1)).squeeze(-1).sum(1).cpu())
+            out.append(-prior.flat_log_prob(flat, lb, torch.float64).cpu())  # softmax in float64
     finally:
         prior.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)

@@ -109,9 +109,9 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
         shutil.copytree(bpe_src, out / BPE_DIR, dirs_exist_ok=True)
     dims = header.dims_per_input
     train_set, test_set = TokenGridDataset(tr_tokens, tr_labels), TokenGridDataset(te_tokens, te_labels)
-    if not prior.net.fitted_by_counting:
+    if not prior.fitted_by_counting:
         return train(PriorTask(prior, str(tokens_dir), dims), train_set, test_set, cfg, hparams=config.to_dict())
-    prior.net.fit(tr_tokens.reshape(len(tr_tokens), -1), tr_labels if num_classes else None)
+    prior.fit(tr_tokens, tr_labels if num_classes else None)
     metrics = evaluate_prior(prior, test_set, 512, dims, num_classes > 0)
     prior.save_pretrained(out, card_info={"tokens": str(tokens_dir), "metrics": metrics})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))

@@ -294,7 +294,7 @@ class PriorTask(TrainTask):
         try:
             prior.check_tokens(tokens)
             if self.conditional:
-                prior._labels(labels, len(labels), labels.device)
+                prior.check_labels(labels, len(labels), labels.device)
         except ValueError as e:
             raise ValueError(f"{self.tokens_dir} [{split}]: {e}") from None
 

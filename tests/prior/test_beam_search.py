@@ -74,7 +74,7 @@ def test_cached_equals_uncached(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["lstm", "made", "histogram"])
 def test_any_architecture(arch: str) -> None:
-    """Nets without ``reorder_cache`` recompute the prefix (or the whole grid, for fixed-length nets)."""
+    """Every cached net reorders its cache (``PriorNet.reorder_cache``) to follow the surviving beams."""
     p = make(arch)
     best, best_lp = true_argmax(p, None)
     tokens, lps = p.beam_search(beam_size=3 ** 5)
