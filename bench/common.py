@@ -1,6 +1,8 @@
 """Shared by the benchmarks: what they record about the machine, how they time a call, where they write their
-results, how ``key=value`` overrides on their command lines are read, and the prior recipes (PriorConfig +
-TrainConfig fields) that bench/compression.py and bench/ood.py train through the CLI's stage functions."""
+results, how ``key=value`` overrides on their command lines are read, how they read the recipe files of
+recipes/ (the settings behind each README number, which ``vqgen train-prior --config`` and ``vqgen
+train-tokenizer --config`` read too), and how bench/compression.py and bench/ood.py train a prior recipe
+(PriorConfig + TrainConfig fields) through the CLI's stage functions."""
 
 from __future__ import annotations
 
@@ -83,11 +85,23 @@ def parse_overrides(items: list[str] | None, *, flag: str = "--set",
 
 
 # ---------------------------------------------------------------------------------------------- prior recipes
-# A recipe (bench/compression.py, bench/ood.py) is PriorConfig fields + TrainConfig fields in one dict, trained by
-# the CLI's stage functions; ``steps`` sets the cosine schedule's length, ``max_seconds`` caps the wall clock.
+# A recipe (bench/compression.py, bench/ood.py, bench/speech_compress.py) is PriorConfig fields + TrainConfig
+# fields in one dict, read from a file of recipes/ and trained by the CLI's stage functions; ``steps`` sets
+# the cosine schedule's length, ``max_seconds`` caps the wall clock.
 MAX_TRAIN_S = 600  # the issues' cap: at most 10 CPU-minutes of training per prior
 FIXED_BY_DATA = {"vocab_size", "shape", "num_classes", "num_codebooks", "format_version"}  # train_prior sets them
 TRAIN_NOT_SETTABLE = {"out", "resume", "progress", "stop_after_step"}
+
+
+def read_recipe(name: str, command: str) -> tuple[dict[str, Any], str]:
+    """A shipped recipe (``compression/pixelcnn16``) or a YAML file -> (its settings without ``command``, the
+    file as the results record it: relative to the repository, e.g. ``recipes/compression/pixelcnn16.yaml``).
+    A recipe for another command than ``command`` (``train-prior`` / ``train-tokenizer``) is a ValueError."""
+    from recipes import load_recipe, recipe_path
+
+    path = recipe_path(name).resolve()
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return load_recipe(path, command=command), str(shown)
 
 
 def recipe_keys() -> set[str]:
@@ -121,9 +135,11 @@ def tokenize_mnist(work: Path, levels: int, limit: int | None) -> Path:
     return out
 
 
-def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int) -> dict[str, Any]:
+def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int,
+              recipe_file: str | None = None) -> dict[str, Any]:
     """``vqgen train-prior`` with a recipe (its stage function) into ``out`` (a fresh run: an old ``out`` is
-    removed); the budget actually used: steps done, what stopped training, wall and CPU seconds."""
+    removed); the budget actually used: steps done, what stopped training, wall and CPU seconds;
+    ``recipe_file`` (the file the recipe was read from, before any override) is recorded beside it."""
     import shutil
     import time
 
@@ -143,5 +159,6 @@ def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int) ->
     result = train_prior(tokens_dir, model, cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     m = result.metrics
-    return {"recipe": recipe, "steps_done": m.get("step", 0), "stopped_by": m.get("stopped_by", "fitted by counting"),
-            "train_wall_s": wall, "train_cpu_s": cpu, "train_eval": {k: v for k, v in m.items() if k != "step"}}
+    return {"recipe_file": recipe_file, "recipe": recipe, "steps_done": m.get("step", 0),
+            "stopped_by": m.get("stopped_by", "fitted by counting"), "train_wall_s": wall, "train_cpu_s": cpu,
+            "train_eval": {k: v for k, v in m.items() if k != "step"}}

@@ -15,23 +15,27 @@ Standard tools (a missing one is skipped, its row says which package installs it
   JPEG XL lossless (``cjxl -d 0 -e 9``), each on the tiled image (best tiling); xz / bzip2 / gzip on the bytes.
 
 vqgen rows: priors trained through the CLI's stage functions (``pipelines.stages.tokenize.tokenize`` with
-``raw_levels``, then ``pipelines.stages.train.train_prior``) on the training split (4,500 digits), with a stated
-budget: each recipe is PriorConfig + TrainConfig fields (``steps`` is the work, ``max_seconds`` a wall-clock cap,
-at most 10 CPU-minutes by default). ``--pixelcnn-args key=value ...`` (likewise ``--transformer-args``,
-``--made-args``, ``--ngram-args``, ``--histogram-args``, and ``--pixelcnn8-args`` / ``--ngram8-args`` for the
-8-bit rows) overrides fields of a recipe (values in YAML: ``lr=2e-3 made_hidden=[500,500] attention=fixed``);
-``--prior NAME=DIR`` benches an already-trained prior folder instead of (NAME = a row) or beside (a new NAME) the
-trained rows. Each prior codes the test digits with
-``pipelines.likelihood.compress`` (the container ``vqgen compress`` writes, header included), decodes them and
-checks them token for token; the ideal code length is the held-out NLL (sum of -log2 p).
+``raw_levels``, then ``pipelines.stages.train.train_prior``) on the training split (4,500 digits), with a
+stated budget: each row's recipe is a file of recipes/compression/ (PriorConfig + TrainConfig fields;
+``steps`` is the work, ``max_seconds`` a wall-clock cap, at most 10 CPU-minutes), the file ``vqgen train-prior
+--config`` reads: binarised histogram.yaml, ngram14.yaml, made.yaml, pixelcnn16.yaml, transformer.yaml; 8-bit
+histogram.yaml, ngram4_8bit.yaml, pixelcnn8_8bit.yaml. Each row records the file it used. ``--pixelcnn-args
+key=value ...`` (likewise ``--transformer-args``, ``--made-args``, ``--ngram-args``, ``--histogram-args``, and
+``--pixelcnn8-args`` / ``--ngram8-args`` / ``--histogram8-args`` for the 8-bit rows) overrides fields of a
+row's file (values in YAML: ``lr=2e-3 made_hidden=[500,500] attention=fixed``); ``--prior NAME=DIR`` benches
+an already-trained prior folder instead of (NAME = a row) or beside (a new NAME) the trained rows. Each prior
+codes the test digits with ``pipelines.likelihood.compress`` (the container ``vqgen compress`` writes, header
+included), decodes them and checks them token for token; the ideal code length is the held-out NLL (sum of
+-log2 p).
 
 For every row: file bytes, ideal bytes (priors), bits/pixel, nats per digit, compress and decompress digits/s
 (tools: wall time of the command, process start included, median of ``--repeats``), and how many times smaller
 than the best standard tool on the same bits.
 
 Run: ``OMP_NUM_THREADS=1 python -m bench.compression`` (writes bench/results/compression.json and
-docs/benchmarks/compression.md; about 25 minutes on 2 cores); ``--quick``: 20 digits, tiny budgets, print only
-(``--json PATH`` to keep the results).
+docs/benchmarks/compression.md; about 25 minutes on 2 cores); ``--quick``: 20 digits, tiny budgets (the
+histogram, n-gram and PixelCNN files with ``QUICK_OVERRIDES`` on top), print only (``--json PATH`` to keep the
+results).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from bench.common import (
     ROOT,
     cpu_model,
     parse_overrides,
+    read_recipe,
     recipe_keys,
     tokenize_mnist,
     train_row,
@@ -74,39 +79,24 @@ PUBLISHED = [  # the issue's reference numbers: nats per digit on the standard b
     ("PixelCNN (van den Oord et al. 2016, the Pixel RNN paper)", 81.3),
 ]
 
-# Recipes: PriorConfig fields + TrainConfig fields (steps, batch_size, lr, max_seconds, ...). ``steps`` sets the
-# cosine schedule's length; ``max_seconds`` caps the wall clock (a loaded machine may stop a run early, which
-# the row reports as stopped_by "budget").
-RECIPES: dict[int, dict[str, dict[str, Any]]] = {
-    2: {
-        "histogram": {"arch": "histogram"},
-        "ngram": {"arch": "ngram", "ngram_order": 14},  # the JBIG template's 14 nearest causal pixels, Kneser-Ney
-        "made": {"arch": "made", "made_hidden": (500,), "steps": 3000, "batch_size": 64, "lr": 3e-3,
-                 "max_seconds": 240, "mixed_precision": "bf16"},
-        # depth buys receptive field (each gated layer reaches one row further up); bf16 autocast runs the
-        # convolutions ~1.7x faster on an AVX-512 BF16 CPU, torch.compile fuses the gates (0.39 -> ~0.3 s a step,
-        # after ~40 s of compiling inside the budget). Measured at 2 threads, 10 minutes, eager: 6 layers x 3,600
-        # steps 67.2 nats, 10 x 2,200 65.2, 14 x 1,700 64.2, 16 x 1,546 63.4, 16 x 1,500 64.1 (held-out nats per
-        # digit); 16 layers overfit the 4,500 digits (train 52.6 nats), but dropout 0.2 costs a fifth of the steps
-        # on the CPU and gave 64.2. Compiled: 16 x 1,750 in 476 s, 63.6; 2,150 steps fill the 600 s
-        "pixelcnn": {"arch": "pixelcnn", "pixelcnn_layers": 16, "pixelcnn_channels": 32, "steps": 2150,
-                     "batch_size": 16, "lr": 2e-3, "max_seconds": 600, "mixed_precision": "bf16", "compile": True},
-        "transformer": {"arch": "transformer", "n_layer": 2, "d_model": 64, "n_head": 4, "steps": 400,
-                        "batch_size": 16, "lr": 3e-3, "max_seconds": 360, "mixed_precision": "bf16"},
-    },
-    256: {
-        "histogram": {"arch": "histogram"},
-        "ngram": {"arch": "ngram", "ngram_order": 4},
-        "pixelcnn": {"arch": "pixelcnn", "pixelcnn_layers": 8, "pixelcnn_channels": 32, "steps": 700,
-                     "batch_size": 16, "lr": 2e-3, "max_seconds": 300, "mixed_precision": "bf16"},
-    },
+# The rows' recipes: one file of recipes/compression/ each (PriorConfig + TrainConfig fields: ``steps`` sets
+# the cosine schedule's length, ``max_seconds`` caps the wall clock, so a loaded machine may stop a run early,
+# which the row reports as stopped_by "budget"), what `vqgen train-prior --config FILE` runs too. Why each
+# value is what it is is said in its file.
+RECIPE_FILES: dict[int, dict[str, str]] = {
+    2: {"histogram": "compression/histogram", "ngram": "compression/ngram14", "made": "compression/made",
+        "pixelcnn": "compression/pixelcnn16", "transformer": "compression/transformer"},
+    256: {"histogram": "compression/histogram", "ngram": "compression/ngram4_8bit",
+          "pixelcnn": "compression/pixelcnn8_8bit"},
 }
-QUICK_RECIPES: dict[int, dict[str, dict[str, Any]]] = {  # seconds, for the test: the plumbing, not quality
-    # (no transformer: its end-of-training evaluation on the 500 test digits alone takes ~10 s on a loaded core;
-    # test_compress.py round-trips every family)
-    2: {"histogram": {"arch": "histogram"}, "ngram": {"arch": "ngram", "ngram_order": 4},
-        "pixelcnn": {"arch": "pixelcnn", "pixelcnn_layers": 1, "pixelcnn_channels": 4, "steps": 2, "batch_size": 4}},
-    256: {"histogram": {"arch": "histogram"}},
+# --quick (the test): these rows only, each its recipe file with these fields overridden; seconds, the
+# plumbing, not quality (no transformer: its end-of-training evaluation on the 500 test digits alone takes
+# ~10 s on a loaded core; test_compress.py round-trips every family)
+QUICK_OVERRIDES: dict[int, dict[str, dict[str, Any]]] = {
+    2: {"histogram": {}, "ngram": {"ngram_order": 4},
+        "pixelcnn": {"pixelcnn_layers": 1, "pixelcnn_channels": 4, "steps": 2, "batch_size": 4,
+                     "compile": False}},
+    256: {"histogram": {}},
 }
 OVERRIDE_FLAGS = {(2, "histogram"): "histogram", (2, "ngram"): "ngram", (2, "made"): "made",
                   (2, "pixelcnn"): "pixelcnn", (2, "transformer"): "transformer", (256, "histogram"): "histogram8",
@@ -409,9 +399,23 @@ def uncached_speed(prior: Any, grids: torch.Tensor) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the run
+def level_recipes(levels: int, quick: bool = False) -> dict[str, tuple[dict[str, Any], str]]:
+    """{row: (recipe, its file)} of the priors one table trains: each row's file of ``RECIPE_FILES`` as read
+    (a row's settings live in its file only); with ``quick``, only ``QUICK_OVERRIDES``' rows, with those
+    fields overridden."""
+    out = {}
+    for name, file in RECIPE_FILES[levels].items():
+        if quick and name not in QUICK_OVERRIDES[levels]:
+            continue
+        recipe, shown = read_recipe(file, "train-prior")
+        out[name] = (recipe | (QUICK_OVERRIDES[levels][name] if quick else {}), shown)
+    return out
+
+
 def bench_levels(levels: int, args: argparse.Namespace, work: Path, recipes: dict[str, dict[str, Any]],
-                 given: dict[str, Path]) -> dict[str, Any]:
-    """All rows for one quantization: standard tools, trained priors, given priors."""
+                 given: dict[str, Path], recipe_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """All rows for one quantization: standard tools, trained priors (``recipe_files``: the file each recipe
+    was read from, recorded in its row), given priors."""
     from pipelines.data.tokens import load_tokens
 
     tokens_dir = tokenize_mnist(work, levels, args.train_limit)
@@ -427,7 +431,7 @@ def bench_levels(levels: int, args: argparse.Namespace, work: Path, recipes: dic
             continue  # benched from its folder below
         print(f"training {name} ({levels} levels): {recipe}", flush=True)
         out = work / f"prior_{levels}_{name}"
-        training = train_row(tokens_dir, out, recipe, args.seed)
+        training = train_row(tokens_dir, out, recipe, args.seed, (recipe_files or {}).get(name))
         rows.append(prior_row(name, out, levels, grids, args.chunk, training,
                               args.n_uncached if (levels == 2 and recipe["arch"] == "pixelcnn") else 0))
         print(json.dumps(rows[-1]), flush=True)
@@ -546,7 +550,11 @@ def markdown(res: dict[str, Any]) -> str:
                     lines.append(f"| {r['method']} | given folder `{r['prior_dir']}` | {fmt(r['parameters'] or None, ',')} | - | - | - | - | "
                                  f"{r['nats_per_digit']:.1f} |")
                     continue
-                rec = ", ".join(f"{k}={v}" for k, v in t["recipe"].items())
+                # eval_every / save_every left out: the trained files (and train_row's defaults) evaluate and
+                # save once, at the end
+                rec = ", ".join(f"{k}={v}" for k, v in t["recipe"].items()
+                                if k not in ("eval_every", "save_every"))
+                rec = f"`{t['recipe_file']}`: {rec}" if t.get("recipe_file") else rec
                 lines.append(f"| {r['method']} | {rec} | {fmt(r['parameters'] or None, ',')} | {t['steps_done']} | {t['stopped_by']} | "
                              f"{t['train_wall_s']:.0f} | {t['train_cpu_s']:.0f} | {r['nats_per_digit']:.1f} |")
         lines.append("")
@@ -581,11 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--levels", type=int, nargs="+", default=[2, 256], choices=(2, 256))
     ap.add_argument("--rows", nargs="+", default=None,
                     help="which priors to train (default all: histogram ngram made pixelcnn transformer for 2 levels; "
-                         "histogram ngram pixelcnn for 256); the rest are skipped")
-    for (lv, _), flag in OVERRIDE_FLAGS.items():
+                         "histogram ngram pixelcnn for 256; each from its file of recipes/compression/); the "
+                         "rest are skipped")
+    for (lv, name), flag in OVERRIDE_FLAGS.items():
         ap.add_argument(f"--{flag}-args", nargs="+", metavar="KEY=VALUE", default=None,
-                        help=f"override fields of the {flag.rstrip('8')} recipe ({lv} levels): PriorConfig / TrainConfig "
-                             "fields with YAML values, e.g. pixelcnn_layers=8 dropout=0.1 steps=2000 lr=2e-3 "
+                        help=f"override fields of the {flag.rstrip('8')} recipe ({lv} levels; recipes/"
+                             f"{RECIPE_FILES[lv][name]}.yaml): PriorConfig / TrainConfig fields with YAML "
+                             "values, e.g. pixelcnn_layers=8 dropout=0.1 steps=2000 lr=2e-3 "
                              "made_hidden=[500,500]")
     ap.add_argument("--prior", action="append", metavar="NAME=DIR", default=None,
                     help="bench an already-trained prior folder (raw 32x32 mnist5k pixels; its levels decide the table); "
@@ -620,7 +630,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     work = (ROOT / args.work).resolve() if not Path(args.work).is_absolute() else Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base = QUICK_RECIPES if args.quick else RECIPES
     given_all = given_priors(args.prior)
     given_levels = {}
     for name, path in given_all.items():
@@ -633,15 +642,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     out_levels = []
     for lv in args.levels:
-        recipes = {}
-        for name, recipe in base[lv].items():
+        recipes, files = {}, {}
+        for name, (recipe, file) in level_recipes(lv, args.quick).items():
             if args.rows is not None and name not in args.rows:
                 continue
-            flag = OVERRIDE_FLAGS[(lv, name)]
+            flag = OVERRIDE_FLAGS[(lv, name)]  # the flag's fields go on top of the file's
             recipes[name] = recipe | parse_overrides(getattr(args, f"{flag}_args"), flag=f"--{flag}-args",
                                                      known=recipe_keys())
+            files[name] = file
         given = {k: v for k, v in given_all.items() if given_levels[k] == lv}
-        out_levels.append(bench_levels(lv, args, work, recipes, given))
+        out_levels.append(bench_levels(lv, args, work, recipes, given, files))
     res = {"command": " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python -m bench.compression", *(argv if argv is not None else sys.argv[1:])]),
            "chunk": args.chunk, "repeats": args.repeats, "quick": args.quick, "levels": out_levels,
            "published_nats_per_digit": dict(PUBLISHED),

@@ -3,8 +3,10 @@
 
 The prior: a gated PixelCNN over raw 8-bit pixels (the classic setting of Nalisnick et al. 2019, "Do deep
 generative models know what they don't know?"), trained through the CLI's stage functions (``vqgen tokenize
---raw --levels 256``, ``vqgen train-prior``) on the 4,500 training digits within ``--budget`` seconds
-(``--prior-args key=value`` overrides the recipe, ``--prior DIR`` scores an already-trained 8-bit mnist5k prior).
+--raw --levels 256``, ``vqgen train-prior``) on the 4,500 training digits with the recipe
+recipes/ood/pixelcnn5_8bit.yaml (its steps, and its ``max_seconds`` as a wall-clock cap; the file ``vqgen
+train-prior --config`` reads), recorded in the results; ``--prior-args key=value`` overrides fields of it,
+``--prior DIR`` scores an already-trained 8-bit mnist5k prior instead.
 
 In-distribution: the 500 mnist5k test digits. OOD sets, 500 grey 32x32 images each:
 
@@ -24,7 +26,8 @@ generative models using typicality"). 1.0 = every OOD input scores above every t
 below 0.5 = the OOD data looks *more* likely than the digits.
 
 Run: ``OMP_NUM_THREADS=1 python -m bench.ood`` (writes bench/results/ood.json, docs/benchmarks/ood.md and
-docs/benchmarks/ood.png); ``--quick`` (a tiny prior, 40 images per set, print only).
+docs/benchmarks/ood.png); ``--quick`` (the recipe file with ``QUICK_OVERRIDES`` on top: a tiny prior; 40
+images per set, print only).
 """
 
 from __future__ import annotations
@@ -46,15 +49,15 @@ from bench.common import (
     ROOT,
     cpu_model,
     parse_overrides,
+    read_recipe,
     recipe_keys,
     tokenize_mnist,
     train_row,
     write_results,
 )
 
-RECIPE = {"arch": "pixelcnn", "pixelcnn_layers": 5, "pixelcnn_channels": 32, "steps": 400, "batch_size": 16,
-          "lr": 3e-3, "max_seconds": 300}
-QUICK_RECIPE = {"arch": "pixelcnn", "pixelcnn_layers": 1, "pixelcnn_channels": 4, "steps": 2, "batch_size": 4}
+RECIPE = "ood/pixelcnn5_8bit"  # recipes/ood/pixelcnn5_8bit.yaml: the prior's PriorConfig + TrainConfig fields
+QUICK_OVERRIDES = {"pixelcnn_layers": 1, "pixelcnn_channels": 4, "steps": 2, "batch_size": 4}  # --quick
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "clock", "brick", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "retina", "page", "text")  # photographs bundled with skimage
 SETS = ("shapes", "noise", "inverted", "photos", "small")
@@ -217,8 +220,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def markdown(res: dict[str, Any]) -> str:
     m, p = res["machine"], res["prior"]
     t = p.get("training")
+    # eval_every / save_every left out: one evaluation and one save, at the end
+    shown = ", ".join(f"{k}={v}" for k, v in (t["recipe"] if t else {}).items()
+                      if k not in ("eval_every", "save_every"))
     how = (f"trained here for {t['steps_done']} steps ({t['stopped_by']}; {t['train_wall_s']:.0f} s wall, "
-           f"{t['train_cpu_s']:.0f} s CPU), recipe " + ", ".join(f"{k}={v}" for k, v in t["recipe"].items())
+           f"{t['train_cpu_s']:.0f} s CPU), recipe "
+           + (f"`{t['recipe_file']}` ({shown})" if t.get("recipe_file") else shown)
            if t else f"the given folder `{p['dir']}`")
     lines = ["# OOD detection with likelihood: AUROC per set and score", "",
              f"`{res['command']}`. A gated PixelCNN over raw 8-bit mnist5k pixels (32x32), {how}; "
@@ -251,6 +258,14 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def prior_recipe(quick: bool = False, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """(the recipe the prior is trained with, the file it was read from): ``RECIPE``'s file, with
+    ``QUICK_OVERRIDES`` when ``quick``, then ``--prior-args`` ``overrides`` (``key=value``) on top."""
+    recipe, file = read_recipe(RECIPE, "train-prior")
+    extra = parse_overrides(overrides, flag="--prior-args", known=recipe_keys())
+    return recipe | (QUICK_OVERRIDES if quick else {}) | extra, file
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the bench; returns the results dict (also written unless --quick)."""
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
@@ -258,8 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=None, help="images per OOD set (default 500; --quick 40)")
     ap.add_argument("--prior", default=None, help="an already-trained prior folder over raw 8-bit mnist5k pixels")
     ap.add_argument("--prior-args", nargs="+", metavar="KEY=VALUE", default=None,
-                    help="override fields of the recipe (PriorConfig / TrainConfig, YAML values), e.g. steps=600 "
-                         "max_seconds=400 lr=2e-3")
+                    help=f"override fields of the recipe (recipes/{RECIPE}.yaml: PriorConfig / TrainConfig "
+                         "fields, YAML values), e.g. steps=600 max_seconds=400 lr=2e-3")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-ood", help="token folder, prior, OOD image folders and CSVs go here")
@@ -285,11 +300,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prior_dir = Path(args.prior)
     else:
         tokens = tokenize_mnist(work, 256, 200 if args.quick else None)
-        overrides = parse_overrides(args.prior_args, flag="--prior-args", known=recipe_keys())
-        recipe = (QUICK_RECIPE if args.quick else RECIPE) | overrides
+        recipe, file = prior_recipe(args.quick, args.prior_args)
         prior_dir = work / "prior"
-        print(f"training the prior: {recipe}", flush=True)
-        training = train_row(tokens, prior_dir, recipe, args.seed)
+        print(f"training the prior ({file}): {recipe}", flush=True)
+        training = train_row(tokens, prior_dir, recipe, args.seed, file)
     from pipelines.stages.common import open_prior
     from tokenizers_vq import RawCodec
 

@@ -1,22 +1,28 @@
 """The spectral speech codec from scratch on 2 CPU cores: rows at 10 and 30 minutes of training, a bitrate ladder
 from one model, and (``--install``) the package's pretrained spoken-digits tokenizer.
 
-Trains ``vqgen train-tokenizer``'s stage function on ``spoken-digits`` (or ``--dataset tones``) with the
-spectral codec (``audio_head="istft"``: 50 frames/s, residual VQ with ``--num-quantizers`` codebooks of
-``--codebook-size`` codes and quantizer dropout), stops at each ``--minutes`` mark (wall-clock training time, evaluation excluded),
-copies the model there to ``OUT/<m>min`` and continues (``--resume``) to the next mark. Each snapshot is scored on
-the whole held-out split at ``--n-quantizers`` codebooks: STOI (the clips joined, as bench/speech_quality.py),
-SI-SNR, log-mel L1, codebook usage per codebook, and the spoken-digit classifier's accuracy on the
-reconstructions (``runs/speech_classifier``, trained by bench/speech_quality.py on the training voices).
+Trains ``vqgen train-tokenizer``'s stage function with the recipe recipes/speech/spectral_rvq13.yaml
+(``--recipe`` names another): the spectral codec (``audio_head="istft"``: 50 frames/s, residual VQ with 13
+codebooks of 512 codes and quantizer dropout, dead-code threshold 0.1) on ``spoken-digits``, 12,000 steps of
+16 at lr 1e-3 in bf16. The flags ``--dataset``, ``--num-quantizers``, ``--codebook-size``,
+``--dead-code-threshold``, ``--waveform-loss-weight``, ``--steps``, ``--batch-size``, ``--lr`` and
+``--mixed-precision`` override the file's values. The snapshots are the bench's own: it stops at each
+``--minutes`` mark (wall-clock training time, evaluation excluded; the last mark is the file's
+``max_seconds``, 30 minutes), copies the model there to ``OUT/<m>min`` and continues (``--resume``) to the
+next mark. Each snapshot is scored on the whole held-out split at ``--n-quantizers`` codebooks: STOI (the
+clips joined, as bench/speech_quality.py), SI-SNR, log-mel L1, codebook usage per codebook, and the
+spoken-digit classifier's accuracy on the reconstructions (``runs/speech_classifier``, trained by
+bench/speech_quality.py on the training voices).
 
 ``--install`` writes the last snapshot, cut to ``--install-codebooks`` codebooks (the first n residual codebooks
 of a quantizer-dropout model are exactly that model at n codebooks), into ``tokenizers_vq/pretrained/`` with its
 fingerprint in ``index.json``: what ``vqgen demo --modality audio`` starts from.
 
-Run (idle machine): ``python -m bench.speech_codec --minutes 10 30 --install`` (the defaults are the shipped
-tokenizer's recipe); then ``python -m bench.speech_quality --tokenizer runs/speech_codec/30min --n-quantizers 2 5 13
---classifier runs/speech_classifier --merge`` puts the ladder beside Codec2 and Opus. ``--install-only`` ships a
-finished run judged first.
+Run (idle machine): ``python -m bench.speech_codec --minutes 10 30 --install`` (the recipe file is the shipped
+tokenizer's; ``vqgen train-tokenizer --config recipes/speech/spectral_rvq13.yaml`` trains the same model in
+one 30-minute run, without the snapshots); then ``python -m bench.speech_quality --tokenizer
+runs/speech_codec/30min --n-quantizers 2 5 13 --classifier runs/speech_classifier --merge`` puts the ladder
+beside Codec2 and Opus. ``--install-only`` ships a finished run judged first.
 """
 
 from __future__ import annotations
@@ -30,14 +36,45 @@ from typing import Any
 
 import torch
 
-from bench.common import ROOT, cpu_model, write_results
+from bench.common import ROOT, cpu_model, read_recipe, write_results
 from pipelines.data import DataSpec, load_data
 from pipelines.stages.train import train_tokenizer
 from pipelines.training.loop import TrainConfig
-from tokenizers_vq import load_tokenizer
+from tokenizers_vq import TokenizerConfig, load_tokenizer
 from tokenizers_vq import metrics as M
 
 PRETRAINED_DIR = ROOT / "tokenizers_vq" / "pretrained"
+RECIPE = "speech/spectral_rvq13"  # recipes/speech/spectral_rvq13.yaml: the shipped spoken-digits tokenizer's
+# flags that override a recipe value: the model's (TokenizerConfig fields), the loop's (TrainConfig), data
+MODEL_FLAGS = ("num_quantizers", "codebook_size", "dead_code_threshold", "waveform_loss_weight")
+LOOP_FLAGS = ("steps", "batch_size", "lr", "mixed_precision")
+# TrainConfig fields the bench sets itself: the snapshots' budgets and resuming, where the run goes, progress
+BENCH_LOOP = ("out", "max_seconds", "resume", "seed", "progress")
+
+
+def resolve_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    """(data, model, loop, recipe file) of a run: ``args.recipe``'s file with the flags given (not None) on
+    top, and the flags filled in with the values used (so the recorded command line names them). data:
+    ``make_spec`` arguments; model: TokenizerConfig fields; loop: TrainConfig fields but those in
+    ``BENCH_LOOP``."""
+    from dataclasses import fields
+
+    settings, file = read_recipe(args.recipe, "train-tokenizer")
+    loop_keys = {f.name for f in fields(TrainConfig)}
+    model_keys = TokenizerConfig.known_fields()
+    unknown = set(settings) - loop_keys - model_keys - {"dataset"}
+    if unknown:
+        raise ValueError(f"recipe {file}: {', '.join(sorted(unknown))} not taken by this bench (it takes "
+                         "TokenizerConfig and TrainConfig fields and dataset)")
+    for key in (*MODEL_FLAGS, *LOOP_FLAGS, "dataset"):
+        if getattr(args, key) is None:
+            setattr(args, key, settings.get(key))
+        settings[key] = getattr(args, key)
+    if args.dataset is None:
+        raise ValueError(f"recipe {file} names no dataset: pass --dataset")
+    model = {k: v for k, v in settings.items() if k in model_keys and v is not None}
+    loop = {k: v for k, v in settings.items() if k in loop_keys and k not in BENCH_LOOP and v is not None}
+    return {"name": args.dataset, "seed": args.seed}, model, loop, file
 
 
 @torch.no_grad()
@@ -102,23 +139,34 @@ def install(src: Path, codebooks: int, name: str, meta: dict[str, Any]) -> Path:
     return dest
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="spoken-digits", choices=("spoken-digits", "tones"))
-    ap.add_argument("--minutes", type=float, nargs="+", default=[10, 30], help="snapshots at these training minutes")
-    ap.add_argument("--num-quantizers", type=int, default=13, help="residual codebooks trained (default 13: 5.85 kbit/s)")
+    ap.add_argument("--recipe", default=RECIPE, metavar="NAME_OR_FILE",
+                    help=f"the train-tokenizer recipe (default {RECIPE}: recipes/{RECIPE}.yaml); the flags "
+                         "below that say 'the recipe's' override its values")
+    ap.add_argument("--dataset", default=None, choices=("spoken-digits", "tones"),
+                    help="default: the recipe's (spoken-digits)")
+    ap.add_argument("--minutes", type=float, nargs="+", default=[10, 30],
+                    help="snapshots at these training minutes (default 10 30: the last is the recipe's "
+                         "max_seconds)")
+    ap.add_argument("--num-quantizers", type=int, default=None,
+                    help="residual codebooks trained (default: the recipe's, 13: 5.85 kbit/s)")
     ap.add_argument("--n-quantizers", type=int, nargs="+", default=[2, 5, 13], help="codebooks scored per snapshot")
-    ap.add_argument("--waveform-loss-weight", type=float, default=None, help="default: the config's (1 for istft)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=12000, help="the cosine schedule's length; the run stops at the last "
-                    "--minutes mark or here, whichever comes first (12,000: about 30 minutes on the 2-core machine of "
-                    "docs/BENCHMARKS.md)")
-    ap.add_argument("--codebook-size", type=int, default=512, help="codes per residual codebook (default 512: 9 bits; "
-                    "with 1,024 the first codebook used under half its codes on the two held-out voices)")
-    # A batch holds 16 x 20 = 320 frames for 1,024 codes (0.3 per code per step): vqgen's default of 2 would expire
-    # nearly every code at every step; 0.1 expires codes used less than about once in ten batches.
-    ap.add_argument("--dead-code-threshold", type=float, default=0.1)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--waveform-loss-weight", type=float, default=None,
+                    help="default: the recipe's, else the config's (1 for istft)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (16)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="the cosine schedule's length; the run stops at the last --minutes mark or here, "
+                         "whichever comes first (default: the recipe's, 12,000: about 30 minutes on the "
+                         "2-core machine of docs/BENCHMARKS.md)")
+    ap.add_argument("--codebook-size", type=int, default=None,
+                    help="codes per residual codebook (default: the recipe's, 512: 9 bits; with 1,024 the "
+                         "first codebook used under half its codes on the two held-out voices)")
+    # A batch holds 16 x 20 = 320 frames for 1,024 codes (0.3 per code per step): vqgen's default of 2 would
+    # expire nearly every code at every step; the recipe's 0.1 expires codes used less than about once in ten
+    # batches.
+    ap.add_argument("--dead-code-threshold", type=float, default=None, help="default: the recipe's (0.1)")
+    ap.add_argument("--lr", type=float, default=None, help="default: the recipe's (1e-3)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "speech_codec"))
     ap.add_argument("--classifier", default=str(ROOT / "runs" / "speech_classifier"))
     ap.add_argument("--install", action="store_true", help="ship the last snapshot as the pretrained tokenizer")
@@ -126,13 +174,19 @@ def main() -> None:
                     help="train nothing: install the last snapshot of the run recorded in bench/results/"
                          "<--results-name>.json (a run judged first, then shipped)")
     ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.25 kbit/s with 512 codes)")
-    ap.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16", "auto"),
-                    help="training autocast (bf16 runs on a CPU with AVX-512 BF16; the scores are computed in fp32)")
+    ap.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "auto"),
+                    help="training autocast (default: the recipe's, bf16: runs on a CPU with AVX-512 BF16; "
+                         "the scores are computed in fp32)")
     ap.add_argument("--results-name", default=None,
                     help="bench/results/NAME.json + docs/benchmarks/NAME.md (default speech_codec_<dataset>, the "
                          "shipped tokenizer's record: give another name for a run that does not --install)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    data, model, loop, recipe_file = resolve_recipe(args)
     name = args.results_name or f"speech_codec_{args.dataset.replace('-', '_')}"
     if args.install_only:
         install_recorded(name, args.install_codebooks)
@@ -148,11 +202,8 @@ def main() -> None:
     cmd += " --install" if args.install else ""
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "dataset": args.dataset, "command": cmd,
+                            "recipe": recipe_file, "model": model, "loop": loop,
                             "load_average_start": [round(v, 2) for v in os.getloadavg()]}
-    data = {"name": args.dataset, "seed": args.seed}
-    model = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": args.num_quantizers,
-             "codebook_size": args.codebook_size, "waveform_loss_weight": args.waveform_loss_weight,
-             "dead_code_threshold": args.dead_code_threshold}
     splits = load_data(DataSpec(args.dataset, seed=args.seed))
     test = [splits.test[i] for i in range(len(splits.test))]
     xs = torch.stack([x for x, _ in test]).float()
@@ -165,9 +216,10 @@ def main() -> None:
     snapshots, spent, steps = [], 0.0, 0
     for i, minutes in enumerate(sorted(args.minutes)):
         budget = minutes * 60 - spent
-        cfg = TrainConfig(out=str(run_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_seconds=budget,
-                          seed=args.seed, eval_every=10**9, save_every=10**9, resume=i > 0, progress=True,
-                          log_every=50, keep_checkpoints=1, mixed_precision=args.mixed_precision)
+        # the recipe's loop (its eval_every / save_every of 10^9: no evaluation or checkpoint inside the
+        # budget but the last), up to this snapshot's minutes
+        cfg = TrainConfig(**loop, out=str(run_dir), max_seconds=budget, seed=args.seed, resume=i > 0,
+                          progress=True)
         result = train_tokenizer(data, model, cfg)
         spent += float(result.metrics.get("train_seconds", budget))
         steps = result.step

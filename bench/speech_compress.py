@@ -16,8 +16,9 @@ be split into runs of a few minutes each, ``--until``):
    in silence) is tokenized ``--placements`` times, each time at other random offsets (``set_epoch``): a
    shift by a fraction of the 20 ms hop gives other tokens for the same word, which the prior must also
    predict on voices it never heard; the test split (2 held-out voices, 180 clips, centred) once.
-2. priors: ``train_prior`` (the ``vqgen train-prior`` stage) on the q-codebook tokens, unconditional, for a
-   stated budget (steps, and seconds as a cap).
+2. priors: ``train_prior`` (the ``vqgen train-prior`` stage) on the q-codebook tokens, unconditional, with
+   the recipe recipes/speech/prior_delay.yaml (the model, and the budget: steps, batch, lr, and seconds as a
+   cap; the file ``vqgen train-prior --config`` reads); the q = 2 rung overrides its steps (``RUNG_STEPS``).
 3. evaluation: the 180 held-out clips are written as 16-bit WAV files; ``compress`` and ``decompress`` (the
    stage functions ``vqgen compress`` / ``vqgen decompress`` call) code all of them into one container and
    back; the decoded tokens must equal the tokens the codec gives for the WAVs (exactly). Reported: container
@@ -53,7 +54,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from bench.common import ROOT, cpu_model, timed, write_results
+from bench.common import ROOT, cpu_model, read_recipe, split_recipe, timed, write_results
 from bench.speech_quality import peer_rows
 from pipelines.data import DataSpec, load_data
 from pipelines.data.audio_io import read_audio
@@ -80,16 +81,23 @@ from tokenizers_vq.tokenizer import truncate_codebooks
 DATASET = "spoken-digits"
 PRETRAINED = "spoken-digits"  # tokenizers_vq.pretrained name: the shipped 2.25 kbit/s spectral codec
 WORK = ROOT / "runs" / "speech_compress"
-# The prior: the audio demo's delay-pattern Transformer (4 layers x 128), unconditional.
-PRIOR = {"arch": "transformer", "codebook_pattern": "delay", "n_layer": 4, "n_head": 4, "d_model": 128, "dropout": 0.1}
-# Budgets per rung q: optimizer steps (the cosine schedule's length), batch, and a wall-clock cap in seconds. Chosen
-# on a validation voice (one of the 6 training voices held out; the test voices never looked at), in bits/token:
-# q = 5, 8 placements: 6.49 after a 400-step cosine, 6.51-6.57 at 400-500 steps of an 800-step one; one placement
-# overfits (6.59 at step 200, 7.12 by 600); dropout 0.3 or d_model 64 did no better. q = 2: 6.74 after a
-# 250-step cosine, 6.80 after 400 (dropout 0.3: 7.00). 400 steps take about 210 s on 2 idle cores (the audio
-# demo's prior: 800 steps in 420 s); the cap only guards against a much slower machine.
-BUDGET = {5: {"steps": 400, "seconds": 900, "batch": 32}, 2: {"steps": 250, "seconds": 900, "batch": 32}}
-LR = 1e-3
+# The prior and its training: recipes/speech/prior_delay.yaml, the audio demo's delay-pattern Transformer (4
+# layers x 128), unconditional; PRIOR its PriorConfig fields, LOOP its TrainConfig fields (steps, batch, lr,
+# max_seconds, evaluation / saving / logging cadence).
+RECIPE = "speech/prior_delay"
+_SETTINGS, RECIPE_FILE = read_recipe(RECIPE, "train-prior")
+PRIOR, LOOP = split_recipe(_SETTINGS)
+# Budgets per rung q: optimizer steps (the cosine schedule's length), batch, and a wall-clock cap in seconds:
+# the recipe's, but for the q = 2 rung's steps. Chosen on a validation voice (one of the 6 training voices
+# held out; the test voices never looked at), in bits/token: q = 5, 8 placements: 6.49 after a 400-step
+# cosine, 6.51-6.57 at 400-500 steps of an 800-step one; one placement overfits (6.59 at step 200, 7.12 by
+# 600); dropout 0.3 or d_model 64 did no better. q = 2: 6.74 after a 250-step cosine, 6.80 after 400 (dropout
+# 0.3: 7.00). 400 steps take about 210 s on 2 idle cores (the audio demo's prior: 800 steps in 420 s); the cap
+# only guards against a much slower machine.
+RUNG_STEPS = {2: 250}  # the rungs whose steps differ from the recipe's
+BUDGET = {q: {"steps": RUNG_STEPS.get(q, LOOP["steps"]), "seconds": LOOP["max_seconds"],
+              "batch": LOOP["batch_size"]} for q in (5, 2)}
+LR = LOOP["lr"]
 PLACEMENTS = 8  # tokenizations of the training split, each at other random offsets of the word in its second
 CODEC2 = ("2400", "1300", "700C")
 # --quick (the test): 16 training clips, every 15th test clip (12), a 1 x 16 prior for 4 steps of 8 grids, no
@@ -172,8 +180,12 @@ def rung_prior(tokens_dir: Path, q: int, work: Path, model: dict[str, Any], budg
     """An unconditional prior over ``tokens_dir`` (``train_prior``, the `vqgen train-prior` stage) within
     ``budget`` (steps; seconds as a cap) on ``threads`` threads. Reused when made with the same recipe."""
     out = work / f"prior_q{q}"
+    # the recipe's loop (lr, evaluation / saving / logging cadence), with the rung's budget
+    loop = LOOP | {"steps": budget["steps"], "batch_size": budget["batch"], "lr": LR,
+                   "max_seconds": budget["seconds"]}
+    rest = {k: v for k, v in loop.items() if k not in ("steps", "batch_size", "lr", "max_seconds")}
     recipe = {"tokens": _sealed(tokens_dir)["recipe"], "model": model,
-              "budget": budget, "lr": LR, "seed": seed}
+              "budget": budget, "lr": LR, "seed": seed, "loop": rest}
     if _matches(out, recipe):
         _say(f"prior q={q}: reusing {out}")
         return out
@@ -182,8 +194,7 @@ def rung_prior(tokens_dir: Path, q: int, work: Path, model: dict[str, Any], budg
          f"(at most {budget['seconds']} s) on {threads} thread(s)")
     torch.set_num_threads(threads)
     load_start = [round(v, 2) for v in os.getloadavg()]
-    cfg = TrainConfig(out=str(out), steps=budget["steps"], batch_size=budget["batch"], lr=LR, max_seconds=budget["seconds"],
-                      seed=seed, eval_every=10**9, save_every=10**9, log_every=50, progress=False)
+    cfg = TrainConfig(**loop, out=str(out), seed=seed, progress=False)
     res = train_prior(tokens_dir, model, cfg, conditional=False)
     if res.status == "preempted":  # a signal stopped it: leave it unsealed, so the next run trains it again
         raise RuntimeError(f"training the q={q} prior in {out} stopped early ({res.status}); run the bench again")
@@ -454,7 +465,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "codebooks": tok.num_codebooks, "vocab_size": tok.vocab_size, "bits_per_token": tok.bits_per_token,
             "fixed_kbps": round(tok.bitrate / 1000, 3),
             "audio_seconds": xs.numel() / sr, "listener": clf_info, "placements": placements, "quick": args.quick,
-            "train_clips": len(splits.train), "tokenize_seconds": _sealed(full_dir)["info"].get("seconds")}
+            "train_clips": len(splits.train), "tokenize_seconds": _sealed(full_dir)["info"].get("seconds"),
+            "prior_recipe": RECIPE_FILE}
     # the runs that trained the priors (maybe earlier invocations, --until priors) come first
     trained = [r["prior"]["info"] for r in rows if "prior" in r]
     meta["runs"] = [{"command": i["command"], "made": r["prior"]["dir"], **{k: i[k] for k in (

@@ -11,6 +11,13 @@ for gumbel; codebook usage >= 80% for vq and fsq. Audio at <= 2.5 kbit/s: tones 
 spoken-digits log-mel L1 at most half that of the decoder fed all-zero codes; an audio row counts only with
 every codebook at least 50% used (a collapsed codebook that passes a spectral threshold is a failure).
 
+``--recipe NAME`` reproduces the row of a train-tokenizer recipe of recipes/ (the file ``vqgen train-tokenizer
+--config`` reads): its dataset, quantizer, model fields, budget (``max_seconds``) and loop (autocast, batch,
+lr where it sets them) replace the defaults of the flags, which still override them; the steps are planned
+from the timing as for every row (the file's ``steps`` is what the recorded row planned), with one evaluation
+at the end. The README's tones row: ``OMP_NUM_THREADS=2 python -m bench.tokenizer_quality --recipe
+tones/mulaw_fsq16-8-8 --merge``.
+
 Run: ``OMP_NUM_THREADS=2 python -m bench.tokenizer_quality`` (writes bench/results/tokenizer_quality.json
 and docs/benchmarks/tokenizer_quality.md); ``--quick`` for a short smoke run that only prints.
 """
@@ -32,7 +39,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import ROOT, cpu_model, parse_overrides, write_results
+from bench.common import ROOT, cpu_model, parse_overrides, read_recipe, write_results
 from pipelines.data import DataSpec, load_data
 from pipelines.training.loop import TrainConfig, train
 from pipelines.training.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
@@ -41,6 +48,12 @@ from tokenizers_vq import metrics as M
 
 IMAGE_DATASETS = ("mnist5k",)
 AUDIO_DATASETS = ("tones", "spoken-digits")
+DEFAULT_QUANTIZERS = ["fsq", "vq", "gumbel"]
+DEFAULT_BUDGET_S = 300.0
+# A recipe's TrainConfig fields: those a row takes, and those it does not use (it plans its steps from a
+# timing so that the cosine schedule ends at the budget, evaluates once at the end and logs every 50 steps)
+RECIPE_LOOP = ("max_seconds", "mixed_precision", "batch_size", "lr")
+RECIPE_UNUSED = ("steps", "eval_every", "save_every", "log_every")
 # Loop settings per modality (the CLI's train-tokenizer defaults should match these for images).
 # Small batches win on a CPU budget: at a fixed number of seconds, batch 16 did ~1.7x the steps of batch 32 and
 # ended ~1.7 dB higher on mnist5k (fsq, 90 s); batch 64 was another 2.5 dB behind.
@@ -54,6 +67,55 @@ TARGETS = {
 }
 
 
+
+
+def from_recipe(name: str) -> dict[str, Any]:
+    """What a row takes from a train-tokenizer recipe (``--recipe``): {"file": the file read, "dataset",
+    "quantizer" (TokenizerConfig's default when the file names none), "model": the other TokenizerConfig
+    fields, "loop": the ``RECIPE_LOOP`` fields it sets (``max_seconds``: the row's budget), "crop_samples": or
+    None}. A key that is neither those nor ``RECIPE_UNUSED`` is a ValueError naming it (the row would silently
+    differ)."""
+    settings, file = read_recipe(name, "train-tokenizer")
+    model_keys = TokenizerConfig.known_fields()
+    unknown = set(settings) - model_keys - set(RECIPE_LOOP) - set(RECIPE_UNUSED) - {"dataset", "crop_samples"}
+    if unknown:
+        raise ValueError(f"recipe {file}: {', '.join(sorted(unknown))} not taken by bench.tokenizer_quality "
+                         "(it takes TokenizerConfig fields, dataset, crop_samples and "
+                         f"{', '.join(RECIPE_LOOP)})")
+    if "dataset" not in settings:
+        raise ValueError(f"recipe {file} names no dataset")
+    return {"file": file, "dataset": settings["dataset"],
+            "quantizer": settings.get("quantizer", TokenizerConfig.__dataclass_fields__["quantizer"].default),
+            "model": {k: v for k, v in settings.items() if k in model_keys and k != "quantizer"},
+            "loop": {k: settings[k] for k in RECIPE_LOOP if k in settings},
+            "crop_samples": settings.get("crop_samples")}
+
+
+def apply_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """Fill the flags left unset (None) from ``--recipe``'s file, then the defaults; returns the model fields
+    the recipe gives (the ``--set`` overrides go on top of them) and the file read ({}, None without a
+    recipe)."""
+    model: dict[str, Any] = {}
+    file = None
+    if args.recipe:
+        rec = from_recipe(args.recipe)
+        model, loop, file = rec["model"], rec["loop"], rec["file"]
+        args.datasets = args.datasets or [rec["dataset"]]
+        args.quantizers = args.quantizers or [rec["quantizer"]]
+        budget = "budget" if rec["dataset"] in IMAGE_DATASETS else "audio_budget"
+        if getattr(args, budget) is None:
+            setattr(args, budget, loop.get("max_seconds"))
+        for key in ("mixed_precision", "batch_size", "lr"):
+            if getattr(args, key) is None:
+                setattr(args, key, loop.get(key))
+        if args.crop_samples is None:
+            args.crop_samples = rec["crop_samples"]
+    args.datasets = args.datasets or ["mnist5k", "tones", "spoken-digits"]
+    args.quantizers = args.quantizers or list(DEFAULT_QUANTIZERS)
+    args.budget = args.budget if args.budget is not None else DEFAULT_BUDGET_S
+    args.mixed_precision = args.mixed_precision or "auto"
+    args.crop_samples = args.crop_samples if args.crop_samples is not None else AUDIO_CROP_SAMPLES
+    return model, file
 
 
 def machine() -> dict[str, Any]:
@@ -242,39 +304,60 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "Reproduce: `OMP_NUM_THREADS=2 python -m bench.tokenizer_quality --datasets mnist5k --budget 300` (image "
              "rows); `OMP_NUM_THREADS=1 python -m bench.tokenizer_quality --datasets tones --audio-budget 300 --merge` "
              "and the same with `--datasets spoken-digits`, side by side (audio rows). Add "
-             "`--set audio_head=categorical` for the paper's free-logit decoder head.", ""]
+             "`--set audio_head=categorical` for the paper's free-logit decoder head. A recipe's row (its "
+             "file of recipes/ gives the model, budget and autocast): `OMP_NUM_THREADS=2 python -m "
+             "bench.tokenizer_quality --recipe tones/mulaw_fsq16-8-8 --merge` (the tones row at 10 dB).", ""]
     return "\n".join(lines)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=float, default=300.0, help="training seconds per image row (default 300)")
-    ap.add_argument("--audio-budget", type=float, default=None, help="training seconds per audio row (default --budget)")
-    ap.add_argument("--quantizers", nargs="+", default=["fsq", "vq", "gumbel"], choices=["fsq", "vq", "gumbel", "rvq", "rfsq"],
-                    help="rvq / rfsq: residual codebooks (--set num_quantizers=N downsample=D; the bitrate counts them all)")
-    ap.add_argument("--datasets", nargs="+", default=["mnist5k", "tones", "spoken-digits"])
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TokenizerConfig overrides (all rows), YAML values: fsq_levels=[16,8,8] "
-                         "waveform_loss_weight=100")
+    ap.add_argument("--recipe", default=None, metavar="NAME_OR_FILE",
+                    help="reproduce a train-tokenizer recipe's row (e.g. tones/mulaw_fsq16-8-8: "
+                         "recipes/tones/mulaw_fsq16-8-8.yaml): its dataset, quantizer, model fields, "
+                         "max_seconds as the budget, autocast / batch / lr where it sets them; the flags "
+                         "below override them")
+    ap.add_argument("--budget", type=float, default=None,
+                    help=f"training seconds per image row (default {DEFAULT_BUDGET_S:g}, or an image "
+                         "recipe's max_seconds)")
+    ap.add_argument("--audio-budget", type=float, default=None,
+                    help="training seconds per audio row (default --budget, or an audio recipe's "
+                         "max_seconds)")
+    ap.add_argument("--quantizers", nargs="+", default=None, choices=["fsq", "vq", "gumbel", "rvq", "rfsq"],
+                    help="default fsq vq gumbel (a recipe's: its quantizer); rvq / rfsq: residual codebooks "
+                         "(--set num_quantizers=N downsample=D; the bitrate counts them all)")
+    ap.add_argument("--datasets", nargs="+", default=None,
+                    help="default mnist5k tones spoken-digits (a recipe's: its dataset)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="TokenizerConfig overrides (all rows; on top of a recipe's), YAML values: "
+                         "fsq_levels=[16,8,8] waveform_loss_weight=100")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 images / 16 audio clips")
     ap.add_argument("--lr", type=float, default=None, help="default 2e-3")
-    ap.add_argument("--crop-samples", type=int, default=AUDIO_CROP_SAMPLES,
+    ap.add_argument("--crop-samples", type=int, default=None,
                     help=f"audio: train on random windows of this many samples (default {AUDIO_CROP_SAMPLES}, as `vqgen "
                          "train-tokenizer`; 0 = whole clips); evaluation uses whole clips")
-    ap.add_argument("--mixed-precision", default="auto", choices=("no", "bf16", "auto"),
-                    help="training autocast (auto: bf16 on CUDA, fp32 on a CPU; bf16 also runs on CPUs with AVX-512 "
-                         "BF16); evaluation is fp32")
+    ap.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "auto"),
+                    help="training autocast (default auto, or a recipe's; auto: bf16 on CUDA, fp32 on a CPU; "
+                         "bf16 also runs on CPUs with AVX-512 BF16); evaluation is fp32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10-second budgets and a data subset; print only")
     ap.add_argument("--no-write", action="store_true", help="print only (experiments)")
     ap.add_argument("--note", default="", help="a sentence for the markdown (e.g. about machine load)")
     ap.add_argument("--merge", action="store_true", help="keep rows of the existing results file that this run "
                     "does not redo (e.g. audio rows run separately)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    overrides = parse_overrides(args.set, known=TokenizerConfig.known_fields())
+    recipe_model, recipe_file = apply_recipe(args)
+    overrides = recipe_model | overrides
     budget = 10.0 if args.quick else args.budget
     audio_budget = 10.0 if args.quick else (args.audio_budget or budget)
-    overrides = parse_overrides(args.set, known=TokenizerConfig.known_fields())
     meta = machine()
-    run_info = {"datasets": args.datasets, "quantizers": args.quantizers, "budget_s": budget,
+    run_info = {"recipe": recipe_file,
+                "datasets": args.datasets, "quantizers": args.quantizers, "budget_s": budget,
                 "audio_budget_s": audio_budget, "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     rows: list[dict[str, Any]] = []
     for dataset in args.datasets:
@@ -299,12 +382,15 @@ def main() -> None:
         for q in args.quantizers:
             row = run_one(dataset, q, budget if modality == "image" else audio_budget, overrides, loop, splits, args.seed,
                           crop_samples=args.crop_samples or None)
+            if run_info["recipe"]:
+                row["recipe_file"] = run_info["recipe"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     run_info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     run_info["note"] = args.note
     meta["runs"] = [run_info]
-    meta["settings"] = (f"TokenizerConfig defaults{' + ' + json.dumps(overrides) if overrides else ''}; "
+    meta["settings"] = ((f"recipe {run_info['recipe']}: " if run_info["recipe"] else "")
+                        + f"TokenizerConfig defaults{' + ' + json.dumps(overrides) if overrides else ''}; "
                         f"image loop batch {args.batch_size or LOOP['image']['batch_size']}, "
                         f"lr {args.lr or LOOP['image']['lr']}; audio loop batch "
                         f"{args.batch_size or LOOP['audio']['batch_size']}, lr {args.lr or LOOP['audio']['lr']}, "

@@ -1,8 +1,10 @@
-"""bench/compression.py: the quick run's table (every standard tool's row, a missing tool skipped with its install
-command, exact round trips, sizes that match an independent computation) and its recipe parsing."""
+"""bench/compression.py: the quick run's table (every standard tool's row, a missing tool skipped with its
+install command, exact round trips, sizes that match an independent computation), its recipe parsing, and its
+rows' recipes: the files of recipes/compression/, equal to what the committed results were trained with."""
 
 from __future__ import annotations
 
+import json
 import lzma
 import math
 import shutil
@@ -12,7 +14,8 @@ import pytest
 import torch
 
 import bench.compression as C
-from bench.common import parse_overrides, recipe_keys, split_recipe
+from bench.common import ROOT, parse_overrides, recipe_keys, split_recipe
+from recipes import load_recipe
 
 BINARISED_TOOLS = {"JBIG (pbmtojbg)": ("pbmtojbg", "jbgtopbm"), "xz -9e": ("xz",), "bzip2 -9": ("bzip2",),
                    "gzip -9 -n": ("gzip",), "PNG": ()}
@@ -23,7 +26,7 @@ EIGHT_BIT_TOOLS = {"WebP lossless (cwebp)": ("cwebp", "dwebp"), "xz -9e": ("xz",
 def test_quick_run_table(tmp_path, monkeypatch):
     real = shutil.which
     monkeypatch.setattr(C, "which", lambda t: None if t in ("cjxl", "djxl") else real(t))  # JPEG XL "not installed"
-    res = C.main(["--quick", "--work", str(tmp_path)])
+    res = C.main(["--quick", "--work", str(tmp_path), "--pixelcnn-args", "lr=5e-3"])
     tables = {lv["levels"]: lv for lv in res["levels"]}
     assert set(tables) == {2, 256}
     n = tables[2]["n"]
@@ -57,6 +60,12 @@ def test_quick_run_table(tmp_path, monkeypatch):
     rows2 = {r["method"]: r for r in tables[2]["rows"]}
     assert {"vqgen ngram", "vqgen pixelcnn"} <= set(rows2)
     assert rows2["vqgen pixelcnn"]["training"]["steps_done"] == 2  # the quick recipe, trained through the stage
+    # the row's recipe: its file, the quick fields over it, the flag's over those; the file is recorded
+    t = rows2["vqgen pixelcnn"]["training"]
+    assert t["recipe_file"] == "recipes/compression/pixelcnn16.yaml"
+    quick = C.QUICK_OVERRIDES[2]["pixelcnn"]
+    assert t["recipe"] == load_recipe("compression/pixelcnn16") | quick | {"lr": 0.005}
+    assert tables[256]["rows"][-1]["training"]["recipe_file"] == "recipes/compression/histogram.yaml"
     u = rows2["vqgen pixelcnn"]["uncached"]  # the coder without the cache, for the speed-up: exact too
     assert u["digits"] == 2 and u["round_trip_exact"] is True and u["compress_digits_per_s"] > 0
     assert rows2["vqgen ngram"]["uncached"] is None
@@ -107,3 +116,42 @@ def test_tiling_and_pnm_round_trip(n, rows, cols):
     grey = rng.integers(0, 256, size=(5, 4), dtype=np.uint8)
     pgm = b"P5\n# a comment\n4 5\n255\n" + grey.tobytes()
     assert np.array_equal(C.read_pnm(pgm), grey)
+
+
+def test_the_rows_are_the_recipe_files():
+    """Each row's settings live in its file only: the bench's recipes are the files as read, and --quick is
+    the same files with its few fields overridden."""
+    names = {2: {"histogram": "histogram", "ngram": "ngram14", "made": "made", "pixelcnn": "pixelcnn16",
+                 "transformer": "transformer"},
+             256: {"histogram": "histogram", "ngram": "ngram4_8bit", "pixelcnn": "pixelcnn8_8bit"}}
+    for levels, rows in names.items():
+        got = C.level_recipes(levels)
+        assert set(got) == set(rows)
+        for row, name in rows.items():
+            recipe, file = got[row]
+            assert file == f"recipes/compression/{name}.yaml" and (ROOT / file).is_file()
+            assert recipe == load_recipe(f"compression/{name}", command="train-prior")
+        quick = C.level_recipes(levels, quick=True)
+        assert set(quick) == set(C.QUICK_OVERRIDES[levels])
+        for row, (recipe, file) in quick.items():
+            assert recipe == got[row][0] | C.QUICK_OVERRIDES[levels][row] and file == got[row][1]
+
+
+def test_the_recipe_files_hold_what_the_committed_results_were_trained_with():
+    """bench/results/compression.json (the README's numbers) recorded each row's recipe: the files give the
+    same values (eval_every / save_every aside: the bench evaluates and saves once, at the end, either
+    way)."""
+    res = json.loads((ROOT / "bench" / "results" / "compression.json").read_text())
+    trained = 0
+    for lv in res["levels"]:
+        recipes = C.level_recipes(lv["levels"])
+        for r in lv["rows"]:
+            if r["kind"] != "vqgen" or r["training"] is None:
+                continue
+            recipe, _ = recipes[r["method"].removeprefix("vqgen ")]
+            assert {k: v for k, v in recipe.items() if k not in ("eval_every", "save_every")} \
+                == r["training"]["recipe"], r["method"]
+            if r["training"]["steps_done"]:  # trained: one evaluation, at the end, as train_row's default
+                assert recipe["eval_every"] >= recipe["steps"] and recipe["save_every"] >= recipe["steps"]
+            trained += 1
+    assert trained == 8

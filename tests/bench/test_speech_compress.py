@@ -3,26 +3,50 @@
 Tokenize, train a tiny unconditional prior per rung (q = 5 and q = 2 codebooks), ``compress`` / ``decompress``
 the clips as WAV files, and check what the bench reports: the decoded tokens equal the encoded ones, the
 decompressed audio is the tokenizer's own reconstruction, the rates follow from the byte counts, and a rerun
-reuses the trained priors. Skipped without espeak-ng (the spoken-digits data is synthesised by it).
+reuses the trained priors (skipped without espeak-ng: the spoken-digits data is synthesised by it); and the
+prior's recipe: recipes/speech/prior_delay.yaml, equal to what the committed results were trained with.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
 import bench.speech_compress as SC
+from bench.common import ROOT
+from recipes import load_recipe
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                reason="spoken-digits needs espeak-ng: apt-get install espeak-ng")
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="spoken-digits needs espeak-ng: apt-get install espeak-ng")
 
 
+def test_the_prior_and_its_budgets_are_the_recipe_file():
+    settings = load_recipe("speech/prior_delay", "train-prior")
+    assert SC.RECIPE_FILE == "recipes/speech/prior_delay.yaml" and SC.PRIOR | SC.LOOP == settings
+    assert SC.BUDGET[5] == {"steps": settings["steps"], "seconds": settings["max_seconds"],
+                            "batch": settings["batch_size"]} and SC.LR == settings["lr"]
+    assert SC.BUDGET[2] == SC.BUDGET[5] | {"steps": 250}  # the q = 2 rung's own steps
+
+
+def test_the_recipe_file_holds_what_the_committed_results_were_trained_with():
+    res = json.loads((ROOT / "bench" / "results" / "speech_compress.json").read_text())
+    coded = [r for r in res["results"] if r.get("family") == "vqgen-coded"]
+    assert {r["codebooks"] for r in coded} == {5, 2}
+    for r in coded:
+        sealed = r["prior"]["recipe"]
+        assert sealed["model"] == SC.PRIOR and sealed["lr"] == SC.LR
+        assert sealed["budget"] == SC.BUDGET[r["codebooks"]]
+
+
+@needs_espeak
 def test_bad_rungs_are_refused_naming_the_range(tmp_path):
     with pytest.raises(ValueError, match=r"--rungs must be in \[1, 5\] \(the shipped tokenizer's codebooks\), got 2 7"):
         SC.main(["--quick", "--work", str(tmp_path), "--rungs", "2", "7"])
 
 
+@needs_espeak
 def test_quick_run_codes_losslessly_and_reports_consistent_rates(tmp_path):
     res = SC.main(["--quick", "--work", str(tmp_path), "--no-write"])
     rows = {r["codec"]: r for r in res["results"]}

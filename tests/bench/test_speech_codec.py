@@ -1,0 +1,48 @@
+"""bench/speech_codec.py reads recipes/speech/spectral_rvq13.yaml: its model and loop are the file's (equal to
+the command the shipped tokenizer was trained by), its flags override them, its snapshots end at the file's
+max_seconds."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import bench.speech_codec as S
+from bench.common import ROOT
+from recipes import load_recipe
+
+
+def _resolve(*argv: str):
+    args = S.build_parser().parse_args(list(argv))
+    return args, S.resolve_recipe(args)
+
+
+def test_the_defaults_are_the_recipe_file():
+    settings = load_recipe("speech/spectral_rvq13", "train-tokenizer")
+    args, (data, model, loop, file) = _resolve()
+    assert file == "recipes/speech/spectral_rvq13.yaml"
+    assert data == {"name": settings["dataset"], "seed": 0}
+    assert model | loop | {"dataset": args.dataset, "max_seconds": settings["max_seconds"]} == settings
+    # the bench's own snapshots: the last one is the file's budget
+    assert max(args.minutes) * 60 == settings["max_seconds"]
+
+
+def test_flags_override_the_file():
+    args, (data, model, loop, _) = _resolve("--dataset", "tones", "--num-quantizers", "5", "--lr", "2e-3",
+                                            "--mixed-precision", "no", "--waveform-loss-weight", "20")
+    assert data["name"] == "tones" and args.dataset == "tones"
+    assert model["num_quantizers"] == 5 and model["waveform_loss_weight"] == 20
+    assert model["codebook_size"] == 512  # the file's
+    assert loop["lr"] == 0.002 and loop["mixed_precision"] == "no" and loop["steps"] == 12000
+
+
+def test_the_recipe_file_holds_the_shipped_tokenizers_command():
+    """bench/results/speech_codec_spoken_digits_512.json recorded the command line (every value a flag then)
+    that trained the shipped spoken-digits tokenizer: the file's values are those."""
+    res = json.loads((ROOT / "bench" / "results" / "speech_codec_spoken_digits_512.json").read_text())
+    argv = shlex.split(res["meta"]["command"])[2:]  # past `python bench/speech_codec.py`
+    recorded, _ = _resolve(*[a for a in argv if a != "--install"])
+    args, _ = _resolve()
+    for key in (*S.MODEL_FLAGS, *S.LOOP_FLAGS, "dataset", "minutes"):
+        assert getattr(args, key) == getattr(recorded, key), key
+    assert res["snapshots"][-1]["minutes"] * 60 == load_recipe("speech/spectral_rvq13")["max_seconds"]
