@@ -10,14 +10,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("vqgen_io", "tokenizers_vq", "prior", "pipelines", "bench", "scripts")  # scripts/: run as files
+PACKAGES = ("vqgen_io", "tokenizers_vq", "prior", "pipelines", "recipes", "bench", "scripts")  # scripts/: run as files
 FORBIDDEN = {
-    "vqgen_io": {"tokenizers_vq", "prior", "pipelines", "bench", "scripts"},
-    "tokenizers_vq": {"prior", "pipelines", "bench", "scripts"},
-    "prior": {"tokenizers_vq", "pipelines", "bench", "scripts"},
+    "vqgen_io": {"tokenizers_vq", "prior", "pipelines", "recipes", "bench", "scripts"},
+    "tokenizers_vq": {"prior", "pipelines", "recipes", "bench", "scripts"},
+    "prior": {"tokenizers_vq", "pipelines", "recipes", "bench", "scripts"},
+    "recipes": {"vqgen_io", "tokenizers_vq", "prior", "pipelines", "bench", "scripts"},
     "pipelines": {"bench", "scripts"},
     "scripts": {"bench"},
     "bench": {"scripts"},
+}
+# Why each rule holds (docs/ARCHITECTURE.md shows these beside the import graph drawn from the code)
+REASONS = {
+    "vqgen_io": "the save/load helpers both model packages share: it can depend on neither",
+    "tokenizers_vq": "a tokenizer is usable (and exportable) without priors, data loaders or training",
+    "prior": "a prior models integer grids from any source: it knows nothing of tokenizers, data or training",
+    "recipes": "settings files and their reader: data, not code that reaches into the packages",
+    "pipelines": "the library (data, training, stages, the CLI): benchmarks and launch scripts sit above it",
+    "scripts": "thin `accelerate launch` entry points into pipelines",
+    "bench": "benchmarks use the library like a user; nothing but their tests imports them",
 }
 
 
@@ -99,3 +110,80 @@ def test_the_rule_checker_sees_a_violation(tmp_path: Path) -> None:
     f.write_text("def f():\n    import bench.compression\n    from bench.common import ROOT\n")  # lazy too
     assert _imports("pipelines.mod", f, top_level_only=False) == {"bench.compression", "bench.common",
                                                                    "bench.common.ROOT"}
+
+
+# ---------------------------------------------------------------------------------------------- docs/ARCHITECTURE.md
+def package_edges() -> set[tuple[str, str]]:
+    """(A, B): some module of package A imports package B (anywhere in the module, lazy imports too)."""
+    edges = set()
+    for name, path in MODULES.items():
+        for m in _imports(name, path, top_level_only=False):
+            a, b = name.split(".")[0], m.split(".")[0]
+            if a != b:
+                edges.add((a, b))
+    return edges
+
+
+def _components() -> list[tuple[str, str, str, list[str]]]:
+    """(kind, where a new one goes, its registry, the names registered now), read from the registries."""
+    from prior import ARCHS
+    from tokenizers_vq import AUTOENCODERS, QUANTIZERS
+
+    rows = [("prior architecture", "prior/NAME.py: a ComponentConfig dataclass + `@ARCHS.register`", "prior.ARCHS",
+             ARCHS.names()),
+            ("quantizer", "tokenizers_vq/quantizers/NAME.py: config + `@QUANTIZERS.register`",
+             "tokenizers_vq.QUANTIZERS", QUANTIZERS.names()),
+            ("autoencoder family", "tokenizers_vq/autoencoders/NAME.py: config + `@AUTOENCODERS.register`",
+             "tokenizers_vq.AUTOENCODERS", AUTOENCODERS.names())]
+    try:
+        from pipelines.data.spec import DATASETS
+
+        rows.append(("built-in dataset", "pipelines/data/builtins/NAME.py: `@DATASETS.register`",
+                     "pipelines.data.DATASETS", DATASETS.names()))
+    except ImportError:
+        pass
+    from pipelines.commands import COMMANDS
+    from recipes import recipe_names
+
+    rows += [("command", "pipelines/commands.py: an options dataclass + a `COMMANDS` entry", "pipelines.commands.COMMANDS",
+              list(COMMANDS)),
+             ("recipe", "recipes/TOPIC/NAME.yaml: flag names to values, `command:`, the command line in a comment",
+              "recipes.recipe_names()", recipe_names())]
+    return rows
+
+
+def architecture_markdown() -> str:
+    """docs/ARCHITECTURE.md, generated from the code: ``python tests/test_layering.py > docs/ARCHITECTURE.md``."""
+    lines = ["# Architecture", "",
+             "Generated from the code by `python tests/test_layering.py > docs/ARCHITECTURE.md`; "
+             "`tests/test_layering.py` fails when this file is stale or when an import breaks a rule below.", "",
+             "## The packages and their imports", "",
+             "An arrow A --> B: some module of A imports B today (read from the source). Every arrow obeys the rules "
+             "in the table under it; `tests/test_layering.py` also keeps the code free of module-level import cycles.",
+             "", "```mermaid", "flowchart TD"]
+    lines += [f"    {a} --> {b}" for a, b in sorted(package_edges())]
+    lines += ["```", "", "| package | must never import | why |", "|---|---|---|"]
+    lines += [f"| `{pkg}` | {', '.join(f'`{f}`' for f in sorted(FORBIDDEN[pkg])) or '-'} | {REASONS[pkg]} |"
+              for pkg in PACKAGES]
+    lines += ["", "## Where each kind of component goes", "",
+              "A component is one file that declares its config dataclass (each field's comment is its help text; the "
+              "`vqgen` flags are generated from them) and registers under its name; the registries import every "
+              "module of their folder, so adding one touches nothing else but its test.", "",
+              "| kind | a new one | registry | registered now |", "|---|---|---|---|"]
+    lines += [f"| {kind} | {where} | `{reg}` | {', '.join(names)} |" for kind, where, reg, names in _components()]
+    return "\n".join(lines) + "\n"
+
+
+def test_docs_architecture_md_is_generated_from_the_code() -> None:
+    doc = ROOT / "docs" / "ARCHITECTURE.md"
+    assert doc.read_text() == architecture_markdown(), \
+        "docs/ARCHITECTURE.md is stale: python tests/test_layering.py > docs/ARCHITECTURE.md"
+    for a, b in package_edges():  # the picture only draws allowed arrows
+        assert b not in FORBIDDEN.get(a, set()), (a, b)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path[0] = str(ROOT)  # not tests/, whose tests/prior folder would shadow the prior package
+    print(architecture_markdown(), end="")

@@ -338,9 +338,8 @@ def test_ngram_prior_fits_by_counting_and_compresses_losslessly(tmp_path):
 
 def test_every_stage_takes_device():
     """--device on every stage that runs a model (training included), parsed into the namespace the stage reads."""
-    from pipelines.cli import build_parser
+    from pipelines.cli import parse_command
 
-    p = build_parser()
     base = {
         "train-tokenizer": ["--dataset", "mnist5k", "--out", "o"], "train-prior": ["--tokens", "t", "--arch", "lstm",
                                                                                    "--out", "o"],
@@ -351,7 +350,7 @@ def test_every_stage_takes_device():
         "decompress": ["--prior", "p", "f.vqz", "--out", "o"],
     }
     for cmd, args in base.items():
-        assert p.parse_args([cmd, *args, "--device", "cpu"]).device == "cpu", cmd
+        assert parse_command([cmd, *args, "--device", "cpu"])[1].device == "cpu", cmd
 
 
 def test_training_device_errors_are_clear(tmp_path):

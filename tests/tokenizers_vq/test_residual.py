@@ -227,11 +227,12 @@ def test_cli_trains_tokenizes_and_reconstructs_residual(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "rec.png").is_file() and "bits_per_image_n1" in out and "codebook_usage_q1" in out
     # The other flags reach the config (parsed only: one training run is enough for the path above).
-    from pipelines.cli import TOKENIZER_FIELDS, _model_fields, build_parser
+    from pipelines.cli import parse_command
+    from pipelines.commands import tokenizer_model_fields
 
-    args = build_parser().parse_args(["train-tokenizer", "--quantizer", "rfsq", "--num-quantizers", "5",
-                                      "--no-quantizer-dropout", "--dataset", "tones", "--out", str(tmp_path / "x")])
-    fields = _model_fields(args, TOKENIZER_FIELDS)
+    _, args, _ = parse_command(["train-tokenizer", "--quantizer", "rfsq", "--num-quantizers", "5",
+                                "--no-quantizer-dropout", "--dataset", "tones", "--out", str(tmp_path / "x")])
+    fields = tokenizer_model_fields(args)
     assert fields["quantizer"] == "rfsq" and fields["num_quantizers"] == 5 and fields["quantizer_dropout"] is False
-    args = build_parser().parse_args(["train-tokenizer", "--dataset", "tones", "--out", str(tmp_path / "x")])
-    assert "quantizer_dropout" not in _model_fields(args, TOKENIZER_FIELDS)  # the config's default applies
+    _, args, _ = parse_command(["train-tokenizer", "--dataset", "tones", "--out", str(tmp_path / "x")])
+    assert "quantizer_dropout" not in tokenizer_model_fields(args)  # the config's default applies
