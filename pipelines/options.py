@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 
-
 @dataclass
 class CommonOptions:
     """Every command."""

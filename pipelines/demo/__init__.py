@@ -13,15 +13,18 @@ use them too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from recipes import load_recipe
 from tokenizers_vq import load_codec
 from tokenizers_vq.config import DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
 
@@ -35,21 +38,20 @@ from ..training.config import TrainConfig
 
 log = logging.getLogger("vqgen.demo")
 
-# Budgets (seconds of training) chosen so the whole image demo fits in 10 minutes on 2 CPU cores.
-IMAGE_PLAN = {"tok_steps": 6000, "tok_seconds": 200, "tok_batch": 16, "prior_steps": 4000, "prior_seconds": 230, "batch": 64}
+# What the demos train, with their budgets (seconds, chosen so the image demo fits in 10 minutes on 2 CPU cores):
+# the recipe files recipes/demo/*.yaml, which `vqgen train-tokenizer / train-prior --config` run the same way.
+IMAGE_RECIPES = ("demo/image_tokenizer", "demo/image_prior")
+AUDIO_RECIPES = ("demo/audio_tokenizer", "demo/audio_prior")  # the tokenizer: --from-scratch and tones only
 # ``placements``: the audio training split is tokenized this many times, each word at other random offsets in its
 # padded second. With one placement a 420 s prior memorised the 540 training clips' tokens (held-out code length
 # 10.2 bits per token, worse than the fixed 9) while its samples still read as digits: copies, not a model.
-AUDIO_PLAN = {"tok_steps": 20000, "tok_seconds": 240, "tok_batch": 16, "prior_steps": 8000, "prior_seconds": 390,
-              "batch": 32, "placements": 8}
-# The audio demo's codec when it trains one (--from-scratch, tones): the spectral codec at 2.25 kbit/s, the
-# shipped tokenizer's design (5 residual codebooks of 512 codes) cut to what it ships.
-AUDIO_TOKENIZER = {"modality": "audio", "audio_head": "istft", "quantizer": "rvq", "num_quantizers": 5,
-                   "codebook_size": 512}
+AUDIO_PLACEMENTS = 8
 PRETRAINED_AUDIO = "spoken-digits"  # tokenizers_vq.pretrained name the audio demo starts from
 CFG_CANDIDATES = (1.5, 2.0, 3.0, 4.0)  # guidance scales the demos try before recording one for `vqgen sample`
 AUDIO_TEMPERATURES = (1.0, 0.85, 0.7)  # the audio demo's selection also tries cooler sampling
-QUICK_PLAN = {"tok_steps": 6, "tok_seconds": 30, "tok_batch": 16, "prior_steps": 6, "prior_seconds": 30, "batch": 16}
+# --quick (smoke tests): the recipes with these settings on top (the plumbing, not the quality)
+QUICK_LOOP = {"steps": 6, "max_seconds": 30, "batch_size": 16}
+QUICK_MODEL = {"n_layer": 1, "d_model": 16, "dropout": 0.0, "istft_dim": 16, "istft_layers": 1}
 
 
 def _say(msg: str) -> None:
@@ -67,9 +69,9 @@ def run_demo(modality: str = "image", out: str | Path = "runs/demo", seed: int =
     torch.manual_seed(seed)
     t0 = time.time()
     if modality == "image":
-        summary = _image_demo(out, seed, QUICK_PLAN if quick else IMAGE_PLAN, quick, progress)
+        summary = _image_demo(out, seed, quick, progress)
     else:
-        summary = _audio_demo(out, seed, QUICK_PLAN if quick else AUDIO_PLAN, quick, progress, from_scratch)
+        summary = _audio_demo(out, seed, quick, progress, from_scratch)
     summary["total_seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _say(f"done in {summary['total_seconds']:.0f} s. Summary: {out / 'summary.json'}")
@@ -79,14 +81,34 @@ def run_demo(modality: str = "image", out: str | Path = "runs/demo", seed: int =
     return summary
 
 
-def _train_cfg(out: Path, steps: int, seconds: float, batch: int, lr: float, seed: int, progress: bool) -> TrainConfig:
-    return TrainConfig(out=str(out), steps=steps, batch_size=batch, lr=lr, max_seconds=seconds, seed=seed,
-                       eval_every=10**9, save_every=10**9, progress=progress, log_every=20)
+@dataclass
+class Plan:
+    """One stage of a demo from its recipe: the model's fields, the loop's, and whether the prior is conditional."""
+
+    model: dict[str, Any]
+    loop: dict[str, Any]
+
+    @classmethod
+    def from_recipe(cls, name: str, quick: bool) -> Plan:
+        settings = load_recipe(name)
+        settings.pop("dataset", None)  # the demo picks the data (and its sizes) itself
+        settings.pop("conditional", None)  # the demo's priors are conditional whenever the data has labels
+        loop_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        loop = {k: v for k, v in settings.items() if k in loop_fields}
+        model = {k: v for k, v in settings.items() if k not in loop_fields}
+        if quick:
+            loop |= QUICK_LOOP
+            spectral = model.get("audio_head") == "istft"
+            model |= {k: v for k, v in QUICK_MODEL.items() if k in model or (spectral and k.startswith("istft"))}
+        return cls(model, loop)
+
+    def train_config(self, out: Path, seed: int, progress: bool) -> TrainConfig:
+        return TrainConfig(out=str(out), seed=seed, progress=progress, **self.loop)
 
 
-def _pipeline(out: Path, data: dict[str, Any], tokenizer: dict[str, Any], prior: dict[str, Any], plan: dict[str, Any],
-              eval_limit: int, crop: int | None, n_recon: int, seed: int, progress: bool,
-              pretrained: str | None = None) -> tuple[Any, Any, dict[str, Any], Any]:
+def _pipeline(out: Path, data: dict[str, Any], tokenizer: Plan, prior: Plan, eval_limit: int | None, n_recon: int,
+              seed: int, progress: bool, pretrained: str | None = None, placements: int = 1
+              ) -> tuple[Any, Any, dict[str, Any], Any]:
     """Steps 1-4, the same stage functions the CLI calls: train a tokenizer (or copy the shipped ``pretrained``
     one), reconstruct, tokenize, train a conditional prior (which records its codec and a guidance scale for
     `vqgen sample`)."""
@@ -99,24 +121,24 @@ def _pipeline(out: Path, data: dict[str, Any], tokenizer: dict[str, Any], prior:
         load_pretrained(pretrained)  # checks the fingerprint before anything is built on it
         shutil.copytree(pretrained_path(pretrained), out / "tokenizer")
     else:
-        kind = tokenizer.get("quantizer", "fsq").upper()
-        _say(f"1/5 training an {kind} tokenizer on {name} ({len(splits.train)} examples), up to {plan['tok_seconds']} s")
-        train_tokenizer(data, tokenizer, _train_cfg(out / "tokenizer", plan["tok_steps"], plan["tok_seconds"],
-                                                    plan["tok_batch"], 2e-3, seed, progress), crop_samples=crop,
+        kind = tokenizer.model.get("quantizer", "fsq").upper()
+        _say(f"1/5 training an {kind} tokenizer on {name} ({len(splits.train)} examples), up to "
+             f"{tokenizer.loop['max_seconds']} s")
+        train_tokenizer(data, tokenizer.model, tokenizer.train_config(out / "tokenizer", seed, progress),
                         eval_limit=eval_limit)
     tok = load_codec(out / "tokenizer")
     _say("2/5 reconstructions")
     rec_out = out / ("reconstructions.png" if tok.modality == "image" else "reconstructions")
     rec = reconstruct(tok, splits, rec_out, n=n_recon, seed=seed, progress=progress)
-    placed = with_placements(splits, plan.get("placements", 1))  # unchanged for images and tones
+    placed = with_placements(splits, placements)  # unchanged for images and tones
     times = len(placed.train) // len(splits.train)
     _say(f"3/5 tokenizing both splits ({tuple(tok.token_shape())} tokens per input"
          + (f"; the training split {times} times, at other random offsets" if times > 1 else "") + ")")
     tokenize_splits(placed, out / "tokens", name, tok, out / "tokenizer", progress=progress)
-    arch = prior["arch"].replace("_", "-") + (" (delay pattern)" if prior.get("codebook_pattern") == "delay" else "")
-    _say(f"4/5 training a {arch} prior p(tokens | label), up to {plan['prior_seconds']} s")
-    pres = train_prior(out / "tokens", prior, _train_cfg(out / "prior", plan["prior_steps"], plan["prior_seconds"],
-                                                          plan["batch"], 1e-3, seed, progress),
+    arch = prior.model["arch"].replace("_", "-") + (" (delay pattern)" if prior.model.get("codebook_pattern") == "delay"
+                                                     else "")
+    _say(f"4/5 training a {arch} prior p(tokens | label), up to {prior.loop['max_seconds']} s")
+    pres = train_prior(out / "tokens", prior.model, prior.train_config(out / "prior", seed, progress),
                        conditional=splits.num_classes > 0)
     return splits, tok, rec, pres
 
@@ -150,13 +172,11 @@ def _guided_agreement(out: Path, predict: Any, seed: int, quick: bool, temperatu
     return agree, gen, {name(*k): v for k, v in scores.items()}
 
 
-def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool) -> dict[str, Any]:
+def _image_demo(out: Path, seed: int, quick: bool, progress: bool) -> dict[str, Any]:
     data = {"name": "mnist5k", "channels": 1, "image_size": DEFAULT_IMAGE_SIZE, "seed": seed,
             "limit": 256 if quick else None}
-    prior = {"arch": "sparse_transformer", "n_layer": 1 if quick else 4, "n_head": 4, "d_model": 16 if quick else 128,
-             "attention": "strided", "stride": 8, "label_dropout": 0.1}
-    splits, tok, rec, pres = _pipeline(out, data, {"modality": "image", "quantizer": "fsq"}, prior, plan,
-                                       100 if quick else None, None, 16, seed, progress)
+    tokenizer, prior = (Plan.from_recipe(name, quick) for name in IMAGE_RECIPES)
+    splits, tok, rec, pres = _pipeline(out, data, tokenizer, prior, 100 if quick else None, 16, seed, progress)
     _say(f"    test PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}, codebook usage {rec['codebook_usage']:.0%}")
     from .digit_judge import predict, save_classifier, train_classifier
 
@@ -178,8 +198,7 @@ def _image_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
     }
 
 
-def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progress: bool,
-                from_scratch: bool = False) -> dict[str, Any]:
+def _audio_demo(out: Path, seed: int, quick: bool, progress: bool, from_scratch: bool = False) -> dict[str, Any]:
     name = "spoken-digits" if shutil.which("espeak-ng") else "tones"
     if name == "tones":
         _say("espeak-ng is not installed, so the audio demo uses the built-in `tones` melodies instead of "
@@ -190,11 +209,9 @@ def _audio_demo(out: Path, seed: int, plan: dict[str, Any], quick: bool, progres
 
     pretrained = (PRETRAINED_AUDIO if name == "spoken-digits" and not from_scratch and not quick
                   and PRETRAINED_AUDIO in available() else None)
-    tokenizer = AUDIO_TOKENIZER | ({"istft_dim": 16, "istft_layers": 1} if quick else {})
-    prior = {"arch": "transformer", "codebook_pattern": "delay", "n_layer": 1 if quick else 4, "n_head": 4,
-             "d_model": 16 if quick else 128, "dropout": 0.0 if quick else 0.1, "label_dropout": 0.1}
-    splits, tok, rec, pres = _pipeline(out, data, tokenizer, prior, plan, 16 if quick else None, None, 4, seed,
-                                       progress, pretrained=pretrained)
+    tokenizer, prior = (Plan.from_recipe(name, quick) for name in AUDIO_RECIPES)
+    splits, tok, rec, pres = _pipeline(out, data, tokenizer, prior, 16 if quick else None, 4, seed, progress,
+                                       pretrained=pretrained, placements=1 if quick else AUDIO_PLACEMENTS)
     _say(f"    held-out STOI {rec.get('stoi', float('nan')):.3f} at {rec.get('kbps', 0.0):.2f} kbit/s, codebook usage "
          f"{rec.get('codebook_usage', float('nan')):.0%}")
     summary = {
