@@ -30,7 +30,7 @@ def make(arch: str, shape: tuple[int, ...], vocab: int = 3, num_classes: int = 0
     counting ngram, counts fitted on skewed random grids."""
     torch.manual_seed(seed)
     p = build_prior(arch=arch, vocab_size=vocab, shape=shape, num_codebooks=shape[-1], codebook_pattern=pattern,
-                    num_classes=num_classes, **TINY[arch])
+                    num_classes=num_classes, **TINY.get(arch, {}))
     with torch.no_grad():
         for w in p.parameters():
             w.add_(torch.randn_like(w) * 0.3)
