@@ -21,6 +21,7 @@ import torch
 
 from tokenizers_vq import load_codec
 from tokenizers_vq.config import DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
+from tokenizers_vq.modality import get_modality
 
 from .data import load_data
 from .stages.common import make_spec, set_sampling_defaults
@@ -63,10 +64,11 @@ def run_demo(modality: str = "image", out: str | Path = "runs/demo", seed: int =
     out.mkdir(parents=True)
     torch.manual_seed(seed)
     t0 = time.time()
-    if modality == "image":
-        summary = _image_demo(out, seed, QUICK_PLAN if quick else IMAGE_PLAN, quick, progress)
-    else:
-        summary = _audio_demo(out, seed, QUICK_PLAN if quick else AUDIO_PLAN, quick, progress, from_scratch)
+    # One demo per modality: each is its own pipeline (data, models, checks), named by the modality.
+    demos = {"image": lambda: _image_demo(out, seed, QUICK_PLAN if quick else IMAGE_PLAN, quick, progress),
+             "audio": lambda: _audio_demo(out, seed, QUICK_PLAN if quick else AUDIO_PLAN, quick, progress,
+                                          from_scratch)}
+    summary = demos[str(get_modality(modality))]()
     summary["total_seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _say(f"done in {summary['total_seconds']:.0f} s. Summary: {out / 'summary.json'}")
@@ -103,7 +105,7 @@ def _pipeline(out: Path, data: dict[str, Any], tokenizer: dict[str, Any], prior:
                         eval_limit=eval_limit)
     tok = load_codec(out / "tokenizer")
     _say("2/5 reconstructions")
-    rec_out = out / ("reconstructions.png" if tok.modality == "image" else "reconstructions")
+    rec_out = tok.modality.preview_path(out, "reconstructions")  # reconstructions.png, or a folder of WAVs
     rec = reconstruct(tok, splits, rec_out, n=n_recon, seed=seed, progress=progress)
     placed = with_placements(splits, plan.get("placements", 1))  # unchanged for images and tones
     times = len(placed.train) // len(splits.train)
