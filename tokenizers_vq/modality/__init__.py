@@ -1,6 +1,6 @@
-"""Modalities: what kind of signal a codec tokenizes, as one object that owns everything that differs between
-kinds (layout and range checks, default sizes, file reading and writing, previews, metrics, raw quantization, the
-model card's wording and the ONNX export's axes). ``codec.modality`` is one of these.
+"""Modalities: what kind of signal a codec tokenizes, as one object that owns everything that differs
+between kinds (layout and range checks, default sizes, file reading and writing, previews, metrics, raw
+quantization, the model card's wording and the ONNX export's axes). ``codec.modality`` is one of these.
 
 ```python
 from tokenizers_vq.modality import AUDIO, IMAGE, get_modality
@@ -10,8 +10,9 @@ str(m), m == "image", hash(m) == hash("image")   # "image", True, True: it stand
 m.input_shape({"channels": 1, "image_size": 32})  # (1, 32, 32)
 ```
 
-``base.py`` holds the ``Modality`` base class and the registry; ``image.py`` and ``audio.py`` one modality each.
-A new modality is a subclass registered with ``register_modality`` (plus its data readers in ``pipelines.data``).
+``base.py`` holds the ``Modality`` base class and the registry; ``image.py`` and ``audio.py`` one modality
+each. A new modality is a subclass registered with ``register_modality`` (plus its data readers in
+``pipelines.data``).
 """
 
 from .audio import AUDIO, AudioFileError, AudioModality

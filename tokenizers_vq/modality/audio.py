@@ -1,7 +1,8 @@
 """Audio: mono waveforms float32 [T] in [-1, 1] at a sample rate, batches [B, T]; token grids (t,).
 
-The one place audio files are decoded (``decode_audio``: the data layer's ``read_audio`` adds its limits and error
-type; ``AUDIO.read`` uses it as it is) and written (``save_wav``), and the spectrogram pictures that preview them.
+The one place audio files are decoded (``decode_audio``: the data layer's ``read_audio`` adds its limits and
+error type; ``AUDIO.read`` uses it as it is) and written (``save_wav``), and the spectrogram pictures that
+preview them.
 """
 
 from __future__ import annotations
@@ -213,8 +214,8 @@ class AudioModality(Modality):
     # ------------------------------------------------------------------ raw mu-law samples
     def _check_levels(self, levels: int) -> None:
         if levels != MU_LAW_CHANNELS:
-            raise ValueError(f"raw audio is quantized with {MU_LAW_CHANNELS}-level (8-bit) mu-law; got levels={levels} "
-                             f"(use --levels {MU_LAW_CHANNELS}, or drop --levels)")
+            raise ValueError(f"raw audio is quantized with {MU_LAW_CHANNELS}-level (8-bit) mu-law; got "
+                             f"levels={levels} (use --levels {MU_LAW_CHANNELS}, or drop --levels)")
 
     def check_raw(self, levels: int, input_shape: tuple[int, ...], sample_rate: int | None) -> int | None:
         self._check_levels(levels)
@@ -356,7 +357,8 @@ class AudioModality(Modality):
     def card_rows(self, config: Any) -> list[str]:
         return [
             f"| sample rate | {config.sample_rate} Hz |",
-            f"| hop | {config.downsample} samples per token ({config.sample_rate / config.downsample:g} tokens per second) |",
+            f"| hop | {config.downsample} samples per token "
+            f"({config.sample_rate / config.downsample:g} tokens per second) |",
         ]
 
     card_torch_note = ("; long clips are encoded in overlapping chunks with bounded memory (the tokens equal a "
@@ -386,5 +388,5 @@ class AudioModality(Modality):
 
 AUDIO = AudioModality()  # registered by the package, images first
 
-__all__ = ["AUDIO", "DECODE_ERRORS", "AudioFileError", "AudioModality", "decode_audio", "decode_error", "save_wav",
-           "spectrogram_image", "wav_truncated"]
+__all__ = ["AUDIO", "DECODE_ERRORS", "AudioFileError", "AudioModality", "decode_audio", "decode_error",
+           "save_wav", "spectrogram_image", "wav_truncated"]

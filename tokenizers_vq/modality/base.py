@@ -1,13 +1,14 @@
 """The ``Modality`` base class and the registry of modalities by name.
 
-A modality is what kind of signal a codec turns into tokens: its layout and value range, the sizes that fix one
-input, how a file becomes a tensor and back, what a preview looks like, which reconstruction metrics apply, how raw
-values become a token grid, and how its model card and ONNX graphs describe it. Everything that used to be an
-``if modality == "image"`` branch across the package lives in one subclass per modality (``image.py``,
-``audio.py``); a new modality is one more subclass, registered with ``register_modality``, plus its data readers.
+A modality is what kind of signal a codec turns into tokens: its layout and value range, the sizes that fix
+one input, how a file becomes a tensor and back, what a preview looks like, which reconstruction metrics apply,
+how raw values become a token grid, and how its model card and ONNX graphs describe it. Everything that used to
+be an ``if modality == "image"`` branch across the package lives in one subclass per modality (``image.py``,
+``audio.py``); a new modality is one more subclass, registered with ``register_modality``, plus its data
+readers.
 
-A ``Modality`` stands in for its name: ``str(m)`` is the name, ``m == "image"`` compares names, and it hashes as
-its name (so ``{"image": ...}[m]`` works). JSON records keep the plain name (``str(m)``).
+A ``Modality`` stands in for its name: ``str(m)`` is the name, ``m == "image"`` compares names, and it hashes
+as its name (so ``{"image": ...}[m]`` works). JSON records keep the plain name (``str(m)``).
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ class Modality:
     ``NotImplementedError`` here; instances are singletons, looked up with ``get_modality(name)``."""
 
     name: ClassVar[str] = ""
-    timed: ClassVar[bool] = False  # inputs run along time at a sample rate: frame rate, bitrate, crops, windows
+    timed: ClassVar[bool] = False  # inputs run along time at a sample rate: frame rate, bitrate, crops
     input_ndim: ClassVar[int] = 0  # axes of one input: (C, H, W) -> 3, (T,) -> 1
-    grid_ndim: ClassVar[int] = 0  # token-grid axes of one input before any codebook axis: (h, w) -> 2, (t,) -> 1
+    grid_ndim: ClassVar[int] = 0  # token-grid axes of one input before a codebook axis: (h, w) -> 2, (t,) -> 1
     value_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # what encode takes and decode returns
     range_hint: ClassVar[str] = ""  # the fix named when an input is out of range
     batch_layout: ClassVar[str] = ""  # the batch encode takes, in words: "[B, C, H, W]", "a waveform [B, T]"
     noun: ClassVar[str] = ""  # one input, with its article: "an image", "a waveform"
     file_suffix: ClassVar[str] = ""  # what ``write`` writes: ".png", ".wav"
-    size_fields: ClassVar[tuple[str, ...]] = ()  # the TokenizerConfig / DataSpec fields that fix one input's shape
+    size_fields: ClassVar[tuple[str, ...]] = ()  # TokenizerConfig / DataSpec fields that fix one input's shape
     default_sizes: ClassVar[Mapping[str, int]] = {}  # those fields' defaults (tokenizers_vq.config)
     raw_levels: ClassVar[tuple[int, ...]] = ()  # the quantizations RawCodec offers
     eval_batch_size: ClassVar[int] = 128  # a batch that evaluates quickly without much memory on a CPU
     downsample_axes: ClassVar[str] = ""  # model card: where the downsampling factor applies ("per axis")
-    trace_kwargs: ClassVar[Mapping[str, Any]] = {}  # extra keyword arguments of the autoencoder's encode/decode in ONNX
+    trace_kwargs: ClassVar[Mapping[str, Any]] = {}  # extra arguments of the model's encode/decode when traced
 
     # ------------------------------------------------------------------ it stands in for its name
     def __str__(self) -> str:
@@ -103,7 +104,7 @@ class Modality:
         raise NotImplementedError
 
     def quantize_raw(self, x: Tensor, levels: int) -> Tensor:
-        """One input or a batch of them (float, ``value_range``) -> int64 raw grids (``tokenizers_vq.quantize_raw``)."""
+        """One input or a batch of them (float, in ``value_range``) -> int64 raw grids (``quantize_raw``)."""
         raise NotImplementedError
 
     def dequantize_raw(self, grid: Tensor, levels: int, input_shape: tuple[int, ...]) -> Tensor:
@@ -164,7 +165,7 @@ class Modality:
         return None
 
     def preview_path(self, folder: str | Path, stem: str) -> Path:
-        """Where ``write_reconstructions`` puts a preview named ``stem`` inside ``folder``: one file, or a folder."""
+        """Where ``write_reconstructions`` puts a preview named ``stem`` in ``folder``: one file, or a folder."""
         raise NotImplementedError
 
     def write_reconstructions(self, x: Tensor, recon: Tensor, out: str | Path, sample_rate: int | None = None
@@ -204,7 +205,7 @@ class Modality:
         raise NotImplementedError
 
     def dynamic_axes(self, tokens: Tensor, downsample: int) -> tuple[dict[int, Any], dict[int, Any]]:
-        """``torch.export`` dynamic axes of (the encoder input, the tokens): the batch, and whatever else may vary."""
+        """``torch.export`` dynamic axes of (the encoder input, the tokens): the batch, and whatever may vary."""
         raise NotImplementedError
 
 

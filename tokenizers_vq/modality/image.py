@@ -1,7 +1,7 @@
 """Images: float32 [C, H, W] in [0, 1] (C = 1 grey or 3 RGB), batches [B, C, H, W]; token grids (h, w).
 
-The one place images are decoded (``pil_to_tensor``: the data layer's datasets and ``IMAGE.read`` both go through
-it) and written (``save_image``, ``image_grid``).
+The one place images are decoded (``pil_to_tensor``: the data layer's datasets and ``IMAGE.read`` both go
+through it) and written (``save_image``, ``image_grid``).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def read_image(source: str | os.PathLike | bytes | bytearray, channels: int, siz
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
             if im.size != (w, h):  # checked before decoding: a huge file costs nothing
-                raise ValueError(f"{name} is {im.size[0]}x{im.size[1]} (WxH) but the codec expects {w}x{h}; resize it "
-                                 "first (vqgen reads it as it is, so it does not resize for you)")
+                raise ValueError(f"{name} is {im.size[0]}x{im.size[1]} (WxH) but the codec expects {w}x{h}; "
+                                 "resize it first (vqgen reads it as it is, so it does not resize for you)")
             return pil_to_tensor(im, None, channels)
     except FileNotFoundError:
         raise FileNotFoundError(f"{name}: no such file") from None
@@ -140,7 +140,8 @@ class ImageModality(Modality):
             )
         d = downsample
         if d and (x.shape[2] % d or x.shape[3] % d):
-            raise ValueError(f"image height and width must be divisible by downsample={d}, got {tuple(x.shape[2:])}")
+            raise ValueError(f"image height and width must be divisible by downsample={d}, "
+                             f"got {tuple(x.shape[2:])}")
 
     # ------------------------------------------------------------------ raw pixels
     def check_raw(self, levels: int, input_shape: tuple[int, ...], sample_rate: int | None) -> int | None:
@@ -279,5 +280,5 @@ class ImageModality(Modality):
 
 IMAGE = ImageModality()  # registered by the package, images first
 
-__all__ = ["IMAGE", "IMAGE_LEVELS", "ImageModality", "image_grid", "pil_to_tensor", "read_image", "resized_size",
-           "save_image", "to_uint8_image"]
+__all__ = ["IMAGE", "IMAGE_LEVELS", "ImageModality", "image_grid", "pil_to_tensor", "read_image",
+           "resized_size", "save_image", "to_uint8_image"]
