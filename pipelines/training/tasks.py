@@ -125,7 +125,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
                 whole.add(group, x[k, lo:hi].cpu(), out.recon[k, lo:hi].cpu())
         else:  # the modality's: PSNR and SSIM of images, SI-SNR and log-mel L1 of audio clips
             batch_metrics = tokenizer.modality.recon_metrics(out.recon, x, tokenizer.sample_rate)
-        if "accuracy" in out.metrics:  # a mu-law head's per-sample class accuracy (audio only reports one)
+        if "accuracy" in out.metrics:  # a model-reported per-sample mu-law class accuracy, whatever the modality
             batch_metrics["mu_law_accuracy"] = float(out.metrics["accuracy"])
         batch_metrics["loss"] = out.loss.item()
         for k, v in batch_metrics.items():
