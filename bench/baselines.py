@@ -28,12 +28,10 @@ def grid_images(grids: Tensor, codec: Codec | None) -> list[Any]:
     the values need more than 16 bits (PNG has no lossless form for them)."""
     from PIL import Image
 
-    if isinstance(codec, RawCodec) and codec.modality == "image":
-        x = codec.decode(grids)  # [N, C, H, W] in [0, 1]
-        arr = np.round(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-        if codec.levels == 2 and codec.input_shape[0] == 1:
-            return [Image.fromarray(a[..., 0] > 127) for a in arr]  # 1-bit PNG
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    if isinstance(codec, RawCodec):  # raw pixels as the images they are (the modality's; None for raw audio)
+        images = codec.modality.raw_png_images(codec, grids)
+        if images is not None:
+            return images
     g = grids.reshape(grids.shape[0], grids.shape[1] if grids.dim() > 2 else 1, -1).numpy()
     # uint16 arrays become Pillow's "I;16" images; naming the mode explicitly is refused by current Pillow
     if g.max(initial=0) >= 2**16:

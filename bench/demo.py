@@ -20,6 +20,34 @@ import torch
 from bench.common import ROOT, cpu_model
 
 
+def _image_note(summary: dict) -> list[str]:
+    sel = ", ".join(f"{k}: {v:.0%}" for k, v in (summary.get("cfg_selection") or {}).items())
+    return ["", "`samples_label_agreement` is the fraction of the 100 samples (ten per digit, drawn by the "
+              "`sample` stage with the prior folder's defaults) that a small CNN trained on the mnist5k training "
+              "split (its test accuracy is `classifier_test_accuracy`) classifies as the digit that was asked "
+              "for. Target: >= 0.90. The guidance scale the prior folder records (`cfg_scale`) is chosen by the "
+              f"demo on a selection run with other seeds (agreement by scale: {sel or 'not recorded'}): the "
+              "gentlest scale within one point of the best. `prior_bits_per_dim` is the code length of the tokens "
+              "per pixel, not a pixel likelihood."]
+
+
+def _audio_note(summary: dict) -> list[str]:
+    sel = ", ".join(f"{k}: {v:.0%}" for k, v in (summary.get("cfg_selection") or {}).items())
+    return ["", f"Tokenizer: `{summary.get('tokenizer_source', 'trained')}` (`pretrained:spoken-digits` = the "
+              "package's shipped spectral codec, `python -m bench.speech_codec --install`; `trained` = trained by the "
+              "demo). `tokenizer_stoi`, `tokenizer_si_snr_db` and `tokenizer_log_mel_l1` are its reconstructions "
+              "of the held-out voices (STOI on the clips joined); `kbps` = tokens per second x codebooks x "
+              "log2(vocabulary); `codebook_usage` is the worst codebook's. `prior_bits_per_token` is the prior's "
+              "held-out code length per token. `samples_label_agreement` is the fraction of the 100 clips (ten "
+              "per digit, drawn by the `sample` stage with the prior folder's defaults) that the spoken-digit "
+              "classifier (`pipelines.demo.speech_judge`, trained on the training voices' original clips; "
+              "`classifier_test_accuracy` on the held-out voices' originals) hears as the digit asked for. "
+              f"Target: >= 0.80. Guidance scale chosen on a selection run with other seeds ({sel or 'none'})."]
+
+
+NOTES = {"image": _image_note, "audio": _audio_note}  # what each demo's numbers mean, by its modality
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,27 +76,7 @@ def main() -> None:
              f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}.", "",
              "| quantity | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
-    if summary["modality"] == "image":
-        sel = ", ".join(f"{k}: {v:.0%}" for k, v in (summary.get("cfg_selection") or {}).items())
-        lines += ["", "`samples_label_agreement` is the fraction of the 100 samples (ten per digit, drawn by the "
-                  "`sample` stage with the prior folder's defaults) that a small CNN trained on the mnist5k training "
-                  "split (its test accuracy is `classifier_test_accuracy`) classifies as the digit that was asked "
-                  "for. Target: >= 0.90. The guidance scale the prior folder records (`cfg_scale`) is chosen by the "
-                  f"demo on a selection run with other seeds (agreement by scale: {sel or 'not recorded'}): the "
-                  "gentlest scale within one point of the best. `prior_bits_per_dim` is the code length of the tokens "
-                  "per pixel, not a pixel likelihood."]
-    else:
-        sel = ", ".join(f"{k}: {v:.0%}" for k, v in (summary.get("cfg_selection") or {}).items())
-        lines += ["", f"Tokenizer: `{summary.get('tokenizer_source', 'trained')}` (`pretrained:spoken-digits` = the "
-                  "package's shipped spectral codec, `python -m bench.speech_codec --install`; `trained` = trained by the "
-                  "demo). `tokenizer_stoi`, `tokenizer_si_snr_db` and `tokenizer_log_mel_l1` are its reconstructions "
-                  "of the held-out voices (STOI on the clips joined); `kbps` = tokens per second x codebooks x "
-                  "log2(vocabulary); `codebook_usage` is the worst codebook's. `prior_bits_per_token` is the prior's "
-                  "held-out code length per token. `samples_label_agreement` is the fraction of the 100 clips (ten "
-                  "per digit, drawn by the `sample` stage with the prior folder's defaults) that the spoken-digit "
-                  "classifier (`pipelines.demo.speech_judge`, trained on the training voices' original clips; "
-                  "`classifier_test_accuracy` on the held-out voices' originals) hears as the digit asked for. "
-                  f"Target: >= 0.80. Guidance scale chosen on a selection run with other seeds ({sel or 'none'})."]
+    lines += NOTES[summary["modality"]](summary)
     if a.note:
         lines += ["", a.note]
     (ROOT / "docs" / "benchmarks" / f"demo_{summary['modality']}.md").write_text("\n".join(lines) + "\n")

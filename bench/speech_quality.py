@@ -53,6 +53,7 @@ from pipelines.demo.speech_judge import (
 )
 from tokenizers_vq import load_tokenizer
 from tokenizers_vq import metrics as M
+from tokenizers_vq.modality import AUDIO
 
 DATASET = "spoken-digits"
 PNG = ROOT / "docs" / "benchmarks" / "speech_quality.png"
@@ -109,7 +110,7 @@ def tokenizer_rows(path: str, n_quantizers: list[int] | None, xs: torch.Tensor, 
     Clips are resampled to the tokenizer's rate when it differs, and back for scoring.
     """
     tok = load_tokenizer(path).eval()
-    if tok.modality != "audio":
+    if tok.modality != AUDIO:
         raise ValueError(f"{path} is an {tok.modality} tokenizer; speech rows need an audio one")
     rate = tok.sample_rate
     x_in = AF.resample(xs, sr, rate) if rate != sr else xs

@@ -45,6 +45,7 @@ from pipelines.training.loop import TrainConfig, train
 from pipelines.training.tasks import AUDIO_CROP_SAMPLES, TokenizerTask, evaluate_tokenizer
 from tokenizers_vq import TokenizerConfig, build_tokenizer
 from tokenizers_vq import metrics as M
+from tokenizers_vq.modality import get_modality
 
 IMAGE_DATASETS = ("mnist5k",)
 AUDIO_DATASETS = ("tones", "spoken-digits")
@@ -167,14 +168,13 @@ def zero_code_log_mel(tokenizer: Any, dataset: Any, batch_size: int = 16) -> flo
 def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, Any], loop: dict[str, Any],
             splits: Any, seed: int, crop_samples: int | None = None) -> dict[str, Any]:
     modality = splits.modality
+    kind = get_modality(modality)
     fields: dict[str, Any] = {"modality": modality, "quantizer": quantizer}
-    if modality == "image":
-        c, h, _ = splits.input_shape
-        fields |= {"channels": c, "image_size": h}
+    fields |= kind.sizes(splits.input_shape, splits.sample_rate)  # image channels and size, audio rate and clip
     fields |= {k: v for k, v in overrides.items() if k in TokenizerConfig.known_fields()}
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TokenizerConfig(**fields))
-    crop = crop_samples if modality == "audio" else None
+    crop = crop_samples if kind.timed else None
     precision = loop.get("mixed_precision", "auto")
     rate = steps_per_second(tokenizer, TokenizerTask(tokenizer, dataset, crop_samples=crop), splits.train,
                             loop["batch_size"], loop["lr"], bf16=precision == "bf16")
@@ -194,7 +194,7 @@ def run_one(dataset: str, quantizer: str, budget: float, overrides: dict[str, An
         train_s = time.time() - t0
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    metrics = evaluate_tokenizer(tokenizer, splits.test, batch_size=128 if modality == "image" else 16)
+    metrics = evaluate_tokenizer(tokenizer, splits.test, batch_size=kind.eval_batch_size)
     row: dict[str, Any] = {"dataset": dataset, "modality": modality, "quantizer": quantizer, "budget_s": budget,
                            "steps": result.step, "planned_steps": steps, "calibrated_steps_per_s": round(rate, 3),
                            "train_s": round(train_s, 1), "stopped_by": result.status,
@@ -259,14 +259,14 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            if r["modality"] == "image":
+            if not get_modality(r["modality"]).timed:
                 lines.append(f"| {r['quantizer']} | {r['dataset']} | - | - | skipped: {r['skipped']} |")
             else:  # one more leading column (decoder head)
                 audio.append(f"| {r['quantizer']} | {r['dataset']} | - | - | - | skipped: {r['skipped']} |")
             continue
         # judged by today's targets, so a row recorded before a rule (e.g. usage >= 50% for audio) obeys it too
         ok = {True: "met", False: "missed", None: "-"}[meets_target(r)]
-        if r["modality"] == "image":
+        if not get_modality(r["modality"]).timed:  # the image table; timed inputs: the audio table
             lines.append(f"| {r['quantizer']} | {r['dataset']} | {r['budget_s']:.0f} | {r['steps']} | {r['psnr']:.2f} | "
                          f"{r['ssim']:.3f} | {r['codebook_usage']:.1%} | {r['perplexity']:.0f} | "
                          f"{r['bits_per_image']:.0f} | {ok} |")
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             loop["lr"] = args.lr
         loop["mixed_precision"] = args.mixed_precision
         for q in args.quantizers:
-            row = run_one(dataset, q, budget if modality == "image" else audio_budget, overrides, loop, splits, args.seed,
+            row = run_one(dataset, q, {"image": budget, "audio": audio_budget}[modality], overrides, loop, splits, args.seed,
                           crop_samples=args.crop_samples or None)
             if run_info["recipe"]:
                 row["recipe_file"] = run_info["recipe"]

@@ -88,7 +88,7 @@ def test_unknown_and_misplaced_fields_are_clear_errors():
     with pytest.raises(ValueError, match="has no settings"):
         PriorConfig(arch="lstm", net={"n_layer": 2})
     with pytest.raises(AttributeError, match="setting of prior architecture .*made"):
-        PriorConfig(arch="lstm").made_hidden
+        _ = PriorConfig(arch="lstm").made_hidden
     with pytest.raises(ValueError, match="format_version 3"):
         PriorConfig.from_dict({"arch": "lstm", "format_version": 3})
     with pytest.raises(ValueError, match="is for image"):

@@ -4,8 +4,8 @@ from .codec import Codec
 from .config import TokenizerConfig
 from .mulaw import mu_law_decode, mu_law_encode
 from .quantizers import QuantizerOutput, build_quantizer
-from .registry import AUTOENCODERS, QUANTIZERS
 from .raw import RawCodec, dequantize_raw, quantize_raw
+from .registry import AUTOENCODERS, QUANTIZERS
 from .tokenizer import Tokenizer, build_tokenizer, load_codec, load_tokenizer
 from .types import TokenizerOutput
 

@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .modality import get_modality
+
 FORMATS = ("safetensors", "onnx")
 # The line users edit (and the tests fill in) to point the usage snippets at the downloaded folder.
 FOLDER_PLACEHOLDER = "path/to/this/folder"
@@ -26,44 +28,13 @@ def _front_matter(modality: str, quantizer: str, formats: tuple[str, ...]) -> li
 
 
 def _io(config: Any, token_shape: tuple[int, ...], input_shape: tuple[int, ...], vocab_size: int) -> dict[str, str]:
-    """Human-readable input/token descriptions shared by the table and the snippets."""
-    d = config.downsample
-    extra = token_shape[len(input_shape) - (1 if config.modality == "image" else 0):]  # trailing codebook axes
-    q = "".join(f", {n}" for n in extra)
-    if config.modality == "image":
-        c, h, w = input_shape
-        return {
-            "x": f"float32 [B, {c}, {h}, {w}] in [0, 1] (B any; H and W fixed at {h} x {w} in the ONNX files)",
-            "x_torch": f"float32 [B, {c}, H, W] in [0, 1], H and W multiples of {d}",
-            "tokens": f"int64 [B, {h // d}, {w // d}{q}] in [0, {vocab_size})",
-            "recon": f"float32 [B, {c}, {h}, {w}] in [0, 1]",
-        }
-    return {
-        "x": f"float32 [B, T] in [-1, 1] at {config.sample_rate} Hz, T any multiple of {d} (the hop)",
-        "x_torch": f"float32 [B, T] in [-1, 1] at {config.sample_rate} Hz, T a multiple of {d}",
-        "tokens": f"int64 [B, T / {d}{q}] in [0, {vocab_size})",
-        "recon": "float32 [B, T] in [-1, 1]",
-    }
+    """Human-readable input/token descriptions shared by the table and the snippets (the modality's wording)."""
+    return get_modality(config.modality).card_io(config, token_shape, input_shape, vocab_size)
 
 
 def _example_input(config: Any, input_shape: tuple[int, ...], numpy: bool) -> list[str]:
     """Lines that build an example input ``x`` (numpy or torch) of the documented layout."""
-    if config.modality == "image":
-        dims = ", ".join(str(s) for s in (2, *input_shape))
-        if numpy:
-            return [f"x = np.random.default_rng(0).random(({dims}), dtype=np.float32)  # stand-in for real images"]
-        return [f"x = torch.rand({dims})  # stand-in for real images"]
-    sr, hop = config.sample_rate, config.downsample
-    lib = "np" if numpy else "torch"
-    return [
-        f"sr, hop = {sr}, {hop}  # the sample rate (Hz) and the samples per token",
-        f"t = {lib}.arange(sr) / sr  # 1 s; use your own mono waveform, resampled to {sr} Hz",
-        f"wave = (0.5 * {lib}.sin(2 * {lib}.pi * 440 * t)).astype(np.float32)" if numpy
-        else f"wave = 0.5 * {lib}.sin(2 * {lib}.pi * 440 * t)",
-        # -len % hop zeros make T a multiple of the hop, as both encoders require.
-        "x = np.pad(wave, (0, -len(wave) % hop))[None]  # [1, T]; pad to a multiple of the hop" if numpy
-        else "x = torch.nn.functional.pad(wave, (0, -len(wave) % hop))[None]  # [1, T]; pad to a multiple of the hop",
-    ]
+    return get_modality(config.modality).card_example(config, input_shape, numpy)
 
 
 def _safetensors_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[str, str]) -> list[str]:
@@ -72,8 +43,7 @@ def _safetensors_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[st
         "",
         "Needs the `vqgen` package, which provides `tokenizers_vq`. Loading reads `config.json` and the safetensors "
         f"weights and never unpickles. `tok.encode(x)` takes x {io['x_torch']}, and checks its shape and range"
-        + ("; long clips are encoded in overlapping chunks with bounded memory (the tokens equal a one-piece "
-           "encode)." if config.modality == "audio" else "."),
+        + get_modality(config.modality).card_torch_note,
         "",
         "```python",
         "import torch",
@@ -91,7 +61,7 @@ def _safetensors_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[st
 
 
 def _onnx_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[str, str]) -> list[str]:
-    audio = config.modality == "audio"
+    m = get_modality(config.modality)
     lines = [
         "### ONNX (`encoder.onnx` + `decoder.onnx`): onnxruntime and numpy only",
         "",
@@ -103,16 +73,11 @@ def _onnx_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[str, str]
         f"| `decoder.onnx` | `tokens`: the encoder's output | `x`: {io['recon']} |",
         "",
     ]
-    if audio:
-        lines += [
-            "Mu-law companding happens inside `encoder.onnx`: feed the plain waveform. `decoder.onnx` returns the "
-            "expected waveform under the decoder's predicted distribution, as `Tokenizer.decode` does. Long clips "
-            "go through in one piece (memory grows with T), with the same tokens as the chunked PyTorch encoder.",
-            "",
-        ]
+    for note in m.card_onnx_notes:
+        lines += [note, ""]
     lines += [
         "The graphs do not check their input: keep values in range (NaN or out-of-range values give meaningless "
-        "tokens rather than an error)" + (" and T a multiple of the hop." if audio else "."),
+        "tokens rather than an error)" + m.card_onnx_limits,
         "",
         "```python",
         "import numpy as np",
@@ -149,7 +114,7 @@ def tokenizer_card(config: Any, token_shape: tuple[int, ...], input_shape: tuple
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats}")
-    c = config
+    c, m = config, get_modality(config.modality)
     input_shape, token_shape = tuple(input_shape), tuple(token_shape)
     io = _io(c, token_shape, input_shape, vocab_size)
     bits = math.log2(vocab_size) * math.prod(token_shape) if vocab_size > 1 else 0.0
@@ -157,9 +122,9 @@ def tokenizer_card(config: Any, token_shape: tuple[int, ...], input_shape: tuple
     lines += [
         f"# vqgen {c.modality} tokenizer ({c.quantizer})",
         "",
-        f"A discrete autoencoder made with vqgen: the encoder turns {'an image' if c.modality == 'image' else 'a waveform'} "
+        f"A discrete autoencoder made with vqgen: the encoder turns {m.noun} "
         f"into a grid of integer tokens in [0, {vocab_size}), the decoder turns tokens back into "
-        f"{'an image' if c.modality == 'image' else 'a waveform'}. Use the tokens to train a prior, to compress, or "
+        f"{m.noun}. Use the tokens to train a prior, to compress, or "
         "as discrete features.",
         "",
         "| | |",
@@ -168,16 +133,12 @@ def tokenizer_card(config: Any, token_shape: tuple[int, ...], input_shape: tuple
         f"| quantizer | `{c.quantizer}` |",
         f"| vocabulary | {vocab_size} tokens ({math.log2(vocab_size):.2f} bits each) |",
         f"| one input | {_shape(input_shape)} -> tokens {_shape(token_shape)} ({bits:,.0f} bits) |",
-        f"| downsampling | {c.downsample}x " + ("per axis |" if c.modality == "image" else "in time |"),
+        f"| downsampling | {c.downsample}x {m.downsample_axes} |",
     ]
     if getattr(c, "residual", False):
         lines.append(f"| codebooks | {c.num_quantizers} per position (residual); the first n alone also decode, at n/"
                      f"{c.num_quantizers} of the bits (`encode(x, n_quantizers=n)`) |")
-    if c.modality == "audio":
-        lines += [
-            f"| sample rate | {c.sample_rate} Hz |",
-            f"| hop | {c.downsample} samples per token ({c.sample_rate / c.downsample:g} tokens per second) |",
-        ]
+    lines += m.card_rows(c)  # units: the sample rate and hop of audio
     lines += [f"| files | `config.json`, {', '.join(_FILES[f] for f in formats)} |", ""]
     if dataset:
         lines += [f"Trained on `{dataset}`" + (f" for {steps} steps." if steps else "."), ""]

@@ -52,8 +52,6 @@ def rate_metrics(codec: Any) -> dict[str, float]:
     q = codec.num_codebooks
     for n in range(1, q + 1):
         suffix = "" if n == q else f"_n{n}"
-        if codec.modality == "image":
-            res["bits_per_image" + suffix] = codec.bits_per_input(n_quantizers=n)
-        else:
-            res["kbps" + suffix] = codec.bitrate_at(n) / 1000
+        name, value = codec.modality.rate(codec, n)  # bits_per_image, or kbps for audio
+        res[name + suffix] = value
     return res

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MODALITIES = ("image", "audio")
+from .modality import Modality, modality_names
+
+MODALITIES = modality_names()  # ("image", "audio"): the registered modalities' names
 
 
 class Codec:
@@ -28,8 +30,9 @@ class Codec:
 
     # ------------------------------------------------------------------ what subclasses provide
     @property
-    def modality(self) -> str:  # pragma: no cover - interface
-        """``"image"`` or ``"audio"``."""
+    def modality(self) -> Modality:  # pragma: no cover - interface
+        """What the codec tokenizes (``tokenizers_vq.modality``): it owns everything that differs between images
+        and audio; ``str(codec.modality)`` is ``"image"`` or ``"audio"`` and it compares equal to that name."""
         raise NotImplementedError
 
     @property
@@ -100,7 +103,7 @@ class Codec:
     @property
     def frame_rate(self) -> float | None:
         """Audio: token positions per second (sample_rate * positions / samples); None for images."""
-        if self.modality != "audio":
+        if not self.modality.timed:
             return None
         t = self.input_shape[0]
         return self.sample_rate * self.token_shape((t,))[0] / t
@@ -138,7 +141,7 @@ class Codec:
         config, vocabulary, shapes, codebooks per position (the trailing axis of residual tokens), and the folder it was loaded from (None when the config alone rebuilds it)."""
         return {
             "class_name": type(self).__name__, "kind": self.kind, "path": str(Path(path).resolve()) if path else None,
-            "fingerprint": self.fingerprint, "modality": self.modality, "vocab_size": self.vocab_size,
+            "fingerprint": self.fingerprint, "modality": str(self.modality), "vocab_size": self.vocab_size,
             "input_shape": list(self.input_shape), "token_shape": list(self.token_shape()),
             "sample_rate": self.sample_rate, "num_codebooks": self.num_codebooks, "config": self.codec_config(),
         }

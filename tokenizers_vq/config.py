@@ -26,8 +26,6 @@ DEFAULT_CHANNELS = 1  # grayscale
 DEFAULT_SAMPLE_RATE = 16000  # Hz
 DEFAULT_CLIP_SAMPLES = 16000  # 1 s at 16 kHz
 MU_LAW_CHANNELS = 256  # 8-bit mu-law, as in WaveNet / the VQ-VAE paper
-# The family each modality trains with when none is named (audio: --audio-head picks among its families)
-DEFAULT_AUTOENCODER = {"image": "vqvae", "audio": "mulaw"}
 
 
 @dataclass(init=False)
@@ -59,27 +57,21 @@ class TokenizerConfig(SectionedConfig):
     autoencoder_config: ComponentConfig | None = None  # the autoencoder family's own settings
 
     def _derive_selectors(self, given: dict[str, Any]) -> None:
-        if self.autoencoder is None:
-            modality = self.modality or "image"
-            if modality not in MODALITIES:
-                raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-            istft = modality == "audio" and given.get("audio_head") == "istft"
-            self.autoencoder = "spectral" if istft else DEFAULT_AUTOENCODER[modality]
+        from .modality import get_modality  # (its modules read this module's defaults)
+
+        if self.autoencoder is None:  # the modality's default family (audio: audio_head="istft" picks spectral)
+            self.autoencoder = get_modality(self.modality or "image").autoencoder_for(given)
         family = AUTOENCODERS.get(self.autoencoder).modality
-        if self.modality is None:
-            self.modality = family
-        if self.modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        self.modality = str(get_modality(self.modality or family))  # a ValueError naming the modalities
         if family != self.modality:
             raise ValueError(f"autoencoder {self.autoencoder!r} is for {family}, but modality is {self.modality!r}")
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS.names()}, got {self.quantizer!r}")
-        if self.modality == "image" and self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3 for images, got {self.channels}")
-        if self.modality == "audio" and self.sample_rate <= 0:
-            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        from .modality import get_modality
+
+        get_modality(self.modality).check_config(self)  # images: channels; audio: sample_rate
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if not 1 <= self.format_version <= FORMAT_VERSION:

@@ -42,9 +42,9 @@ _PROTOBUF_LIMIT = 2**31 - 1  # one ONNX file (weights inline) cannot exceed prot
 DECODE_TOLERANCE = 1e-4  # max |onnxruntime - PyTorch| accepted for decoded values in the export-time self-check
 
 
-def _audio_kwargs(tokenizer: Tokenizer) -> dict[str, Any]:
-    # One piece: chunking is a Python loop over a data-dependent number of windows, which a graph cannot hold.
-    return {"chunk_tokens": 0} if tokenizer.modality == "audio" else {}
+def _trace_kwargs(tokenizer: Tokenizer) -> dict[str, Any]:
+    """The modality's extra encode/decode arguments for tracing (audio: ``chunk_tokens=0``, one piece)."""
+    return dict(tokenizer.modality.trace_kwargs)
 
 
 class OnnxEncoder(nn.Module):
@@ -55,7 +55,7 @@ class OnnxEncoder(nn.Module):
     def __init__(self, tokenizer: Tokenizer):
         super().__init__()
         self.model = tokenizer.model
-        self.kwargs = _audio_kwargs(tokenizer)
+        self.kwargs = _trace_kwargs(tokenizer)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model.encode(x, **self.kwargs).long()
@@ -68,7 +68,7 @@ class OnnxDecoder(nn.Module):
     def __init__(self, tokenizer: Tokenizer):
         super().__init__()
         self.model = tokenizer.model
-        self.kwargs = _audio_kwargs(tokenizer)
+        self.kwargs = _trace_kwargs(tokenizer)
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.model.decode(tokens, **self.kwargs)
@@ -106,24 +106,13 @@ def _example(tokenizer: Tokenizer) -> Tensor:
     """A deterministic example input of the training shape with batch 2 and, for audio, at least 2 tokens (an axis
     of size 1 would be specialised to a constant by torch.export)."""
     gen = torch.Generator().manual_seed(0)
-    if tokenizer.modality == "image":
-        shape = (2, *tokenizer.input_shape)
-    else:
-        shape = (2, max(tokenizer.input_shape[0], 2 * tokenizer.config.downsample))
-    x = torch.rand(shape, generator=gen)
-    return x if tokenizer.modality == "image" else x * 2 - 1
+    return tokenizer.modality.example_input(tokenizer.input_shape, tokenizer.config.downsample, gen)
 
 
 def _dims(tokenizer: Tokenizer, tokens: Tensor) -> tuple[dict[int, Any], dict[int, Any]]:
     """Dynamic axes of (x, tokens): batch, and audio's time axis (T = d * t, so only multiples of the hop trace).
     Image H, W stay at the traced size. A trailing token axis (codebooks) is not named, so it stays static."""
-    batch = torch.export.Dim("batch")
-    if tokenizer.modality == "image":
-        return {0: batch}, {0: batch}
-    t = torch.export.Dim("t")
-    if tokens.dim() < 2:
-        raise ValueError(f"audio tokens must be [B, t, ...], the encoder gave shape {tuple(tokens.shape)}")
-    return {0: batch, 1: tokenizer.config.downsample * t}, {0: batch, 1: t}
+    return tokenizer.modality.dynamic_axes(tokens, tokenizer.config.downsample)
 
 
 def _export(module: nn.Module, example: Tensor, in_name: str, out_name: str, dims: dict[int, Any], opset: int,

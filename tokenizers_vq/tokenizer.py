@@ -13,7 +13,7 @@ from vqgen_io import FolderMixin, fingerprint_module
 
 from .codec import Codec
 from .config import TokenizerConfig
-from .mulaw import check_range
+from .modality import Modality, get_modality
 from .registry import AUTOENCODERS
 from .types import TokenizerOutput
 
@@ -46,8 +46,9 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
         return self.config.vocab_size
 
     @property
-    def modality(self) -> str:
-        return self.config.modality
+    def modality(self) -> Modality:
+        """The ``Modality`` of ``config.modality`` (``str(tok.modality)`` is that name)."""
+        return get_modality(self.config.modality)
 
     @property
     def num_codebooks(self) -> int:
@@ -63,13 +64,11 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
     @property
     def input_shape(self) -> tuple[int, ...]:
         """The input the tokenizer was trained on: (C, H, W) images, (clip_samples,) audio."""
-        c = self.config
-        return (c.channels, c.image_size, c.image_size) if c.modality == "image" else (c.clip_samples,)
-
+        return self.modality.input_shape(self.config)
 
     @property
     def sample_rate(self) -> int | None:
-        return self.config.sample_rate if self.config.modality == "audio" else None
+        return self.config.sample_rate if self.modality.timed else None
 
     def codec_config(self) -> dict[str, Any]:
         return {"class_name": "Tokenizer", **self.config.to_dict()}
@@ -82,31 +81,10 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
 
     # ------------------------------------------------------------------ validation
     def _check_input(self, x: Tensor, values: bool = True) -> None:
-        c = self.config
         if not torch.is_floating_point(x):
             raise ValueError(f"Tokenizer input must be a float tensor, got {x.dtype}")
-        if c.modality == "image":
-            if x.dim() != 4:
-                raise ValueError(f"image tokenizer expects [B, C, H, W], got shape {tuple(x.shape)}")
-            if x.shape[1] != c.channels:
-                raise ValueError(
-                    f"this tokenizer was built for {c.channels}-channel images but got {x.shape[1]} channels "
-                    f"(shape {tuple(x.shape)}); convert the images (e.g. --channels {c.channels} in the data "
-                    f"layer) or use a tokenizer trained on {x.shape[1]}-channel data"
-                )
-            d = c.downsample
-            if x.shape[2] % d or x.shape[3] % d:
-                raise ValueError(f"image height and width must be divisible by downsample={d}, got {tuple(x.shape[2:])}")
-            lo, hi = 0.0, 1.0
-        else:
-            if x.dim() != 2:
-                raise ValueError(f"audio tokenizer expects a waveform [B, T], got shape {tuple(x.shape)}")
-            if x.shape[1] == 0:
-                raise ValueError("audio tokenizer got a 0-length clip")
-            lo, hi = -1.0, 1.0
-        hint = "scale 8-bit images by 1/255" if c.modality == "image" else "peak-normalise the audio"
-        if values:
-            check_range(x, lo, hi, f"{c.modality} tokenizer input", hint)
+        # Layout, channels, sizes divisible by the downsampling, and (values) the range: the modality's checks.
+        self.modality.check_input(x, self.input_shape, downsample=self.config.downsample, values=values)
 
     def check_tokens(self, tokens: Tensor) -> None:
         """Raise ``ValueError`` unless ``tokens`` is an integer tensor with values in [0, vocab_size)."""

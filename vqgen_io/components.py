@@ -179,7 +179,7 @@ class SectionedConfig(JsonConfig):
         raise AttributeError(f"{type(self).__name__} has no field {name!r}" + self._owner_hint(name))
 
     def _owner_hint(self, name: str) -> str:
-        for section, (selector, registry) in type(self).SECTIONS.items():
+        for selector, registry in type(self).SECTIONS.values():
             owners = registry.field_owners().get(name)
             if owners:
                 return (f": it is a setting of {registry.kind} {', '.join(owners)}, and this config's {selector} is "

@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from tokenizers_vq.modality import IMAGE, Modality
+
 from .audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio
 from .folders import load_audio_folder, load_image_folder
 from .hub import is_dataset_folder, load_hub_audio, load_hub_images
@@ -42,7 +46,7 @@ __all__ = [
     "DataSpec", "Splits", "load_data", "infer_modality", "unknown_dataset_error", "BUILTINS", "IMAGE_EXTS",
     "AUDIO_EXTS", "UnreadableFileError", "AudioReadError", "ImageReadError", "read_audio", "fit_clip",
     "pil_to_tensor", "AudioClipDataset", "EncodedImageDataset", "MAX_IMAGE_PIXELS", "MIN_SAMPLE_RATE",
-    "MAX_SAMPLE_RATE", "MAX_AUDIO_SECONDS", "MAX_AUDIO_SAMPLES", "MAX_RESAMPLE_KERNEL",
+    "MAX_SAMPLE_RATE", "MAX_AUDIO_SECONDS", "MAX_AUDIO_SAMPLES", "MAX_RESAMPLE_KERNEL", "read_file",
 ]
 
 BUILTIN_LOADERS: dict[tuple[str, str], Callable[[DataSpec], Splits]] = {
@@ -51,6 +55,27 @@ BUILTIN_LOADERS: dict[tuple[str, str], Callable[[DataSpec], Splits]] = {
     ("audio", "tones"): load_tones,
     ("audio", "spoken-digits"): load_spoken_digits,
 }
+
+
+def _read_audio_file(path: str | Path, input_shape: tuple[int, ...], sample_rate: int | None) -> torch.Tensor:
+    return read_audio(path, target_rate=sample_rate)[0]
+
+
+# Reading one file for a codec (``vqgen compress``), by modality name: the modality's own reader, with this layer's
+# limits where it has them (audio: ``read_audio``, the decoder behind ``AUDIO.read`` plus the header limits).
+FILE_READERS: dict[str, Callable[[str | Path, tuple[int, ...], int | None], torch.Tensor]] = {
+    "image": IMAGE.read,
+    "audio": _read_audio_file,
+}
+
+
+def read_file(modality: Modality | str, path: str | Path, input_shape: tuple[int, ...],
+              sample_rate: int | None = None) -> torch.Tensor:
+    """One file as an input of a codec for ``input_shape`` (at ``sample_rate``): images float32 [C, H, W] in
+    [0, 1] of exactly the codec's size (``IMAGE.read``: no resizing), audio the whole mono waveform float32 [T] in
+    [-1, 1] resampled to ``sample_rate`` (``read_audio``: limits of ``spec.py`` apply). ``ValueError`` (or
+    ``AudioReadError``) naming the file when it cannot be read so."""
+    return FILE_READERS[str(modality)](path, tuple(input_shape), sample_rate)
 
 
 def _has_files(folder: Path, exts: set[str]) -> bool:

@@ -1,7 +1,8 @@
 """Reading audio files: decoding, limits, resampling, validation, and clips of fixed length.
 
-Files are decoded with soundfile (libsndfile), not ``datasets``' own audio decoding: ``datasets`` 5 decodes
-through torchcodec, which needs FFmpeg. Every file is decoded once when a dataset is loaded: unreadable,
+Files are decoded with soundfile (libsndfile) by the audio modality (``tokenizers_vq.modality.audio.decode_audio``:
+the one audio decoder; this layer adds its limits and error type), not ``datasets``' own audio decoding:
+``datasets`` 5 decodes through torchcodec, which needs FFmpeg. Every file is decoded once when a dataset is loaded: unreadable,
 empty, truncated, NaN or over-the-limit files (see ``spec.py``) are counted and skipped with one warning
 (or raise under ``spec.strict``), so a bad file can never crash a training run hours in. Decoded files are
 kept in memory up to ``CACHE_BYTES``; beyond that each access reads just its window (``read_audio_range``).
@@ -13,7 +14,6 @@ import io
 import logging
 import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 from torch.utils.data import Dataset
+
+from tokenizers_vq.modality.audio import DECODE_ERRORS, decode_audio, decode_error
 
 from .spec import (
     MAX_AUDIO_SAMPLES,
@@ -42,7 +44,6 @@ from .spec import (
 log = logging.getLogger("vqgen.data")
 
 CACHE_BYTES = 512 * 2**20  # decoded waveforms kept in memory up to this size; the rest are re-read lazily
-DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, OSError, EOFError, ValueError)  # what libsndfile raises
 
 
 class AudioReadError(UnreadableFileError):
@@ -50,24 +51,6 @@ class AudioReadError(UnreadableFileError):
 
 
 # ---------------------------------------------------------------------------- limits
-def _wav_truncated(head: bytes, total_size: int) -> bool:
-    """True when a RIFF/WAVE header declares more sample data than the file holds.
-
-    libsndfile silently shortens such files to what is there, so a copy cut off mid-transfer would pass
-    as a valid, shorter clip; the header is the only witness.
-    """
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return False
-    offset = 12
-    while offset + 8 <= len(head):
-        chunk_id, size = head[offset:offset + 4], struct.unpack("<I", head[offset + 4:offset + 8])[0]
-        if chunk_id == b"data":
-            # 0xFFFFFFFF / 0 mark streamed WAVs of unknown length; nothing to compare then.
-            return size not in (0, 0xFFFFFFFF) and size > total_size - (offset + 8)
-        offset += 8 + size + (size & 1)
-    return False
-
-
 def resample_kernel_size(rate: int, target_rate: int) -> int:
     """Number of filter taps ``torchaudio.functional.resample`` (default sinc/Hann, width 6, rolloff 0.99)
     builds to go from ``rate`` to ``target_rate`` Hz: (target/g) x (2 * width + rate/g), g = gcd."""
@@ -119,51 +102,14 @@ def _file_object(source: str | os.PathLike | bytes | bytearray | dict) -> tuple[
 
 def _decode(source: str | os.PathLike | bytes | bytearray | dict, target_rate: int | None
             ) -> tuple[torch.Tensor, int, float]:
-    """(mono waveform float32 [T] at ``target_rate`` scaled to peak <= 1, original rate, the scale applied)."""
+    """(mono waveform float32 [T] at ``target_rate`` scaled to peak <= 1, original rate, the scale applied): the
+    audio modality's decoder, with this layer's limits checked on the header and its error type."""
     name, fileobj = _file_object(source)
-    if isinstance(fileobj, io.BytesIO):
-        data = fileobj.getvalue()
-        total, head = len(data), data[:65536]
-    else:
-        path = Path(fileobj)
-        if not path.is_file():
-            raise AudioReadError(f"{name}: no such file")
-        total = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(65536)
-    if total == 0:
-        raise AudioReadError(f"{name}: the file is empty (0 bytes); delete it or replace it with a good copy")
-    if _wav_truncated(head, total):
-        raise AudioReadError(f"{name}: WAV file is truncated (its header declares more samples than it holds); "
-                             "re-copy or re-export it")
-    try:
-        sound = sf.SoundFile(fileobj)  # reads the header only
-    except DECODE_ERRORS as e:
-        raise _decode_error(name, e) from e
-    with sound:
-        rate = int(sound.samplerate)
-        check_audio_limits(name, rate, sound.frames, sound.channels, target_rate)
-        try:
-            arr = sound.read(dtype="float32", always_2d=True)
-        except DECODE_ERRORS as e:
-            raise _decode_error(name, e) from e
-    if arr.shape[0] == 0:
-        raise AudioReadError(f"{name}: the audio has 0 samples; remove it")
-    if not np.isfinite(arr).all():
-        raise AudioReadError(f"{name}: the audio contains NaN or infinite samples; re-export it or remove it")
-    wave = torch.from_numpy(arr).mean(dim=1)  # (T,) mono mix-down
-    if target_rate is not None and rate != target_rate:
-        log.info("resampled %s from %d Hz to %d Hz", name, rate, target_rate)
-        wave = AF.resample(wave, rate, target_rate)
-        if wave.numel() == 0:
-            raise AudioReadError(f"{name}: too short to resample from {rate} Hz to {target_rate} Hz")
-    peak = wave.abs().max().item()
-    scale = 1.0
-    if peak > 1.0:
-        log.info("%s: peak %.3f exceeds 1, scaled to peak 1", name, peak)
-        scale = 1.0 / peak
-        wave = wave / peak
-    return wave.contiguous(), rate, scale
+
+    def limits(rate: int, frames: int, channels: int) -> None:
+        check_audio_limits(name, rate, frames, channels, target_rate)
+
+    return decode_audio(fileobj, target_rate, name=name, check_header=limits, error=AudioReadError)
 
 
 def read_audio(source: str | os.PathLike | bytes | bytearray | dict, target_rate: int | None = None,
@@ -238,8 +184,7 @@ def header_seconds(source: str | os.PathLike | bytes | bytearray | dict) -> floa
 
 
 def _decode_error(name: str, e: Exception) -> AudioReadError:
-    return AudioReadError(f"{name}: cannot decode audio ({e}); supported formats are those of libsndfile "
-                          "(WAV, FLAC, OGG/Vorbis, MP3, AIFF): convert the file or remove it")
+    return decode_error(name, e, AudioReadError)
 
 
 def fit_clip(wave: torch.Tensor, clip_samples: int, offset: int) -> torch.Tensor:

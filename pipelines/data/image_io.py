@@ -1,4 +1,5 @@
-"""Reading images: opening, limits, validation, and conversion to ``float32 [C, H, W]`` in [0, 1].
+"""Reading images: opening, limits, validation, and conversion to ``float32 [C, H, W]`` in [0, 1] (the decoding
+itself is ``tokenizers_vq.modality.image.pil_to_tensor``).
 
 Every file is opened and decoded once when a dataset is loaded: unreadable files and files over
 ``MAX_IMAGE_PIXELS`` (read from the header: PIL's ``Image.open`` is lazy) are counted and skipped with one
@@ -12,10 +13,11 @@ import re
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from tokenizers_vq.modality.image import pil_to_tensor, resized_size
 
 from .spec import MAX_IMAGE_PIXELS, Screened, UnreadableFileError, describe_source, screen
 
@@ -28,28 +30,8 @@ class ImageReadError(UnreadableFileError):
 
 
 # ---------------------------------------------------------------------------- conversion
-def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
-    """(width, height) of a w x h image whose shorter side is scaled to ``size`` (before the centre crop)."""
-    scale = size / min(w, h)
-    return max(size, round(w * scale)), max(size, round(h * scale))
-
-
-def pil_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
-    """PIL image (any mode) -> float32 [channels, size, size] in [0, 1]: converted to L or RGB, the
-    shorter side resized to ``size`` (Lanczos, antialiased), then centre-cropped."""
-    img = img.convert("L" if channels == 1 else "RGB")
-    w, h = img.size
-    if (w, h) != (size, size):
-        nw, nh = resized_size(w, h, size)
-        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+# Decoding a PIL image into a tensor (and its resize / centre crop) is the image modality's, the one place images
+# are read: ``resized_size`` and ``pil_to_tensor`` come from there.
 
 
 def convert_tensor(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text, load_safetensors, save_safetensors
 
 HEADER = "tokens.json"
@@ -71,7 +72,7 @@ def _upgrade_v1(d: dict[str, Any]) -> dict[str, Any]:
     input_shape = list(input_shape or d["token_shape"])
     if raw:
         cfg = {"class_name": "RawCodec", "modality": d["modality"], "levels": levels, "input_shape": input_shape,
-               "sample_rate": rate if d["modality"] == "audio" else None}
+               "sample_rate": rate if get_modality(d["modality"]).timed else None}
         d["codec"] = {"class_name": "RawCodec", "kind": "raw", "path": None, "fingerprint": None, "config": cfg}
     else:
         d["codec"] = {"class_name": "Tokenizer", "kind": "tokenizer", "path": tok, "fingerprint": None, "config": None}

@@ -27,6 +27,7 @@ import torch
 from recipes import load_recipe
 from tokenizers_vq import load_codec
 from tokenizers_vq.config import DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
+from tokenizers_vq.modality import get_modality
 
 from ..data import load_data
 from ..stages.common import make_spec, set_sampling_defaults
@@ -68,10 +69,10 @@ def run_demo(modality: str = "image", out: str | Path = "runs/demo", seed: int =
     out.mkdir(parents=True)
     torch.manual_seed(seed)
     t0 = time.time()
-    if modality == "image":
-        summary = _image_demo(out, seed, quick, progress)
-    else:
-        summary = _audio_demo(out, seed, quick, progress, from_scratch)
+    # One demo per modality: each is its own pipeline (data, models, checks), named by the modality.
+    demos = {"image": lambda: _image_demo(out, seed, quick, progress),
+             "audio": lambda: _audio_demo(out, seed, quick, progress, from_scratch)}
+    summary = demos[str(get_modality(modality))]()
     summary["total_seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _say(f"done in {summary['total_seconds']:.0f} s. Summary: {out / 'summary.json'}")
@@ -128,7 +129,7 @@ def _pipeline(out: Path, data: dict[str, Any], tokenizer: Plan, prior: Plan, eva
                         eval_limit=eval_limit)
     tok = load_codec(out / "tokenizer")
     _say("2/5 reconstructions")
-    rec_out = out / ("reconstructions.png" if tok.modality == "image" else "reconstructions")
+    rec_out = tok.modality.preview_path(out, "reconstructions")  # reconstructions.png, or a folder of WAVs
     rec = reconstruct(tok, splits, rec_out, n=n_recon, seed=seed, progress=progress)
     placed = with_placements(splits, placements)  # unchanged for images and tones
     times = len(placed.train) // len(splits.train)

@@ -25,7 +25,6 @@ The file format lives in ``container.py``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -282,43 +281,19 @@ def _compress_with_stats(prior: Prior, tokens: Tensor, labels: Tensor | None, co
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _load_image(path: Path, channels: int, size: tuple[int, int]) -> Tensor:
-    """An image file -> float32 [C, H, W] in [0, 1]; exact size required (resizing would not be lossless)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.size != (size[1], size[0]):  # checked before decoding: a huge file costs nothing
-                raise ValueError(f"{path} is {im.size[0]}x{im.size[1]} (WxH) but the codec expects {size[1]}x{size[0]}; "
-                                 "resize it first (compression is lossless, so vqgen does not resize for you)")
-            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path} is not a readable image ({e}); pass PNG/JPEG/... image files") from None
-    return torch.from_numpy(arr).reshape(arr.shape[0], arr.shape[1], channels).permute(2, 0, 1).contiguous()
-
-
 def _load_inputs(codec: Codec, paths: list[Path]) -> tuple[Tensor, dict[str, Any]]:
     """Files -> the codec's inputs float32 [N, *codec.input_shape] and what decompression needs to write them
-    back: images one input per file; audio cut into clips of the codec's length (the last zero-padded),
-    with each file's sample count and clip count so the decoder can trim and join them."""
-    if codec.modality == "image":
-        c, h, w = codec.input_shape
-        return torch.stack([_load_image(p, c, (h, w)) for p in paths]), {}
-    from ..data.audio_io import read_audio
+    back: images one input per file (of the codec's exact size); audio cut into clips of the codec's length (the
+    last zero-padded), with each file's sample count and clip count so the decoder can trim and join them (the
+    modality's ``pack``). Files are read by the data layer (``read_file``: the modality's reader, with limits)."""
+    from ..data import read_file
 
-    clip = codec.input_shape[0]
-    clips, samples, counts = [], [], []
+    items = []
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
-        wave, _ = read_audio(p, target_rate=codec.sample_rate)
-        k = max(1, math.ceil(len(wave) / clip))
-        clips.append(torch.nn.functional.pad(wave, (0, k * clip - len(wave))).reshape(k, clip))
-        samples.append(len(wave))
-        counts.append(k)
-    return torch.cat(clips), {"samples": samples, "clips": counts, "sample_rate": codec.sample_rate}
+        items.append(read_file(codec.modality, p, codec.input_shape, codec.sample_rate))
+    return codec.modality.pack(items, codec.input_shape, codec.sample_rate)
 
 
 def _check_codec(codec: Any) -> None:
@@ -346,9 +321,10 @@ def compress_files(prior: Prior, codec: Codec, inputs: Sequence[str | Path], out
     if tuple(grids.shape[1:]) != prior.shape:
         raise ValueError(f"the inputs give token grids of shape {tuple(grids.shape[1:])} but the prior models "
                          f"{prior.shape}: use the codec and input size the prior was trained on")
-    meta = {"modality": codec.modality, "codec_fingerprint": codec.fingerprint, "codec_class": type(codec).__name__,
-            "input_shape": list(codec.input_shape), "names": [p.name for p in paths], **extra}
-    seconds = sum(extra["samples"]) / codec.sample_rate if codec.modality == "audio" else None
+    meta = {"modality": str(codec.modality), "codec_fingerprint": codec.fingerprint,
+            "codec_class": type(codec).__name__, "input_shape": list(codec.input_shape),
+            "names": [p.name for p in paths], **extra}
+    seconds = codec.modality.duration(extra)  # audio: the inputs' length, for the bitrate; None for images
     data, stats = _compress_with_stats(prior, grids, None, codec, chunk_size, meta, progress, seconds)
     atomic_write_bytes(out_file, data)
     return stats
@@ -379,10 +355,6 @@ def decompress_file(prior: Prior, codec: Codec, in_file: str | Path, out_dir: st
     ``codec`` must be the one that compressed it (its fingerprint is checked). Raw codecs give back exactly
     the quantized inputs (binarised pixels as 0/255); tokenizers give their reconstruction of the tokens.
     """
-    from PIL import Image
-
-    from ..outputs import save_wav
-
     _check_codec(codec)
     in_file = Path(in_file)
     if not in_file.is_file():
@@ -400,19 +372,12 @@ def decompress_file(prior: Prior, codec: Codec, in_file: str | Path, out_dir: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names, used, written = meta.get("names") or [], set(), []
-    if meta["modality"] == "image":
-        for i, img in enumerate(x.clamp(0, 1)):
-            a = np.round(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            path = out_dir / _safe_name(names[i] if i < len(names) else "", i, used, ".png")
-            Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(path)
-            written.append(path)
-        return written
-    start = 0
-    for i, (k, n) in enumerate(zip(meta["clips"], meta["samples"])):
-        wave = x[start: start + k].reshape(-1)[:n]
-        start += k
-        path = out_dir / _safe_name(names[i] if i < len(names) else "", i, used, ".wav")
-        save_wav(wave, path, int(meta["sample_rate"]))
+    # The fingerprint matched, so the codec's modality is the file's: it turns the decoded batch back into one
+    # input per file (audio: clips joined and trimmed) and writes each as PNG or WAV.
+    kind = codec.modality
+    for i, item in enumerate(kind.unpack(x, meta)):
+        path = out_dir / _safe_name(names[i] if i < len(names) else "", i, used, kind.file_suffix)
+        kind.write(item, path, meta.get("sample_rate"))
         written.append(path)
     return written
 

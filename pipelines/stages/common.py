@@ -70,19 +70,19 @@ def make_spec(name: str, codec: Codec | None = None, modality: str | None = None
               **rest: Any) -> DataSpec:
     """A ``DataSpec`` for dataset ``name``: sizes the user gave win, then the codec's input, then the defaults.
     ``rest``: the other ``DataSpec`` fields (columns, limit, seed, strict, cache_dir)."""
-    is_image = codec is not None and codec.modality == "image"
-    if codec is not None and is_image and channels and channels != codec.input_shape[0]:
-        raise ValueError(f"--channels {channels} but the codec expects {codec.input_shape[0]}-channel images; drop "
-                         f"--channels (images are converted to the codec's {codec.input_shape[0]} channels)")
-    channels = channels or (codec.input_shape[0] if is_image else None) or BUILTIN_CHANNELS.get(name, 3)
-    image_size = image_size or (codec.input_shape[-1] if is_image else DEFAULT_IMAGE_SIZE)
-    is_audio = codec is not None and codec.modality == "audio"
-    sample_rate = sample_rate or (codec.sample_rate if is_audio else DEFAULT_SAMPLE_RATE)
+    # The sizes the codec's input fixes (image channels and size, audio rate and clip), by field name.
+    fixed = codec.modality.sizes(codec.input_shape, codec.sample_rate) if codec is not None else {}
+    if channels and fixed.get("channels", channels) != channels:
+        raise ValueError(f"--channels {channels} but the codec expects {fixed['channels']}-channel images; drop "
+                         f"--channels (images are converted to the codec's {fixed['channels']} channels)")
+    channels = channels or fixed.get("channels") or BUILTIN_CHANNELS.get(name, 3)
+    image_size = image_size or fixed.get("image_size") or DEFAULT_IMAGE_SIZE
+    sample_rate = sample_rate or fixed.get("sample_rate") or DEFAULT_SAMPLE_RATE
     if clip_seconds is not None:
         clip = int(round(clip_seconds * sample_rate))
     else:
-        clip = codec.input_shape[0] if is_audio else (sample_rate * DEFAULT_CLIP_SAMPLES // DEFAULT_SAMPLE_RATE)
-    return DataSpec(name=name, modality=modality or (codec.modality if codec is not None else None),
+        clip = fixed.get("clip_samples") or (sample_rate * DEFAULT_CLIP_SAMPLES // DEFAULT_SAMPLE_RATE)
+    return DataSpec(name=name, modality=modality or (str(codec.modality) if codec is not None else None),
                     image_size=image_size, channels=channels, sample_rate=sample_rate, clip_samples=clip, **rest)
 
 

@@ -13,8 +13,6 @@ from tqdm.auto import tqdm
 from prior import Prior
 from tokenizers_vq import Codec
 
-from ..outputs import image_grid, save_image, save_wav, spectrogram_image
-
 
 @torch.no_grad()
 def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[int] | None = None,
@@ -62,20 +60,12 @@ def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[i
     bar.close()
     tokens, x = torch.cat(all_tokens), torch.cat(decoded)
     files = []
-    suffix = ".png" if codec.modality == "image" else ".wav"
+    kind = codec.modality  # PNGs and a grid.png for images, WAVs and a spectrograms.png for audio
     for i in range(n):
-        f = out / f"sample_{i:04d}{suffix}"
-        if codec.modality == "image":
-            save_image(x[i], f)
-        else:
-            save_wav(x[i], f, codec.sample_rate)
+        f = out / f"sample_{i:04d}{kind.file_suffix}"
+        kind.write(x[i], f, codec.sample_rate)
         files.append(f.name)
-    if codec.modality == "image":
-        image_grid(x, nrow=10 if n >= 10 else n, scale=3).save(out / "grid.png")
-    else:
-        shown = min(n, 8)
-        spectrogram_image([x[i] for i in range(shown)], codec.sample_rate, labels=files[:shown], ncol=2).save(
-            out / "spectrograms.png")
+    kind.write_preview(x, out, codec.sample_rate, labels=files)
     summary = {
         "n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_scale": cfg_scale,
         "labels": labels, "label_names": [class_names[k] for k in labels] if (labels and class_names) else None,

@@ -13,24 +13,30 @@ from tokenizers_vq import Tokenizer, load_codec
 from tokenizers_vq import metrics as M
 
 from ..data import Splits, load_data
-from ..outputs import image_grid, save_wav, spectrogram_image
 from ..training.tasks import evaluate_tokenizer
 
 
 @torch.no_grad()
-def split_stoi(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 16) -> float | None:
-    """STOI (``tokenizers_vq.metrics.stoi``) of the tokenizer's reconstructions of a whole audio split.
-
-    dataset yields ``(x float32 [T] in [-1, 1], label)`` at the tokenizer's sample rate. Returns a float in
-    about [0, 1] (the split's clips joined end to end, so single short digits count), or None without pystoi.
-    """
+def split_reconstructions(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 16
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstructions, originals) of a whole split, each float32 [N, *input] on the CPU: ``dataset`` yields
+    ``(x, label)`` in the tokenizer's layout; reconstructions are cut to the input's length."""
     device = next(tokenizer.parameters()).device
     est, ref = [], []
     for x, _ in DataLoader(dataset, batch_size=batch_size):
         x = x.to(device).float()
         est.append(tokenizer.decode(tokenizer.encode(x))[..., : x.shape[-1]].cpu())
         ref.append(x.cpu())
-    return M.stoi(torch.cat(est), torch.cat(ref), tokenizer.config.sample_rate)
+    return torch.cat(est), torch.cat(ref)
+
+
+def split_stoi(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 16) -> float | None:
+    """STOI (``tokenizers_vq.metrics.stoi``) of the tokenizer's reconstructions of a whole audio split.
+
+    dataset yields ``(x float32 [T] in [-1, 1], label)`` at the tokenizer's sample rate. Returns a float in
+    about [0, 1] (the split's clips joined end to end, so single short digits count), or None without pystoi.
+    """
+    return M.stoi(*split_reconstructions(tokenizer, dataset, batch_size), tokenizer.config.sample_rate)
 
 
 @torch.no_grad()
@@ -41,42 +47,21 @@ def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 
     Images: ``out`` is a PNG file (originals above reconstructions) or a folder (``reconstructions.png``).
     Audio: ``out`` is a folder with ``NN_original.wav`` / ``NN_reconstruction.wav`` pairs and
     ``spectrograms.png`` (each pair side by side, one pair per row). ``metrics.json`` goes beside them;
-    for audio it includes ``stoi`` (``split_stoi``) when pystoi is installed.
+    for audio it includes ``stoi`` (``split_stoi``) when pystoi is installed. (The modality's
+    ``write_reconstructions`` and ``split_metrics``.)
     """
     tokenizer.eval()
-    out = Path(out)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(splits.test), generator=g)[:n].tolist()
     x = torch.stack([splits.test[i][0] for i in idx]).float()
     recon = tokenizer.decode(tokenizer.encode(x))
     metrics = evaluate_tokenizer(tokenizer, splits.test, progress=progress)
-    if tokenizer.modality == "audio":
-        score = split_stoi(tokenizer, splits.test)
-        if score is not None:  # None: pystoi not installed (it is in the dev and bench extras)
-            metrics["stoi"] = score
-    if tokenizer.modality == "image":
-        png = out if out.suffix.lower() == ".png" else out / "reconstructions.png"
-        png.parent.mkdir(parents=True, exist_ok=True)
-        nrow = min(8, n)
-        rows = []
-        for start in range(0, n, nrow):  # originals row, then their reconstructions row
-            rows += [x[start:start + nrow], recon[start:start + nrow]]
-        image_grid(torch.cat(rows), nrow=nrow, scale=4).save(png)
-        (png.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        metrics["written"] = str(png)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        sr = tokenizer.config.sample_rate
-        for k in range(len(idx)):
-            save_wav(x[k], out / f"{k:02d}_original.wav", sr)
-            save_wav(recon[k], out / f"{k:02d}_reconstruction.wav", sr)
-        # Pairs side by side, one clip per row; at most 8 rows so the picture stays readable (all WAVs are written).
-        shown = min(len(idx), 8)
-        waves = [w for k in range(shown) for w in (x[k], recon[k])]
-        labels = [f"{k:02d} {kind}" for k in range(shown) for kind in ("original", "reconstruction")]
-        spectrogram_image(waves, sr, labels=labels, ncol=2).save(out / "spectrograms.png")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        metrics["written"] = str(out)
+    kind, rate = tokenizer.modality, tokenizer.sample_rate
+    # Whole-split metrics (audio: STOI); the split is reconstructed only for a modality that has some.
+    metrics |= kind.split_metrics(lambda: split_reconstructions(tokenizer, splits.test), rate)
+    written = kind.write_reconstructions(x, recon, out, rate)
+    (written if written.is_dir() else written.parent).joinpath("metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["written"] = str(written)
     return metrics
 
 

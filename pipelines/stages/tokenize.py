@@ -62,8 +62,9 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
     if splits.modality != codec.modality:
         raise ValueError(f"the dataset is {splits.modality} but the codec is for {codec.modality}")
     codec.eval()
-    if tuple(splits.input_shape) != tuple(codec.input_shape) and codec.modality == "image":
-        raise ValueError(f"the dataset's images are {tuple(splits.input_shape)} but the codec expects "
+    # Timed inputs (audio) are windows of longer files, cut to the codec's clip; others must match it.
+    if tuple(splits.input_shape) != tuple(codec.input_shape) and not codec.modality.timed:
+        raise ValueError(f"the dataset's inputs are {tuple(splits.input_shape)} but the codec expects "
                          f"{tuple(codec.input_shape)}")
     # Token folders hold fixed grids, so long audio files are tokenized as consecutive windows covering each file
     # (``AudioClipDataset.covering``) rather than the training split's random windows; clip datasets are unchanged.
@@ -71,7 +72,8 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
                                    desc=f"tokenize {name}", progress=progress)
               for name, ds in (("train", splits.train), ("test", splits.test))}
     header = TokenHeader(
-        vocab_size=codec.vocab_size, token_shape=tuple(codec.token_shape(splits.input_shape)), modality=codec.modality,
+        vocab_size=codec.vocab_size, token_shape=tuple(codec.token_shape(splits.input_shape)),
+        modality=str(codec.modality),
         dataset=dataset_name, codec=codec.record(codec_path), num_classes=splits.num_classes,
         class_names=list(splits.class_names), counts={k: int(v[0].shape[0]) for k, v in result.items()},
     )
@@ -91,8 +93,6 @@ def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, r
     codec = load_codec(codec_dir, map_location=device) if codec_dir is not None else None
     spec: DataSpec = make_spec(codec=codec, **data)
     splits = load_data(spec)
-    if codec is None:
-        if splits.modality == "audio" and raw_levels != 256:
-            raise ValueError("--raw audio is 8-bit mu-law (256 levels); drop --levels 2")
+    if codec is None:  # the modality refuses levels it has no raw codec for (audio: 256-level mu-law only)
         codec = RawCodec(splits.modality, raw_levels, splits.input_shape, splits.sample_rate)
     return tokenize_splits(splits, out, spec.name, codec, codec_dir, batch_size, progress)

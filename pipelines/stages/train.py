@@ -11,6 +11,7 @@ from typing import Any
 
 from prior import PriorConfig, build_prior
 from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig, build_tokenizer
+from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data
@@ -50,9 +51,9 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     if model.get("modality") and modality != model["modality"]:
         raise ValueError(f"--modality {model['modality']} but {spec.name} holds {modality} data")
     splits = load_data(spec)
+    kind = get_modality(modality)
     fields = {k: v for k, v in model.items() if v is not None} | {"modality": modality}
-    fields |= ({"channels": spec.channels, "image_size": spec.image_size} if modality == "image"
-               else {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples})
+    fields |= {k: getattr(spec, k) for k in kind.size_fields}  # image channels and size, audio rate and clip
     quantizer = QUANTIZERS.config_class(fields.get("quantizer", "fsq"))
     fields = quantizer().run_defaults(cfg.steps) | fields  # e.g. gumbel anneals over the whole run
     config = TokenizerConfig(**fields)
@@ -61,10 +62,10 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
         _refuse_other_model(TokenizerConfig.from_file(out / "config.json"), config, out, "tokenizer")
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
-    if modality == "audio" and crop_samples is None:
+    if kind.timed and crop_samples is None:  # training windows cut along time
         crop_samples = default_crop_samples(config)
     task = TokenizerTask(tokenizer, spec.name, eval_limit=eval_limit,
-                         crop_samples=crop_samples if modality == "audio" else None)
+                         crop_samples=crop_samples if kind.timed else None)
     return train(task, splits.train, splits.test, cfg, hparams=config.to_dict())
 
 

@@ -107,7 +107,8 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     device = next(tokenizer.parameters()).device
-    spans = getattr(dataset, "score_span", None) if tokenizer.modality == "audio" else None
+    # Long timed files (audio) are scored as whole signals rebuilt from their windows.
+    spans = getattr(dataset, "score_span", None) if tokenizer.modality.timed else None
     whole = _WholeSignalScores(tokenizer.config.sample_rate) if spans is not None else None
     group_of = (lambda i: spans(i)[0]) if spans is not None else None  # type: ignore[misc]
     batches = _eval_batches(dataset, batch_size, shard, limit, group_of)
@@ -118,17 +119,14 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
             continue
         counts.add(out.codes)
         b = x.shape[0]
-        if tokenizer.modality == "image":
-            batch_metrics = {"psnr": M.psnr(out.recon.clamp(0, 1), x).item(), "ssim": M.ssim(out.recon.clamp(0, 1), x).item()}
-        elif whole is not None:
+        if whole is not None:
             batch_metrics = {}
             for k in range(b):
                 group, lo, hi = spans(start + k)  # type: ignore[misc]
                 whole.add(group, x[k, lo:hi].cpu(), out.recon[k, lo:hi].cpu())
-        else:
-            batch_metrics = {"si_snr": M.si_snr(out.recon, x).mean().item(),
-                             "log_mel_l1": M.log_mel_l1(out.recon, x, tokenizer.config.sample_rate).item()}
-        if tokenizer.modality == "audio" and "accuracy" in out.metrics:
+        else:  # the modality's: PSNR and SSIM of images, SI-SNR and log-mel L1 of audio clips
+            batch_metrics = tokenizer.modality.recon_metrics(out.recon, x, tokenizer.sample_rate)
+        if "accuracy" in out.metrics:  # a model-reported per-sample mu-law class accuracy, whatever the modality
             batch_metrics["mu_law_accuracy"] = float(out.metrics["accuracy"])
         batch_metrics["loss"] = out.loss.item()
         for k, v in batch_metrics.items():
@@ -173,8 +171,9 @@ class TokenizerTask(TrainTask):
         self.eval_limit = eval_limit
         if crop_samples:
             cfg = tokenizer.config
-            if cfg.modality != "audio":
-                raise ValueError("crop_samples applies to audio tokenizers only")
+            if not tokenizer.modality.timed:
+                raise ValueError(f"crop_samples cuts windows in time: it applies to audio tokenizers only, not "
+                                 f"{tokenizer.modality}")
             if crop_samples % cfg.downsample:
                 raise ValueError(f"crop_samples={crop_samples} is not a multiple of downsample={cfg.downsample}: "
                                  f"use {max(1, crop_samples // cfg.downsample) * cfg.downsample}")

@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, distributed, nn
 from vector_quantize_pytorch import VectorQuantize

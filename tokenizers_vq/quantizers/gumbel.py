@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modality import get_modality
 from ..registry import QUANTIZERS
 from .base import CodebookConfig, Quantizer, QuantizerOutput, _from_seq, _to_seq
 
@@ -33,7 +34,7 @@ class GumbelConfig(CodebookConfig):
         if self.gumbel_kl_weight is None:
             # Near-silent audio frames collapse gumbel to a few codes at 1e-2; 0.1 suits tones and speech best together
             # (measurements: docs/DESIGN_NOTES.md).
-            self.gumbel_kl_weight = 1e-2 if parent.modality == "image" else 0.1
+            self.gumbel_kl_weight = 0.1 if get_modality(parent.modality).timed else 1e-2
 
     def run_defaults(self, steps: int) -> dict[str, Any]:
         return {"gumbel_anneal_steps": steps}  # anneal over the whole run
