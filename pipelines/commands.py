@@ -301,7 +301,12 @@ def _common() -> list[Group]:
 
 
 def _data() -> list[Group]:
-    return [dataclass_group("data", DataOptions)]
+    from .data import DATASETS
+
+    group = dataclass_group("data", DataOptions)
+    dataset = next(f for f in group.flags if f.name == "dataset")
+    dataset.help += ". Built-ins: " + "; ".join(f"{n} ({DATASETS.get(n).description})" for n in DATASETS.names())
+    return [group]
 
 
 def _device() -> list[Group]:

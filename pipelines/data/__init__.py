@@ -4,7 +4,7 @@ Images: x float32 [C, H, W] in [0, 1]. Audio: x float32 [T] in [-1, 1] at ``spec
 Labels are int64 class indices (-1 when a source has none). See docs/DATA.md.
 
 Modules: ``spec`` (DataSpec, Splits, limits, the skip policy), ``audio_io`` / ``image_io`` (reading and
-checking files), one module per built-in (``mnist5k``, ``shapes``, ``tones``, ``spoken_digits``),
+checking files), ``builtins/`` (one module per built-in dataset, registered in ``DATASETS``),
 ``folders`` (local folders), ``hub`` (Hugging Face datasets), ``tokens`` (the token folder format).
 """
 
@@ -21,11 +21,9 @@ from .audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio
 from .folders import load_audio_folder, load_image_folder
 from .hub import is_dataset_folder, load_hub_audio, load_hub_images
 from .image_io import EncodedImageDataset, ImageReadError, pil_to_tensor
-from .mnist5k import load_mnist5k
-from .shapes import load_shapes
 from .spec import (
     AUDIO_EXTS,
-    BUILTINS,
+    DATASETS,
     IMAGE_EXTS,
     MAX_AUDIO_SAMPLES,
     MAX_AUDIO_SECONDS,
@@ -39,23 +37,13 @@ from .spec import (
     infer_modality,
     unknown_dataset_error,
 )
-from .spoken_digits import load_spoken_digits
-from .tones import load_tones
 
 __all__ = [
-    "DataSpec", "Splits", "load_data", "infer_modality", "unknown_dataset_error", "BUILTINS", "IMAGE_EXTS",
+    "DataSpec", "Splits", "load_data", "infer_modality", "unknown_dataset_error", "DATASETS", "IMAGE_EXTS",
     "AUDIO_EXTS", "UnreadableFileError", "AudioReadError", "ImageReadError", "read_audio", "fit_clip",
     "pil_to_tensor", "AudioClipDataset", "EncodedImageDataset", "MAX_IMAGE_PIXELS", "MIN_SAMPLE_RATE",
     "MAX_SAMPLE_RATE", "MAX_AUDIO_SECONDS", "MAX_AUDIO_SAMPLES", "MAX_RESAMPLE_KERNEL", "read_file",
 ]
-
-BUILTIN_LOADERS: dict[tuple[str, str], Callable[[DataSpec], Splits]] = {
-    ("image", "mnist5k"): load_mnist5k,
-    ("image", "shapes"): load_shapes,
-    ("audio", "tones"): load_tones,
-    ("audio", "spoken-digits"): load_spoken_digits,
-}
-
 
 def _read_audio_file(path: str | Path, input_shape: tuple[int, ...], sample_rate: int | None) -> torch.Tensor:
     return read_audio(path, target_rate=sample_rate)[0]
@@ -92,9 +80,11 @@ def load_data(spec: DataSpec) -> Splits:
         raise ValueError(f"sample_rate must be positive, got {spec.sample_rate}")
     if not audio and spec.channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {spec.channels}")
-    builtin = BUILTIN_LOADERS.get(("audio" if audio else "image", spec.name))
-    if builtin is not None:
-        return builtin(spec)
+    if spec.name in DATASETS:
+        builtin = DATASETS.get(spec.name)
+        if builtin.modality != modality:
+            raise ValueError(f"{spec.name} holds {builtin.modality} data, not {modality}: drop --modality {modality}")
+        return builtin.load(spec)
     p = Path(spec.name)
     if p.is_dir():
         if not audio:

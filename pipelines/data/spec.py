@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -23,12 +23,11 @@ from tokenizers_vq.config import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SAMPLE_RATE,
 )
+from vqgen_io.components import Registry
 
 log = logging.getLogger("vqgen.data")
 
-IMAGE_BUILTINS = ("mnist5k", "shapes")
-AUDIO_BUILTINS = ("tones", "spoken-digits")
-BUILTINS = IMAGE_BUILTINS + AUDIO_BUILTINS
+DATASETS = Registry("dataset", "pipelines.data.builtins")  # the built-ins: one module each in data/builtins/
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 
@@ -87,14 +86,26 @@ class Splits:
     sample_rate: int | None = None
 
 
+class BuiltinDataset:
+    """A built-in dataset (``pipelines/data/builtins/NAME.py``, registered with ``@DATASETS.register(NAME)``):
+    ``load(spec) -> Splits`` makes both splits as ``spec`` asks (sizes, seed, limit)."""
+
+    name: ClassVar[str] = ""  # set by the registry
+    modality: ClassVar[str] = ""  # "image" | "audio"
+    channels: ClassVar[int | None] = None  # images: the channels it comes in, the default of --channels
+    description: ClassVar[str] = ""  # one line for --help and docs/DATA.md
+
+    @staticmethod
+    def load(spec: DataSpec) -> Splits:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
 def infer_modality(spec: DataSpec) -> str:
     """"image" or "audio" for a spec, from the built-in name, the folder's files, or ``spec.modality``."""
     if spec.modality:
         return spec.modality
-    if spec.name in IMAGE_BUILTINS:
-        return "image"
-    if spec.name in AUDIO_BUILTINS:
-        return "audio"
+    if spec.name in DATASETS:
+        return DATASETS.get(spec.name).modality
     p = Path(spec.name)
     if p.is_dir():
         exts = {f.suffix.lower() for f in p.rglob("*") if f.is_file()}
@@ -107,7 +118,7 @@ def infer_modality(spec: DataSpec) -> str:
 def unknown_dataset_error(name: str) -> ValueError:
     """The error for a name that is no built-in, no local folder and no Hub id; it lists the built-ins."""
     return ValueError(
-        f"unknown dataset {name!r}: not a built-in ({', '.join(BUILTINS)}), not an existing local folder, "
+        f"unknown dataset {name!r}: not a built-in ({', '.join(DATASETS.names())}), not an existing local folder, "
         "and not a Hugging Face Hub id of the form 'owner/name'"
     )
 

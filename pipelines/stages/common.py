@@ -20,14 +20,13 @@ from tokenizers_vq import Codec, RawCodec, load_codec
 from tokenizers_vq.config import DEFAULT_CLIP_SAMPLES, DEFAULT_IMAGE_SIZE, DEFAULT_SAMPLE_RATE
 from vqgen_io import atomic_write_text
 
-from ..data import DataSpec
+from ..data import DATASETS, DataSpec
 
 CODEC_RECORD = "codec.json"
 CLASS_NAMES = "class_names.json"
 SAMPLING = "sampling.json"
 BPE_DIR = "bpe"  # a prior over BPE-merged sequences keeps a copy of its merges here
 DEFAULT_CFG_SCALE = 2.0  # conditional priors: the demo's digits read as asked 95% of the time at 2 vs 73% at 1
-BUILTIN_CHANNELS = {"mnist5k": 1, "shapes": 3}
 
 
 @dataclass
@@ -75,7 +74,7 @@ def make_spec(name: str, codec: Codec | None = None, modality: str | None = None
     if channels and fixed.get("channels", channels) != channels:
         raise ValueError(f"--channels {channels} but the codec expects {fixed['channels']}-channel images; drop "
                          f"--channels (images are converted to the codec's {fixed['channels']} channels)")
-    channels = channels or fixed.get("channels") or BUILTIN_CHANNELS.get(name, 3)
+    channels = channels or fixed.get("channels") or (DATASETS.get(name).channels if name in DATASETS else None) or 3
     image_size = image_size or fixed.get("image_size") or DEFAULT_IMAGE_SIZE
     sample_rate = sample_rate or fixed.get("sample_rate") or DEFAULT_SAMPLE_RATE
     if clip_seconds is not None:

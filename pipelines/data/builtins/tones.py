@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .audio_io import CACHE_BYTES
-from .spec import DataSpec, Splits
+from ..audio_io import CACHE_BYTES
+from ..spec import DATASETS, BuiltinDataset, DataSpec, Splits
 
 TONES_SIZES = {"train": 2000, "test": 200}
 TONE_TIMBRES = ["flute", "clarinet", "brass", "bell"]  # the tones labels: timbre is audible in every note
@@ -113,3 +113,9 @@ def load_tones(spec: DataSpec) -> Splits:
         input_shape=(spec.clip_samples,), sample_rate=spec.sample_rate,
     )
 
+
+@DATASETS.register("tones")
+class Tones(BuiltinDataset):
+    modality = "audio"
+    description = "procedural 16 kHz melodies; labels: the timbre; deterministic per --seed"
+    load = staticmethod(load_tones)

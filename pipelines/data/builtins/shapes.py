@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .image_io import convert_tensor
-from .spec import DataSpec, Splits
+from ..image_io import convert_tensor
+from ..spec import DATASETS, BuiltinDataset, DataSpec, Splits
 
 SHAPE_NAMES = ["circle", "square", "triangle"]
 SHAPES_SIZES = {"train": 5000, "test": 500}
@@ -73,3 +73,11 @@ def load_shapes(spec: DataSpec) -> Splits:
         modality="image", num_classes=3, class_names=list(SHAPE_NAMES),
         input_shape=(spec.channels, spec.image_size, spec.image_size),
     )
+
+
+@DATASETS.register("shapes")
+class Shapes(BuiltinDataset):
+    modality = "image"
+    channels = 3
+    description = "procedural 32x32 RGB circles, squares and triangles; labels: the shape; deterministic per --seed"
+    load = staticmethod(load_shapes)
