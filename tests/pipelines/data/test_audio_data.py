@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 
 from pipelines.data import DataSpec, load_data
-from pipelines.data.builtins import spoken_digits, tones
 from pipelines.data.audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio, validate_sources
+from pipelines.data.builtins import spoken_digits, tones
 
 SR = 16000
 
