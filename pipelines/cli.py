@@ -85,7 +85,8 @@ def cli_markdown() -> str:
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
                 parse_command([name, "--help"])
-            parts += ["", f"## `vqgen {name}`", "", "```", buf.getvalue().rstrip(), "```"]
+            text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()).strip("\n")
+            parts += ["", f"## `vqgen {name}`", "", "```", text, "```"]
         return "\n".join(parts) + "\n"
     finally:
         if old is None:
