@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -116,3 +118,36 @@ class EncodedImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         with open_image(self.items[i]) as img:
             return pil_to_tensor(img, self.size, self.channels), torch.tensor(self.labels[i])
+
+
+class RenderedImages(Dataset):
+    """Procedural images made on demand, item i of a split from a generator seeded by (seed, split, i, *salt) alone
+    (any item on its own, in any order, in any worker). ``render(rng) -> (float32 [H, W, 3] in [0, 1], label)``.
+    Yields ``(x float32 [channels, size, size] in [0, 1], label int64)``."""
+
+    def __init__(self, render: Callable[[np.random.Generator], tuple[np.ndarray, int]], n: int, split: str,
+                 seed: int, size: int, channels: int, salt: tuple[int, ...] = ()):
+        self.render, self.n, self.seed, self.size, self.channels, self.salt = render, n, seed, size, channels, salt
+        self.split_id = ("train", "test").index(split)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        img, label = self.render(np.random.default_rng([self.seed, self.split_id, i, *self.salt]))
+        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))[None]
+        return convert_tensor(x, self.size, self.channels)[0], torch.tensor(label)
+
+
+def rendered_splits(spec: Any, render: Callable[[np.random.Generator], tuple[np.ndarray, int]],
+                    sizes: dict[str, int], class_names: list[str], salt: tuple[int, ...] = ()) -> Any:
+    """Train and test ``RenderedImages`` of ``sizes`` (train capped by ``spec.limit``) as ``spec`` asks them."""
+    from .spec import Splits
+
+    n_train = min(spec.limit, sizes["train"]) if spec.limit else sizes["train"]
+    make = lambda n, split: RenderedImages(render, n, split, spec.seed, spec.image_size, spec.channels, salt)  # noqa: E731
+    return Splits(train=make(n_train, "train"), test=make(sizes["test"], "test"), modality="image",
+                  num_classes=len(class_names), class_names=list(class_names),
+                  input_shape=(spec.channels, spec.image_size, spec.image_size))

@@ -8,20 +8,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from prior import Prior, PriorNet, build_prior
+from prior import ARCHS, Prior, PriorNet, build_prior
 from prior.decoding import Decoder, evaluating
+from tests.prior.tiny_priors import TINY
 
-TINY = {
-    "transformer": dict(n_layer=2, n_head=2, d_model=16),
-    "sparse_transformer": dict(n_layer=2, n_head=2, d_model=16),
-    "wavenet": dict(residual_channels=8, skip_channels=8, dilation_cycle=3, n_cycles=1),
-    "pixelcnn": dict(pixelcnn_layers=4, pixelcnn_channels=8),
-    "made": dict(made_hidden=(32, 32)),
-    "lstm": dict(lstm_hidden=16, lstm_layers=2),
-    "histogram": dict(),
-    "ngram": dict(),
-}
-CASES = [*TINY, "delay_transformer"]  # every net with a cache, and the delay pattern's own decode order
+CASES = [*ARCHS.names(), "delay_transformer"]  # every architecture, and the delay pattern's own decode order
 
 
 def make(case: str, num_classes: int = 0, shape: tuple[int, ...] = (3, 4), vocab: int = 5, **kw) -> Prior:
@@ -31,7 +22,7 @@ def make(case: str, num_classes: int = 0, shape: tuple[int, ...] = (3, 4), vocab
         p = build_prior(arch="transformer", vocab_size=vocab, shape=(4, 3), num_codebooks=3,  # L 12, q 3
                         num_classes=num_classes, codebook_pattern="delay", **TINY["transformer"], **kw)
     else:
-        p = build_prior(arch=case, vocab_size=vocab, shape=shape, num_classes=num_classes, **TINY[case], **kw)
+        p = build_prior(arch=case, vocab_size=vocab, shape=shape, num_classes=num_classes, **TINY.get(case, {}), **kw)
     with torch.no_grad():
         for q in p.parameters():
             q.add_(torch.randn_like(q) * 0.3)

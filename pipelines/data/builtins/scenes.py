@@ -14,10 +14,8 @@ and resized to ``spec.image_size``. Yields ``(x float32 [spec.channels, S, S] in
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from ..image_io import convert_tensor
+from ..image_io import rendered_splits
 from ..spec import DATASETS, BuiltinDataset, DataSpec, Splits
 
 TIMES = ["day", "sunset", "night"]
@@ -82,34 +80,14 @@ def render_scene(rng: np.random.Generator, time: str, size: int = RENDER) -> np.
     return np.clip(img + noise, 0, 1).astype(np.float32)
 
 
-class ScenesDataset(Dataset):
-    """``n`` scenes of one split, each rendered on demand from (seed, split, index)."""
-
-    def __init__(self, n: int, split: str, seed: int, size: int, channels: int):
-        self.n, self.split_id, self.seed, self.size, self.channels = n, ("train", "test").index(split), seed, size, channels
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        rng = np.random.default_rng([self.seed, self.split_id, i, 7])
-        label = int(rng.integers(0, len(TIMES)))
-        img = render_scene(rng, TIMES[label])
-        x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
-        return convert_tensor(x, self.size, self.channels)[0], torch.tensor(label)
+def _render(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    label = int(rng.integers(0, len(TIMES)))
+    return render_scene(rng, TIMES[label]), label
 
 
 def load_scenes(spec: DataSpec) -> Splits:
     """5,000 train / 500 test scenes (train capped by ``spec.limit``), 3 classes (time of day)."""
-    n_train = min(spec.limit, SIZES["train"]) if spec.limit else SIZES["train"]
-    return Splits(
-        train=ScenesDataset(n_train, "train", spec.seed, spec.image_size, spec.channels),
-        test=ScenesDataset(SIZES["test"], "test", spec.seed, spec.image_size, spec.channels),
-        modality="image", num_classes=len(TIMES), class_names=list(TIMES),
-        input_shape=(spec.channels, spec.image_size, spec.image_size),
-    )
+    return rendered_splits(spec, _render, SIZES, TIMES, salt=(7,))
 
 
 @DATASETS.register("scenes")

@@ -8,10 +8,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from ..image_io import convert_tensor
+from ..image_io import rendered_splits
 from ..spec import DATASETS, BuiltinDataset, DataSpec, Splits
 
 SHAPE_NAMES = ["circle", "square", "triangle"]
@@ -45,34 +43,14 @@ def render_shape(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, 
     return img, label
 
 
-class ShapesDataset(Dataset):
-    """Deterministic procedural shapes: item i of split s is drawn from a generator seeded by (seed, s, i).
-    Yields ``(x float32 [channels, size, size] in [0, 1], label int64 in {0, 1, 2})``."""
-
-    def __init__(self, n: int, split: str, seed: int, size: int, channels: int):
-        self.n, self.split_id, self.seed, self.size, self.channels = n, {"train": 0, "test": 1}[split], seed, size, channels
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        rng = np.random.default_rng([self.seed, self.split_id, i])
-        img, label = render_shape(rng, 32)
-        x = torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
-        return convert_tensor(x, self.size, self.channels)[0], torch.tensor(label)
+def _render(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    img, label = render_shape(rng, 32)
+    return img.astype(np.float32) / 255.0, label
 
 
 def load_shapes(spec: DataSpec) -> Splits:
     """The ``shapes`` built-in: 5,000 train / 500 test images (train capped by ``spec.limit``), 3 classes."""
-    n_train = min(spec.limit, SHAPES_SIZES["train"]) if spec.limit else SHAPES_SIZES["train"]
-    return Splits(
-        train=ShapesDataset(n_train, "train", spec.seed, spec.image_size, spec.channels),
-        test=ShapesDataset(SHAPES_SIZES["test"], "test", spec.seed, spec.image_size, spec.channels),
-        modality="image", num_classes=3, class_names=list(SHAPE_NAMES),
-        input_shape=(spec.channels, spec.image_size, spec.image_size),
-    )
+    return rendered_splits(spec, _render, SHAPES_SIZES, SHAPE_NAMES)
 
 
 @DATASETS.register("shapes")
