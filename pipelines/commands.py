@@ -17,7 +17,6 @@ from .options import CommonOptions, DataOptions, DeviceOptions, data_args
 PRIOR_MODEL = "prior model"
 TOKENIZER_MODEL = "tokenizer model"
 LOOP = "training loop"
-LOOP_FROM_ELSEWHERE = ("out", "seed")  # TrainConfig fields whose flags other groups declare (command, common)
 
 
 @dataclass
@@ -34,15 +33,14 @@ class Command:
 def _loop(steps: int, batch: int, lr: float) -> Group:
     from .training.config import TrainConfig
 
-    return dataclass_group(LOOP, TrainConfig, skip=LOOP_FROM_ELSEWHERE,
-                           defaults={"steps": steps, "batch_size": batch, "lr": lr})
+    return dataclass_group(LOOP, TrainConfig, defaults={"steps": steps, "batch_size": batch, "lr": lr})
 
 
 def train_config(a: Parsed) -> Any:
     from .training.config import TrainConfig
 
     loop = {f.name: a.values[f.name] for f in dataclasses.fields(TrainConfig)
-            if f.name in a.values and f.name not in LOOP_FROM_ELSEWHERE and f.metadata.get("flag") is not False}
+            if f.name in a.values and f.metadata.get("flag") is not False}
     loop["grad_clip"] = loop.get("grad_clip") or None  # 0 disables clipping
     return TrainConfig(**loop, out=a.out, seed=a.seed, progress=not a.quiet)
 
@@ -314,15 +312,11 @@ def _device() -> list[Group]:
 
 
 def _tokenizer_model() -> Group:
-    return model_group(TOKENIZER_MODEL, TokenizerConfig,
-                       skip=("channels", "image_size", "sample_rate", "clip_samples", "format_version"),
-                       choices={"quantizer": QUANTIZERS, "autoencoder": AUTOENCODERS})
+    return model_group(TOKENIZER_MODEL, TokenizerConfig, choices={"quantizer": QUANTIZERS, "autoencoder": AUTOENCODERS})
 
 
 def _prior_model() -> Group:
-    return model_group(PRIOR_MODEL, PriorConfig, skip=("vocab_size", "shape", "num_classes", "num_codebooks",
-                                                       "format_version"), choices={"arch": ARCHS},
-                       defaults={"arch": dataclasses.MISSING})
+    return model_group(PRIOR_MODEL, PriorConfig, choices={"arch": ARCHS}, defaults={"arch": dataclasses.MISSING})
 
 
 COMMANDS: dict[str, Command] = {

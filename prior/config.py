@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from vqgen_io.components import ComponentConfig, Registry, SectionedConfig
@@ -16,6 +16,7 @@ from vqgen_io.components import ComponentConfig, Registry, SectionedConfig
 FORMAT_VERSION = 2  # 2: architecture fields in their own section ("net"); 1: one flat dataclass (prior/legacy.py)
 ARCHS = Registry("prior architecture", "prior")  # every module of prior/ is imported to find them
 CODEBOOK_PATTERNS = ("flatten", "delay")
+DATA = {"flag": False}  # field metadata: set from the data (or the file), not by a command-line flag
 
 
 @dataclass(init=False)
@@ -38,13 +39,14 @@ class PriorConfig(SectionedConfig):
     FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
 
     arch: str = "transformer"  # the architecture: one of prior.ARCHS (transformer, sparse_transformer, wavenet, ...)
-    vocab_size: int = 512  # tokens are in [0, vocab_size)
-    shape: tuple[int, ...] = (8, 8)  # token grid: (h, w) for images, (t,) for audio; (t, q) / (h, w, q) with codebooks
-    num_classes: int = 0  # 0 = unconditional; else p(grid | label) with labels in [0, num_classes)
-    num_codebooks: int = 1  # q: > 1 = the last axis of shape is the codebook axis (residual quantizers)
+    # The grid fields come from the token folder a prior is trained on (metadata flag=False: no flag of their own)
+    vocab_size: int = field(default=512, metadata=DATA)  # tokens are in [0, vocab_size)
+    shape: tuple[int, ...] = field(default=(8, 8), metadata=DATA)  # token grid: (h, w) for images, (t,) for audio; (t, q) / (h, w, q) with codebooks
+    num_classes: int = field(default=0, metadata=DATA)  # 0 = unconditional; else p(grid | label) with labels in [0, num_classes)
+    num_codebooks: int = field(default=1, metadata=DATA)  # q: > 1 = the last axis of shape is the codebook axis (residual quantizers)
     codebook_pattern: str = "flatten"  # tokens with a codebook axis: flatten (raster over (t, q), any arch) | delay (MusicGen: all codebooks of a step at once; archs with a delay net)
     label_dropout: float = 0.1  # conditional priors: P(label -> null label) while training, for classifier-free guidance
-    format_version: int = FORMAT_VERSION
+    format_version: int = field(default=FORMAT_VERSION, metadata=DATA)  # the config.json layout (1: flat, 2: sections)
     net: ComponentConfig | None = None  # the architecture's own settings (its config dataclass)
 
     def __post_init__(self) -> None:

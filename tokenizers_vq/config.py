@@ -8,7 +8,7 @@ A quantizer is one file in ``tokenizers_vq/quantizers/`` and an autoencoder fami
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from vqgen_io.components import ComponentConfig, Registry, SectionedConfig
@@ -17,6 +17,7 @@ from .registry import AUTOENCODERS, QUANTIZERS
 
 FORMAT_VERSION = 2  # 2: quantizer and autoencoder fields in their own sections; 1: one flat dataclass
 MODALITIES = ("image", "audio")
+DATA = {"flag": False}  # field metadata: set from the data (or the file), not by a flag of the model group
 # The prior's embedding and output layers scale with the vocabulary, and FSQ materialises its implicit codebook
 # (vocab x len(levels) floats) on construction: fsq_levels=[15] * 10 asked for 4.6 TB and died inside the library.
 MAX_VOCAB_SIZE = 2**20
@@ -47,12 +48,13 @@ class TokenizerConfig(SectionedConfig):
     modality: str | None = None  # image | audio (default: the autoencoder family's, else image)
     quantizer: str = "fsq"  # the bottleneck: vq | fsq | gumbel | rvq | rfsq (residual: one codebook per stage) | any registered quantizer
     autoencoder: str | None = None  # the autoencoder family: vqvae (images) | mulaw | spectral (audio) (default: the modality's; audio: from audio_head)
-    channels: int = DEFAULT_CHANNELS  # images: 1 (grayscale) or 3 (RGB)
-    image_size: int = DEFAULT_IMAGE_SIZE  # images: square side in pixels; the data layer resizes / crops to it
-    sample_rate: int = DEFAULT_SAMPLE_RATE  # audio: Hz; inputs at other rates are resampled by the data layer
-    clip_samples: int = DEFAULT_CLIP_SAMPLES  # audio: training clip length in samples (1 s at 16 kHz)
+    # The input sizes come from the data options (--channels, --image-size, --sample-rate, --clip-seconds)
+    channels: int = field(default=DEFAULT_CHANNELS, metadata=DATA)  # images: 1 (grayscale) or 3 (RGB)
+    image_size: int = field(default=DEFAULT_IMAGE_SIZE, metadata=DATA)  # images: square side in pixels; the data layer resizes / crops to it
+    sample_rate: int = field(default=DEFAULT_SAMPLE_RATE, metadata=DATA)  # audio: Hz; inputs at other rates are resampled by the data layer
+    clip_samples: int = field(default=DEFAULT_CLIP_SAMPLES, metadata=DATA)  # audio: training clip length in samples (1 s at 16 kHz)
     latent_dim: int = 64  # channels of the encoder output fed to the quantizer (vq codebook_dim; fsq projects it)
-    format_version: int = FORMAT_VERSION
+    format_version: int = field(default=FORMAT_VERSION, metadata=DATA)  # the config.json layout (1: flat, 2: sections)
     quantizer_config: ComponentConfig | None = None  # the quantizer's own settings
     autoencoder_config: ComponentConfig | None = None  # the autoencoder family's own settings
 

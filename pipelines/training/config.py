@@ -15,7 +15,7 @@ from typing import Any, Literal
 class TrainConfig:
     """Loop settings shared by ``train-tokenizer`` and ``train-prior``."""
 
-    out: str  # run folder: becomes a save_pretrained folder; resumable checkpoints go under OUT/checkpoints
+    out: str = field(metadata={"flag": False})  # run folder (each command's --out): becomes a save_pretrained folder; resumable checkpoints go under OUT/checkpoints
     steps: int = 1000  # optimizer steps to train for (the count a --resume run continues to)
     batch_size: int = 64  # examples per batch per process, as Accelerate counts it
     lr: float = 1e-3  # peak learning rate of AdamW, reached at the end of the warm-up
@@ -30,7 +30,7 @@ class TrainConfig:
     save_every: int = 500  # write a resumable checkpoint every N steps (and after the last step)
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep under OUT/checkpoints
     log_every: int = 10  # log the training scalars (CSV, TensorBoard, progress bar) every N steps
-    seed: int = 0  # seeds the data order and every RNG (python, numpy, torch) when training starts
+    seed: int = field(default=0, metadata={"flag": False})  # (--seed) seeds the data order and every RNG (python, numpy, torch) when training starts
     resume: bool = False  # continue from the newest checkpoint under OUT/checkpoints at its data position
     max_seconds: float | None = None  # wall-clock budget in seconds, then evaluate, save, stop; None: none
     num_workers: int = 0  # DataLoader worker processes; 0: load batches in the training process
