@@ -27,7 +27,7 @@ saturates; the infinite edges are finite constants far in the tails (exact in fl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ class OutputHeadConfig(ComponentConfig):
     """Settings of the output head (prior/heads.py), for the architectures that can predict ordered values with a
     discretised logistic mixture: an architecture supports ``output="logistic_mixture"`` by including these."""
 
-    output: str = "softmax"  # softmax (V logits) | logistic_mixture (PixelCNN++; ordered values only: raw pixels, mu-law)
+    output: str = field(default="softmax", metadata={"strict": True})  # softmax (V logits) | logistic_mixture (PixelCNN++; ordered values only: raw pixels, mu-law)
     logistic_mixtures: int = 5  # components K per position
 
     def finalize(self, parent: Any) -> None:

@@ -554,6 +554,7 @@ class SparseTransformerNet(TransformerNet):
     """
 
     attention_impls = IMPLS
+    delay_net = None  # the dense Transformer's delay-pattern net is not this one (no sparse variant)
 
     def __init__(self, config: PriorConfig, impl: str = "auto"):
         super().__init__(config)

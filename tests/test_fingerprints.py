@@ -28,7 +28,7 @@ def _hash(model, config_dict):
 
 
 def test_format2_identity_is_the_shared_fields_and_the_chosen_section():
-    p = build_prior(arch="made", vocab_size=5, shape=(2, 3), made_hidden=(8,), n_layer=7)  # n_layer: not made's
+    p = build_prior(arch="made", vocab_size=5, shape=(2, 3), made_hidden=(8,), n_layer=4)  # not made's, at default
     ident = p.config.identity_dict()
     assert ident["format_version"] == 2 and ident["arch"] == "made"
     assert set(ident["net"]) == {f.name for f in dataclasses.fields(type(p.config.net))}
@@ -87,6 +87,10 @@ def test_unknown_and_misplaced_fields_are_clear_errors():
         PriorConfig(arch="lstm", lstm_widht=3)
     with pytest.raises(ValueError, match="has no settings"):
         PriorConfig(arch="lstm", net={"n_layer": 2})
+    assert PriorConfig(arch="lstm", n_layer=2).to_dict() == PriorConfig(arch="lstm").to_dict()  # format 1's leniency
+    with pytest.raises(ValueError, match="output='logistic_mixture' is a setting of prior architecture pixelcnn"):
+        PriorConfig(arch="lstm", output="logistic_mixture")  # a capability lstm lacks
+    assert PriorConfig(arch="lstm").replace(arch="transformer", n_layer=2).n_layer == 2
     with pytest.raises(AttributeError, match="setting of prior architecture .*made"):
         _ = PriorConfig(arch="lstm").made_hidden
     with pytest.raises(ValueError, match="format_version 3"):

@@ -84,7 +84,8 @@ class TokenizerConfig(SectionedConfig):
 
     def _check_sections(self) -> None:
         if self.vocab_size > MAX_VOCAB_SIZE:
-            what = "fsq_levels give" if hasattr(self.quantizer_config, "fsq_levels") else "codebook_size is"
+            levels = getattr(self.quantizer_config, "fsq_levels", None)
+            what = f"fsq_levels {levels} give" if levels is not None else "codebook_size is"
             raise ValueError(
                 f"{what} {self.vocab_size:,} tokens, more than vqgen supports ({MAX_VOCAB_SIZE:,}): the prior's "
                 "embedding and output layers grow with the vocabulary; use fewer or smaller levels / codes"

@@ -77,8 +77,9 @@ class Registry:
             importlib.import_module(f"{self.package}.{m.name}")
 
     def names(self) -> tuple[str, ...]:
+        """The registered names, sorted (the order modules happened to be imported in must not show)."""
         self._discover()
-        return tuple(self._entries)
+        return tuple(sorted(self._entries))
 
     def __contains__(self, name: object) -> bool:
         return name in self.names()
@@ -105,6 +106,13 @@ class Registry:
         return owners
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal as settings (a tuple and a list of the same values are the same setting)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
 def _field_default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -119,7 +127,10 @@ class SectionedConfig(JsonConfig):
     component's config. The constructor takes keywords only: shared fields, a section as a dict or a config
     instance, and section fields by their flat names. Reading or setting ``config.<section field>`` reaches the
     section. Fields of components that are not chosen are accepted and ignored (one set of keywords can build any
-    component, as with the single flat config of format 1); unknown names are a ``ValueError``.
+    component, as with the single flat config of format 1), except a field declared with ``metadata={"strict":
+    True}`` set to other than its default: that is a ``ValueError`` naming the components that have it (a
+    capability the chosen one lacks, e.g. ``output="logistic_mixture"``). Unknown names are a ``ValueError``.
+    (The command line is stricter: a flag the chosen component does not have is an error.)
 
     Subclasses may override ``_derive_selectors(given)`` (fill selectors left ``None`` from the keywords) and set
     ``LEGACY`` (a reader for format-1 flat dicts; see ``prior/legacy.py``)."""
@@ -149,10 +160,25 @@ class SectionedConfig(JsonConfig):
         unknown = set(kwargs) - foreign - {"class_name"}
         if unknown:
             raise ValueError(f"unknown {type(self).__name__} fields {sorted(unknown)}")
+        self._refuse_settings_of_others(kwargs)
         self.__post_init__()
         for section in self.SECTIONS:
             getattr(self, section).finalize(self)
         self._check_sections()
+
+    def _refuse_settings_of_others(self, values: dict[str, Any]) -> None:
+        """``ValueError`` for a strict field (``metadata={"strict": True}``) of components not chosen, set to other
+        than its default there."""
+        for name, value in values.items():
+            for selector, registry in self.SECTIONS.values():
+                owners = registry.field_owners().get(name, [])
+                fields = [next(f for f in dataclasses.fields(registry.config_class(o)) if f.name == name)
+                          for o in owners]
+                if any(f.metadata.get("strict") for f in fields) and not any(
+                        _same(value, _field_default(f)) for f in fields):
+                    raise ValueError(f"{name}={value!r} is a setting of {registry.kind} {', '.join(owners)}, not of "
+                                     f"{getattr(self, selector)!r} (this config's {selector}): drop it, or choose one "
+                                     "of those")
 
     def __post_init__(self) -> None:
         """Checks of the shared fields (subclasses); the sections exist but are not finalized yet."""

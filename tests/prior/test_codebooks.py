@@ -185,9 +185,10 @@ def test_every_arch_takes_an_hwq_grid() -> None:
 
 def test_hwq_grids_fold_to_a_picture() -> None:
     c = PriorConfig(arch="pixelcnn", shape=(4, 5, 3), num_codebooks=3)
-    assert c.plane == (4, 15) and c.stride == 15 and c.num_steps == 20
+    assert c.plane == (4, 15) and c.num_steps == 20
     assert build_prior(c).net.grid == (4, 15)
-    assert PriorConfig(shape=(6, 4), num_codebooks=4).stride == 4  # (t, q): the token one step earlier
+    assert PriorConfig(arch="sparse_transformer", shape=(4, 5, 3), num_codebooks=3).stride == 15
+    assert PriorConfig(arch="sparse_transformer", shape=(6, 4), num_codebooks=4).stride == 4  # (t, q): one step earlier
     assert PriorConfig(shape=(7,)).plane == (1, 7)
 
 

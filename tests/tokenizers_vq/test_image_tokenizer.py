@@ -68,7 +68,8 @@ def test_save_load_identical_tokens_and_reconstructions(tmp_path, quantizer):
     assert torch.equal(again.encode(x), tok.encode(x))
     assert torch.equal(again.decode(tok.encode(x)), tok.decode(tok.encode(x)))
     raw = json.loads((tmp_path / "config.json").read_text())
-    assert raw["class_name"] == "Tokenizer" and raw["format_version"] == 1
+    assert raw["class_name"] == "Tokenizer" and raw["format_version"] == 2
+    assert raw["quantizer"] == quantizer and raw["autoencoder"] == "vqvae" and "autoencoder_config" in raw
 
 
 def test_config_json_round_trip_and_defaults():

@@ -80,7 +80,8 @@ def test_save_load_round_trip_and_fingerprint(quantizer, tmp_path):
     x = _x("audio", 2)
     tok.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["quantizer"] == quantizer and cfg["num_quantizers"] == Q and cfg["quantizer_dropout"] is True
+    q = cfg["quantizer_config"]
+    assert cfg["quantizer"] == quantizer and q["num_quantizers"] == Q and q["quantizer_dropout"] is True
     back = load_tokenizer(tmp_path)
     assert torch.equal(back.encode(x), tok.encode(x)) and back.fingerprint == tok.fingerprint
     assert torch.allclose(back.decode(tok.encode(x)), tok.decode(tok.encode(x)))
@@ -94,12 +95,11 @@ def test_non_residual_unchanged_and_old_configs_load(tmp_path):
     assert tok.encode(_x("audio", 2), n_quantizers=1).shape == (2, 29)
     with pytest.raises(ValueError, match="n_quantizers"):
         tok.encode(_x("audio", 2), n_quantizers=2)
-    # A config.json written before the residual fields existed still loads, with the same fingerprint.
+    # config.json holds only the chosen quantizer's section: fsq has no residual fields (format-1 folders, which held
+    # every quantizer's fields, are tests/test_old_folders.py's)
     tok.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    for name in ("num_quantizers", "quantizer_dropout"):
-        cfg.pop(name)
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert set(cfg["quantizer_config"]) == {"fsq_levels"} and "num_quantizers" not in cfg
     back = load_tokenizer(tmp_path)
     assert back.fingerprint == tok.fingerprint
     prints = []
@@ -206,7 +206,8 @@ def test_cli_trains_tokenizes_and_reconstructs_residual(tmp_path, capsys):
                  "--num-quantizers", "2", "--out", str(tmp_path / "tok"), "--steps", "2", "--batch-size", "4",
                  "--eval-limit", "4", "--quiet", *clip, *tiny]) == 0
     cfg = json.loads((tmp_path / "tok" / "config.json").read_text())
-    assert cfg["quantizer"] == "rvq" and cfg["num_quantizers"] == 2 and cfg["quantizer_dropout"] is True
+    assert cfg["quantizer"] == "rvq" and cfg["quantizer_config"]["num_quantizers"] == 2
+    assert cfg["quantizer_config"]["quantizer_dropout"] is True
     metrics = json.loads((tmp_path / "tok" / "metrics.json").read_text())
     flat = json.dumps(metrics)
     assert "codebook_usage_q1" in flat and "kbps_n1" in flat
