@@ -5,6 +5,7 @@ override it) and ``--print-config`` (the resolved settings as such a file)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -16,6 +17,7 @@ from .flags import Parsed, dataclass_group, load_config_file, parse, to_yaml
 DESCRIPTION = "Tokenize images and audio, model the tokens, generate."
 
 
+@functools.cache  # the flags come from the registries, which do not change within a process
 def _groups(name: str, cmd: Command) -> list:
     return [dataclass_group(name, cmd.options), *cmd.groups()]
 

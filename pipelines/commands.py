@@ -8,9 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prior import ARCHS, PriorConfig
-from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig
-
 from .flags import Group, Parsed, check_sections, dataclass_group, model_group
 from .options import CommonOptions, DataOptions, DeviceOptions, data_args
 
@@ -19,7 +16,7 @@ TOKENIZER_MODEL = "tokenizer model"
 LOOP = "training loop"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Command:
     """A `vqgen` subcommand: ``options`` (its own dataclass), the shared ``groups`` and ``run(parsed) -> exit code``."""
 
@@ -69,6 +66,8 @@ class TrainTokenizerOptions:
 
 def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
     """The TokenizerConfig fields the command line gave (shared ones always, section ones when given)."""
+    from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig
+
     fields = a.section_fields(TOKENIZER_MODEL)
     chosen = {"quantizer_config": fields["quantizer"]}
     if fields.get("autoencoder"):
@@ -98,6 +97,8 @@ class TrainPriorOptions:
 
 def prior_model_fields(a: Parsed) -> dict[str, Any]:
     """The PriorConfig fields the command line gave (shared ones always, the architecture's when given)."""
+    from prior import ARCHS
+
     fields = a.section_fields(PRIOR_MODEL)
     check_sections(a, PRIOR_MODEL, {"net": fields["arch"]}, {"net": ARCHS})
     return fields
@@ -312,10 +313,18 @@ def _device() -> list[Group]:
 
 
 def _tokenizer_model() -> Group:
+    from tokenizers_vq import (  # (torch: imported when a command needs it)
+        AUTOENCODERS,
+        QUANTIZERS,
+        TokenizerConfig,
+    )
+
     return model_group(TOKENIZER_MODEL, TokenizerConfig, choices={"quantizer": QUANTIZERS, "autoencoder": AUTOENCODERS})
 
 
 def _prior_model() -> Group:
+    from prior import ARCHS, PriorConfig
+
     return model_group(PRIOR_MODEL, PriorConfig, choices={"arch": ARCHS}, defaults={"arch": dataclasses.MISSING})
 
 
