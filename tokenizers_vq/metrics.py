@@ -28,13 +28,8 @@ def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> T
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
-def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 7, sigma: float = 1.5) -> Tensor:
-    """Mean structural similarity over the batch. x, y: float [B, C, H, W] in [0, data_range]; result in [-1, 1].
-
-    Gaussian window (7x7, sigma 1.5: small images need a window smaller than the usual 11), valid padding,
-    constants K1=0.01, K2=0.03 as in Wang et al. 2004.
-    """
-    x, y = x.float(), y.float()
+def _ssim_parts(x: Tensor, y: Tensor, data_range: float, window: int, sigma: float) -> tuple[Tensor, Tensor]:
+    """Per-image SSIM and its contrast-structure term, float [B] each (Gaussian window, valid padding)."""
     c = x.shape[1]
     window = min(window, x.shape[-1], x.shape[-2])
     w = _gaussian_window(window, sigma, c, x.device, x.dtype)
@@ -43,9 +38,52 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 7, sigma: 
     sxx = F.conv2d(x * x, w, groups=c) - mu_x**2
     syy = F.conv2d(y * y, w, groups=c) - mu_y**2
     sxy = F.conv2d(x * y, w, groups=c) - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-    return (num / den).mean()
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return (lum * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 7, sigma: float = 1.5) -> Tensor:
+    """Mean structural similarity over the batch. x, y: float [B, C, H, W] in [0, data_range]; result in [-1, 1].
+
+    Gaussian window (7x7, sigma 1.5: small images need a window smaller than the usual 11), valid padding,
+    constants K1=0.01, K2=0.03 as in Wang et al. 2004.
+    """
+    return _ssim_parts(x.float(), y.float(), data_range, window, sigma)[0].mean()
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, finest scale first
+
+
+def ms_ssim_scales(height: int, width: int, window: int = 7) -> int:
+    """How many of MS-SSIM's 5 scales an image of this size has room for: each scale halves the image, and the
+    coarsest must be at least the window (64x64 with a 7x7 window: 4 scales; 32x32: 3; 256x256: 5)."""
+    side, scales = min(height, width), 1
+    while scales < len(MS_SSIM_WEIGHTS) and side // 2**scales >= window:
+        scales += 1
+    return scales
+
+
+def ms_ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 7, sigma: float = 1.5,
+            reduce: bool = True) -> Tensor:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003), differentiable (a loss can use ``1 - ms_ssim``).
+    x, y: float [B, C, H, W] in [0, data_range]; result in [0, 1]: the batch mean, or float [B] with
+    ``reduce=False``. Images too small for the standard 5 scales use the scales that fit (``ms_ssim_scales``)
+    with their weights renormalised. Written here rather than taken from ``pytorch_msssim``, which asserts room
+    for all 5 scales (161 px with an 11x11 window, 97 px with 7x7): 64x64 crops would need a 3x3 window.
+    Negative contrast terms are clamped at 0 before the weighted product, as in that library's practice."""
+    x, y = x.float(), y.float()
+    n = ms_ssim_scales(x.shape[-2], x.shape[-1], window)
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:n], device=x.device)
+    weights = weights / weights.sum()
+    terms = []
+    for i in range(n):
+        full, cs = _ssim_parts(x, y, data_range, window, sigma)
+        terms.append((full if i == n - 1 else cs).clamp_min(0))
+        if i < n - 1:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    out = torch.stack(terms, 0).pow(weights[:, None]).prod(0)
+    return out.mean() if reduce else out
 
 
 def code_histogram(codes: Tensor, vocab_size: int) -> Tensor:
