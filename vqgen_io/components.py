@@ -39,6 +39,21 @@ class ComponentConfig:
         """Derive and check fields that need the parent config (its shared fields are set); default: nothing."""
 
 
+# Field metadata of a setting added to a config after format 2 was first released: left at its default it is not
+# hashed, so folders saved before it existed keep their fingerprints (`field(default=..., metadata=ADDED_LATER)`).
+ADDED_LATER = {"added_later": True}
+
+
+def _drop_later_defaults(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (``asdict(obj)``) less ``obj``'s ADDED_LATER fields that hold their default."""
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("added_later") and f.name in d:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            if d[f.name] == default:
+                del d[f.name]
+    return d
+
+
 @dataclasses.dataclass
 class NoConfig(ComponentConfig):
     """The section of a component without settings of its own."""
@@ -231,6 +246,14 @@ class SectionedConfig(JsonConfig):
         return new
 
     # ------------------------------------------------------------------ JSON
+    def _later_defaults(self) -> set[str]:
+        """Names of the ADDED_LATER fields (shared or of the chosen sections) that hold their default."""
+        names = set(dataclasses.asdict(self)) - set(_drop_later_defaults(self, dataclasses.asdict(self)))  # type: ignore[call-overload]
+        for section in self.SECTIONS:
+            sec = getattr(self, section)
+            names |= set(dataclasses.asdict(sec)) - set(_drop_later_defaults(sec, dataclasses.asdict(sec)))
+        return names
+
     def flat_dict(self) -> dict[str, Any]:
         """Shared fields and the chosen sections' fields in one flat dict (the names the flags use)."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.SECTIONS}  # type: ignore[call-overload]
@@ -248,7 +271,8 @@ class SectionedConfig(JsonConfig):
         legacy = type(self).LEGACY
         if source is None or legacy is None:
             return None
-        flat = {k: v for k, v in self.flat_dict().items() if k not in legacy.implied}
+        later = self._later_defaults()
+        flat = {k: v for k, v in self.flat_dict().items() if k not in legacy.implied and k not in later}
         if not set(flat) <= set(source) or not legacy.representable(self):
             return None
         # keep the file's own spelling of unchanged values (1 vs 1.0 hash differently)
@@ -265,7 +289,13 @@ class SectionedConfig(JsonConfig):
         """What the fingerprint hashes: the shared fields and the chosen sections (format-1 configs: what format 1
         hashed, through ``LEGACY.identity``)."""
         v1 = self._as_v1()
-        return type(self).LEGACY.identity(v1) if v1 is not None else self.canonical_dict()
+        if v1 is not None:
+            return type(self).LEGACY.identity(v1)
+        d = _drop_later_defaults(self, self.canonical_dict())
+        for section in self.SECTIONS:
+            if isinstance(d.get(section), dict):
+                d[section] = _drop_later_defaults(getattr(self, section), d[section])
+        return d
 
     @classmethod
     def from_dict(cls: type[T], d: dict[str, Any]) -> T:

@@ -19,6 +19,8 @@ from torch import Tensor, distributed, nn
 from vector_quantize_pytorch import VectorQuantize
 from vector_quantize_pytorch import vector_quantize_pytorch as vqp
 
+from vqgen_io.components import ADDED_LATER
+
 from vqgen_io.components import ComponentConfig
 
 from ..registry import QUANTIZERS
@@ -124,6 +126,8 @@ class VQSettings(CodebookConfig):
     ema_decay: float = 0.99  # EMA codebook decay
     kmeans_init: bool = True  # initialise codes with k-means on the first batch
     dead_code_threshold: float = 2.0  # replace codes whose EMA usage falls below this
+    codebook_dim: int | None = field(default=None, metadata=ADDED_LATER)  # look codes up in this many dimensions (projected down and back up; LlamaGen: 8); None: latent_dim
+    cosine: bool = field(default=False, metadata=ADDED_LATER)  # l2-normalise inputs and codes before the lookup (LlamaGen, ViT-VQGAN): codebooks that stay used
 
 
 @dataclass

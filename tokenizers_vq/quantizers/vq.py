@@ -24,7 +24,8 @@ def _vq_kwargs(config: TokenizerConfig) -> dict:
     """vector-quantize-pytorch's VectorQuantize settings from a config (shared by vq and every rvq layer)."""
     return dict(dim=config.latent_dim, codebook_size=config.codebook_size, decay=config.ema_decay,
                 kmeans_init=config.kmeans_init, kmeans_iters=10, threshold_ema_dead_code=config.dead_code_threshold,
-                commitment_weight=config.commitment_weight)
+                commitment_weight=config.commitment_weight, codebook_dim=config.codebook_dim,
+                use_cosine_sim=config.cosine)
 
 
 @QUANTIZERS.register("vq", config=VQConfig)
