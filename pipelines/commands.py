@@ -62,7 +62,7 @@ class TrainTokenizerOptions:
     out: str  # run folder: becomes a save_pretrained folder, resumable checkpoints under OUT/checkpoints
     crop_samples: int | None = None  # audio: train on a random window of this many samples per clip, a multiple of downsample (default 2048 for the mu-law heads, 20 tokens for the spectral codec; 0 = whole clips); evaluation uses whole clips
     eval_limit: int | None = None  # evaluate on at most N test examples
-    augment: Literal["crop", "flip", "crop,flip"] | None = None  # images: random crops (a random square of the image seen at 1-1.25x its usual scale) and/or horizontal flips of the training split, drawn per --seed, epoch and image; never the test split
+    augment: str | None = None  # images: "crop", "flip" or "crop,flip": random crops (a random square of the image seen at 1-1.25x its usual scale) and/or horizontal flips of the training split, drawn per --seed, epoch and image; never the test split
 
 
 def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
