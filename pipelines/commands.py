@@ -62,6 +62,7 @@ class TrainTokenizerOptions:
     out: str  # run folder: becomes a save_pretrained folder, resumable checkpoints under OUT/checkpoints
     crop_samples: int | None = None  # audio: train on a random window of this many samples per clip, a multiple of downsample (default 2048 for the mu-law heads, 20 tokens for the spectral codec; 0 = whole clips); evaluation uses whole clips
     eval_limit: int | None = None  # evaluate on at most N test examples
+    augment: str | None = None  # images: "crop", "flip" or "crop,flip": random crops (a random square of the image seen at 1-1.25x its usual scale) and/or horizontal flips of the training split, drawn per --seed, epoch and image; never the test split
 
 
 def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
@@ -82,7 +83,8 @@ def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
 def run_train_tokenizer(a: Parsed) -> int:
     from .stages.train import train_tokenizer
 
-    result = train_tokenizer(data_args(a), tokenizer_model_fields(a), train_config(a), crop_samples=a.crop_samples,
+    result = train_tokenizer(data_args(a) | {"augment": a.augment}, tokenizer_model_fields(a), train_config(a),
+                             crop_samples=a.crop_samples,
                              eval_limit=a.eval_limit)
     return _report(result, a.out)
 

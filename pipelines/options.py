@@ -26,7 +26,7 @@ class DeviceOptions:
 class DataOptions:
     """Commands that read a dataset. Sizes left unset come from the codec, else the defaults named here."""
 
-    dataset: str  # a built-in name (mnist5k, shapes, tones, spoken-digits), a local folder of images or audio files (subfolder names become labels), or a Hugging Face Hub dataset id
+    dataset: str  # a built-in name (mnist5k, shapes, scenes, photos, tones, spoken-digits), a local folder of images or audio files (subfolder names become labels), or a Hugging Face Hub dataset id
     image_size: int | None = None  # images: square side (default: the tokenizer's, else 32)
     channels: Literal[1, 3] | None = None  # images: 1 (grayscale) or 3 (RGB) (default: the tokenizer's, else 1 for mnist5k, 3 otherwise)
     sample_rate: int | None = None  # audio: sample rate in Hz (default: the tokenizer's, else 16000)

@@ -10,6 +10,7 @@ checking files), ``builtins/`` (one module per built-in dataset, registered in `
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tokenizers_vq.modality import IMAGE, Modality
 from .audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio
 from .folders import load_audio_folder, load_image_folder
 from .hub import is_dataset_folder, load_hub_audio, load_hub_images
-from .image_io import EncodedImageDataset, ImageReadError, pil_to_tensor
+from .image_io import EncodedImageDataset, ImageReadError, augment_train, parse_augment, pil_to_tensor
 from .spec import (
     AUDIO_EXTS,
     DATASETS,
@@ -72,7 +73,8 @@ def _has_files(folder: Path, exts: set[str]) -> bool:
 
 def load_data(spec: DataSpec) -> Splits:
     """Train and test splits for ``spec`` (see ``DataSpec``): a built-in, a local folder of image or audio
-    files, a local ``datasets`` folder, or a Hugging Face Hub id. Raises ``ValueError`` naming the built-ins
+    files, a local ``datasets`` folder, or a Hugging Face Hub id; ``spec.augment`` adds random crops and flips
+    to an image training split (``augment_train``; never to test). Raises ``ValueError`` naming the built-ins
     when ``spec.name`` is none of these."""
     modality = infer_modality(spec)
     audio = modality == "audio"
@@ -80,6 +82,16 @@ def load_data(spec: DataSpec) -> Splits:
         raise ValueError(f"sample_rate must be positive, got {spec.sample_rate}")
     if not audio and spec.channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {spec.channels}")
+    if audio and parse_augment(spec.augment):
+        raise ValueError(f"--augment {spec.augment} crops and mirrors images: {spec.name} holds audio")
+    splits = _load(spec, modality)
+    if parse_augment(spec.augment):
+        splits = dataclasses.replace(splits, train=augment_train(splits.train, spec.augment, spec.seed))
+    return splits
+
+
+def _load(spec: DataSpec, modality: str) -> Splits:
+    audio = modality == "audio"
     if spec.name in DATASETS:
         builtin = DATASETS.get(spec.name)
         if builtin.modality != modality:

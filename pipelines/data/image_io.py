@@ -105,19 +105,122 @@ def validate_images(items: list[Any], labels: list[int], size: int, where: str, 
     return screen(items, labels, lambda item: check_image(item, size), where, "image", strict, warn)
 
 
-class EncodedImageDataset(Dataset):
-    """Images kept as encoded bytes (or paths), decoded and converted on access:
-    ``(x float32 [channels, size, size] in [0, 1], label int64)``."""
+# ---------------------------------------------------------------------------- training augmentation
+AUGMENTS = ("crop", "flip")
+CROP_ZOOM = 1.25  # "crop": the image is seen at a random scale between 1x and this many times its usual one
+AUGMENT_SALT = 0xA06  # keeps the augmentation draws apart from any other generator seeded by (seed, ..., index)
 
-    def __init__(self, items: list[Any], labels: list[int], size: int, channels: int):
+
+def parse_augment(augment: str | None) -> frozenset[str]:
+    """``"crop"``, ``"flip"``, ``"crop,flip"`` (any order; None or "" or "none": nothing) -> the set of names.
+    ``ValueError`` naming the known ones for anything else."""
+    names = frozenset(a.strip() for a in (augment or "").split(",") if a.strip()) - {"none"}
+    unknown = sorted(names - set(AUGMENTS))
+    if unknown:
+        raise ValueError(f"unknown augmentation {', '.join(unknown)}: --augment takes {', '.join(AUGMENTS)} or "
+                         "crop,flip")
+    return names
+
+
+class Augmented:
+    """What a training split's random crops and flips are drawn from: item ``i`` in epoch ``e`` draws from a
+    generator seeded by ``(seed, e, i)`` alone, so a run is the same in any worker, with any number of workers,
+    and after a resume (the training loop calls ``set_epoch`` each epoch, as for ``DistributedSampler``)."""
+
+    augment: frozenset[str] = frozenset()
+    aug_seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's crops and flips (reproducibly per epoch)."""
+        self.epoch = int(epoch)
+
+    def draws(self, i: int) -> np.ndarray:
+        """Four uniforms in [0, 1) for item i this epoch: (crop scale, crop x, crop y, flip)."""
+        return np.random.default_rng([self.aug_seed, self.epoch, int(i), AUGMENT_SALT]).random(4)
+
+    def crop_scale(self, u: float, size: int) -> int:
+        """The side ``size`` is seen at for uniform ``u``: size .. round(CROP_ZOOM * size)."""
+        return size + int(u * (round(CROP_ZOOM * size) - size + 1))
+
+
+def zoom_crop(x: torch.Tensor, s: int, ux: float, uy: float) -> torch.Tensor:
+    """x [C, S, S] -> [C, S, S]: resized to s x s (s >= S, bilinear) and cut at the offsets ``(ux, uy)`` of the
+    room left, each a uniform in [0, 1)."""
+    size = x.shape[-1]
+    if s <= size:
+        return x
+    big = torch.nn.functional.interpolate(x[None], size=(s, s), mode="bilinear", align_corners=False)[0]
+    left, top = int(ux * (s - size + 1)), int(uy * (s - size + 1))
+    return big[:, top:top + size, left:left + size].clamp(0, 1).contiguous()
+
+
+class AugmentedImages(Augmented, Dataset):
+    """A training split of ``(x [C, S, S], label)`` with random crops (``zoom_crop``: seen at a random scale up
+    to ``CROP_ZOOM`` and cut at a random place) and horizontal flips, drawn per (seed, epoch, item)."""
+
+    def __init__(self, base: Dataset, augment: frozenset[str], seed: int):
+        self.base, self.augment, self.aug_seed = base, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.base[i]
+        u = self.draws(i)
+        if "crop" in self.augment:
+            x = zoom_crop(x, self.crop_scale(u[0], x.shape[-1]), u[1], u[2])
+        if "flip" in self.augment and u[3] < 0.5:
+            x = x.flip(-1)
+        return x, y
+
+
+def augment_train(train: Dataset, augment: str | None, seed: int) -> Dataset:
+    """The training split with ``augment`` (see ``parse_augment``) drawn from ``seed``: an ``EncodedImageDataset``
+    crops before its resize (a random part of the whole image, not of its centre crop); any other image dataset of
+    ``(x [C, S, S], label)`` is wrapped in ``AugmentedImages``. Unchanged when ``augment`` names nothing."""
+    names = parse_augment(augment)
+    if not names:
+        return train
+    if isinstance(train, EncodedImageDataset):
+        return EncodedImageDataset(train.items, train.labels, train.size, train.channels, augment=names, seed=seed)
+    return AugmentedImages(train, names, seed)
+
+
+class EncodedImageDataset(Augmented, Dataset):
+    """Images kept as encoded bytes (or paths), decoded and converted on access:
+    ``(x float32 [channels, size, size] in [0, 1], label int64)``. ``augment`` (training only): "crop" resizes
+    the shorter side to a random scale in [size, CROP_ZOOM * size] and cuts a random square of ``size`` instead
+    of the centre one; "flip" mirrors half the images left to right (see ``Augmented``)."""
+
+    def __init__(self, items: list[Any], labels: list[int], size: int, channels: int,
+                 augment: frozenset[str] = frozenset(), seed: int = 0):
         self.items, self.labels, self.size, self.channels = items, labels, size, channels
+        self.augment, self.aug_seed = frozenset(augment), seed
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         with open_image(self.items[i]) as img:
-            return pil_to_tensor(img, self.size, self.channels), torch.tensor(self.labels[i])
+            if not self.augment:
+                return pil_to_tensor(img, self.size, self.channels), torch.tensor(self.labels[i])
+            u = self.draws(i)
+            if "crop" in self.augment:
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                nw, nh = resized_size(*img.size, self.crop_scale(u[0], self.size))
+                img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+                left, top = int(u[1] * (nw - self.size + 1)), int(u[2] * (nh - self.size + 1))
+                img = img.crop((left, top, left + self.size, top + self.size))
+            x = pil_to_tensor(img, self.size, self.channels)
+        if "flip" in self.augment and u[3] < 0.5:
+            x = x.flip(-1).contiguous()
+        return x, torch.tensor(self.labels[i])
 
 
 class RenderedImages(Dataset):

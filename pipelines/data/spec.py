@@ -71,6 +71,7 @@ class DataSpec:
     strict: bool = False  # a bad file is an error instead of a counted skip
     cache_dir: str | None = None  # where generated data (spoken-digits) is cached
     revision: str | None = None  # Hub datasets: the revision to load
+    augment: str | None = None  # images, training split only: "crop", "flip" or "crop,flip" (random crops and mirrors)
 
 
 @dataclass
