@@ -46,6 +46,7 @@ import argparse
 import io
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -620,8 +621,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sets.append((f"{args.whole}: whole images at {WHOLE_SIZE}x{WHOLE_SIZE}",
                      whole_images(args.whole, min(args.whole_limit, limit))))
     results = [(bench_set(label, xs, tok, prior, peers, args.check_decode), xs) for label, xs in sets]
-    cmd = " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')} python -m bench.photo_codec",
-                    *(argv if argv is not None else sys.argv[1:])])
+    cmd = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')} python -m bench.photo_codec "
+           + shlex.join(argv if argv is not None else sys.argv[1:]))
     c = tok.config
     res: dict[str, Any] = {
         "command": cmd, "tokenizer": args.tokenizer, "prior": args.prior,

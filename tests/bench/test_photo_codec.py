@@ -99,16 +99,25 @@ def test_quick_run_json_has_every_codec_at_both_rates(tiny, tmp_path):
         assert r["file_bpp"] == pytest.approx(r["bpp"] + 8 * r["container_header_bytes"] / 4096)
     # both rates share one reconstruction
     assert [r["psnr"] for r in ent] == [r["psnr"] for r in s["targets"]["fixed"]["vqgen"]["rows"]]
+    md = P.markdown(res)  # what write_results would write
+    assert "| vqgen entropy-coded | JPEG XL |" in md and "Decode check" in md and "res.png" in md
 
 
-def test_missing_peers_are_skipped_with_the_install_command(tiny, monkeypatch, capsys):
+def test_missing_peers_are_skipped_with_the_install_command(tiny, tmp_path, monkeypatch, capsys):
+    import bench.common
+
+    monkeypatch.setattr(bench.common, "ROOT", tmp_path)  # write_results and the picture go here
     monkeypatch.setattr(shutil, "which", lambda tool: None)
     monkeypatch.setattr("PIL.features.check", lambda name: False if name == "webp" else True)
     peers = {p.name: p for p in P.make_peers()}
     assert peers["JPEG"].missing is None  # Pillow: always there
     assert peers["WebP"].missing == "cwebp, dwebp not installed: apt-get install webp"
     assert peers["JPEG XL"].missing == "cjxl, djxl not installed: apt-get install libjxl-tools"
-    res = P.main(["--tokenizer", str(tiny / "tok"), "--dataset", "scenes", "--limit", "2", "--quick"])
+    res = P.main(["--tokenizer", str(tiny / "tok"), "--dataset", "scenes", "--limit", "2", "--out", "pc"])
+    assert res["picture"] == "docs/benchmarks/pc.png" and (tmp_path / res["picture"]).is_file()
+    md = (tmp_path / "docs/benchmarks/pc.md").read_text()
+    assert "skipped: cjxl, djxl not installed: apt-get install libjxl-tools" in md
+    assert json.loads((tmp_path / "bench/results/pc.json").read_text())["sets"][0]["n"] == 2
     codecs = res["sets"][0]["targets"]["fixed"]
     assert "entropy" not in res["sets"][0]["targets"]  # no prior: the fixed rate only
     assert codecs["JPEG XL"]["skipped"].endswith("apt-get install libjxl-tools") and "rows" not in codecs["JPEG XL"]
