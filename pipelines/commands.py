@@ -84,8 +84,8 @@ def run_train_tokenizer(a: Parsed) -> int:
     from .stages.train import train_tokenizer
 
     result = train_tokenizer(data_args(a) | {"augment": a.augment}, tokenizer_model_fields(a), train_config(a),
-                             crop_samples=a.crop_samples,
-                             eval_limit=a.eval_limit)
+                             crop_samples=a.crop_samples, eval_limit=a.eval_limit,
+                             adversarial=adversarial_config(a))
     return _report(result, a.out)
 
 
@@ -324,6 +324,22 @@ def _tokenizer_model() -> Group:
     return model_group(TOKENIZER_MODEL, TokenizerConfig, choices={"quantizer": QUANTIZERS, "autoencoder": AUTOENCODERS})
 
 
+ADVERSARIAL = "adversarial loss (image tokenizers of the resnet family)"
+
+
+def _adversarial() -> Group:
+    from tokenizers_vq.discriminator import DiscriminatorConfig
+
+    return dataclass_group(ADVERSARIAL, DiscriminatorConfig)
+
+
+def adversarial_config(a: Parsed) -> Any:
+    from tokenizers_vq.discriminator import DiscriminatorConfig
+
+    return DiscriminatorConfig(**{f.name: a.values[f.name] for f in dataclasses.fields(DiscriminatorConfig)
+                                  if f.name in a.values})
+
+
 def _prior_model() -> Group:
     from prior import ARCHS, PriorConfig
 
@@ -335,7 +351,8 @@ COMMANDS: dict[str, Command] = {
                     _common),
     "train-tokenizer": Command("train a discrete autoencoder (vq, fsq, gumbel, rvq, rfsq, ...)", TrainTokenizerOptions,
                                run_train_tokenizer,
-                               lambda: [*_data(), _tokenizer_model(), _loop(3000, 16, 2e-3), *_common()], trains=True),
+                               lambda: [*_data(), _tokenizer_model(), _adversarial(), _loop(3000, 16, 2e-3), *_common()],
+                               trains=True),
     "reconstruct": Command("write originals and reconstructions and print test metrics", ReconstructOptions,
                            run_reconstruct, lambda: [*_data(), *_device(), *_common()]),
     "tokenize": Command("encode a dataset's splits into a token folder (the prior's input)", TokenizeOptions,

@@ -11,6 +11,7 @@ from typing import Any
 
 from prior import PriorConfig, build_prior
 from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig, build_tokenizer
+from tokenizers_vq.discriminator import DiscriminatorConfig
 from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text
 
@@ -40,11 +41,12 @@ def default_crop_samples(config: TokenizerConfig) -> int:
 
 
 def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfig, *, crop_samples: int | None = None,
-                    eval_limit: int | None = None) -> TrainResult:
+                    eval_limit: int | None = None, adversarial: DiscriminatorConfig | None = None) -> TrainResult:
     """Train a tokenizer on the dataset ``data`` (``make_spec`` arguments) into ``cfg.out``.
 
     ``model``: ``TokenizerConfig`` fields (``modality`` may be None: taken from the data; sizes come from the
     data spec). ``crop_samples``: audio training windows (None: ``default_crop_samples``; 0: whole clips). ``--resume`` with other model fields is refused.
+    ``adversarial``: train against a PatchGAN discriminator (images, resnet family) when it sets a weight.
     """
     spec = make_spec(modality=model.get("modality"), **data)
     modality = infer_modality(spec)
@@ -65,7 +67,7 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     if kind.timed and crop_samples is None:  # training windows cut along time
         crop_samples = default_crop_samples(config)
     task = TokenizerTask(tokenizer, spec.name, eval_limit=eval_limit,
-                         crop_samples=crop_samples if kind.timed else None)
+                         crop_samples=crop_samples if kind.timed else None, adversarial=adversarial)
     return train(task, splits.train, splits.test, cfg, hparams=config.to_dict())
 
 

@@ -18,6 +18,9 @@ from tokenizers_vq import Tokenizer, build_tokenizer
 from tokenizers_vq import metrics as M
 from tokenizers_vq.code_stats import CodebookCounter, rate_metrics
 
+from tokenizers_vq.discriminator import DiscriminatorConfig
+
+from .adversarial import AdversarialTokenizer, tokenizer_of
 from .evaluation import EvalShard, forward_count, shard_ranges
 from .task import TrainTask
 
@@ -163,10 +166,13 @@ class TokenizerTask(TrainTask):
     name = "tokenizer"
 
     def __init__(self, tokenizer: Tokenizer, dataset_name: str, eval_limit: int | None = None,
-                 crop_samples: int | None = None):
+                 crop_samples: int | None = None, adversarial: DiscriminatorConfig | None = None):
         """``crop_samples``: audio only; train on a random window of this many samples of each clip (a
-        multiple of the tokenizer's downsample; None or 0: whole clips). Evaluation always sees whole clips."""
-        self.model = tokenizer
+        multiple of the tokenizer's downsample; None or 0: whole clips). Evaluation always sees whole clips.
+        ``adversarial``: train against a discriminator (``AdversarialTokenizer``) when it is enabled."""
+        self.tokenizer = tokenizer
+        self.adversarial = adversarial if adversarial is not None and adversarial.enabled else None
+        self.model = AdversarialTokenizer(tokenizer, self.adversarial) if self.adversarial else tokenizer
         self.dataset_name = dataset_name
         self.eval_limit = eval_limit
         if crop_samples:
@@ -197,16 +203,24 @@ class TokenizerTask(TrainTask):
         tensors = getattr(dataset, "tensors", None)
         if tensors:
             try:
-                self.model._check_input(tensors[0].float())  # type: ignore[operator]
+                self.tokenizer._check_input(tensors[0].float())
             except ValueError as e:
                 raise ValueError(f"{self.dataset_name} [{split}]: {e}") from None
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         x = self.crop(batch[0].float())
-        out = model(x, check_values=False)  # validate_data checked the split: no host sync here
-        shown = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.metrics.items()
-                 if k in ("psnr", "accuracy", "temperature")}  # tensors: the loop reads them on logging steps only
-        return out.loss, shown
+        if self.adversarial:
+            loss, metrics = model(x)  # AdversarialTokenizer: tokenizer and discriminator losses together
+        else:
+            out = model(x, check_values=False)  # validate_data checked the split: no host sync here
+            loss, metrics = out.loss, out.metrics
+        shown = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()
+                 if k in ("psnr", "accuracy", "temperature", "d_loss", "g_loss", "adv_weight")}
+        return loss, shown  # tensors: the loop reads them on logging steps only
+
+    def on_step(self, step: int) -> None:
+        if self.adversarial:
+            self.model.set_step(step)  # type: ignore[operator]
 
     def count(self, batch: Any) -> int:
         return int(batch[0].numel())
@@ -217,15 +231,18 @@ class TokenizerTask(TrainTask):
 
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
                  shard: EvalShard | None = None) -> dict[str, float]:
-        return evaluate_tokenizer(model, dataset, batch_size, limit=self.eval_limit, shard=shard)  # type: ignore[arg-type]
+        return evaluate_tokenizer(tokenizer_of(model), dataset, batch_size, limit=self.eval_limit, shard=shard)
 
     def unsharded_copy(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-        copy = build_tokenizer(self.model.config)  # type: ignore[arg-type]
+        copy = build_tokenizer(self.tokenizer.config)
+        if self.adversarial:
+            copy = AdversarialTokenizer(copy, self.adversarial)
         copy.load_state_dict(state_dict)
         return copy
 
     def save_final(self, model: nn.Module, out: Path, metrics: dict[str, Any]) -> None:
-        model.save_pretrained(out, card_info={"dataset": self.dataset_name, "steps": metrics.get("step"),  # type: ignore[attr-defined]
+        # The discriminator is training's only: the folder holds the tokenizer alone.
+        tokenizer_of(model).save_pretrained(out, card_info={"dataset": self.dataset_name, "steps": metrics.get("step"),  # type: ignore[attr-defined]
                                               "metrics": metrics})
 
 

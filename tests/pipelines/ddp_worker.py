@@ -211,10 +211,28 @@ def fsdp_eval(out: Path) -> None:
     (out / f"rank{rank()}.json").write_text(json.dumps({"reference": reference, "sharded": sharded, "copy": copy}))
 
 
+def adversarial(out: Path) -> None:
+    """A resnet tokenizer against a PatchGAN discriminator (fixed adversarial weight: the adaptive one is measured
+    on each process's own gradients, as in VQGAN under DDP): both networks' gradients are all-reduced."""
+    from tokenizers_vq.discriminator import DiscriminatorConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32 + N_TEST, 3, 16, 16, generator=g)
+    y = torch.zeros(32 + N_TEST, dtype=torch.long)
+    tr, te = torch.utils.data.TensorDataset(x[:32], y[:32]), torch.utils.data.TensorDataset(x[32:], y[32:])
+    torch.manual_seed(0)
+    tok = build_tokenizer(modality="image", autoencoder="resnet", channels=3, image_size=16, hidden_channels=4,
+                          latent_dim=4, quantizer="fsq", fsq_levels=[5, 5])
+    adv = DiscriminatorConfig(disc_weight=0.5, disc_start=1, disc_channels=4, disc_layers=2, disc_adaptive=False,
+                              feature_match_weight=0.5)
+    task = TokenizerTask(tok, "toy", adversarial=adv)
+    _record(out, task, te, train(task, tr, te, _cfg(out, 4, eval_every=4)))
+
+
 # The VQ cases first: their tokenizer is built before this process's group exists, as the CLI builds it (the
 # cached-is_distributed bug only showed for a quantizer built before the group started).
 CASES = {f.__name__: f for f in (vq_sync, vq_nosync, rvq_kmeans, prior_full, prior_sigterm_one, prior_sigterm_all,
-                                         fsdp_eval)}
+                                         adversarial, fsdp_eval)}
 
 
 def main(out: str, names: list[str]) -> None:

@@ -1,0 +1,95 @@
+"""The ``resnet`` image autoencoder family: shapes at any size, no checkerboard, its losses, its config checks."""
+
+import pytest
+import torch
+
+from tokenizers_vq import TokenizerConfig, Tokenizer, build_tokenizer
+from tokenizers_vq.autoencoders.resnet import ResNetDecoder, spectral_l1
+
+
+def _tok(**kw) -> Tokenizer:
+    torch.manual_seed(0)
+    base = dict(modality="image", autoencoder="resnet", channels=3, image_size=32, hidden_channels=8,
+                latent_dim=8, quantizer="fsq", fsq_levels=[5, 5, 5])
+    return build_tokenizer(TokenizerConfig(**(base | kw)))
+
+
+def test_default_widths_and_token_grid():
+    tok = _tok()
+    assert tok.config.channel_mult == [1, 2, 4]
+    assert tok.token_shape() == (8, 8)
+    out = tok(torch.rand(2, 3, 32, 32))
+    assert out.recon.shape == (2, 3, 32, 32) and out.codes.shape == (2, 8, 8)
+    assert out.raw is not None and out.rec_loss is not None
+    assert {"l1", "ms_ssim_loss", "psnr"} <= set(out.metrics)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_any_image_size_round_trips(attention):
+    """Fully convolutional (attention included): one model encodes 32x32 and 48x80 images."""
+    tok = _tok(attention=attention).eval()
+    for h, w in ((32, 32), (48, 80)):
+        codes = tok.model.encode(torch.rand(1, 3, h, w))
+        assert codes.shape == (1, h // 4, w // 4)
+        img = tok.model.decode(codes)
+        assert img.shape == (1, 3, h, w) and 0 <= img.min() and img.max() <= 1
+
+
+def test_upsampling_has_no_checkerboard():
+    """A constant latent decodes to a constant image: nearest-neighbour up-sampling + a 3x3 convolution gives
+    every output pixel the same taps, where a stride-2 transposed convolution paints a period-2 pattern. (Circular
+    padding in the test, so that borders do not vary the image; random weights.)"""
+    torch.manual_seed(0)
+    dec = ResNetDecoder(8, 3, 8, [1, 2, 4], 1, False).eval()
+    for m in dec.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.padding_mode = "circular"
+    with torch.no_grad():
+        img = dec(torch.ones(1, 8, 8, 8))
+        assert img.shape == (1, 3, 32, 32)
+        assert (img - img[..., :1, :1]).abs().max() < 1e-5 * img.abs().max()
+        convt = torch.nn.ConvTranspose2d(8, 3, 4, stride=2, padding=1)
+        ref = convt(torch.ones(1, 8, 8, 8))[..., 2:-2, 2:-2]
+        assert (ref[..., ::2, :] - ref[..., 1::2, :]).abs().mean() > 1e-3  # the artefact the layout avoids
+
+
+def test_each_loss_term_moves_the_loss_and_a_zero_weight_drops_it():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    base = _tok(l1_weight=1.0, l2_weight=0.0, ms_ssim_weight=0.0, spectral_weight=0.0)
+    out = base(x)
+    assert set(out.metrics) >= {"l1"} and "ms_ssim_loss" not in out.metrics
+    torch.testing.assert_close(out.rec_loss, (out.raw - x).abs().mean())
+    full = _tok(l1_weight=1.0, l2_weight=2.0, ms_ssim_weight=0.5, spectral_weight=0.25)
+    o = full(x)
+    m = o.metrics
+    want = m["l1"] + 2 * m["l2"] + 0.5 * m["ms_ssim_loss"] + 0.25 * m["spectral"]
+    torch.testing.assert_close(o.rec_loss.detach(), want)
+    o.loss.backward()
+    enc = full.model.encoder.net[0].weight.grad
+    assert enc is not None and enc.abs().sum() > 0  # straight-through: the encoder learns from the image loss
+
+
+def test_spectral_l1_is_zero_for_equal_images_and_sees_fine_detail():
+    x = torch.rand(1, 3, 16, 16)
+    assert spectral_l1(x, x) == 0
+    stripes = x.clone()
+    stripes[..., ::2] += 0.1
+    assert spectral_l1(x, stripes) > 0
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(ValueError, match="channel_mult needs log2"):
+        TokenizerConfig(modality="image", autoencoder="resnet", channel_mult=[1, 2])
+    with pytest.raises(ValueError, match="power of two"):
+        TokenizerConfig(modality="image", autoencoder="resnet", downsample=3)
+    with pytest.raises(ValueError, match="loss weights"):
+        TokenizerConfig(modality="image", autoencoder="resnet", l1_weight=-1)
+
+
+def test_save_load_round_trip(tmp_path):
+    tok = _tok(attention=True).eval()
+    tok.save_pretrained(tmp_path / "t")
+    again = Tokenizer.from_pretrained(tmp_path / "t")
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(tok.encode(x), again.encode(x))
+    assert again.fingerprint == tok.fingerprint
