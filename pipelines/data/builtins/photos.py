@@ -14,12 +14,13 @@ Only the photographs named in ``PHOTOS`` are used; the wallpaper packages are op
 and with none of them there is one warning naming ``INSTALL``).
 
 Splits are made of whole photographs: about ``TEST_FRACTION`` of each source's photographs (at least one) are held
-out, chosen by ``spec.seed``, so no photograph has crops in both splits. Each photograph is resized once so that its
-shorter side is ``SCALE`` x ``spec.image_size`` (a 64x64 crop then spans a quarter of the shorter side: a face, a
-flower, a stretch of shore, rarely one flat area), or its own shorter side when that is smaller (a photograph is
-never enlarged beyond its own resolution, except to reach ``image_size``). Item i of a split is a
-``spec.image_size`` square of photograph ``i % n`` at a position drawn from ``(seed, split, i)`` alone (any item on
-its own, in any order, in any worker). Photographs are decoded on first use and kept resized, as uint8, per process.
+out, chosen by ``spec.seed``, so no photograph has crops in both splits. Each crop is cut from its photograph resized
+so that the shorter side is one of ``SCALES`` x ``spec.image_size``, drawn per crop (at 2x a 64x64 crop spans half
+the shorter side: a face, a boat; at 8x an eighth: a stretch of sky or bark, as a crop of a full-resolution photo
+looks), or the photo's own shorter side when that is smaller (a photograph is never enlarged beyond its own
+resolution, except to reach ``image_size``). Item i of a split is a ``spec.image_size`` square of photograph
+``i % n`` at a scale and position drawn from ``(seed, split, i)`` alone (any item on its own, in any order, in any
+worker). Photographs are decoded on first use and kept resized, as uint8, per process and scale.
 
 Yields ``(x float32 [spec.channels, S, S] in [0, 1], label int64 0..3)``; 5,000 train crops (capped by
 ``spec.limit``) and 500 test crops.
@@ -44,7 +45,7 @@ from ..spec import DATASETS, BuiltinDataset, DataSpec, Splits
 
 SOURCES = ["skimage", "kde", "mate", "lomiri"]
 SIZES = {"train": 5000, "test": 500}
-SCALE = 4  # a photograph's shorter side, in image sizes (at most its own shorter side)
+SCALES = (2, 4, 8)  # a photograph's shorter side, in image sizes (at most its own shorter side), drawn per crop
 TEST_FRACTION = 0.2
 MAX_PIXELS = 3840 * 2160  # KDE ships several resolutions per wallpaper: the largest up to 4K is used
 INSTALL = "apt-get install plasma-workspace-wallpapers mate-backgrounds lomiri-wallpapers"
@@ -146,19 +147,19 @@ def split_photos(photos: list[Photo], seed: int) -> tuple[list[Photo], list[Phot
     return train, test
 
 
-def shorter_side(w: int, h: int, size: int) -> int:
-    """The shorter side a w x h photograph is resized to for crops of ``size``: ``SCALE * size``, or the photo's
-    own shorter side when that is smaller, and never under ``size``."""
-    return max(size, min(SCALE * size, min(w, h)))
+def shorter_side(w: int, h: int, size: int, scale: int) -> int:
+    """The shorter side a w x h photograph is resized to for crops of ``size`` at ``scale``: ``scale * size``, or
+    the photo's own shorter side when that is smaller, and never under ``size``."""
+    return max(size, min(scale * size, min(w, h)))
 
 
 @functools.cache
-def resized_photo(path: str, size: int) -> np.ndarray:
+def resized_photo(path: str, size: int, scale: int = SCALES[1]) -> np.ndarray:
     """A photograph decoded (JPEGs at a reduced scale when that is still large enough) and resized (Lanczos) so its
     shorter side is ``shorter_side``: uint8 [H, W, 3]. Cached per process."""
     with Image.open(path) as img:
         w, h = img.size
-        short = shorter_side(w, h, size)
+        short = shorter_side(w, h, size, scale)
         target = (max(short, round(w * short / min(w, h))), max(short, round(h * short / min(w, h))))
         img.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers the target
         rgb = img.convert("RGB")
@@ -182,8 +183,8 @@ class PhotoCrops(Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         photo = self.photos[i % len(self.photos)]
-        img = resized_photo(photo.path, self.size)
         rng = np.random.default_rng([self.seed, self.split_id, i, SALT])
+        img = resized_photo(photo.path, self.size, SCALES[int(rng.integers(len(SCALES)))])
         top = int(rng.integers(0, img.shape[0] - self.size + 1))
         left = int(rng.integers(0, img.shape[1] - self.size + 1))
         crop = img[top:top + self.size, left:left + self.size]
@@ -208,5 +209,5 @@ class Photos(BuiltinDataset):
     channels = 3
     description = ("crops of real colour photographs that packages ship (scikit-image's; the KDE, MATE and Lomiri "
                    "wallpaper photographs when installed), whole photographs split ~80/20 per --seed, each resized "
-                   "to 4x --image-size and cropped at positions drawn per --seed; labels: skimage, kde, mate, lomiri")
+                   "to 2, 4 or 8x --image-size and cropped at scales and positions drawn per --seed; labels: skimage, kde, mate, lomiri")
     load = staticmethod(load_photos)
