@@ -18,8 +18,9 @@ Peers, each at matched bits per pixel: JPEG (Pillow, ``optimize=True``, 4:2:0), 
 ``PIL.features.check('webp')``, else ``cwebp``/``dwebp``; ``method=6``), JPEG XL (``cjxl``/``djxl``, effort 7,
 distance). For every image and every vqgen rate (fixed, and entropy-coded when a prior is given) a binary
 search over the peer's settings (JPEG quality 1..100, WebP quality 0..100, JPEG XL distance 25 .. 0.05 on a
-geometric grid of 64) finds the setting whose **whole file** (headers included) is the largest not over the
-target bits (the next setting up is over it). When even the peer's smallest file is over the target, the
+geometric grid of 64) finds the setting whose payload (``--match payload``, the default: the file less the headers
+the bench parses, as vqgen's rates count token bits only) or whole file (``--match file``) is the largest not over
+the target bits (the next setting up is over it). When even the peer's smallest file is over the target, the
 image is kept at that smallest file and counted ("over target" in the table): never dropped. The header-free
 size (JPEG: the entropy-coded scan data; WebP: the VP8 bitstream without the RIFF / chunk / frame headers;
 JPEG XL: not split, its headers are a few bytes) is recorded beside it. Peers' files are decoded and read
@@ -224,29 +225,31 @@ class Match:
     sizes: dict[int, int] = field(default_factory=dict)
 
 
-def match_rate(encode: Callable[[Any], bytes], settings: Sequence[Any], target_bytes: int) -> Match:
+def match_rate(encode: Callable[[Any], bytes], settings: Sequence[Any], target_bytes: int,
+               measure: Callable[[bytes], int] = len) -> Match:
     """Binary search over ``settings`` (lowest rate first; file size assumed non-decreasing along them) for the
     largest file not over ``target_bytes``: returns it, with ``next_bytes`` the next setting's (over the
-    target) unless it is the last. When the first setting's file is already over, that file, ``over_target``."""
+    target) unless it is the last. When the first setting's file is already over, that file, ``over_target``.
+    ``measure``: the bytes of a file that count against the target (default: all of them)."""
     files: dict[int, bytes] = {}
 
     def size(i: int) -> int:
         if i not in files:
             files[i] = encode(settings[i])
-        return len(files[i])
+        return measure(files[i])
 
     lo, hi = 0, len(settings) - 1
     if size(lo) > target_bytes:
-        return Match(lo, settings[lo], files[lo], True, len(files), size(lo), {i: len(b) for i, b in files.items()})
+        return Match(lo, settings[lo], files[lo], True, len(files), size(lo), {i: measure(b) for i, b in files.items()})
     if size(hi) <= target_bytes:
-        return Match(hi, settings[hi], files[hi], False, len(files), None, {i: len(b) for i, b in files.items()})
+        return Match(hi, settings[hi], files[hi], False, len(files), None, {i: measure(b) for i, b in files.items()})
     while hi - lo > 1:  # size(lo) <= target < size(hi)
         mid = (lo + hi) // 2
         if size(mid) <= target_bytes:
             lo = mid
         else:
             hi = mid
-    return Match(lo, settings[lo], files[lo], False, len(files), size(hi), {i: len(b) for i, b in files.items()})
+    return Match(lo, settings[lo], files[lo], False, len(files), size(hi), {i: measure(b) for i, b in files.items()})
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -323,8 +326,25 @@ def entropy_coded(prior: Any, tokens: torch.Tensor, check: int) -> tuple[list[di
 
 
 # ---------------------------------------------------------------------------------------------- one image set
+MATCH = ("payload", "file")
+
+
+def _measure(peer: Peer, match: str) -> Callable[[bytes], int]:
+    """What of a peer's file counts against vqgen's rate: the whole file (``file``), or (``payload``) the file less
+    the headers ``peer.header_bytes`` finds (the whole file when it cannot parse them): vqgen's rates count
+    token bits only, so ``payload`` compares like with like; ``file`` gives the peers fewer bits."""
+    if match == "file":
+        return len
+
+    def payload(data: bytes) -> int:
+        hb = peer.header_bytes(data)
+        return len(data) - (hb or 0)
+
+    return payload
+
+
 def bench_set(label: str, x: torch.Tensor, tok: Any, prior: Any | None, peers: list[Peer], check: int,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print, match: str = "payload") -> dict[str, Any]:
     """Every codec on the images x float32 [N, 3, H, W] (already 8-bit values): per target (``fixed`` and, with
     a prior, ``entropy``) each codec's per-image rows and their summary."""
     from tokenizers_vq import metrics as M
@@ -391,7 +411,7 @@ def bench_set(label: str, x: torch.Tensor, tok: Any, prior: Any | None, peers: l
                             files[key] = peer.encode(originals[i], setting, tmp)
                         return files[key]
 
-                    m = match_rate(encode, peer.settings, target)
+                    m = match_rate(encode, peer.settings, target, _measure(peer, match))
                     back = peer.decode(m.data, tmp)
                     if back.shape != originals[i].shape:
                         raise RuntimeError(f"{peer.name} decoded a {back.shape} image from a {originals[i].shape} one")
@@ -535,9 +555,12 @@ def markdown(res: dict[str, Any]) -> str:
              "Each cell: mean (10th-90th percentile) over the images. vqgen's bpp are header-free: the fixed rate is "
              "tokens x log2(vocabulary) / pixels, the entropy-coded rate the range coder's payload for the image "
              "alone; its whole-file column adds the `vqgen compress` container header of a one-image file. Peers "
-             "are matched per image so that their **whole file (headers included)** is the largest not over "
-             "vqgen's rate for that image (a binary search over their quality setting); 'without headers' strips "
-             "JPEG's marker segments and WebP's RIFF / chunk / frame headers (JPEG XL: not split). 'over target': "
+             "are matched per image so that their "
+             + ("**payload** (the file less the headers: JPEG's marker segments, WebP's RIFF / chunk / frame "
+                "headers; JPEG XL whole)" if res.get("match", "payload") == "payload"
+                else "**whole file (headers included)**")
+             + " is the largest not over vqgen's rate for that image (a binary search over their quality "
+             "setting; `--match` picks payload or whole file). 'over target': "
              "images where even the peer's smallest file is over vqgen's rate; they are kept, at that smallest "
              "file, in every mean. Sharpness: mean gradient magnitude of the reconstruction over the original's "
              "(1 = as sharp, < 1 blurred). Colour error: mean |difference of per-channel means| in [0, 1]. PSNR "
@@ -585,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--whole-limit", type=int, default=50)
     ap.add_argument("--check-decode", type=int, default=8, help="images also decompressed and checked (with a prior)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--match", choices=MATCH, default="payload",
+                    help="what of a peer's file is matched to vqgen's token bits: payload (the file less the headers "
+                         "the bench can parse: JPEG's marker segments, WebP's RIFF/VP8 headers; JPEG XL whole) or "
+                         "the whole file (default payload: vqgen's rates count token bits only)")
     ap.add_argument("--out", default="photo_codec", help="results name: bench/results/NAME.json, "
                                                          "docs/benchmarks/NAME.md and .png")
     ap.add_argument("--quick", action="store_true", help="8 images, print only")
@@ -620,7 +647,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.whole:
         sets.append((f"{args.whole}: whole images at {WHOLE_SIZE}x{WHOLE_SIZE}",
                      whole_images(args.whole, min(args.whole_limit, limit))))
-    results = [(bench_set(label, xs, tok, prior, peers, args.check_decode), xs) for label, xs in sets]
+    results = [(bench_set(label, xs, tok, prior, peers, args.check_decode, match=args.match), xs)
+               for label, xs in sets]
     cmd = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')} python -m bench.photo_codec "
            + shlex.join(argv if argv is not None else sys.argv[1:]))
     c = tok.config
@@ -629,7 +657,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tokenizer_info": f"{c.quantizer}, vocabulary {tok.vocab_size}, downsample {c.downsample}, "
                           f"{sum(p.numel() for p in tok.parameters()):,} parameters",
         "prior_arch": prior.config.arch if prior is not None else None, "dataset": args.dataset,
-        "seed": args.seed, "quick": args.quick, "note": args.note,
+        "seed": args.seed, "quick": args.quick, "note": args.note, "match": args.match,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "load_before": load_before, "load_after": os.getloadavg()[0]},
         "total_seconds": time.perf_counter() - t_all,
