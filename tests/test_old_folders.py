@@ -80,3 +80,20 @@ def test_v1_token_and_prior_folders_and_compressed_file(tmp_path):
                  "--quiet"]) == 0
     got = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in sorted((tmp_path / "d").iterdir())}
     assert got == EXPECTED["run"]["decoded"]
+
+
+V2 = Path(__file__).parent / "fixtures" / "v2"
+EXPECTED_V2 = json.loads((V2 / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_V2))
+def test_v2_tokenizer_folders_keep_their_fingerprints(name):
+    """Format-2 folders saved before settings were added to their sections (vq's codebook_dim and cosine): the
+    same fingerprint, tokens and reconstruction with today's code (tests/fixtures/make_v2_fixtures.py)."""
+    exp = EXPECTED_V2[name]
+    tok = load_tokenizer(V2 / "tokenizers" / name)
+    assert tok.fingerprint == exp["fingerprint"]
+    x = torch.rand(2, *tok.input_shape, generator=torch.Generator().manual_seed(1))
+    tokens = tok.encode(x)
+    assert tokens.tolist() == exp["tokens"]
+    assert float(tok.decode(tokens).double().sum()) == pytest.approx(exp["recon_sum"], rel=1e-5)
