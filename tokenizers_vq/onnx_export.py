@@ -6,8 +6,11 @@ happens inside the graph); output ``tokens``, int64 [B, H/d, W/d] or [B, T/d] in
 ``decoder.onnx``: input ``tokens`` (int64, the encoder's layout); output ``x`` (the encoder input's layout and range).
 
 The graphs are the model's own ``encode``/``decode`` code traced once, so a quantizer whose tokens carry a trailing
-codebook axis ([B, t, q] / [B, h, w, q]) exports unchanged: only the batch axis (and audio's time axis) is declared
-dynamic, and any further token axis keeps its traced size. Image H and W stay at ``config.image_size``.
+codebook axis ([B, t, q] / [B, h, w, q]) exports unchanged: the batch axis, audio's time axis and an image's height
+and width are declared dynamic, and any further token axis keeps its traced size. Image H and W are any multiples of
+the downsampling where the network allows (the convolutional families do: checked at a second size before writing);
+an image tokenizer whose graph does not trace with symbolic H and W is exported at ``config.image_size``, and the
+returned ``dynamic_size`` says which.
 
 Audio is traced as one piece (``chunk_tokens=0``): the PyTorch ``Tokenizer.encode``/``decode`` cut long inputs
 into chunks with enough context that chunk edges are invisible, so the one-piece graph gives the same tokens, and
@@ -109,10 +112,13 @@ def _example(tokenizer: Tokenizer) -> Tensor:
     return tokenizer.modality.example_input(tokenizer.input_shape, tokenizer.config.downsample, gen)
 
 
-def _dims(tokenizer: Tokenizer, tokens: Tensor) -> tuple[dict[int, Any], dict[int, Any]]:
-    """Dynamic axes of (x, tokens): batch, and audio's time axis (T = d * t, so only multiples of the hop trace).
-    Image H, W stay at the traced size. A trailing token axis (codebooks) is not named, so it stays static."""
-    return tokenizer.modality.dynamic_axes(tokens, tokenizer.config.downsample)
+def _dims(tokenizer: Tokenizer, tokens: Tensor, spatial: bool = True) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Dynamic axes of (x, tokens): batch, audio's time axis (T = d * t, so only multiples of the hop trace), and
+    with ``spatial`` an image's H and W (multiples of d). A trailing token axis (codebooks) is not named, so it
+    stays static."""
+    if tokenizer.modality.timed:
+        return tokenizer.modality.dynamic_axes(tokens, tokenizer.config.downsample)
+    return tokenizer.modality.dynamic_axes(tokens, tokenizer.config.downsample, spatial=spatial)
 
 
 def _export(module: nn.Module, example: Tensor, in_name: str, out_name: str, dims: dict[int, Any], opset: int,
@@ -168,7 +174,8 @@ def _self_check(enc: bytes, dec: bytes, paths: tuple[Path, Path], example: Tenso
 def export_onnx(tokenizer: Tokenizer, out_dir: str | Path, *, opset: int | None = None) -> dict[str, Any]:
     """Write ``encoder.onnx`` and ``decoder.onnx`` for ``tokenizer`` into ``out_dir`` (atomically, umask modes).
 
-    encoder.onnx: ``x`` float32 (image [B, C, H, W] in [0, 1], H and W as ``config.image_size``; audio [B, T] in
+    encoder.onnx: ``x`` float32 (image [B, C, H, W] in [0, 1], H and W multiples of ``config.downsample`` where
+    ``dynamic_size`` is returned True, else ``config.image_size``; audio [B, T] in
     [-1, 1], any T that is a multiple of ``config.downsample``) -> ``tokens`` int64 ([B, H/d, W/d] / [B, T/d]) in
     [0, vocab_size). decoder.onnx: ``tokens`` int64 -> ``x`` float32 in the encoder input's layout and range; audio
     decodes to the same mean waveform as ``Tokenizer.decode``. B is dynamic in both.
@@ -186,18 +193,40 @@ def export_onnx(tokenizer: Tokenizer, out_dir: str | Path, *, opset: int | None 
     out = Path(out_dir)
     enc_path, dec_path = out / ENCODER_FILE, out / DECODER_FILE
     example = _example(tokenizer)
+    spatial = not tokenizer.modality.timed  # images: try symbolic H and W first
     with _traceable(tokenizer), torch.no_grad():
         encoder, decoder = OnnxEncoder(tokenizer).eval(), OnnxDecoder(tokenizer).eval()
         tokens = encoder(example)
         decoded = decoder(tokens)
-        x_dims, tok_dims = _dims(tokenizer, tokens)
-        enc = _export(encoder, example, "x", "tokens", x_dims, opset, enc_path)
-        dec = _export(decoder, tokens, "tokens", "x", tok_dims, opset, dec_path)
-    _rename_dims(enc.graph.output[0], dec.graph.input[0])
-    _rename_dims(dec.graph.output[0], enc.graph.input[0])
-    enc, dec = enc.SerializeToString(), dec.SerializeToString()
-    _self_check(enc, dec, (enc_path, dec_path), example, tokens, decoded)
+        while True:
+            x_dims, tok_dims = _dims(tokenizer, tokens, spatial=spatial)
+            try:
+                enc = _export(encoder, example, "x", "tokens", x_dims, opset, enc_path)
+                dec = _export(decoder, tokens, "tokens", "x", tok_dims, opset, dec_path)
+                _rename_dims(enc.graph.output[0], dec.graph.input[0])
+                _rename_dims(dec.graph.output[0], enc.graph.input[0])
+                enc_bytes, dec_bytes = enc.SerializeToString(), dec.SerializeToString()
+                _self_check(enc_bytes, dec_bytes, (enc_path, dec_path), example, tokens, decoded)
+                if spatial:  # the graphs must also agree with PyTorch at another size, or be exported static
+                    other = _other_size_example(tokenizer, example)
+                    other_tokens = encoder(other)
+                    _self_check(enc_bytes, dec_bytes, (enc_path, dec_path), other, other_tokens,
+                                decoder(other_tokens))
+                break
+            except Exception:  # noqa: BLE001 - symbolic H, W did not trace or check: export at the traced size
+                if not spatial:
+                    raise
+                spatial = False
+    enc, dec = enc_bytes, dec_bytes
     atomic_write_bytes(enc_path, enc)
     atomic_write_bytes(dec_path, dec)
     return {"encoder": enc_path, "decoder": dec_path, "opset": opset, "input_shape": tuple(example.shape),
-            "token_shape": tuple(tokens.shape)}
+            "token_shape": tuple(tokens.shape), "dynamic_size": spatial or tokenizer.modality.timed}
+
+
+def _other_size_example(tokenizer: Tokenizer, example: Tensor) -> Tensor:
+    """An image example of another height and width (one and two token rows / columns more), same batch."""
+    d = tokenizer.config.downsample
+    gen = torch.Generator().manual_seed(1)
+    b, c, h, w = example.shape
+    return torch.rand(b, c, h + d, w + 2 * d, generator=gen)

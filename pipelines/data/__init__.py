@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tokenizers_vq.modality import IMAGE, Modality
+from tokenizers_vq.modality import IMAGE, Modality, get_modality
 
 from .audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio
 from .folders import load_audio_folder, load_image_folder
@@ -77,7 +77,7 @@ def load_data(spec: DataSpec) -> Splits:
     to an image training split (``augment_train``; never to test). Raises ``ValueError`` naming the built-ins
     when ``spec.name`` is none of these."""
     modality = infer_modality(spec)
-    audio = modality == "audio"
+    audio = get_modality(modality).timed
     if audio and spec.sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {spec.sample_rate}")
     if not audio and spec.channels not in (1, 3):

@@ -178,3 +178,27 @@ def test_uninitialised_vq_codebook_is_a_clear_error(tmp_path):
 def test_rejects_non_tokenizers(tmp_path):
     with pytest.raises(TypeError, match="priors have no ONNX export"):
         export_onnx(torch.nn.Linear(2, 2), tmp_path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("autoencoder", ["vqvae", "resnet"])
+def test_image_height_and_width_are_dynamic(tmp_path, autoencoder):
+    """Both image families are fully convolutional: the exported graphs take any H, W that are multiples of the
+    downsampling, and give PyTorch's tokens and decoded images at a size other than the traced one."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(TokenizerConfig(modality="image", autoencoder=autoencoder, channels=3, image_size=16,
+                                          hidden_channels=8, latent_dim=8, num_res_blocks=1, quantizer="fsq",
+                                          fsq_levels=[5, 3], attention=autoencoder == "resnet")).eval()
+    with torch.no_grad():
+        tok.model.quantizer.fsq.project_in.weight.mul_(8)  # spread an untrained projection over the codes
+    info = export_onnx(tok, tmp_path)
+    assert info["dynamic_size"] is True
+    enc = ort.InferenceSession(str(tmp_path / ENCODER_FILE), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(tmp_path / DECODER_FILE), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(3))
+    tokens = enc.run(["tokens"], {"x": x.numpy()})[0]
+    want = tok.encode(x)
+    assert tokens.shape == (2, 6, 10) and np.array_equal(tokens, want.numpy())
+    out = dec.run(["x"], {"tokens": tokens})[0]
+    np.testing.assert_allclose(out, tok.decode(want).numpy(), atol=1e-4)

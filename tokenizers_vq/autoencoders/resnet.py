@@ -119,7 +119,7 @@ class ResNetConfig(ComponentConfig):
     """Residual blocks at every resolution, optional attention, interpolation up-sampling (see the module)."""
 
     downsample: int = 4  # input-to-token factor per axis (a power of two): one resolution per factor of 2
-    hidden_channels: int = 32  # width of the first (full) resolution
+    hidden_channels: int = 16  # width of the first (full) resolution
     channel_mult: list[int] | None = None  # width of each resolution as a multiple of hidden_channels, finest first, log2(downsample) + 1 entries (default 1, 2, 4, 4, ...)
     num_res_blocks: int = 1  # residual blocks at each resolution
     attention: bool = False  # self-attention at the token resolution (costs (H*W/d^2)^2 per image)

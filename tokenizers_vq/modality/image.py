@@ -113,11 +113,17 @@ class ImageModality(Modality):
     batch_layout = "[B, C, H, W]"
     noun = "an image"
     file_suffix = ".png"
-    default_autoencoder = "vqvae"
+    default_autoencoder = "vqvae"  # grayscale (the digits): the 2017 layout, small and fast
+    colour_autoencoder = "resnet"  # RGB: residual blocks at every resolution (photographs; docs/benchmarks/photo_codec.md)
     size_fields = ("channels", "image_size")
     default_sizes = {"channels": DEFAULT_CHANNELS, "image_size": DEFAULT_IMAGE_SIZE}
     raw_levels = IMAGE_LEVELS
     eval_batch_size = 128
+
+    def autoencoder_for(self, given: Mapping[str, Any]) -> str:
+        """The family a config gets when none is named: ``resnet`` for RGB images (on photo crops, 30 CPU-minutes:
+        27.4 dB against the 2017 layout's 24.2 after 5), ``vqvae`` for grayscale ones (the digits)."""
+        return self.colour_autoencoder if int(given.get("channels") or 1) == 3 else self.default_autoencoder
     downsample_axes = "per axis"
 
     # ------------------------------------------------------------------ shapes
@@ -277,10 +283,15 @@ class ImageModality(Modality):
         """float32 [2, C, H, W] uniform in [0, 1] at the training size."""
         return torch.rand((2, *input_shape), generator=generator)
 
-    def dynamic_axes(self, tokens: Tensor, downsample: int) -> tuple[dict[int, Any], dict[int, Any]]:
-        """The batch only: H and W stay at the traced size."""
+    def dynamic_axes(self, tokens: Tensor, downsample: int, spatial: bool = True
+                     ) -> tuple[dict[int, Any], dict[int, Any]]:
+        """The batch and (``spatial``) the token grid's height and width (H = d * h, W = d * w, so only multiples
+        of the downsampling trace); without ``spatial`` H and W stay at the traced size."""
         batch = torch.export.Dim("batch")
-        return {0: batch}, {0: batch}
+        if not spatial:
+            return {0: batch}, {0: batch}
+        h, w = torch.export.Dim("h"), torch.export.Dim("w")
+        return {0: batch, 2: downsample * h, 3: downsample * w}, {0: batch, 1: h, 2: w}
 
 
 IMAGE = ImageModality()  # registered by the package, images first
