@@ -411,13 +411,15 @@ def bench_set(label: str, x: torch.Tensor, tok: Any, prior: Any | None, peers: l
                             files[key] = peer.encode(originals[i], setting, tmp)
                         return files[key]
 
-                    m = match_rate(encode, peer.settings, target, _measure(peer, match))
+                    measure = _measure(peer, match)
+                    m = match_rate(encode, peer.settings, target, measure)
                     back = peer.decode(m.data, tmp)
                     if back.shape != originals[i].shape:
                         raise RuntimeError(f"{peer.name} decoded a {back.shape} image from a {originals[i].shape} one")
                     recs.append(to_float(back))
                     hb = peer.header_bytes(m.data)
                     prow.append({"image": i, "bpp": 8 * len(m.data) / pixels, "target_bpp": bits[i] / pixels,
+                                 "matched_bpp": 8 * measure(m.data) / pixels,  # what was held to the target
                                  "file_bytes": len(m.data), "header_bytes": hb,
                                  "header_free_bpp": None if hb is None else 8 * (len(m.data) - hb) / pixels,
                                  peer.setting_name: m.setting, "over_target": m.over_target,
@@ -445,14 +447,20 @@ def held_out(dataset: str, size: int, limit: int, seed: int) -> torch.Tensor:
     return torch.stack([to_float(to_uint8(xi)) for xi in x])
 
 
-def whole_images(folder: str, limit: int) -> torch.Tensor:
-    """Up to ``limit`` images of a folder (sorted by path), shorter side resized to 256 and centre-cropped."""
+def whole_images(folder: str, limit: int, seed: int = 0) -> torch.Tensor:
+    """Up to ``limit`` images of a folder (sorted by path), shorter side resized to 256 and centre-cropped.
+    ``folder`` ``photos``: the photographs the ``photos`` built-in holds out for ``seed`` (its test split)."""
     from PIL import Image
 
     from pipelines.data import IMAGE_EXTS
     from tokenizers_vq.modality.image import pil_to_tensor
 
-    files = sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)[:limit]
+    if folder == "photos":
+        from pipelines.data.builtins.photos import find_photos, split_photos
+
+        files = [Path(p.path) for p in split_photos(find_photos(), seed)[1]][:limit]
+    else:
+        files = sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)[:limit]
     if not files:
         raise ValueError(f"--whole {folder}: no image files ({', '.join(sorted(IMAGE_EXTS))})")
     xs = []
@@ -604,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="held-out images (default 200; --quick 8)")
     ap.add_argument("--whole", default=None, metavar="DIR",
-                    help="also judge a folder of larger images whole at 256x256 (shorter side resized, centre crop)")
+                    help="also judge a folder of larger images whole at 256x256 (shorter side resized, centre crop); "
+                         "'photos': the photographs the photos built-in holds out for --seed")
     ap.add_argument("--whole-limit", type=int, default=50)
     ap.add_argument("--check-decode", type=int, default=8, help="images also decompressed and checked (with a prior)")
     ap.add_argument("--seed", type=int, default=0)
@@ -645,8 +654,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x = held_out(args.dataset, args.image_size, limit, args.seed)
     sets = [(f"{args.dataset}: {len(x)} held-out images at {args.image_size}x{args.image_size}", x)]
     if args.whole:
-        sets.append((f"{args.whole}: whole images at {WHOLE_SIZE}x{WHOLE_SIZE}",
-                     whole_images(args.whole, min(args.whole_limit, limit))))
+        what = "the photographs photos holds out" if args.whole == "photos" else args.whole
+        sets.append((f"{what}: whole images at {WHOLE_SIZE}x{WHOLE_SIZE}",
+                     whole_images(args.whole, min(args.whole_limit, limit), args.seed)))
     results = [(bench_set(label, xs, tok, prior, peers, args.check_decode, match=args.match), xs)
                for label, xs in sets]
     cmd = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')} python -m bench.photo_codec "

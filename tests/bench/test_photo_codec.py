@@ -90,7 +90,9 @@ def test_quick_run_json_has_every_codec_at_both_rates(tiny, tmp_path):
                 assert set(P.METRICS) <= set(r)
                 if name != "vqgen":  # at or under the image's vqgen rate, unless flagged over it
                     assert r["target_bpp"] == v["bpp"]
-                    assert (r["bpp"] <= r["target_bpp"]) != r["over_target"]
+                    # the matched bits (the payload by default) at or under the target unless flagged
+                    assert (r["matched_bpp"] <= r["target_bpp"]) != r["over_target"]
+                    assert r["matched_bpp"] <= r["bpp"]
     # the prior's code is shorter than the fixed-length code: an untrained tokenizer's tokens are far from uniform
     ent = s["targets"]["entropy"]["vqgen"]["rows"]
     for r in ent:
