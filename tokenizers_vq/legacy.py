@@ -52,6 +52,12 @@ class TokenizerV1(LegacyFormat):
     def upgrade(self, flat: dict[str, Any]) -> dict[str, Any]:
         return _derive(flat)
 
+    def implied_values(self, source: dict[str, Any]) -> dict[str, Any]:
+        # Format 1 had one image family; today's default for RGB images is another (resnet): name format 1's.
+        if source["modality"] == "image":
+            return {"autoencoder": "vqvae"}
+        return {}
+
     def representable(self, config: Any) -> bool:
         return config.quantizer in V1_QUANTIZERS and config.autoencoder in V1_AUTOENCODERS
 

@@ -312,7 +312,7 @@ class SectionedConfig(JsonConfig):
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
         source = legacy.upgrade(legacy.fields | d | {"format_version": 1})  # what format 1 held after loading
-        config = cls(**source)  # type: ignore[call-arg]
+        config = cls(**source, **legacy.implied_values(source))  # type: ignore[call-arg]
         object.__setattr__(config, "_v1_source", source)
         return config
 
@@ -324,6 +324,11 @@ class LegacyFormat:
 
     fields: dict[str, Any] = {}
     implied: tuple[str, ...] = ()  # current fields format 1 had no field for (it implied them from others)
+
+    def implied_values(self, source: dict[str, Any]) -> dict[str, Any]:
+        """Values of ``implied`` fields that today's defaults would no longer give for a format-1 file (passed to
+        the constructor, kept out of the format-1 dict and its hash); default: none."""
+        return {}
 
     def upgrade(self, flat: dict[str, Any]) -> dict[str, Any]:
         """Format-1 flat dict -> constructor keywords (default: the same names, which the sections kept)."""

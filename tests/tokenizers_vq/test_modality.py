@@ -299,6 +299,8 @@ def test_export_examples_and_axes():
     a = AUDIO.example_input((100,), 64, g)
     assert a.shape == (2, 128) and -1 <= a.min() and a.max() <= 1  # at least 2 tokens long
     xd, td = IMAGE.dynamic_axes(torch.zeros(2, 2, 2, dtype=torch.long), 4)
+    assert set(xd) == {0, 2, 3} and set(td) == {0, 1, 2}  # batch, height and width
+    xd, td = IMAGE.dynamic_axes(torch.zeros(2, 2, 2, dtype=torch.long), 4, spatial=False)
     assert set(xd) == set(td) == {0}
     xd, td = AUDIO.dynamic_axes(torch.zeros(2, 3, 4, dtype=torch.long), 64)
     assert set(xd) == set(td) == {0, 1}  # batch and time; the codebook axis stays static
