@@ -31,6 +31,7 @@ from ..metrics import ms_ssim, psnr
 from ..quantizers import build_quantizer
 from ..registry import AUTOENCODERS
 from ..types import TokenizerOutput
+from .vqvae import ImageTokenGrid
 
 if TYPE_CHECKING:
     from ..config import TokenizerConfig
@@ -150,7 +151,7 @@ class ResNetConfig(ComponentConfig):
 
 
 @AUTOENCODERS.register("resnet", config=ResNetConfig)
-class ResNetAutoencoder(nn.Module):
+class ResNetAutoencoder(ImageTokenGrid, nn.Module):
     """Encoder / quantizer / decoder of the ``resnet`` family (see the module docstring)."""
 
     modality = "image"
@@ -163,15 +164,6 @@ class ResNetAutoencoder(nn.Module):
         args = (config.hidden_channels, list(config.channel_mult), config.num_res_blocks, config.attention)
         self.encoder = ResNetEncoder(config.channels, self.quantizer.in_dim, *args)
         self.decoder = ResNetDecoder(self.quantizer.out_dim, config.channels, *args)
-
-    def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        h, w = input_shape[-2:]
-        d = self.config.downsample
-        return (h // d, w // d)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """x: float32 [B, C, H, W] in [0, 1] -> codes int64 [B, H/d, W/d] ([B, H/d, W/d, q] for rvq / rfsq)."""
-        return self.quantizer(self.encoder(x * 2 - 1)).codes
 
     def _image(self, latent: Tensor) -> Tensor:
         """Decoder output (unbounded, [-1, 1] scale) -> image float [B, C, H, W] around [0, 1] (not clamped)."""

@@ -98,8 +98,25 @@ class VQVAEConfig(ComponentConfig):
             raise ValueError(f"image_size {parent.image_size} is not divisible by downsample {ds}")
 
 
+class ImageTokenGrid:
+    """What the image families share: a token grid of H/d x W/d, and encoding inputs in [0, 1] as [-1, 1]."""
+
+    config: TokenizerConfig
+    quantizer: nn.Module
+    encoder: nn.Module
+
+    def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        h, w = input_shape[-2:]
+        d = self.config.downsample
+        return (h // d, w // d)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x: float32 [B, C, H, W] in [0, 1] -> codes int64 [B, H/d, W/d] ([B, H/d, W/d, q] for rvq / rfsq)."""
+        return self.quantizer(self.encoder(x * 2 - 1)).codes
+
+
 @AUTOENCODERS.register("vqvae", config=VQVAEConfig)
-class ImageAutoencoder(nn.Module):
+class ImageAutoencoder(ImageTokenGrid, nn.Module):
     """Convolutional encoder/decoder around a quantizer (VQ-VAE layout, see the module docstring)."""
 
     modality = "image"
@@ -113,15 +130,6 @@ class ImageAutoencoder(nn.Module):
                                     config.num_res_blocks)
         self.decoder = ImageDecoder(self.quantizer.out_dim, config.channels, config.hidden_channels, levels,
                                     config.num_res_blocks)
-
-    def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        h, w = input_shape[-2:]
-        d = self.config.downsample
-        return (h // d, w // d)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """x: float32 [B, C, H, W] in [0, 1] -> codes int64 [B, H/d, W/d] ([B, H/d, W/d, q] for rvq / rfsq)."""
-        return self.quantizer(self.encoder(x * 2 - 1)).codes
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes int64 [B, h, w] (rvq / rfsq: [B, h, w, q'], q' <= q) -> float32 [B, C, h*d, w*d] in [0, 1]."""
