@@ -17,8 +17,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from tokenizers_vq import Tokenizer
-from tokenizers_vq.discriminator import (DiscriminatorConfig, PatchDiscriminator, adaptive_weight,
-                                         feature_matching_loss, hinge_d_loss, hinge_g_loss)
+from tokenizers_vq.discriminator import (
+    DiscriminatorConfig,
+    PatchDiscriminator,
+    adaptive_weight,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+)
 
 
 class AdversarialTokenizer(nn.Module):

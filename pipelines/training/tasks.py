@@ -17,7 +17,6 @@ from prior import Prior, build_prior
 from tokenizers_vq import Tokenizer, build_tokenizer
 from tokenizers_vq import metrics as M
 from tokenizers_vq.code_stats import CodebookCounter, rate_metrics
-
 from tokenizers_vq.discriminator import DiscriminatorConfig
 
 from .adversarial import AdversarialTokenizer, tokenizer_of

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from tokenizers_vq.discriminator import (DiscriminatorConfig, PatchDiscriminator, adaptive_weight,
-                                         feature_matching_loss, hinge_d_loss, hinge_g_loss)
+from tokenizers_vq.discriminator import (
+    DiscriminatorConfig,
+    PatchDiscriminator,
+    adaptive_weight,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+)
 
 
 @pytest.mark.parametrize(("size", "layers", "patches"), [(64, 3, 6), (32, 2, 6), (256, 3, 30)])

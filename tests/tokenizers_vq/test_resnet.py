@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tokenizers_vq import TokenizerConfig, Tokenizer, build_tokenizer
+from tokenizers_vq import Tokenizer, TokenizerConfig, build_tokenizer
 from tokenizers_vq.autoencoders.resnet import ResNetDecoder, spectral_l1
 
 

@@ -17,7 +17,7 @@ losses average away). None needs pretrained weights. The adversarial term (a Pat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch

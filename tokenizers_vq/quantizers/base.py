@@ -19,9 +19,7 @@ from torch import Tensor, distributed, nn
 from vector_quantize_pytorch import VectorQuantize
 from vector_quantize_pytorch import vector_quantize_pytorch as vqp
 
-from vqgen_io.components import ADDED_LATER
-
-from vqgen_io.components import ComponentConfig
+from vqgen_io.components import ADDED_LATER, ComponentConfig
 
 from ..registry import QUANTIZERS
 
