@@ -47,7 +47,7 @@ class TokenizerConfig(SectionedConfig):
 
     modality: str | None = None  # image | audio (default: the autoencoder family's, else image)
     quantizer: str = "fsq"  # the bottleneck: vq | fsq | gumbel | rvq | rfsq (residual: one codebook per stage) | any registered quantizer
-    autoencoder: str | None = None  # the autoencoder family: vqvae | resnet (images) | mulaw | spectral (audio) (default: images resnet for RGB, vqvae for grayscale; audio from audio_head)
+    autoencoder: str | None = None  # the autoencoder family: vqvae | resnet (images) | mulaw | spectral (audio) (default: images vqvae; audio from audio_head)
     # The input sizes come from the data options (--channels, --image-size, --sample-rate, --clip-seconds)
     channels: int = field(default=DEFAULT_CHANNELS, metadata=DATA)  # images: 1 (grayscale) or 3 (RGB)
     image_size: int = field(default=DEFAULT_IMAGE_SIZE, metadata=DATA)  # images: square side in pixels; the data layer resizes / crops to it
