@@ -343,6 +343,59 @@ def _measure(peer: Peer, match: str) -> Callable[[bytes], int]:
     return payload
 
 
+def _vqgen_codec(tname: str, bits: list[float], pixels: int, vq_metrics: list[dict[str, float]],
+                 entropy_rows: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """vqgen's rows at one rate (``fixed`` or ``entropy``): its bits per image, its metrics, and for the entropy
+    rate the coder's file, header and ideal sizes."""
+    rows = []
+    for i, b in enumerate(bits):
+        row = {"image": i, "bpp": b / pixels, "target_bpp": b / pixels, **vq_metrics[i]}
+        if tname == "entropy":
+            e = entropy_rows[i]  # type: ignore[index]
+            row |= {"header_free_bpp": row["bpp"], "file_bpp": 8 * e["file_bytes"] / pixels,
+                    "container_header_bytes": e["header_bytes"], "ideal_bpp": e["ideal_bits"] / pixels,
+                    "payload_bytes": e["payload_bytes"]}
+        rows.append(row)
+    how = ("fixed-length tokens" if tname == "fixed" else
+           "tokens range-coded by the prior (vqgen compress's coder), one image per file")
+    return {"how": how, "rows": rows, "summary": summarise(rows), "over_target": 0}
+
+
+def _peer_codec(peer: Peer, bits: list[float], x: torch.Tensor, originals: list[np.ndarray],
+                files: dict[tuple[str, int, Any], bytes], tmp: Path, match: str) -> dict[str, Any]:
+    """One peer matched image by image to ``bits`` (vqgen's bits per image): its rows, metrics and summary.
+    ``files`` caches the peer's files by (peer, image, setting) across rates."""
+    pixels = x.shape[-2] * x.shape[-1]
+    measure = _measure(peer, match)
+    t0 = time.perf_counter()
+    rows, recs = [], []
+    for i in range(len(originals)):
+        target = int(math.floor(bits[i] / 8 + 1e-9))  # the most whole bytes within the target bits
+
+        def encode(setting: Any, i: int = i) -> bytes:
+            key = (peer.name, i, setting)
+            if key not in files:
+                files[key] = peer.encode(originals[i], setting, tmp)
+            return files[key]
+
+        m = match_rate(encode, peer.settings, target, measure)
+        back = peer.decode(m.data, tmp)
+        if back.shape != originals[i].shape:
+            raise RuntimeError(f"{peer.name} decoded a {back.shape} image from a {originals[i].shape} one")
+        recs.append(to_float(back))
+        hb = peer.header_bytes(m.data)
+        rows.append({"image": i, "bpp": 8 * len(m.data) / pixels, "target_bpp": bits[i] / pixels,
+                     "matched_bpp": 8 * measure(m.data) / pixels,  # what was held to the target
+                     "file_bytes": len(m.data), "header_bytes": hb,
+                     "header_free_bpp": None if hb is None else 8 * (len(m.data) - hb) / pixels,
+                     peer.setting_name: m.setting, "over_target": m.over_target,
+                     "next_setting_bytes": m.next_bytes, "tries": m.tries})
+    for r, met in zip(rows, image_metrics(torch.stack(recs), x)):
+        r.update(met)
+    return {"how": peer.how, "rows": rows, "summary": summarise(rows),
+            "over_target": sum(r["over_target"] for r in rows), "search_s": time.perf_counter() - t0}
+
+
 def bench_set(label: str, x: torch.Tensor, tok: Any, prior: Any | None, peers: list[Peer], check: int,
               log: Callable[[str], None] = print, match: str = "payload") -> dict[str, Any]:
     """Every codec on the images x float32 [N, 3, H, W] (already 8-bit values): per target (``fixed`` and, with
@@ -380,55 +433,16 @@ def bench_set(label: str, x: torch.Tensor, tok: Any, prior: Any | None, peers: l
     with tempfile.TemporaryDirectory(prefix="vqgen-photo-codec-") as d:
         tmp = Path(d)
         originals = [to_uint8(xi) for xi in x]
-        files: dict[tuple[str, int, Any], bytes] = {}
+        files: dict[tuple[str, int, Any], bytes] = {}  # the fixed and entropy-coded searches share peer files
         for tname, bits in targets.items():
-            codecs: dict[str, Any] = {}
-            rows = []
-            for i in range(n):
-                row = {"image": i, "bpp": bits[i] / pixels, "target_bpp": bits[i] / pixels, **vq_metrics[i]}
-                if tname == "entropy":
-                    e = entropy_rows[i]
-                    row |= {"header_free_bpp": row["bpp"], "file_bpp": 8 * e["file_bytes"] / pixels,
-                            "container_header_bytes": e["header_bytes"], "ideal_bpp": e["ideal_bits"] / pixels,
-                            "payload_bytes": e["payload_bytes"]}
-                rows.append(row)
-            codecs["vqgen"] = {"how": "fixed-length tokens" if tname == "fixed" else
-                               "tokens range-coded by the prior (vqgen compress's coder), one image per file",
-                               "rows": rows, "summary": summarise(rows), "over_target": 0}
+            codecs = {"vqgen": _vqgen_codec(tname, bits, pixels, vq_metrics, entropy_rows)}
             for peer in peers:
                 if peer.missing:
                     codecs[peer.name] = {"how": peer.how, "skipped": peer.missing}
                     continue
                 t0 = time.perf_counter()
-                prow = []
-                recs = []
-                for i in range(n):
-                    target = int(math.floor(bits[i] / 8 + 1e-9))  # the most whole bytes within the target bits
-
-                    def encode(setting: Any, i: int = i, peer: Peer = peer) -> bytes:
-                        key = (peer.name, i, setting)  # the fixed and entropy-coded searches share files
-                        if key not in files:
-                            files[key] = peer.encode(originals[i], setting, tmp)
-                        return files[key]
-
-                    measure = _measure(peer, match)
-                    m = match_rate(encode, peer.settings, target, measure)
-                    back = peer.decode(m.data, tmp)
-                    if back.shape != originals[i].shape:
-                        raise RuntimeError(f"{peer.name} decoded a {back.shape} image from a {originals[i].shape} one")
-                    recs.append(to_float(back))
-                    hb = peer.header_bytes(m.data)
-                    prow.append({"image": i, "bpp": 8 * len(m.data) / pixels, "target_bpp": bits[i] / pixels,
-                                 "matched_bpp": 8 * measure(m.data) / pixels,  # what was held to the target
-                                 "file_bytes": len(m.data), "header_bytes": hb,
-                                 "header_free_bpp": None if hb is None else 8 * (len(m.data) - hb) / pixels,
-                                 peer.setting_name: m.setting, "over_target": m.over_target,
-                                 "next_setting_bytes": m.next_bytes, "tries": m.tries})
-                for r, met in zip(prow, image_metrics(torch.stack(recs), x)):
-                    r.update(met)
-                over = sum(r["over_target"] for r in prow)
-                codecs[peer.name] = {"how": peer.how, "rows": prow, "summary": summarise(prow), "over_target": over,
-                                     "search_s": time.perf_counter() - t0}
+                codecs[peer.name] = _peer_codec(peer, bits, x, originals, files, tmp, match)
+                over = codecs[peer.name]["over_target"]
                 log(f"[{label}] {tname} rate, {peer.name}: {time.perf_counter() - t0:.1f} s"
                     + (f"; {over} of {n} images cannot go as low (their smallest file is over)" if over else ""))
             out["targets"][tname] = codecs
