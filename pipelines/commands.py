@@ -73,15 +73,9 @@ def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
     chosen = {"quantizer_config": fields["quantizer"]}
     if fields.get("autoencoder"):
         chosen["autoencoder_config"] = fields["autoencoder"]
-    elif fields.get("modality"):  # the family the config will choose (images: by the data's channel count)
-        from .stages.common import make_spec
-
+    elif fields.get("modality"):  # the family the config will choose
         head = {"audio_head": fields["audio_head"]} if "audio_head" in fields else {}
-        from tokenizers_vq.modality import get_modality
-
-        sizes = ({"channels": make_spec(**data_args(a)).channels}
-                 if "channels" in get_modality(fields["modality"]).size_fields else {})
-        chosen["autoencoder_config"] = TokenizerConfig(modality=fields["modality"], **head, **sizes).autoencoder
+        chosen["autoencoder_config"] = TokenizerConfig(modality=fields["modality"], **head).autoencoder
     check_sections(a, TOKENIZER_MODEL, chosen, {"quantizer_config": QUANTIZERS, "autoencoder_config": AUTOENCODERS})
     return fields
 

@@ -62,7 +62,7 @@ class TokenizerConfig(SectionedConfig):
         from .modality import get_modality  # (its modules read this module's defaults)
 
         if self.autoencoder is None:  # the modality's default family (audio: audio_head="istft" picks spectral)
-            self.autoencoder = get_modality(self.modality or "image").autoencoder_for({**given, "channels": self.channels})
+            self.autoencoder = get_modality(self.modality or "image").autoencoder_for(given)
         family = AUTOENCODERS.get(self.autoencoder).modality
         self.modality = str(get_modality(self.modality or family))  # a ValueError naming the modalities
         if family != self.modality:
