@@ -111,12 +111,15 @@ def recipe_keys() -> set[str]:
     from pipelines.training.loop import TrainConfig
     from prior import PriorConfig
 
-    return (PriorConfig.known_fields() | {f.name for f in fields(TrainConfig)}) - FIXED_BY_DATA \
+    return (PriorConfig.known_fields() | {f.name for f in fields(TrainConfig)} | STAGE_KEYS) - FIXED_BY_DATA \
         - TRAIN_NOT_SETTABLE
 
 
+STAGE_KEYS = {"shift", "reference_fraction"}  # `vqgen train-prior` flags of the stage itself (``train_prior``'s)
+
+
 def split_recipe(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A recipe -> (PriorConfig fields, TrainConfig fields)."""
+    """A recipe (less its ``STAGE_KEYS``) -> (PriorConfig fields, TrainConfig fields)."""
     from dataclasses import fields
 
     from pipelines.training.loop import TrainConfig
@@ -146,7 +149,8 @@ def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int,
     from pipelines.stages.train import train_prior
     from pipelines.training.loop import TrainConfig
 
-    model, loop = split_recipe(recipe)
+    stage = {k: v for k, v in recipe.items() if k in STAGE_KEYS}
+    model, loop = split_recipe({k: v for k, v in recipe.items() if k not in STAGE_KEYS})
     if loop.get("max_seconds") and loop["max_seconds"] > MAX_TRAIN_S:
         print(f"warning: max_seconds={loop['max_seconds']} is over the issue's {MAX_TRAIN_S} s cap per prior", flush=True)
     steps = loop.pop("steps", 1)
@@ -156,7 +160,7 @@ def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int,
     if out.exists():
         shutil.rmtree(out)  # a fresh run, never a resumed one
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result = train_prior(tokens_dir, model, cfg)
+    result = train_prior(tokens_dir, model, cfg, **stage)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     m = result.metrics
     return {"recipe_file": recipe_file, "recipe": recipe, "steps_done": m.get("step", 0),

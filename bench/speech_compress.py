@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from bench.common import ROOT, cpu_model, read_recipe, split_recipe, timed, write_results
+from bench.common import ROOT, STAGE_KEYS, cpu_model, read_recipe, split_recipe, timed, write_results
 from bench.speech_quality import peer_rows
 from pipelines.data import DataSpec, load_data
 from pipelines.data.audio_io import read_audio
@@ -86,6 +86,7 @@ WORK = ROOT / "runs" / "speech_compress"
 # max_seconds, evaluation / saving / logging cadence).
 RECIPE = "speech/prior_delay"
 _SETTINGS, RECIPE_FILE = read_recipe(RECIPE, "train-prior")
+STAGE = {k: _SETTINGS.pop(k) for k in STAGE_KEYS & set(_SETTINGS)}  # reference_fraction 0: no anomaly reference
 PRIOR, LOOP = split_recipe(_SETTINGS)
 # Budgets per rung q: optimizer steps (the cosine schedule's length), batch, and a wall-clock cap in seconds:
 # the recipe's, but for the q = 2 rung's steps. Chosen on a validation voice (one of the 6 training voices
@@ -195,7 +196,7 @@ def rung_prior(tokens_dir: Path, q: int, work: Path, model: dict[str, Any], budg
     torch.set_num_threads(threads)
     load_start = [round(v, 2) for v in os.getloadavg()]
     cfg = TrainConfig(**loop, out=str(out), seed=seed, progress=False)
-    res = train_prior(tokens_dir, model, cfg, conditional=False)
+    res = train_prior(tokens_dir, model, cfg, conditional=False, **STAGE)
     if res.status == "preempted":  # a signal stopped it: leave it unsealed, so the next run trains it again
         raise RuntimeError(f"training the q={q} prior in {out} stopped early ({res.status}); run the bench again")
     _say(f"prior q={q}: {res.metrics.get('step')} steps in {res.metrics.get('train_seconds')} s "

@@ -95,6 +95,8 @@ class TrainPriorOptions:
     out: str  # run folder: becomes a save_pretrained folder, resumable checkpoints under OUT/checkpoints
     conditional: bool = False  # model p(tokens | label) (needs labels)
     cfg_scale: float | None = None  # conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in OUT/sampling.json (default 2; 1 = no guidance)
+    reference_fraction: float = 0.1  # this share of the training grids (at most 1,000) is held out of training; the trained prior's scores on them become its anomaly reference (OUT/score_reference.json), what `vqgen score` measures every input against; 0 = none
+    shift: int = 0  # image token grids: roll each training grid by a random offset of up to this many positions along height and width, drawn per seed, epoch and grid (data augmentation against overfitting; 0 = off)
 
 
 def prior_model_fields(a: Parsed) -> dict[str, Any]:
@@ -110,7 +112,7 @@ def run_train_prior(a: Parsed) -> int:
     from .stages.train import train_prior
 
     result = train_prior(a.tokens, prior_model_fields(a), train_config(a), conditional=a.conditional,
-                         cfg_scale=a.cfg_scale)
+                         cfg_scale=a.cfg_scale, shift=a.shift, reference_fraction=a.reference_fraction)
     return _report(result, a.out)
 
 
@@ -215,15 +217,20 @@ class ScoreOptions:
     tokenizer: str | None = None  # the codec folder to use instead of the one the prior records (it must be the same codec)
     split: Literal["train", "test"] = "test"  # which split of the dataset to score
     batch_size: int = 128  # inputs scored at once
-    ood: str | None = None  # also score this dataset as out-of-distribution: prints the AUROC of likelihood, bits/dim and typicality, writes OUT.ood.csv and a histogram OUT.ood.png
+    ood: str | None = None  # also score this dataset as out-of-distribution: prints the AUROC of each score (plain NLL, bits/dim, typicality, the default ood_score, ...), writes OUT.ood.csv and a histogram OUT.ood.png
+    fpr: float | None = None  # add a verdict column ("ood" / "in") at the threshold that flags this fraction of held-out in-distribution inputs, e.g. 0.05 (needs the prior's score reference)
+    reference: str | None = None  # for prior folders saved without a score reference: compute it on this dataset's training split (the data the prior was trained on) and save it into the prior folder, once
 
 
 def run_score(a: Parsed) -> int:
     from .stages.score import score
 
     summary = score(a.prior, data_args(a), a.out, codec_dir=a.tokenizer, split=a.split, batch_size=a.batch_size,
-                    device=a.device, progress=not a.quiet, ood=a.ood)
+                    device=a.device, progress=not a.quiet, ood=a.ood, fpr=a.fpr, reference=a.reference)
+    warning = summary.pop("warning", None)
     _print_metrics(f"scored {a.dataset} ({a.split}) -> {a.out}", summary)
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 

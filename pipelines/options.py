@@ -37,6 +37,9 @@ class DataOptions:
     limit: int | None = None  # use at most this many training examples
     strict: bool = False  # an unreadable file is an error instead of a counted skip
     cache_dir: str | None = None  # where generated data (spoken-digits) is cached
+    folds: int = 0  # cross-validation: pool the dataset's train and test splits and cut them into this many folds, stratified by label (fixed, whatever --seed); 0 = the dataset's own splits
+    fold: int = 0  # with --folds: which fold (0..folds-1) is the test split; the others are the training split
+    validation: bool = False  # with --folds: leave the test fold out entirely and hold out a stratified 10 percent of the training folds as the test split (to choose a recipe without seeing the test fold)
 
 
 def data_args(a: Any) -> dict[str, Any]:
@@ -44,4 +47,5 @@ def data_args(a: Any) -> dict[str, Any]:
     label_column = None if (a.label_column or "").lower() == "none" else a.label_column
     return dict(name=a.dataset, image_size=a.image_size, channels=a.channels, sample_rate=a.sample_rate,
                 clip_seconds=a.clip_seconds, image_column=a.image_column, audio_column=a.audio_column,
-                label_column=label_column, limit=a.limit, seed=a.seed, strict=a.strict, cache_dir=a.cache_dir)
+                label_column=label_column, limit=a.limit, seed=a.seed, strict=a.strict, cache_dir=a.cache_dir,
+                folds=a.folds, fold=a.fold, validation=a.validation)

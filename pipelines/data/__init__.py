@@ -20,6 +20,7 @@ from tokenizers_vq.modality import IMAGE, Modality, get_modality
 
 from .audio_io import AudioClipDataset, AudioReadError, fit_clip, read_audio
 from .folders import load_audio_folder, load_image_folder
+from .folds import fold_splits
 from .hub import is_dataset_folder, load_hub_audio, load_hub_images
 from .image_io import EncodedImageDataset, ImageReadError, augment_train, parse_augment, pil_to_tensor
 from .spec import (
@@ -74,7 +75,8 @@ def _has_files(folder: Path, exts: set[str]) -> bool:
 def load_data(spec: DataSpec) -> Splits:
     """Train and test splits for ``spec`` (see ``DataSpec``): a built-in, a local folder of image or audio
     files, a local ``datasets`` folder, or a Hugging Face Hub id; ``spec.augment`` adds random crops and flips
-    to an image training split (``augment_train``; never to test). Raises ``ValueError`` naming the built-ins
+    to an image training split (``augment_train``; never to test); ``spec.folds`` re-cuts the splits into
+    cross-validation folds (``folds.fold_splits``). Raises ``ValueError`` naming the built-ins
     when ``spec.name`` is none of these."""
     modality = infer_modality(spec)
     audio = get_modality(modality).timed
@@ -85,6 +87,10 @@ def load_data(spec: DataSpec) -> Splits:
     if audio and parse_augment(spec.augment):
         raise ValueError(f"--augment {spec.augment} crops and mirrors images: {spec.name} holds audio")
     splits = _load(spec, modality)
+    if spec.folds:
+        splits = fold_splits(splits, spec.folds, spec.fold, spec.validation)
+    elif spec.fold or spec.validation:
+        raise ValueError("--fold and --validation choose among cross-validation folds: give --folds K too")
     if parse_augment(spec.augment):
         splits = dataclasses.replace(splits, train=augment_train(splits.train, spec.augment, spec.seed))
     return splits

@@ -72,6 +72,9 @@ class DataSpec:
     cache_dir: str | None = None  # where generated data (spoken-digits) is cached
     revision: str | None = None  # Hub datasets: the revision to load
     augment: str | None = None  # images, training split only: "crop", "flip" or "crop,flip" (random crops and mirrors)
+    folds: int = 0  # > 1: pool train and test and cut them into this many stratified folds (``folds.py``)
+    fold: int = 0  # with ``folds``: the fold that is the test split
+    validation: bool = False  # with ``folds``: leave the test fold out; a stratified 10% of the rest is the test split
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from prior import Prior
 from tokenizers_vq import Codec
 
 from ..data import Splits
+from .reference import DEFAULT_METHOD, Features, ScoreReference, fit_local_model, png_nats
 
 LN2 = math.log(2.0)
 BPD_KINDS = {  # by ``Codec.kind``
@@ -66,7 +68,9 @@ def score_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, batc
     """Per-example negative log-likelihood in nats: float64 [N] (>= 0).
 
     tokens: int [N, *prior.shape] in [0, vocab_size); labels: int64 [N] (-1 = unknown -> null label) or None.
-    Runs the prior in eval mode (no dropout) on its own device, ``batch_size`` grids at a time.
+    Runs the prior in eval mode (no dropout) on its own device, ``batch_size`` grids at a time; a last, smaller
+    batch is padded to ``batch_size`` (and the padding dropped), because float kernels may round differently at
+    another batch size: a grid scores the same alone as among others, to the last bit.
     """
     prior.check_tokens(tokens)
     if batch_size < 1:
@@ -79,9 +83,14 @@ def score_grids(prior: Prior, tokens: Tensor, labels: Tensor | None = None, batc
     out = []
     try:
         for i in range(0, n, batch_size):
-            flat = tokens[i: i + batch_size].reshape(-1, prior.config.seq_len).long().to(device)
-            lb = None if lab is None else lab[i: i + batch_size].to(device)
-            out.append(-prior.flat_log_prob(flat, lb, torch.float64).cpu())  # softmax in float64
+            flat = tokens[i: i + batch_size].reshape(-1, prior.config.seq_len).long()
+            lb = None if lab is None else lab[i: i + batch_size]
+            k = len(flat)
+            if k < batch_size and n > 0:  # always one batch shape: a grid's score then never depends on its company
+                flat = torch.cat([flat, flat[:1].expand(batch_size - k, -1)])
+                lb = None if lb is None else torch.cat([lb, lb[:1].expand(batch_size - k)])
+            lp = prior.flat_log_prob(flat.to(device), None if lb is None else lb.to(device), torch.float64)
+            out.append(-lp[:k].cpu())  # softmax in float64
     finally:
         prior.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -151,64 +160,112 @@ def encode_batch(codec: Codec, x: Tensor) -> Tensor:
     return codec.encode(x.to(codec.device)).cpu()
 
 
+def grid_features(prior: Prior, local_model: Prior, grids: Tensor, batch_size: int = 256) -> Features:
+    """The score features of grids (int [N, *prior.shape]): the prior's marginal NLL (null label for a conditional
+    prior), the PNG length and the local model's NLL, nats (``reference.Features``)."""
+    return Features(score_grids(prior, grids, None, batch_size).numpy(), png_nats(grids, prior.config.vocab_size),
+                    score_grids(local_model, grids, None, batch_size).numpy())
+
+
+def reference_from_grids(prior: Prior, held: Tensor, fit: Tensor, source: str, *, in_sample: bool = False,
+                         batch_size: int = 256) -> ScoreReference:
+    """A score reference: the local model counted on ``fit`` (training grids, int [m, *prior.shape]) and the
+    features of ``held`` (grids like the training data that neither model was fitted on, int [n, *prior.shape])."""
+    c = prior.config
+    local = fit_local_model(fit, c.vocab_size, prior.shape, c.num_codebooks)
+    return ScoreReference(grid_features(prior, local, held, batch_size), source, in_sample, local)
+
+
+@dataclass
+class GridScores:
+    """Per-input numbers of one scored set: ``nll`` float64 [N] as the CSV reports it (label-conditional where
+    labels are used), the score ``features`` (``Features``; ``local`` is NaN without a reference), ``labels`` int64
+    [N] and one input's shape."""
+
+    nll: Tensor
+    features: Features
+    labels: Tensor
+    input_shape: tuple[int, ...]
+
+
+def _score_inputs(prior: Prior, codec: Codec, dataset: Dataset, batch_size: int, use_labels: bool,
+                  reference: ScoreReference | None, progress: bool) -> GridScores:
+    nlls, feats, labs, shape = [], [], [], ()
+    conditional = bool(use_labels and prior.config.num_classes)
+    bar = tqdm(total=len(dataset), desc="scoring", disable=not progress, leave=False)  # type: ignore[arg-type]
+    for x, y in _batches(dataset, batch_size):
+        shape = tuple(x.shape[1:])
+        grids = encode_batch(codec, x)
+        if tuple(grids.shape[1:]) != prior.shape:
+            raise ValueError(
+                f"inputs of shape {shape} give grids of shape {tuple(grids.shape[1:])} but the prior models "
+                f"{prior.shape}; score with the codec and input size the prior was trained on"
+            )
+        if reference is not None:
+            f = grid_features(prior, reference.local_model, grids, batch_size)
+        else:
+            f = Features(score_grids(prior, grids, None, batch_size).numpy(), png_nats(grids, prior.config.vocab_size),
+                         np.full(len(grids), np.nan))
+        plain = torch.from_numpy(f.nll)  # the marginal p(grid): what the reference holds
+        nlls.append(score_grids(prior, grids, y, batch_size) if conditional and (y >= 0).any() else plain)
+        feats.append(f)
+        labs.append(y)
+        bar.update(len(y))
+    bar.close()
+    cat = Features(*(np.concatenate([getattr(f, k) for f in feats]) for k in ("nll", "complexity", "local")))
+    return GridScores(torch.cat(nlls), cat, torch.cat(labs), shape)
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{float(v):.6f}"
+
+
 @torch.no_grad()
 def score_dataset(prior: Prior, codec: Codec, data: Splits | Dataset, out_csv: str | Path,
-                  batch_size: int = 64, progress: bool = True, *,
-                  train_mean_nll: float | None = None, reference_limit: int = 2000,
-                  use_labels: bool = True) -> dict[str, Any]:
+                  batch_size: int = 64, progress: bool = True, *, reference: ScoreReference | None = None,
+                  method: str = DEFAULT_METHOD, fpr: float | None = None, use_labels: bool = True,
+                  return_scores: bool = False) -> Any:
     """Score every input of a dataset, write one CSV row per input, return a summary dict.
 
-    data: ``Splits`` (the test split is scored; the mean train NLL for the typicality score is computed
-    on up to ``reference_limit`` training examples) or a plain ``Dataset`` of (x, label) (then the
-    typicality score needs ``train_mean_nll``; without it ``ood_score`` is the plain NLL).
-    Inputs become grids through ``codec.encode`` (a tokenizer, or a ``RawCodec`` for raw pixels / samples).
-    ``use_labels``: a conditional prior scores p(grid | label); otherwise (or for label -1) p(grid) via the
-    null label.
+    data: a ``Dataset`` of (x, label), or ``Splits`` (its test split is scored). Inputs become grids through
+    ``codec.encode`` (a tokenizer, or a ``RawCodec`` for raw pixels / samples). ``use_labels``: a conditional prior
+    scores p(grid | label) in ``nll_nats``; otherwise (or for label -1) p(grid) via the null label. Anomaly scores
+    always use the marginal p(grid), as the reference does.
 
-    CSV columns: index, label, nll_nats, bits_per_token, bits_per_dim, bits_per_dim_kind, ood_score
-    (higher = more anomalous), ood_method ("typicality" or "nll").
-    Summary: n, mean nll / bits_per_token / bits_per_dim, bits_per_dim_kind, train_mean_nll, ood_method, csv.
+    ``reference``: the prior's ``ScoreReference`` (``reference.py``). Every anomaly score is computed from one
+    input and the reference, never from the other inputs: the same input scores the same in any dataset. Without
+    one, ``ood_score`` is the plain NLL and ``typicality`` is left empty. ``method``: which score ``ood_score`` is
+    (``METHODS``). ``fpr`` in (0, 1) adds a ``verdict`` column ("ood" / "in") at the threshold that flags that
+    fraction of held-out in-distribution inputs (needs a reference).
+
+    CSV columns: index, label, nll_nats, bits_per_token, bits_per_dim, bits_per_dim_kind, complexity_nats (PNG of the
+    grid), local_nats (NLL under the reference's local model), typicality, ood_score (higher = more anomalous),
+    ood_method[, verdict].
+    Summary: n, mean nll / bits_per_token / bits_per_dim, bits_per_dim_kind, reference (its source) and
+    reference_mean_nll, ood_method, csv[, fpr, threshold, flagged (the fraction called "ood")].
+    ``return_scores``: return ``(summary, GridScores)`` (the per-input numbers, for reports).
     """
     if not isinstance(codec, Codec):
         raise ValueError(f"score_dataset: pass a codec (a Tokenizer, or a RawCodec for raw pixels / mu-law samples), "
                          f"got {type(codec).__name__}")
-    if isinstance(data, Splits):
-        dataset, reference = data.test, data.train
-    else:
-        dataset, reference = data, None
+    dataset = data.test if isinstance(data, Splits) else data
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("score_dataset: the dataset to score is empty")
-
-    def nll_of(ds: Dataset, limit: int | None, desc: str) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-        nlls, labs, shape = [], [], ()
-        total = len(ds) if limit is None else min(limit, len(ds))  # type: ignore[arg-type]
-        bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
-        for x, y in _batches(ds, batch_size, limit):
-            shape = tuple(x.shape[1:])
-            grids = encode_batch(codec, x)
-            if tuple(grids.shape[1:]) != prior.shape:
-                raise ValueError(
-                    f"inputs of shape {shape} give grids of shape {tuple(grids.shape[1:])} but the prior models "
-                    f"{prior.shape}; score with the codec and input size the prior was trained on"
-                )
-            lab = y if (use_labels and prior.config.num_classes) else None
-            nlls.append(score_grids(prior, grids, lab, batch_size))
-            labs.append(y)
-            bar.update(len(y))
-        bar.close()
-        return torch.cat(nlls), torch.cat(labs), shape
-
-    nll, labels, input_shape = nll_of(dataset, None, "scoring")
-    dims = codec.dims_per_input(input_shape)
-    kind = BPD_KINDS[codec.kind]
-    if train_mean_nll is None and reference is not None and len(reference) > 0:  # type: ignore[arg-type]
-        train_mean_nll = float(nll_of(reference, reference_limit, "scoring train (reference)")[0].mean())
-    if train_mean_nll is not None:
-        ood, method = typicality_score(nll, train_mean_nll), "typicality"
+    if fpr is not None and reference is None:
+        raise ValueError("--fpr calibrates a threshold on the prior's score reference, and this prior has none: "
+                         "pass --reference DATA (the data it was trained on) once to compute it")
+    s = _score_inputs(prior, codec, dataset, batch_size, use_labels, reference, progress)
+    feats = s.features
+    if reference is not None:
+        ood, used = reference.scores(feats, method), method
+        typ: list[float | None] = list(reference.scores(feats, "typicality"))
+        local: list[float | None] = list(feats.local)
     else:
-        ood, method = nll.numpy(), "nll"
-    bpt = bits_per_token(nll, prior.config.seq_len)
-    bpd = bits_per_dim(nll, dims)
+        ood, used, typ, local = feats.nll, "nll", [None] * len(feats.nll), [None] * len(feats.nll)
+    threshold = reference.threshold(fpr, method) if (fpr is not None and reference is not None) else None
+    dims = codec.dims_per_input(s.input_shape)
+    kind = BPD_KINDS[codec.kind]
+    bpt, bpd = bits_per_token(s.nll, prior.config.seq_len), bits_per_dim(s.nll, dims)
 
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -216,19 +273,20 @@ def score_dataset(prior: Prior, codec: Codec, data: Splits | Dataset, out_csv: s
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "label", "nll_nats", "bits_per_token", "bits_per_dim", "bits_per_dim_kind",
-                    "ood_score", "ood_method"])
-        for i in range(len(nll)):
-            w.writerow([i, int(labels[i]), f"{nll[i].item():.6f}", f"{bpt[i].item():.6f}", f"{bpd[i].item():.6f}",
-                        kind, f"{float(ood[i]):.6f}", method])
+                    "complexity_nats", "local_nats", "typicality", "ood_score", "ood_method"] + (["verdict"] if threshold is not None
+                                                                                   else []))
+        for i in range(len(s.nll)):
+            row = [i, int(s.labels[i]), _fmt(s.nll[i]), _fmt(bpt[i]), _fmt(bpd[i]), kind, _fmt(feats.complexity[i]),
+                   _fmt(local[i]), _fmt(typ[i]), _fmt(ood[i]), used]
+            w.writerow(row + (["ood" if ood[i] > threshold else "in"] if threshold is not None else []))
     tmp.replace(out_csv)
-    return {
-        "n": int(len(nll)),
-        "nll_nats": float(nll.mean()),
-        "bits_per_token": float(bpt.mean()),
-        "bits_per_dim": float(bpd.mean()),
-        "bits_per_dim_kind": kind,
-        "dims_per_input": int(dims),
-        "train_mean_nll": train_mean_nll,
-        "ood_method": method,
-        "csv": str(out_csv),
+    summary = {
+        "n": int(len(s.nll)), "nll_nats": float(s.nll.mean()), "bits_per_token": float(bpt.mean()),
+        "bits_per_dim": float(bpd.mean()), "bits_per_dim_kind": kind, "dims_per_input": int(dims),
+        "reference": reference.source if reference is not None else None,
+        "reference_mean_nll": reference.mean_nll if reference is not None else None,
+        "ood_method": used, "csv": str(out_csv),
     }
+    if threshold is not None:
+        summary |= {"fpr": fpr, "threshold": threshold, "flagged": float((ood > threshold).mean())}
+    return (summary, s) if return_scores else summary

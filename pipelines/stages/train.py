@@ -17,9 +17,10 @@ from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data
 from ..data.tokens import load_token_header, load_tokens
+from ..likelihood.reference import reference_split
 from ..training.config import TrainConfig, TrainResult
 from ..training.loop import train
-from ..training.tasks import PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
+from ..training.tasks import HeldOut, PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
 from .common import BPE_DIR, DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
 
 
@@ -72,16 +73,26 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
 
 
 def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig, *, conditional: bool = False,
-                cfg_scale: float | None = None) -> TrainResult:
+                cfg_scale: float | None = None, shift: int = 0, reference_fraction: float = 0.1) -> TrainResult:
     """Train a prior (``model``: ``PriorConfig`` fields, at least ``arch``) on a token folder into ``cfg.out``.
 
     The prior folder records the token folder's codec (``codec.json``), its class names and the sampling
     defaults: a conditional prior samples with classifier-free guidance ``cfg_scale`` (default 2) unless told
     otherwise. Count-based priors (histogram, ngram) are fitted by counting (closed-form maximum likelihood) instead
-    of trained.
+    of trained. ``shift``: training grids rolled by up to this many positions along height and width
+    (``TokenGridDataset``; image grids of trained priors only). ``reference_fraction``: this share of the training
+    grids (at most 1,000, chosen per ``cfg.seed``) is held out of training; once trained, the prior's scores on them
+    are recorded in ``score_reference.json`` (``pipelines.likelihood.reference``), what ``vqgen score`` measures
+    anomalies against. 0: no reference.
     """
     header = load_token_header(tokens_dir)
     tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
+    keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed)
+    reference = None
+    if len(held):  # held out of training: the prior's scores on them are its anomaly reference
+        tr_tokens, tr_labels, held_grids = tr_tokens[keep], tr_labels[keep], tr_tokens[held]
+        reference = HeldOut(held_grids, tr_tokens, f"{len(held)} training grids of {tokens_dir} held out of training "
+                                                   f"(--reference-fraction {reference_fraction}, --seed {cfg.seed})")
     te_tokens, te_labels = load_tokens(tokens_dir, "test")
     num_classes = 0
     if conditional:
@@ -111,11 +122,19 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
                                     "`vqgen bpe train` and `vqgen tokenize --bpe`")
         shutil.copytree(bpe_src, out / BPE_DIR, dirs_exist_ok=True)
     dims = header.dims_per_input
-    train_set, test_set = TokenGridDataset(tr_tokens, tr_labels), TokenGridDataset(te_tokens, te_labels)
+    if shift and (get_modality(header.modality).timed or prior.fitted_by_counting):
+        raise ValueError(f"--shift {shift} rolls image token grids while a network trains; {tokens_dir} holds "
+                         f"{header.modality} tokens" + (" and a count-based prior is not trained"
+                                                        if prior.fitted_by_counting else ""))
+    train_set = TokenGridDataset(tr_tokens, tr_labels, shift=shift, seed=cfg.seed)
+    test_set = TokenGridDataset(te_tokens, te_labels)
     if not prior.fitted_by_counting:
-        return train(PriorTask(prior, str(tokens_dir), dims), train_set, test_set, cfg, hparams=config.to_dict())
+        return train(PriorTask(prior, str(tokens_dir), dims, reference), train_set, test_set, cfg,
+                     hparams=config.to_dict())
     prior.fit(tr_tokens, tr_labels if num_classes else None)
     metrics = evaluate_prior(prior, test_set, 512, dims, num_classes > 0)
     prior.save_pretrained(out, card_info={"tokens": str(tokens_dir), "metrics": metrics})
+    if reference is not None:
+        reference.record(prior, out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return TrainResult(status="finished", step=0, metrics=metrics, checkpoint=None)

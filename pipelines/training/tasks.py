@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -245,17 +247,53 @@ class TokenizerTask(TrainTask):
                                               "metrics": metrics})
 
 
-class TokenGridDataset(Dataset):
-    """(tokens int64 [*shape], label int64) pairs from tensors."""
+@dataclass
+class HeldOut:
+    """Training grids held out of training (int64 [n, *shape]), the grids trained on (int64 [m, *shape]: the local
+    model is counted on them) and what the held-out ones are, in words: once the prior is trained, its scores on
+    them become the folder's score reference (``score_reference.json``, ``score_local/``)."""
 
-    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor):
-        self.tokens, self.labels = tokens, labels
+    grids: torch.Tensor
+    fit: torch.Tensor
+    source: str
+
+    def record(self, prior: Prior, out: Path) -> None:
+        from ..likelihood.score import reference_from_grids
+
+        reference_from_grids(prior, self.grids, self.fit, self.source).save(out)
+
+
+SHIFT_SALT = 0x5F7  # keeps the shift draws apart from any other generator seeded by (seed, epoch, index)
+
+
+class TokenGridDataset(Dataset):
+    """(tokens int64 [*shape], label int64) pairs from tensors.
+
+    ``shift`` > 0 (image grids ``[h, w]`` or ``[h, w, q]``, training only): each grid is rolled by a random offset
+    in [-shift, shift] along height and along width, drawn per (seed, epoch, index) so runs and resumes repeat.
+    On raw-pixel grids with a blank border (mnist5k: 6 black pixels) a roll of a few positions is a translation.
+    """
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, shift: int = 0, seed: int = 0):
+        if shift < 0:
+            raise ValueError(f"shift must be >= 0, got {shift}")
+        if shift and tokens.dim() < 3:
+            raise ValueError(f"--shift rolls image token grids [h, w]; these grids are {tuple(tokens.shape[1:])}")
+        self.tokens, self.labels, self.shift, self.seed, self.epoch = tokens, labels, int(shift), int(seed), 0
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's shifts (reproducibly per epoch)."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tokens[i], self.labels[i]
+        if not self.shift:
+            return self.tokens[i], self.labels[i]
+        dy, dx = np.random.default_rng([self.seed, self.epoch, int(i), SHIFT_SALT]).integers(
+            -self.shift, self.shift + 1, size=2)
+        return torch.roll(self.tokens[i], (int(dy), int(dx)), dims=(0, 1)), self.labels[i]
 
 
 @torch.no_grad()
@@ -290,11 +328,12 @@ class PriorTask(TrainTask):
 
     name = "prior"
 
-    def __init__(self, prior: Prior, tokens_dir: str, dims_per_input: int):
+    def __init__(self, prior: Prior, tokens_dir: str, dims_per_input: int, reference: HeldOut | None = None):
         self.model = PriorLossWrapper(prior)
         self.tokens_dir = tokens_dir
         self.dims_per_input = dims_per_input
         self.conditional = prior.config.num_classes > 0
+        self.reference = reference  # held-out grids: the saved prior's score reference is measured on them
 
     def validate_data(self, dataset: Dataset, split: str) -> None:
         """All token grids in [0, vocab) and of the prior's shape, all labels in [0, num_classes): once per split,
@@ -335,6 +374,8 @@ class PriorTask(TrainTask):
     def save_final(self, model: nn.Module, out: Path, metrics: dict[str, Any]) -> None:
         model.prior.save_pretrained(out, card_info={"tokens": self.tokens_dir, "steps": metrics.get("step"),  # type: ignore[union-attr]
                                                     "metrics": metrics})
+        if self.reference is not None:
+            self.reference.record(model.prior, out)  # type: ignore[arg-type]
 
 
 class PriorLossWrapper(nn.Module):

@@ -24,7 +24,8 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
 
 def test_the_prior_and_its_budgets_are_the_recipe_file():
     settings = load_recipe("speech/prior_delay", "train-prior")
-    assert SC.RECIPE_FILE == "recipes/speech/prior_delay.yaml" and SC.PRIOR | SC.LOOP == settings
+    assert SC.RECIPE_FILE == "recipes/speech/prior_delay.yaml" and SC.PRIOR | SC.LOOP | SC.STAGE == settings
+    assert SC.STAGE == {"reference_fraction": 0}  # as every prior trained before priors carried a reference
     assert SC.BUDGET[5] == {"steps": settings["steps"], "seconds": settings["max_seconds"],
                             "batch": settings["batch_size"]} and SC.LR == settings["lr"]
     assert SC.BUDGET[2] == SC.BUDGET[5] | {"steps": 250}  # the q = 2 rung's own steps

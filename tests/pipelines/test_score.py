@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from pipelines.data import Splits
+from pipelines.likelihood.reference import DEFAULT_METHOD
 from pipelines.likelihood.score import (
     bits_per_dim,
     bits_per_token,
     encode_batch,
+    grid_features,
     ood_auroc,
+    reference_from_grids,
     score_dataset,
     score_grids,
     typicality_score,
@@ -181,20 +184,26 @@ def test_score_dataset_raw_splits(tmp_path, levels, shape):
     dims = math.prod(shape)  # C*H*W
     prior = build_prior(arch="histogram", vocab_size=levels, shape=codec.token_shape())
     prior.net.fit(quantize_raw(train, levels).reshape(200, -1))
-    summary = score_dataset(prior, codec, splits, tmp_path / "s" / "scores.csv", batch_size=8, progress=False)
+    grids = quantize_raw(train, levels)
+    ref = reference_from_grids(prior, grids[:100], grids[100:], "the first 100 training images")
+    summary = score_dataset(prior, codec, splits, tmp_path / "s" / "scores.csv", batch_size=8, progress=False,
+                            reference=ref)
     rows = _read_csv(tmp_path / "s" / "scores.csv")
     nll = score_grids(prior, quantize_raw(test, levels))
-    ref = score_grids(prior, quantize_raw(train, levels)).mean().item()
     assert len(rows) == 30 and summary["n"] == 30 and summary["dims_per_input"] == dims
     assert list(rows[0]) == ["index", "label", "nll_nats", "bits_per_token", "bits_per_dim", "bits_per_dim_kind",
-                             "ood_score", "ood_method"]
+                             "complexity_nats", "local_nats", "typicality", "ood_score", "ood_method"]
     assert [int(r["label"]) for r in rows] == (torch.arange(30) % 3).tolist()
     assert float(rows[4]["nll_nats"]) == pytest.approx(nll[4].item(), abs=1e-5)
     assert float(rows[4]["bits_per_dim"]) == pytest.approx(nll[4].item() / math.log(2) / dims, abs=1e-5)
     assert float(rows[4]["bits_per_dim"]) == pytest.approx(float(rows[4]["bits_per_token"]), abs=1e-6)  # raw: D = L
     assert rows[0]["bits_per_dim_kind"] == summary["bits_per_dim_kind"] == "raw_likelihood"
-    assert summary["ood_method"] == "typicality" and summary["train_mean_nll"] == pytest.approx(ref)
-    assert float(rows[4]["ood_score"]) == pytest.approx(abs(nll[4].item() - ref), abs=1e-5)
+    # the anomaly scores come from the reference, never from the split's own training data
+    assert summary["ood_method"] == DEFAULT_METHOD and summary["reference_mean_nll"] == pytest.approx(ref.mean_nll)
+    assert float(rows[4]["typicality"]) == pytest.approx(abs(nll[4].item() - ref.mean_nll), abs=1e-5)
+    feats = grid_features(prior, ref.local_model, quantize_raw(test, levels))
+    assert float(rows[4]["ood_score"]) == pytest.approx(ref.scores(feats)[4], abs=1e-5)
+    assert float(rows[4]["complexity_nats"]) == pytest.approx(feats.complexity[4], abs=1e-5)
     assert summary["bits_per_dim"] == pytest.approx(nll.mean().item() / math.log(2) / dims)
 
 
@@ -213,9 +222,18 @@ def test_score_dataset_tokens_plain_dataset(tmp_path):
     assert float(rows[0]["bits_per_token"]) == pytest.approx(math.log2(9), abs=1e-5)
     assert summary["bits_per_dim"] == pytest.approx(4 * math.log2(9) / 192)
     assert float(rows[0]["ood_score"]) == pytest.approx(float(rows[0]["nll_nats"]), abs=1e-5)
+    assert rows[0]["typicality"] == rows[0]["local_nats"] == ""  # no reference: no anomaly scores beyond the NLL
+    with pytest.raises(ValueError, match="--fpr calibrates a threshold.*--reference DATA"):
+        score_dataset(prior, tok, ListDataset(x, -torch.ones(10)), tmp_path / "t.csv", progress=False, fpr=0.05)
+    grids = encode_batch(tok, torch.rand(60, 3, 8, 8))
+    ref = reference_from_grids(prior, grids[:30], grids[30:], "random images")
     summary = score_dataset(prior, tok, ListDataset(x, -torch.ones(10)), tmp_path / "t.csv", progress=False,
-                            train_mean_nll=1.0)
-    assert summary["ood_method"] == "typicality"
+                            reference=ref, fpr=0.1)
+    rows = _read_csv(tmp_path / "t.csv")
+    assert summary["ood_method"] == DEFAULT_METHOD and summary["threshold"] == pytest.approx(ref.threshold(0.1))
+    assert [r["verdict"] for r in rows] == ["ood" if float(r["ood_score"]) > summary["threshold"] else "in"
+                                            for r in rows]
+    assert summary["flagged"] == pytest.approx(np.mean([r["verdict"] == "ood" for r in rows]))
 
 
 def test_score_dataset_raw_audio(tmp_path):

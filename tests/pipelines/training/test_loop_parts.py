@@ -200,3 +200,20 @@ def test_the_old_import_paths_still_work():
     assert loop.TrainConfig is package.TrainConfig is TrainConfig and loop.train is package.train
     with pytest.raises(AttributeError):
         package.no_such_name  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------- shift augmentation
+def test_token_grid_shift_rolls_reproducibly():
+    from pipelines.training.tasks import TokenGridDataset
+
+    grids = torch.arange(3 * 6 * 6).reshape(3, 6, 6)
+    ds = TokenGridDataset(grids, torch.zeros(3, dtype=torch.long), shift=2, seed=5)
+    a = [ds[i][0] for i in range(3)]
+    for g, x in zip(grids, a):  # a roll: the same tokens, moved by at most 2 along each axis
+        assert any(torch.equal(torch.roll(g, (dy, dx), (0, 1)), x) for dy in range(-2, 3) for dx in range(-2, 3))
+    assert all(torch.equal(x, ds[i][0]) for i, x in enumerate(a))  # same seed, epoch and index: same roll
+    ds.set_epoch(1)
+    assert any(not torch.equal(x, ds[i][0]) for i, x in enumerate(a))  # another epoch, other rolls
+    assert torch.equal(TokenGridDataset(grids, torch.zeros(3)).__getitem__(1)[0], grids[1])  # shift 0: untouched
+    with pytest.raises(ValueError, match="image token grids"):
+        TokenGridDataset(torch.zeros(2, 10, dtype=torch.long), torch.zeros(2), shift=1)
