@@ -615,7 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the bench; returns the results dict (also written unless --quick)."""
+    """Run the bench; returns the results dict (also written unless --quick). ``--folds K``: the cross-validated
+    version, ``bench.compression_folds``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--folds" in argv:
+        from bench.compression_folds import main as folds_main
+
+        return folds_main(argv)
     args = build_parser().parse_args(argv)
     if args.render:
         res = json.loads(Path(args.render).read_text())
@@ -652,7 +658,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             files[name] = file
         given = {k: v for k, v in given_all.items() if given_levels[k] == lv}
         out_levels.append(bench_levels(lv, args, work, recipes, given, files))
-    res = {"command": " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python -m bench.compression", *(argv if argv is not None else sys.argv[1:])]),
+    res = {"command": " ".join([f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python -m bench.compression", *argv]),
            "chunk": args.chunk, "repeats": args.repeats, "quick": args.quick, "levels": out_levels,
            "published_nats_per_digit": dict(PUBLISHED),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
