@@ -352,6 +352,7 @@ def markdown(res: dict[str, Any]) -> str:
                      + f" | {100 * r['detected']:.1f}% | {r['ood_bits_per_dim']:.3f} | "
                        f"{100 * r['ood_more_likely_than_median_digit']:.0f}% |")
     worst = min(res["rows"], key=lambda r: r["auroc_ood_score"])
+    lines += spread_lines(res)
     lines += ["", f"Lowest AUROC of the default score: {worst['ood']} ({worst['auroc_ood_score']:.3f}). Plain NLL fails "
               "where an input is simpler than a digit (shrunk digits, typed digits at their own size): the model codes "
               "them in fewer bits than its own test digits. `excess` (Serra et al. 2020: NLL minus the PNG length) "
@@ -365,6 +366,37 @@ def markdown(res: dict[str, Any]) -> str:
               f"{m['load_before']:.1f} at the start, {m['load_after']:.1f} at the end), torch {m['torch']}, "
               f"{m['torch_threads']} thread(s). Total {res['total_seconds'] / 60:.1f} minutes.", ""]
     return "\n".join(lines)
+
+
+def other_runs(paths: list[str] | None) -> list[dict[str, Any]]:
+    """What the report needs of other seeds' results files: seed, test digits flagged, per-set AUROCs."""
+    out = []
+    for path in paths or []:
+        r = json.loads(Path(path).read_text())
+        out.append({"file": str(path), "seed": r.get("seed"), "flagged": r["digits"]["flagged"],
+                    "auroc": {row["ood"]: {"ood_score": row["auroc_ood_score"], "nll": row["auroc"]["nll"]}
+                              for row in r["rows"]}})
+    return out
+
+
+def spread_lines(res: dict[str, Any]) -> list[str]:
+    """A table of the default score's AUROC per set at this run's seed and every other run's, with the minimum."""
+    others = res.get("other_runs") or []
+    if not others:
+        return []
+    runs = [(res.get("seed", 0), {r["ood"]: {"ood_score": r["auroc_ood_score"], "nll": r["auroc"]["nll"]}
+                                  for r in res["rows"]}, res["digits"]["flagged"])]
+    runs += [(o["seed"], o["auroc"], o["flagged"]) for o in others]
+    lines = ["", "Across seeds (each seed trains its own prior, draws its own held-out reference and OOD sets): AUROC "
+             "of the default `ood_score` (plain NLL in brackets) and the share of test digits the verdict flags.", "",
+             "| OOD set | " + " | ".join(f"seed {s}" for s, _, _ in runs) + " | min |",
+             "|---|" + "---:|" * (len(runs) + 1)]
+    for r in res["rows"]:
+        vals = [a[r["ood"]] for _, a, _ in runs if r["ood"] in a]
+        lines.append(f"| {r['ood']} | " + " | ".join(f"{v['ood_score']:.3f} ({v['nll']:.2f})" for v in vals)
+                     + f" | {min(v['ood_score'] for v in vals):.3f} |")
+    lines.append(f"| test digits flagged at fpr {FPR} | " + " | ".join(f"{100 * f:.1f}%" for _, _, f in runs) + " | |")
+    return lines
 
 
 def prior_recipe(quick: bool = False, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
@@ -388,11 +420,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-ood", help="token folder, prior, OOD image folders and CSVs go here")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--also", nargs="+", default=None, metavar="JSON",
+                    help="results of the same bench at other seeds (--json files): their AUROCs are reported beside "
+                         "this run's, with the spread")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="only rewrite docs/benchmarks/ood.md and ood.png from a results file and its CSVs (no run)")
     args = ap.parse_args(argv)
     if args.render:
         res = json.loads(Path(args.render).read_text())
+        if args.also:
+            res["other_runs"] = other_runs(args.also)
         plot(res, ROOT / "docs" / "benchmarks" / "ood.png")
         write_results("ood", res, markdown(res))
         return res
@@ -422,7 +459,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scored = score_sets(prior_dir, sets, work, args.sets)
     res = {"command": " ".join(["OMP_NUM_THREADS=1 python -m bench.ood", *(argv if argv is not None else sys.argv[1:])]),
            "prior": {"dir": str(prior_dir), "config": folder.prior.config.to_dict(), "training": training},
-           **scored, "photo_names": sets["photo_names"], "font_names": sets["font_names"],
+           **scored, "photo_names": sets["photo_names"], "font_names": sets["font_names"], "seed": args.seed,
+           "other_runs": other_runs(args.also),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                        "torch": torch.__version__, "load_before": load_before, "load_after": os.getloadavg()[0]},
            "total_seconds": time.perf_counter() - t_all}

@@ -95,7 +95,7 @@ class TrainPriorOptions:
     out: str  # run folder: becomes a save_pretrained folder, resumable checkpoints under OUT/checkpoints
     conditional: bool = False  # model p(tokens | label) (needs labels)
     cfg_scale: float | None = None  # conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in OUT/sampling.json (default 2; 1 = no guidance)
-    reference_fraction: float = 0.1  # this share of the training grids (at most 1,000) is held out of training; the trained prior's scores on them become its anomaly reference (OUT/score_reference.json), what `vqgen score` measures every input against; 0 = none
+    reference_fraction: float = 0.1  # this share of the training grids (at most 1,000, and about 2 million tokens) is held out of training; the trained prior's scores on them become its anomaly reference (OUT/score_reference.json), what `vqgen score` measures every input against; 0 = none
     shift: int = 0  # image token grids: roll each training grid by a random offset of up to this many positions along height and width, drawn per seed, epoch and grid (data augmentation against overfitting; 0 = off)
 
 

@@ -200,7 +200,7 @@ class NGramNet(PriorNet):
         return torch.where(ctx[i] == key, i, -1)
 
     def _mix(self, j: int, c: Tensor, n: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Level j's smoothing as p_j = a + b p_{j-1} from counts c [Q, V], totals n [Q], distinct t [Q]
+        """Level j's smoothing as p_j = a + b p_{j-1} from counts c [Q, V] (or [Q, 1]: one symbol's), totals n [Q], distinct t [Q]
         (n = 0: an unseen context, a = 0 and b = 1)."""
         mode, seen = self.config.ngram_smoothing, n > 0
         n1 = n.clamp(min=1e-300)
@@ -211,7 +211,7 @@ class NGramNet(PriorNet):
             a, b = c / (n1 + t)[:, None], t / (n1 + t)
         else:  # add_alpha: the top contexts only, no back-off to shorter contexts
             al = self.config.ngram_alpha
-            a, b = (c + al) / (n + al * c.shape[1])[:, None], torch.zeros_like(n)
+            a, b = (c + al) / (n + al * self.config.vocab_size)[:, None], torch.zeros_like(n)
         return torch.where(seen[:, None], a, 0.0), torch.where(seen, b, 1.0)
 
     def _derived(self, j: int) -> tuple[Tensor | None, Tensor | None]:
@@ -279,6 +279,47 @@ class NGramNet(PriorNet):
                 a, b = self._coefs(j, idx)
                 p = torch.addcmul(a, b, p)
         return p.log()
+
+    def _token_coefs(self, j: int, idx: Tensor, tok: Tensor) -> tuple[Tensor, Tensor]:
+        """(a [Q], b [Q]) of level j for one symbol per query: ``_coefs`` read at column ``tok`` [Q], without
+        building [Q, V] rows (the count of tok in context idx is found by binary search in the sorted pair keys)."""
+        ab = self._derived(j)[1]
+        V = self.config.vocab_size
+        if ab is not None:
+            return ab[idx, tok], ab[idx, V]
+        ctx, off, sym, cnt, tot = self.table(j)
+        Q = idx.shape[0]
+        c = torch.zeros(Q, dtype=torch.float64, device=idx.device)
+        n, t = torch.zeros_like(c), torch.zeros_like(c)
+        rows = (idx >= 0).nonzero().squeeze(1)
+        if rows.numel() and sym.numel():
+            ci = idx[rows]
+            length = off[1:] - off[:-1]
+            keys = torch.repeat_interleave(torch.arange(ctx.numel(), device=idx.device), length) * V + sym
+            want = ci * V + tok[rows]
+            pos = torch.searchsorted(keys, want).clamp_(max=keys.numel() - 1)
+            c[rows] = torch.where(keys[pos] == want, cnt[pos], 0.0)
+            n[rows], t[rows] = tot[ci], length[ci].double()
+        a, b = self._mix(j, c[:, None], n, t)
+        return a[:, 0], b
+
+    def sequence_log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """log p(x) float64 [B] of x int64 [B, L]: the product of the same conditionals as ``forward``, each read for
+        the token that is there only (no [B, L, V] distribution: scoring a grid costs O(levels) per position)."""
+        B, Lp = x.shape
+        parents = [s.reshape(-1) for s in self._parents(x, labels)]
+        tok, Q = x.reshape(-1), B * Lp
+        device = self.ctx_0.device
+        idx = torch.full((Q,), 0 if self.ctx_0.numel() else -1, dtype=torch.long, device=device)
+        p = torch.full((Q,), 1.0 / self.config.vocab_size, dtype=torch.float64, device=device)
+        used = range(self.levels) if self.config.ngram_smoothing != "add_alpha" else (self.top_raw, self.levels - 1)
+        for j in range(self.levels):
+            if j:
+                idx = self._lookup(j, idx, parents[j - 1])
+            if j in used:
+                a, b = self._token_coefs(j, idx, tok)
+                p = torch.addcmul(a, b, p)
+        return p.log().reshape(B, Lp).sum(1)
 
     def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
         B, Lp = x.shape

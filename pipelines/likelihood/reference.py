@@ -53,6 +53,9 @@ REFERENCE_FORMAT = 1
 LOCAL_DIR = "score_local"  # the local model, a save_pretrained n-gram prior folder inside the prior folder
 LOCAL_ORDER = 2  # parents of the local model: left and upper neighbour (2-D grids), two previous tokens (1-D)
 LOCAL_FIT_LIMIT = 20000  # the local model is counted on at most this many training grids (bounded size)
+LOCAL_FIT_TOKENS = 20_000_000  # ... and at most about this many tokens (long audio grids)
+REFERENCE_LIMIT = 1000  # at most this many held-out grids ...
+REFERENCE_TOKENS = 2_000_000  # ... and about this many tokens (scoring them ends every train-prior run)
 METHODS = ("nll", "typicality", "nll_tails", "excess", "local_excess", "combined")
 DEFAULT_METHOD = "local_excess"
 TAIL = 0.025  # a calibrated deviation of 1 = this quantile (below the median) or 1 - TAIL (above)
@@ -246,19 +249,22 @@ class ScoreReference:
 
 def fit_local_model(grids: Tensor, vocab_size: int, shape: tuple[int, ...], num_codebooks: int = 1) -> Any:
     """The local model: an order-``LOCAL_ORDER`` n-gram ``Prior`` counted on grids (int [N, *shape]; at most
-    ``LOCAL_FIT_LIMIT`` of them are used, evenly spaced)."""
-    if len(grids) > LOCAL_FIT_LIMIT:
-        grids = grids[torch.linspace(0, len(grids) - 1, LOCAL_FIT_LIMIT).long()]
+    ``LOCAL_FIT_LIMIT`` of them and about ``LOCAL_FIT_TOKENS`` tokens are used, evenly spaced)."""
+    limit = max(1, min(LOCAL_FIT_LIMIT, LOCAL_FIT_TOKENS // max(1, grids[0].numel() if len(grids) else 1)))
+    if len(grids) > limit:
+        grids = grids[torch.linspace(0, len(grids) - 1, limit).long()]
     model = build_prior(PriorConfig(arch="ngram", ngram_order=LOCAL_ORDER, vocab_size=vocab_size, shape=tuple(shape),
                                     num_codebooks=num_codebooks))
     model.fit(grids.long())
     return model
 
 
-def reference_split(n: int, fraction: float, seed: int, cap: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, held) of ``n`` training grids: ``round(fraction * n)`` of them (at most ``cap``) held out for
-    the score reference, chosen by a permutation seeded with ``seed``; none when that is below ``MIN_REFERENCE``.
-    Both sorted int64 arrays."""
+def reference_split(n: int, fraction: float, seed: int, seq_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held) of ``n`` training grids of ``seq_len`` tokens: ``round(fraction * n)`` of them (at most
+    ``REFERENCE_LIMIT`` and ``REFERENCE_TOKENS / seq_len``, at least ``MIN_REFERENCE``) held out for the score
+    reference, chosen by a permutation seeded with ``seed``; none when fewer than ``MIN_REFERENCE`` would be. Both
+    sorted int64 arrays."""
+    cap = max(MIN_REFERENCE, min(REFERENCE_LIMIT, REFERENCE_TOKENS // max(1, seq_len)))
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"--reference-fraction must be in [0, 1), got {fraction}")
     k = min(int(round(fraction * n)), cap)

@@ -81,13 +81,14 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     otherwise. Count-based priors (histogram, ngram) are fitted by counting (closed-form maximum likelihood) instead
     of trained. ``shift``: training grids rolled by up to this many positions along height and width
     (``TokenGridDataset``; image grids of trained priors only). ``reference_fraction``: this share of the training
-    grids (at most 1,000, chosen per ``cfg.seed``) is held out of training; once trained, the prior's scores on them
+    grids (at most 1,000 and about 2 million tokens, chosen per ``cfg.seed``) is held out of training; once trained, the prior's scores on them
     are recorded in ``score_reference.json`` (``pipelines.likelihood.reference``), what ``vqgen score`` measures
     anomalies against. 0: no reference.
     """
     header = load_token_header(tokens_dir)
     tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
-    keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed)
+    seq_len = tr_tokens[0].numel() if len(tr_tokens) else 1
+    keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed, seq_len)
     reference = None
     if len(held):  # held out of training: the prior's scores on them are its anomaly reference
         tr_tokens, tr_labels, held_grids = tr_tokens[keep], tr_labels[keep], tr_tokens[held]

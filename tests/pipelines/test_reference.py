@@ -97,6 +97,8 @@ def test_reference_split():
     assert np.array_equal(reference_split(1000, 0.1, seed=3)[1], held)  # deterministic per seed
     assert not np.array_equal(reference_split(1000, 0.1, seed=4)[1], held)
     assert len(reference_split(100000, 0.1, seed=0)[1]) == 1000  # capped
+    assert len(reference_split(100000, 0.1, seed=0, seq_len=16000)[1]) == 125  # long grids: capped in tokens
+    assert len(reference_split(1000, 0.1, seed=0, seq_len=10**7)[1]) == MIN_REFERENCE
     assert len(reference_split(100, 0.1, seed=0)[1]) == 0  # 10 < MIN_REFERENCE: no reference
     assert len(reference_split(1000, 0.0, seed=0)[1]) == 0
     with pytest.raises(ValueError, match="--reference-fraction"):

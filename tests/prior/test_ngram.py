@@ -279,3 +279,24 @@ def test_binarised_mnist_beats_the_histogram() -> None:
     assert jbig < 0.6 * hist, msg
     assert fit_s < 5, msg
     print(msg)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "sparse"])
+@pytest.mark.parametrize("num_classes", [0, 3])
+@pytest.mark.parametrize("kw", CONFIGS, ids=["1d", "jbig", "raster-wb", "pos-addalpha"])
+def test_sequence_log_prob_reads_forward_at_the_tokens(kw: dict, num_classes: int, dense: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scoring shortcut (one symbol per position, no [B, L, V] rows) is the sum of forward's conditionals."""
+    p, x, lab = random_fit(num_classes, **kw)
+    if not dense:
+        monkeypatch.setattr(ngram_module, "DENSE_LIMIT", 0)
+    flat = x.reshape(6, -1)
+    for labels in ([lab, None] if num_classes else [None]):
+        net_labels = p.check_labels(labels, 6, "cpu", unknown=True)
+        with torch.no_grad():
+            fast = p.net.sequence_log_prob(flat, net_labels)
+            full = p.net(flat, net_labels).double().gather(-1, flat[..., None]).squeeze(-1).sum(1)
+        assert fast.dtype == torch.float64
+        torch.testing.assert_close(fast, full, rtol=0, atol=1e-4)  # forward rounds each conditional to float32
+        if labels is not None or not num_classes:  # Prior.log_prob wants a conditional prior's labels
+            torch.testing.assert_close(p.log_prob(x, labels).double(), fast, rtol=1e-6, atol=1e-6)  # float32 out
