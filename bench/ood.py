@@ -40,6 +40,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -373,7 +374,11 @@ def other_runs(paths: list[str] | None) -> list[dict[str, Any]]:
     out = []
     for path in paths or []:
         r = json.loads(Path(path).read_text())
-        out.append({"file": str(path), "seed": r.get("seed"), "flagged": r["digits"]["flagged"],
+        seed = r.get("seed")
+        if seed is None:  # results written before the seed was recorded: read it from the command
+            m = re.search(r"--seed[ =](\d+)", r["command"])
+            seed = int(m.group(1)) if m else 0
+        out.append({"file": str(path), "seed": seed, "flagged": r["digits"]["flagged"],
                     "auroc": {row["ood"]: {"ood_score": row["auroc_ood_score"], "nll": row["auroc"]["nll"]}
                               for row in r["rows"]}})
     return out

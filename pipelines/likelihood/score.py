@@ -15,12 +15,13 @@ away, so it is a lower bound on nothing and must not be compared with raw-pixel 
 
 OOD detection
 -------------
-Two scores, higher = more anomalous: the plain NLL, and the per-example typicality score
-|NLL - mean train NLL| (Nalisnick et al. 2019, "Detecting out-of-distribution inputs to deep generative
-models using typicality", with batch size M = 1). Typicality exists because deep generative models can
-assign *higher* likelihood to some OOD sets (SVHN under a CIFAR model) than to their own test data: such
-inputs are atypically likely, and the absolute deviation catches them where plain NLL cannot.
-``ood_auroc`` compares two sets of scores with the Mann-Whitney rank statistic.
+Anomaly scores are measured against the prior's own ``ScoreReference`` (``reference.py``): its scores on training
+grids it was not trained on, recorded by ``train-prior``. Every score of an input comes from that input and the
+reference alone, so it is the same in any dataset. The plain NLL alone fails where an input is *simpler* than the
+training data (Nalisnick et al. 2019: SVHN under a CIFAR model; here shrunk or typed digits under an MNIST model):
+such inputs are atypically likely. ``reference.py`` defines the scores (plain NLL, typicality |NLL - mean|,
+calibrated two-sided NLL tails, the input-complexity corrections ``excess`` and ``local_excess``) and says which
+is the default and why. ``ood_auroc`` compares two sets of scores with the Mann-Whitney rank statistic.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def ood_auroc(scores_in: Any, scores_out: Any) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- datasets
-def _batches(dataset: Dataset, batch_size: int, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def input_batches(dataset: Dataset, batch_size: int, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x float32 [b, *input_shape], labels int64 [b], -1 where unknown) batches of a dataset of (x, label)."""
     n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
     for i in range(0, n, batch_size):
         items = [dataset[j] for j in range(i, min(i + batch_size, n))]
@@ -193,7 +195,7 @@ def _score_inputs(prior: Prior, codec: Codec, dataset: Dataset, batch_size: int,
     nlls, feats, labs, shape = [], [], [], ()
     conditional = bool(use_labels and prior.config.num_classes)
     bar = tqdm(total=len(dataset), desc="scoring", disable=not progress, leave=False)  # type: ignore[arg-type]
-    for x, y in _batches(dataset, batch_size):
+    for x, y in input_batches(dataset, batch_size):
         shape = tuple(x.shape[1:])
         grids = encode_batch(codec, x)
         if tuple(grids.shape[1:]) != prior.shape:

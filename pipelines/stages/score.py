@@ -17,8 +17,8 @@ from ..likelihood.compress import CompressionStats, compress_files, decompress_f
 from ..likelihood.reference import DEFAULT_METHOD, METHODS, MIN_REFERENCE, ScoreReference
 from ..likelihood.score import (
     GridScores,
-    _batches,
     encode_batch,
+    input_batches,
     ood_auroc,
     reference_from_grids,
     score_dataset,
@@ -83,7 +83,7 @@ def _reference(folder: Any, codec: Any, data: dict[str, Any], reference: str | N
     held, fit = np.sort(perm[:REFERENCE_LIMIT]), np.sort(perm[REFERENCE_LIMIT:][:LOCAL_FIT_EXAMPLES])
     if len(fit) < MIN_REFERENCE:  # a small dataset: the local model is counted on the reference examples too
         fit = held
-    grids = {k: torch.cat([encode_batch(codec, x) for x, _ in _batches(Subset(train, idx.tolist()), batch_size)])
+    grids = {k: torch.cat([encode_batch(codec, x) for x, _ in input_batches(Subset(train, idx.tolist()), batch_size)])
              for k, idx in (("held", held), ("fit", fit))}
     source = (f"{len(held)} examples of the training split of {reference} (given by --reference; the prior may have "
               f"been trained on them), local model counted on {len(fit)} others")
