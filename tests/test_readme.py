@@ -28,7 +28,8 @@ def worked_examples() -> list[list[str]]:
 
 
 def shrink(argv: list[str]) -> list[str]:
-    """The same command with tiny budgets: 2 steps (a checkpoint each step), 64 training examples, 8 eval examples."""
+    """The same command with tiny budgets: 2 steps (a checkpoint each step), 64 training examples, 8 eval examples;
+    priors hold out half their 64 grids for the score reference."""
     out = list(argv)
     if "--steps" in out:
         out[out.index("--steps") + 1] = "2"
@@ -37,6 +38,8 @@ def shrink(argv: list[str]) -> list[str]:
         out += ["--limit", "64"]
     if out[0] == "train-tokenizer":
         out += ["--eval-limit", "8"]
+    if out[0] == "train-prior":  # 64 examples: hold out half, so the prior still records a score reference (>= 20)
+        out += ["--reference-fraction", "0.5"]
     if out[0] == "demo":
         out += ["--quick"]
     return out + ["--quiet"]
