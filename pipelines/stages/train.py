@@ -81,9 +81,10 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     otherwise. Count-based priors (histogram, ngram) are fitted by counting (closed-form maximum likelihood) instead
     of trained. ``shift``: training grids rolled by up to this many positions along height and width
     (``TokenGridDataset``; image grids of trained priors only). ``reference_fraction``: this share of the training
-    grids (at most 1,000 and about 2 million tokens, chosen per ``cfg.seed``) is held out of training; once trained, the prior's scores on them
-    are recorded in ``score_reference.json`` (``pipelines.likelihood.reference``), what ``vqgen score`` measures
-    anomalies against. 0: no reference.
+    grids (at most 1,000 and about 2 million tokens, chosen per ``cfg.seed``) is held out of training; once
+    trained, the prior's scores on them (and a local n-gram's, counted on the other training grids) are recorded in
+    ``score_reference.json`` and ``score_local/`` (``pipelines.likelihood.reference``), what ``vqgen score``
+    measures anomalies against. 0: no reference.
     """
     header = load_token_header(tokens_dir)
     tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
