@@ -245,3 +245,13 @@ def test_train_prior_reference_fraction_and_shift_checks(prior_dir, tmp_path):
     with pytest.raises(ValueError, match="--shift 1 rolls image token grids while a network trains.*count-based"):
         train_prior(tokens, {"arch": "ngram"}, TrainConfig(out=str(tmp_path / "n2"), steps=1, progress=False,
                                                            device="cpu"), shift=1)
+
+
+def test_score_ood_reports_every_method(prior_dir, tmp_path):
+    s = score(prior_dir, {"name": "mnist5k", "limit": 50}, tmp_path / "in.csv", progress=False, ood="shapes",
+              fpr=0.1, batch_size=64)
+    assert set(s["auroc"]) == set(METHODS) and s["auroc_ood_score"] == s["auroc"][DEFAULT_METHOD]
+    assert s["auroc_ood_score"] > 0.7  # shapes are not digits: well above chance even for this tiny prior (0.86)
+    assert 0.0 <= s["ood_flagged"] <= 1.0 and Path(s["ood_png"]).is_file()
+    rows = _rows(tmp_path / "in.ood.csv")
+    assert {r["ood_method"] for r in rows} == {DEFAULT_METHOD} and {r["verdict"] for r in rows} <= {"ood", "in"}
