@@ -266,19 +266,24 @@ class NGramNet(PriorNet):
         a, b = self._mix(j, c, n, t)
         return a, b[:, None]
 
-    def _log_probs(self, parents: list[Tensor], Q: int) -> Tensor:
-        """parents: per level 1.., int64 [Q] -> log p float64 [Q, V]."""
-        device = self.ctx_0.device
+    def _chain(self, parents: list[Tensor], Q: int, tok: Tensor | None = None) -> Tensor:
+        """Walk the levels, p_j = a_j + b_j p_{j-1} from the uniform distribution up: parents per level 1.., int64
+        [Q] -> p float64 [Q, V], or [Q] (the probability of ``tok`` [Q] only) when ``tok`` is given."""
+        device, V = self.ctx_0.device, self.config.vocab_size
         idx = torch.full((Q,), 0 if self.ctx_0.numel() else -1, dtype=torch.long, device=device)
-        p = torch.full((Q, self.config.vocab_size), 1.0 / self.config.vocab_size, dtype=torch.float64, device=device)
+        p = torch.full((Q,) if tok is not None else (Q, V), 1.0 / V, dtype=torch.float64, device=device)
         used = range(self.levels) if self.config.ngram_smoothing != "add_alpha" else (self.top_raw, self.levels - 1)
         for j in range(self.levels):
             if j:
                 idx = self._lookup(j, idx, parents[j - 1])
             if j in used:
-                a, b = self._coefs(j, idx)
+                a, b = self._coefs(j, idx) if tok is None else self._token_coefs(j, idx, tok)
                 p = torch.addcmul(a, b, p)
-        return p.log()
+        return p
+
+    def _log_probs(self, parents: list[Tensor], Q: int) -> Tensor:
+        """parents: per level 1.., int64 [Q] -> log p float64 [Q, V]."""
+        return self._chain(parents, Q).log()
 
     def _token_coefs(self, j: int, idx: Tensor, tok: Tensor) -> tuple[Tensor, Tensor]:
         """(a [Q], b [Q]) of level j for one symbol per query: ``_coefs`` read at column ``tok`` [Q], without
@@ -308,18 +313,7 @@ class NGramNet(PriorNet):
         the token that is there only (no [B, L, V] distribution: scoring a grid costs O(levels) per position)."""
         B, Lp = x.shape
         parents = [s.reshape(-1) for s in self._parents(x, labels)]
-        tok, Q = x.reshape(-1), B * Lp
-        device = self.ctx_0.device
-        idx = torch.full((Q,), 0 if self.ctx_0.numel() else -1, dtype=torch.long, device=device)
-        p = torch.full((Q,), 1.0 / self.config.vocab_size, dtype=torch.float64, device=device)
-        used = range(self.levels) if self.config.ngram_smoothing != "add_alpha" else (self.top_raw, self.levels - 1)
-        for j in range(self.levels):
-            if j:
-                idx = self._lookup(j, idx, parents[j - 1])
-            if j in used:
-                a, b = self._token_coefs(j, idx, tok)
-                p = torch.addcmul(a, b, p)
-        return p.log().reshape(B, Lp).sum(1)
+        return self._chain(parents, B * Lp, x.reshape(-1)).log().reshape(B, Lp).sum(1)
 
     def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
         B, Lp = x.shape
