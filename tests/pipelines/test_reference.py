@@ -175,7 +175,7 @@ def test_train_prior_records_a_held_out_reference(prior_dir):
     assert "held out of training" in d["source"]
     ref = ScoreReference.load(prior_dir)
     assert ref.local_model.config.arch == "ngram" and ref.local_model.shape == (32, 32)
-    assert json.loads((prior_dir / "train_config.json").read_text())  # a trained run, not a stub
+    assert json.loads((prior_dir / "metrics.json").read_text())["step"] == 30  # trained on the other 270 grids
 
 
 def _folder(root: Path, images: list[np.ndarray]) -> Path:
