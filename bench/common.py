@@ -162,6 +162,8 @@ def train_row(tokens_dir: Path, out: Path, recipe: dict[str, Any], seed: int,
     cpu0, t0 = time.process_time(), time.perf_counter()
     result = train_prior(tokens_dir, model, cfg, **stage)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if result.status == "preempted":  # a signal: no final model to code with, and no honest row
+        raise SystemExit(f"training into {out} was interrupted at step {result.step}; rerun the bench")
     m = result.metrics
     return {"recipe_file": recipe_file, "recipe": recipe, "steps_done": m.get("step", 0),
             "stopped_by": m.get("stopped_by", "fitted by counting"), "train_wall_s": wall, "train_cpu_s": cpu,

@@ -14,7 +14,9 @@ fold is never read): the mode for choosing a recipe.
 
 Run: ``OMP_NUM_THREADS=2 python -m bench.compression_folds --rows ngram pixelcnn`` (writes
 bench/results/compression_folds.json and docs/benchmarks/compression_folds.md; ``python -m bench.compression
---folds 5`` runs the same); ``--quick``: 2 folds, 20 test digits, tiny budgets, print only.
+--folds 5`` runs the same); ``--quick``: 2 folds, 20 test digits, tiny budgets, print only. Long runs go a fold at
+a time: ``--only K --json foldK.json`` per fold, then ``--merge fold*.json`` writes the report from the per-fold
+files (each must hold one set of folds, with the same rows and recipes).
 """
 
 from __future__ import annotations
@@ -148,7 +150,34 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-compression-folds")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="write the report from these per-fold --json files instead of running")
     return ap
+
+
+def merge(files: list[str]) -> dict[str, Any]:
+    """One result from per-fold runs (``--only K --json F``): their folds in fold order, the summary recomputed,
+    every run's command and machine kept. Raises ValueError on a fold given twice, different fold counts or
+    splits, or rows trained with different recipes."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    folds = sorted((f for r in runs for f in r["folds"]), key=lambda f: f["fold"])
+    ids = [f["fold"] for f in folds]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--merge: fold(s) {sorted({i for i in ids if ids.count(i) > 1})} appear in more than one file")
+    for key in ("n_folds", "validation"):
+        if len({r[key] for r in runs}) > 1:
+            raise ValueError(f"--merge: the files differ in {key}: {[r[key] for r in runs]}")
+    def recipes(fold: dict[str, Any]) -> dict[str, Any]:
+        return {r["method"]: r["training"]["recipe"] for r in fold["rows"] if r.get("training")}
+    for f in folds[1:]:
+        if recipes(f) != recipes(folds[0]):
+            raise ValueError(f"--merge: fold {f['fold']} was trained with other recipes than fold {folds[0]['fold']}")
+    first = runs[0]
+    return {"command": " && ".join(r["command"] for r in runs), "n_folds": first["n_folds"],
+            "validation": first["validation"], "folds": folds, "summary": summarise(folds),
+            "machine": {**first["machine"], "load_before": min(r["machine"]["load_before"] for r in runs),
+                        "load_after": max(r["machine"]["load_after"] for r in runs)},
+            "total_seconds": sum(r["total_seconds"] for r in runs), "merged_from": [Path(f).name for f in files]}
 
 
 def fold_recipes(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], str]]:
@@ -172,6 +201,10 @@ def fold_recipes(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], st
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    if args.merge:
+        res = merge(args.merge)
+        write_results("compression_folds", res, markdown(res))
+        return res
     if args.quick:
         args.n, args.only = args.n or 20, args.only or [0, 1]
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -27,6 +27,26 @@ def test_quick_folds_run(tmp_path):
     assert s["mean"] == pytest.approx(np.mean(vals)) and s["std"] == pytest.approx(np.std(vals, ddof=1))
     assert (s["min"], s["max"]) == (min(vals), max(vals))
     assert "over five folds" in F.markdown(res)
+    check_merge(res, tmp_path)
+
+
+def check_merge(res, tmp_path):
+    """Per-fold files (``--only K --json``) merge back into the same folds and summary, in fold order."""
+    import json
+
+    files = []
+    for f in reversed(res["folds"]):
+        files.append(tmp_path / f"fold{f['fold']}.json")
+        files[-1].write_text(json.dumps({**res, "folds": [f]}))
+    merged = F.merge([str(p) for p in files])
+    assert [f["fold"] for f in merged["folds"]] == [0, 1] and merged["summary"] == res["summary"]
+    with pytest.raises(ValueError, match=r"fold\(s\) \[1\] appear in more than one file"):
+        F.merge([str(files[0]), str(files[0])])
+    other = dict(res["folds"][0], rows=[dict(r, training=dict(r["training"], recipe={"arch": "x"}))
+                                        if r.get("training") else r for r in res["folds"][0]["rows"]])
+    files[1].write_text(json.dumps({**res, "folds": [other]}))
+    with pytest.raises(ValueError, match="other recipes"):
+        F.merge([str(p) for p in files])
 
 
 def test_recipe_overrides_by_row():
