@@ -185,7 +185,7 @@ def main() -> None:
         bpe.append(bpe_rows("mnist5k", img_tok, 4000, work, a.budget))
     aud = work / "spoken_tokenizer"
     if not (aud / "model.safetensors").is_file():
-        vqgen("train-tokenizer", "--modality", "audio", "--quantizer", "fsq", "--dataset", "spoken-digits",
+        vqgen("train-tokenizer", "--modality", "audio", "--audio-head", "logistic", "--quantizer", "fsq", "--dataset", "spoken-digits",
               "--max-seconds", str(a.audio_budget), "--steps", "100000", "--out", str(aud))
     aud_tok = work / "spoken_tokens"
     if not (aud_tok / "tokens.json").is_file():

@@ -70,12 +70,15 @@ def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
     from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig
 
     fields = a.section_fields(TOKENIZER_MODEL)
-    chosen = {"quantizer_config": fields["quantizer"]}
-    if fields.get("autoencoder"):
-        chosen["autoencoder_config"] = fields["autoencoder"]
-    elif fields.get("modality"):  # the family the config will choose
-        head = {"audio_head": fields["audio_head"]} if "audio_head" in fields else {}
-        chosen["autoencoder_config"] = TokenizerConfig(modality=fields["modality"], **head).autoencoder
+    if not fields.get("autoencoder") and not fields.get("modality"):  # the data's modality picks the family
+        from .data.spec import infer_modality
+        from .stages.common import make_spec
+
+        fields["modality"] = infer_modality(make_spec(**data_args(a)))
+    # the family and quantizer the config will choose (defaults: the modality's family, the family's quantizer)
+    selectors = {k: fields[k] for k in ("modality", "autoencoder", "audio_head", "quantizer") if fields.get(k)}
+    probe = TokenizerConfig(**selectors)
+    chosen = {"quantizer_config": probe.quantizer, "autoencoder_config": probe.autoencoder}
     check_sections(a, TOKENIZER_MODEL, chosen, {"quantizer_config": QUANTIZERS, "autoencoder_config": AUTOENCODERS})
     return fields
 

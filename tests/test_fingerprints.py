@@ -54,7 +54,7 @@ def test_format1_prior_dict_keeps_its_fingerprint_and_its_format():
 
 
 @pytest.mark.parametrize("kw", [dict(modality="image", hidden_channels=4),
-                                dict(modality="audio", hidden_channels=4, clip_samples=1024),
+                                dict(modality="audio", audio_head="logistic", hidden_channels=4, clip_samples=1024),
                                 dict(modality="audio", audio_head="istft", istft_dim=16, istft_layers=1,
                                      quantizer="rvq", num_quantizers=2, clip_samples=3200)])
 def test_format1_tokenizer_dict_keeps_its_fingerprint(kw):

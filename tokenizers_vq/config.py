@@ -27,6 +27,8 @@ DEFAULT_CHANNELS = 1  # grayscale
 DEFAULT_SAMPLE_RATE = 16000  # Hz
 DEFAULT_CLIP_SAMPLES = 16000  # 1 s at 16 kHz
 MU_LAW_CHANNELS = 256  # 8-bit mu-law, as in WaveNet / the VQ-VAE paper
+# (quantizer, its settings) a family gets when no quantizer is named; a family may declare its own
+DEFAULT_QUANTIZER: tuple[str, dict[str, Any]] = ("fsq", {})
 
 
 @dataclass(init=False)
@@ -37,7 +39,9 @@ class TokenizerConfig(SectionedConfig):
     config instances), and any section field by name (``TokenizerConfig(quantizer="fsq", fsq_levels=[8, 8])``;
     fields of quantizers or families not chosen are ignored). ``config.<field>`` reads the sections too
     (``config.codebook_size``, ``config.downsample``). ``autoencoder`` left ``None`` is the modality's default
-    family (audio: ``audio_head="istft"`` picks ``spectral``); ``modality`` left ``None`` is the family's.
+    family (audio: ``spectral``, or ``mulaw`` when ``audio_head`` names a mu-law head); ``modality`` left ``None``
+    is the family's; ``quantizer`` left ``None`` is the family's (``default_quantizer``: fsq; the spectral codec
+    rvq with the shipped tokenizer's settings, which apply unless given).
     """
 
     class_name: ClassVar[str] = "Tokenizer"
@@ -46,8 +50,8 @@ class TokenizerConfig(SectionedConfig):
     FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
 
     modality: str | None = None  # image | audio (default: the autoencoder family's, else image)
-    quantizer: str = "fsq"  # the bottleneck: vq | fsq | gumbel | rvq | rfsq (residual: one codebook per stage) | any registered quantizer
-    autoencoder: str | None = None  # the autoencoder family: vqvae | resnet (images) | mulaw | spectral (audio) (default: images vqvae; audio from audio_head)
+    quantizer: str | None = None  # the bottleneck: vq | fsq | gumbel | rvq | rfsq (residual: one codebook per stage) | any registered quantizer (default: the family's: fsq; the spectral codec rvq with 5 codebooks of 512 codes)
+    autoencoder: str | None = None  # the autoencoder family: vqvae | resnet (images) | mulaw | spectral (audio) (default: images vqvae; audio spectral, or mulaw with a mu-law --audio-head)
     # The input sizes come from the data options (--channels, --image-size, --sample-rate, --clip-seconds)
     channels: int = field(default=DEFAULT_CHANNELS, metadata=DATA)  # images: 1 (grayscale) or 3 (RGB)
     image_size: int = field(default=DEFAULT_IMAGE_SIZE, metadata=DATA)  # images: square side in pixels; the data layer resizes / crops to it
@@ -61,9 +65,14 @@ class TokenizerConfig(SectionedConfig):
     def _derive_selectors(self, given: dict[str, Any]) -> None:
         from .modality import get_modality  # (its modules read this module's defaults)
 
-        if self.autoencoder is None:  # the modality's default family (audio: audio_head="istft" picks spectral)
+        if self.autoencoder is None:  # the modality's default family (audio: a mu-law audio_head picks mulaw)
             self.autoencoder = get_modality(self.modality or "image").autoencoder_for(given)
-        family = AUTOENCODERS.get(self.autoencoder).modality
+        family_cls = AUTOENCODERS.get(self.autoencoder)
+        if self.quantizer is None:  # the family's bottleneck, with its settings where none were given
+            self.quantizer, settings = getattr(family_cls, "default_quantizer", DEFAULT_QUANTIZER)
+            for name, value in settings.items():
+                given.setdefault(name, value)
+        family = family_cls.modality
         self.modality = str(get_modality(self.modality or family))  # a ValueError naming the modalities
         if family != self.modality:
             raise ValueError(f"autoencoder {self.autoencoder!r} is for {family}, but modality is {self.modality!r}")

@@ -56,7 +56,8 @@ class TokenizerV1(LegacyFormat):
         # Format 1 had one image family; today's default for RGB images is another (resnet): name format 1's.
         if source["modality"] == "image":
             return {"autoencoder": "vqvae"}
-        return {}
+        # and the audio family by its head, whatever today's audio default is
+        return {"autoencoder": "spectral" if source.get("audio_head", V1_FIELDS["audio_head"]) == "istft" else "mulaw"}
 
     def representable(self, config: Any) -> bool:
         return config.quantizer in V1_QUANTIZERS and config.autoencoder in V1_AUTOENCODERS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,34 @@ class Tokenizer(nn.Module, FolderMixin, Codec, library_name="vqgen", tags=["vqge
         are taken as zero (a lower-bitrate reconstruction)."""
         self.check_tokens(tokens)
         return self.model.decode(tokens.long())
+
+    # ------------------------------------------------------------------ streaming (causal audio codecs)
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency in ms of a causal (streaming) codec: frame + lookahead + synthesis window; ``inf``
+        for a codec that needs whole clips (non-causal, or a family without streaming)."""
+        return float(getattr(self.model, "latency_ms", math.inf))
+
+    def _streaming_model(self) -> Any:
+        if not hasattr(self.model, "stream_encoder") or not getattr(self.model, "causal", False):
+            raise ValueError(
+                f"this {self.config.autoencoder} tokenizer is not causal, so it cannot stream: its encoder and decoder "
+                "look ahead, and encode / decode need whole clips. Train one with `vqgen train-tokenizer --modality "
+                "audio --causal` (TokenizerConfig(modality='audio', causal=True)) to stream.")
+        return self.model
+
+    def stream_encoder(self, n_quantizers: int | None = None) -> Any:
+        """A streaming encoder of a causal codec: ``enc(x)`` with float32 samples ``[T]`` in [-1, 1] at
+        ``sample_rate`` (any T) returns the int64 tokens ``[t]`` (``[t, n]`` residual) completed so far; ``enc.flush()``
+        the last, zero-padded token. Concatenated, they equal ``encode`` of the zero-padded input."""
+        model = self._streaming_model()
+        n = self._codebooks_used(n_quantizers) if n_quantizers is not None else None
+        return model.stream_encoder(n)
+
+    def stream_decoder(self) -> Any:
+        """A streaming decoder of a causal codec: ``dec(tokens)`` with int64 ``[t]`` / ``[t, q']`` returns the float32
+        samples ``[T']`` in [-1, 1] final so far; ``dec.flush()`` the rest. Concatenated, they equal ``decode``."""
+        return self._streaming_model().stream_decoder(self.check_tokens)
 
     def forward(self, x: Tensor, check_values: bool = True) -> TokenizerOutput:
         """Reconstruction, training loss and metrics (a ``TokenizerOutput``). ``check_values=False`` skips the

@@ -57,7 +57,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     kind = get_modality(modality)
     fields = {k: v for k, v in model.items() if v is not None} | {"modality": modality}
     fields |= {k: getattr(spec, k) for k in kind.size_fields}  # image channels and size, audio rate and clip
-    quantizer = QUANTIZERS.config_class(fields.get("quantizer", "fsq"))
+    selectors = {k: v for k, v in fields.items() if k in ("modality", "autoencoder", "audio_head", "quantizer")}
+    quantizer = QUANTIZERS.config_class(TokenizerConfig(**selectors).quantizer)  # the family's when not given
     fields = quantizer().run_defaults(cfg.steps) | fields  # e.g. gumbel anneals over the whole run
     config = TokenizerConfig(**fields)
     out = Path(cfg.out)

@@ -37,7 +37,8 @@ def _first_row(monkeypatch, *argv: str) -> dict:
 def test_a_recipe_gives_its_row(monkeypatch):
     got = _first_row(monkeypatch, "--recipe", "tones/mulaw_fsq16-8-8", "--no-write")
     assert got == {"dataset": "tones", "quantizer": "fsq", "budget": 600,
-                   "overrides": {"modality": "audio", "fsq_levels": [16, 8, 8], "waveform_loss_weight": 100},
+                   "overrides": {"modality": "audio", "audio_head": "logistic", "fsq_levels": [16, 8, 8],
+                                 "waveform_loss_weight": 100},
                    "loop": {"batch_size": 16, "lr": 2e-3, "mixed_precision": "bf16"}, "crop_samples": 2048}
 
 

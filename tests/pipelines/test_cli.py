@@ -176,8 +176,9 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
 def test_audio_pipeline_end_to_end(tmp_path, capsys):
     tiny = ["--hidden-channels", "8", "--latent-dim", "8", "--num-res-blocks", "1", "--fsq-levels", "5,4"]
     clip = ["--clip-seconds", "0.256", "--limit", "16"]
-    assert main(["train-tokenizer", "--modality", "audio", "--dataset", "tones", "--out", str(tmp_path / "tok"),
-                 "--steps", "2", "--batch-size", "4", "--eval-limit", "8", "--quiet", *clip, *tiny]) == 0
+    assert main(["train-tokenizer", "--modality", "audio", "--audio-head", "logistic", "--dataset", "tones", "--out",
+                 str(tmp_path / "tok"), "--steps", "2", "--batch-size", "4", "--eval-limit", "8", "--quiet", *clip,
+                 *tiny]) == 0
     cfg = json.loads((tmp_path / "tok" / "config.json").read_text())
     assert cfg["modality"] == "audio" and cfg["clip_samples"] == 4096
     assert main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--dataset", "tones", "--n", "2",
@@ -201,8 +202,27 @@ def test_audio_pipeline_end_to_end(tmp_path, capsys):
     assert (tmp_path / "samples" / "spectrograms.png").is_file()
 
 
+def test_audio_tokenizer_defaults_to_the_spectral_codec(tmp_path, capsys):
+    """No family and no quantizer named: the spectral codec with the shipped tokenizer's 5 residual codebooks of 512
+    codes (issue 24), whether the modality is given or read from the data; a mu-law flag is refused by name."""
+    from tokenizers_vq import TokenizerConfig
+
+    run = ["train-tokenizer", "--dataset", "tones", "--steps", "1", "--batch-size", "2", "--eval-limit", "2",
+           "--quiet", "--clip-seconds", "0.32", "--limit", "4", "--istft-dim", "16", "--istft-layers", "1"]
+    for extra, out in ((["--modality", "audio"], "a"), ([], "b")):
+        assert main([*run, *extra, "--out", str(tmp_path / out)]) == 0
+        cfg = TokenizerConfig.from_file(tmp_path / out / "config.json")
+        assert (cfg.autoencoder, cfg.quantizer, cfg.num_quantizers, cfg.codebook_size) == ("spectral", "rvq", 5, 512)
+        assert cfg.dead_code_threshold == 0.1 and cfg.downsample == 320
+    assert main([*run, "--out", str(tmp_path / "c"), "--hidden-channels", "8"]) == 2
+    assert "--hidden-channels is a setting of autoencoder family mulaw" in capsys.readouterr().err
+    assert main([*run, "--out", str(tmp_path / "d"), "--num-quantizers", "2", "--quantizer", "rvq"]) == 0
+    assert TokenizerConfig.from_file(tmp_path / "d" / "config.json").num_quantizers == 2
+
+
 def test_gumbel_kl_weight_reaches_the_saved_config(tmp_path):
-    common = ["train-tokenizer", "--modality", "audio", "--dataset", "tones", "--quantizer", "gumbel", "--steps", "1",
+    common = ["train-tokenizer", "--modality", "audio", "--audio-head", "logistic", "--dataset", "tones", "--quantizer",
+              "gumbel", "--steps", "1",
               "--batch-size", "2", "--eval-limit", "2", "--quiet", "--clip-seconds", "0.064", "--limit", "4",
               "--hidden-channels", "8", "--latent-dim", "8", "--num-res-blocks", "1", "--codebook-size", "16"]
     assert main([*common, "--out", str(tmp_path / "a"), "--gumbel-kl-weight", "0.3"]) == 0

@@ -388,7 +388,7 @@ def _audio_codec(kind, clip):
     if kind == "raw":
         return RawCodec("audio", 256, (clip,), AUDIO_RATE)
     torch.manual_seed(0)
-    return build_tokenizer(modality="audio", quantizer="fsq", hidden_channels=4, num_res_blocks=1, latent_dim=4,
+    return build_tokenizer(modality="audio", autoencoder="mulaw", quantizer="fsq", hidden_channels=4, num_res_blocks=1, latent_dim=4,
                            fsq_levels=[3, 3], sample_rate=AUDIO_RATE, clip_samples=clip).eval()
 
 

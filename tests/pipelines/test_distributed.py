@@ -276,7 +276,7 @@ def test_shards_are_contiguous_cut_at_file_boundaries_and_padded_to_equal_forwar
 
 
 def test_sharded_tokenizer_evaluation_equals_one_process_on_whole_files_and_images():
-    tok = build_tokenizer(modality="audio", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
+    tok = build_tokenizer(modality="audio", autoencoder="mulaw", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
                           sample_rate=8000, clip_samples=512)
     ds = _LongRecordings()
     calls = []

@@ -63,7 +63,7 @@ def test_reconstruct_reports_stoi(tmp_path):
 
     clips = [(speechlike(0.512, seed=k), torch.tensor(0)) for k in range(3)]
     splits = Splits(train=clips, test=clips, modality="audio", num_classes=1, input_shape=(8192,), sample_rate=SR)
-    tok = build_tokenizer(TokenizerConfig(modality="audio", quantizer="fsq", fsq_levels=[5, 4], hidden_channels=8,
+    tok = build_tokenizer(TokenizerConfig(modality="audio", autoencoder="mulaw", quantizer="fsq", fsq_levels=[5, 4], hidden_channels=8,
                                           latent_dim=8, num_res_blocks=1, clip_samples=8192))
     metrics = reconstruct(tok, splits, tmp_path / "rec", n=2, progress=False)
     assert 0.0 <= metrics["stoi"] <= 1.0 and "si_snr" in metrics  # untrained: low, but a number

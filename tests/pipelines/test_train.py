@@ -178,7 +178,7 @@ def test_bf16_mixed_precision_trains_on_cpu_and_fp16_is_refused(tmp_path):
 
 
 def test_tokenizer_task_crops_audio_to_random_windows_and_checks_the_length():
-    tok = build_tokenizer(modality="audio", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
+    tok = build_tokenizer(modality="audio", autoencoder="mulaw", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
                           clip_samples=1024)
     task = TokenizerTask(tok, "tones", crop_samples=256)
     x = torch.arange(3 * 1024, dtype=torch.float32).view(3, 1024)

@@ -13,7 +13,7 @@ SR = 16000
 
 
 def tiny(quantizer="fsq", **kw):
-    base = dict(modality="audio", quantizer=quantizer, hidden_channels=4, num_res_blocks=1, latent_dim=8,
+    base = dict(modality="audio", autoencoder="mulaw", quantizer=quantizer, hidden_channels=4, num_res_blocks=1, latent_dim=8,
                 codebook_size=16, fsq_levels=[4, 4], kmeans_init=False, clip_samples=1024)
     base.update(kw)
     torch.manual_seed(0)

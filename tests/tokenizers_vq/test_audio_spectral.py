@@ -22,9 +22,12 @@ def test_frame_stft_is_invertible_and_one_frame_per_hop():
 
 
 def test_defaults_give_50_frames_per_second_and_any_hop():
-    tok = build_tokenizer(modality="audio", audio_head="istft", istft_dim=16, istft_layers=1)
-    assert tok.config.downsample == 320 and tok.frame_rate == 50.0
-    assert tok.token_shape((16000,)) == (50,)
+    tok = build_tokenizer(modality="audio", istft_dim=16, istft_layers=1)  # the audio default family
+    assert tok.config.autoencoder == "spectral" and tok.config.downsample == 320 and tok.frame_rate == 50.0
+    # the default bottleneck: the shipped tokenizer's, 5 residual codebooks of 512 codes (2.25 kbit/s)
+    assert (tok.config.quantizer, tok.config.num_quantizers, tok.config.codebook_size) == ("rvq", 5, 512)
+    assert tok.token_shape((16000,)) == (50, 5)
+    assert tok.config == TokenizerConfig(modality="audio", audio_head="istft", istft_dim=16, istft_layers=1)
     TokenizerConfig(modality="audio", audio_head="istft", downsample=240, clip_samples=2400)  # not a power of two
     with pytest.raises(ValueError, match="power of two"):
         TokenizerConfig(modality="audio", audio_head="logistic", downsample=240, clip_samples=2400)
@@ -95,3 +98,21 @@ def test_fused_spectral_loss_equals_separate_mel_and_magnitude_losses():
     assert mag.item() > 0.1  # different signals: a loss that could not be zero by accident
     zero_mel, zero_mag = multires_spectral_l1(est, est.detach(), 8000, ffts)
     assert zero_mel.item() == 0 and zero_mag.item() == 0
+
+
+def test_files_saved_before_the_spectral_default_keep_their_family():
+    """Format 1 chose the family by ``audio_head`` (default "logistic"); format 2 names it: neither follows today's
+    audio default (the spectral codec)."""
+    import json
+    from pathlib import Path
+
+    v1 = Path(__file__).parents[1] / "fixtures" / "v1" / "tokenizers"
+    d = json.loads((v1 / "audio_logistic_fsq" / "config.json").read_text())
+    assert TokenizerConfig.from_dict(d).autoencoder == "mulaw"
+    d.pop("audio_head")  # a format-1 file written before the field existed: format 1's default head
+    old = TokenizerConfig.from_dict(d)
+    assert (old.autoencoder, old.quantizer, old.audio_head) == ("mulaw", "fsq", "logistic")
+    assert TokenizerConfig.from_dict(json.loads((v1 / "audio_istft_rvq" / "config.json").read_text())).autoencoder == "spectral"
+    mulaw = TokenizerConfig(modality="audio", audio_head="categorical", quantizer="vq", codebook_size=16)
+    again = TokenizerConfig.from_json(mulaw.to_json())
+    assert again == mulaw and (again.autoencoder, again.quantizer, again.codebook_size) == ("mulaw", "vq", 16)

@@ -76,7 +76,8 @@ def test_config_json_round_trip_and_defaults():
     c = TokenizerConfig(quantizer="vq", codebook_size=128, fsq_levels=[8, 8])
     assert TokenizerConfig.from_json(c.to_json()) == c
     assert TokenizerConfig().vocab_size == 1000  # fsq [8, 5, 5, 5]
-    assert TokenizerConfig(modality="audio").downsample == 64 and TokenizerConfig().downsample == 4
+    assert TokenizerConfig(modality="audio").downsample == 320 and TokenizerConfig().downsample == 4
+    assert TokenizerConfig(modality="audio", audio_head="logistic").downsample == 64  # the mu-law family
     with pytest.raises(ValueError, match="quantizer"):
         TokenizerConfig(quantizer="pq")
     with pytest.raises(ValueError, match="power of two"):

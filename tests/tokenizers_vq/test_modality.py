@@ -31,7 +31,7 @@ from tokenizers_vq.modality.audio import decode_audio
 
 TINY_IMAGE = dict(modality="image", quantizer="fsq", channels=1, image_size=8, hidden_channels=4, latent_dim=2,
                   fsq_levels=[3, 3], downsample=4)
-TINY_AUDIO = dict(modality="audio", quantizer="fsq", hidden_channels=4, latent_dim=2, fsq_levels=[3, 3],
+TINY_AUDIO = dict(modality="audio", autoencoder="mulaw", quantizer="fsq", hidden_channels=4, latent_dim=2, fsq_levels=[3, 3],
                   clip_samples=512, sample_rate=8000)
 
 

@@ -15,7 +15,7 @@ from tokenizers_vq.quantizers import build_quantizer
 
 Q = 3
 TINY = dict(hidden_channels=4, latent_dim=8, codebook_size=16, fsq_levels=[5, 3], num_res_blocks=1, num_quantizers=Q)
-AUDIO = dict(modality="audio", clip_samples=64, downsample=4, latent_res_blocks=1, chunk_tokens=4)
+AUDIO = dict(modality="audio", autoencoder="mulaw", clip_samples=64, downsample=4, latent_res_blocks=1, chunk_tokens=4)
 IMAGE = dict(modality="image", image_size=16)
 RESIDUAL = ("rvq", "rfsq")
 
@@ -202,7 +202,7 @@ def test_cli_trains_tokenizes_and_reconstructs_residual(tmp_path, capsys):
 
     tiny = ["--hidden-channels", "4", "--latent-dim", "8", "--num-res-blocks", "1", "--codebook-size", "16"]
     clip = ["--clip-seconds", "0.256", "--limit", "8"]
-    assert main(["train-tokenizer", "--modality", "audio", "--dataset", "tones", "--quantizer", "rvq",
+    assert main(["train-tokenizer", "--modality", "audio", "--audio-head", "logistic", "--dataset", "tones", "--quantizer", "rvq",
                  "--num-quantizers", "2", "--out", str(tmp_path / "tok"), "--steps", "2", "--batch-size", "4",
                  "--eval-limit", "4", "--quiet", *clip, *tiny]) == 0
     cfg = json.loads((tmp_path / "tok" / "config.json").read_text())

@@ -16,16 +16,23 @@ bits on coarse frames with several residual codebooks (SoundStream, EnCodec, DAC
 
 Every layer is local in time (per-frame LayerNorm, kernel-7 depthwise convs), so a token depends on a finite
 window and chunked encode/decode with ``overlap`` frames of context equals a one-piece run.
+
+``causal=True`` (issue 24) pads every convolution on the left only and frames the STFT so that a frame ends with its
+hop: a token depends on no later sample, and ``stream_encoder()`` / ``stream_decoder()`` (``streaming.py``) code
+audio in chunks of any size, carrying each convolution's last inputs and the overlap-add tail between calls.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vqgen_io.components import ADDED_LATER
 
 from ..audio_dsp import chunked, multires_spectral_l1
 from ..metrics import si_snr
@@ -42,63 +49,112 @@ KERNEL = 7  # depthwise kernel of each ConvNeXt block (Vocos, ConvNeXt)
 WINDOW_HOPS = 4  # STFT window = 4 hops (75% overlap), as Vocos
 
 
+def conv_step(conv: nn.Conv1d, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """A causal (unpadded) conv on ``x`` [B, C, n] after ``state`` [B, C, k - 1], its last k - 1 input frames
+    (zeros at the start): ([B, C', n], the new state). Offline and streaming both run this, so they agree."""
+    k = conv.kernel_size[0]
+    xin = torch.cat([state, x], dim=2) if k > 1 else x
+    return conv(xin), xin[:, :, xin.shape[2] - (k - 1):]
+
+
 class ConvNeXtBlock(nn.Module):
     """Depthwise conv (k=7) -> per-frame LayerNorm -> pointwise MLP (x3) -> layer scale, residual.
-    [B, C, L] -> [B, C, L] (Liu et al. 2022; Vocos's backbone block)."""
+    [B, C, L] -> [B, C, L] (Liu et al. 2022; Vocos's backbone block). ``causal``: the conv sees frames
+    t-6..t (left padding only) and ``step`` carries its last 6 input frames between calls."""
 
-    def __init__(self, dim: int, layer_scale: float = 1 / 8):
+    def __init__(self, dim: int, layer_scale: float = 1 / 8, causal: bool = False):
         super().__init__()
-        self.dw = nn.Conv1d(dim, dim, KERNEL, padding=KERNEL // 2, groups=dim)
+        self.causal = causal
+        self.dw = nn.Conv1d(dim, dim, KERNEL, padding=0 if causal else KERNEL // 2, groups=dim)
         self.norm = nn.LayerNorm(dim)
         self.up = nn.Linear(dim, 3 * dim)
         self.down = nn.Linear(3 * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.dw(x).transpose(1, 2)
-        y = self.down(F.gelu(self.up(self.norm(y))))
+        if self.causal:
+            return self.step(x, x.new_zeros(x.shape[0], x.shape[1], KERNEL - 1))[0]
+        return self._pointwise(x, self.dw(x))
+
+    def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Causal blocks: ``x`` [B, C, n] after ``state`` [B, C, 6] -> ([B, C, n], the new state)."""
+        y, state = conv_step(self.dw, x, state)
+        return self._pointwise(x, y), state
+
+    def _pointwise(self, x: Tensor, y: Tensor) -> Tensor:
+        y = self.down(F.gelu(self.up(self.norm(y.transpose(1, 2)))))
         return x + (self.gamma * y).transpose(1, 2)
 
 
 class FrameStack(nn.Module):
-    """Conv in (k=``in_kernel``) -> ``layers`` ConvNeXt blocks -> LayerNorm -> linear out. [B, cin, L] -> [B, cout, L]."""
+    """Conv in (k=``in_kernel``) -> ``layers`` ConvNeXt blocks -> LayerNorm -> linear out. [B, cin, L] -> [B, cout, L].
+    ``causal``: every conv padded on the left only; ``step`` runs new frames after a carried state."""
 
-    def __init__(self, cin: int, dim: int, cout: int, layers: int, in_kernel: int = KERNEL):
+    def __init__(self, cin: int, dim: int, cout: int, layers: int, in_kernel: int = KERNEL, causal: bool = False):
         super().__init__()
-        self.inp = nn.Conv1d(cin, dim, in_kernel, padding=in_kernel // 2)
-        self.blocks = nn.ModuleList(ConvNeXtBlock(dim) for _ in range(layers))
+        self.causal = causal
+        self.inp = nn.Conv1d(cin, dim, in_kernel, padding=0 if causal else in_kernel // 2)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(dim, causal=causal) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, cout)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.causal:
+            return self.step(x, self.initial_state(x))[0]
         x = self.inp(x)
         for b in self.blocks:
             x = b(x)
+        return self._out(x)
+
+    def initial_state(self, x: Tensor) -> list[Tensor]:
+        """Zero history for a causal stack fed ``x`` [B, cin, n]: the input conv's, then each block's."""
+        b, dim = x.shape[0], self.inp.out_channels
+        return [x.new_zeros(b, x.shape[1], self.inp.kernel_size[0] - 1),
+                *(x.new_zeros(b, dim, KERNEL - 1) for _ in self.blocks)]
+
+    def step(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Causal stacks: frames ``x`` [B, cin, n] after ``state`` -> ([B, cout, n], the new state)."""
+        h, s0 = conv_step(self.inp, x, state[0])
+        new = [s0]
+        for b, s in zip(self.blocks, state[1:]):
+            h, s = b.step(h, s)
+            new.append(s)
+        return self._out(h), new
+
+    def _out(self, x: Tensor) -> Tensor:
         return self.out(self.norm(x.transpose(1, 2))).transpose(1, 2)
 
     @property
     def reach(self) -> int:
-        """Frames of context either side that one output frame depends on."""
-        return self.inp.kernel_size[0] // 2 + (KERNEL // 2) * len(self.blocks)
+        """Frames of context that one output frame depends on: either side, or (causal) to the left only."""
+        k = self.inp.kernel_size[0]
+        if self.causal:
+            return k - 1 + (KERNEL - 1) * len(self.blocks)
+        return k // 2 + (KERNEL // 2) * len(self.blocks)
 
 
 class FrameSTFT(nn.Module):
     """One complex STFT frame per hop, centred on each hop's samples ("same" padding), and its inverse.
+    ``causal``: each frame ends with its hop (the window looks back 4 hops, never ahead), so a sample is final
+    once the 3 frames after its own are added (``OverlapAdd`` streams this).
 
     ``analyse``: float [B, T] (T a multiple of hop) -> complex [B, n_fft/2 + 1, T/hop].
     ``synthesise``: complex [B, n_fft/2 + 1, L] -> float [B, L * hop], windowed overlap-add normalised by the
     summed squared window, so ``synthesise(analyse(x)) == x`` up to float error.
     """
 
-    def __init__(self, hop: int):
+    def __init__(self, hop: int, causal: bool = False):
         super().__init__()
         self.hop = hop
         self.n_fft = WINDOW_HOPS * hop
-        self.pad = (self.n_fft - hop) // 2
+        self.pad = self.n_fft - hop if causal else (self.n_fft - hop) // 2  # samples of window before the hop
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 
     def analyse(self, x: Tensor) -> Tensor:
-        x = F.pad(x, (self.pad, self.n_fft - self.hop - self.pad))
+        return self.frames(F.pad(x, (self.pad, self.n_fft - self.hop - self.pad)))
+
+    def frames(self, x: Tensor) -> Tensor:
+        """Unpadded framing: float [B, n_fft - hop + n * hop] -> complex [B, n_fft / 2 + 1, n]."""
         return torch.stft(x, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
 
     def synthesise(self, spec: Tensor) -> Tensor:
@@ -117,6 +173,7 @@ class SpectralConfig(AudioFamilyConfig):
     """STFT features in, ConvNeXt stacks at the token rate, inverse-STFT synthesis (see the module docstring)."""
 
     audio_head: str = "istft"  # istft: this family (--audio-head istft chooses it; format 1 named it so)
+    causal: bool = field(default=False, metadata={**ADDED_LATER, "strict": True})  # no lookahead: left-padded convs and an STFT window that ends with its frame, so stream_encoder() / stream_decoder() code audio chunk by chunk (latency: one token plus 3 STFT hops, 35 ms at 16 kHz)
     waveform_loss_weight: float = 1.0  # weight of the L1 between the decoded and the input waveform
     downsample: int | None = None  # the token hop in samples (default: sample_rate / 50, 50 tokens/s); any multiple of istft_upsample
     stft_loss_weight: float = 1.0  # weight of the multi-resolution log-STFT-magnitude L1
@@ -148,6 +205,9 @@ class SpectralAudioAutoencoder(nn.Module):
     """
 
     modality = "audio"
+    # Without --quantizer: the shipped spoken-digits tokenizer's bottleneck (recipes/speech/spectral_rvq13.yaml cut
+    # to 5 codebooks, 2.25 kbit/s at 16 kHz): residual codebooks of 512 codes, dead codes replaced early.
+    default_quantizer = ("rvq", {"num_quantizers": 5, "codebook_size": 512, "dead_code_threshold": 0.1})
 
     @staticmethod
     def train_crop_samples(config: TokenizerConfig) -> int:
@@ -160,7 +220,8 @@ class SpectralAudioAutoencoder(nn.Module):
         self.config = config
         self.hop = int(config.downsample)
         self.sub = int(config.istft_upsample)  # STFT frames per token: analysis and synthesis at hop / sub
-        self.stft = FrameSTFT(self.hop // self.sub)
+        self.causal = bool(config.causal)
+        self.stft = FrameSTFT(self.hop // self.sub, causal=self.causal)
         bins = self.stft.n_fft // 2 + 1
         self.bins = bins
         self.quantizer = build_quantizer(config)
@@ -168,12 +229,13 @@ class SpectralAudioAutoencoder(nn.Module):
         fine = max(16, dim // 2)
         self.fine_dim = fine
         # Kernel 1 on the spectral channels: each token frame already stacks ``sub`` STFT frames of 4 hops each.
-        self.encoder = FrameStack(3 * bins * self.sub, dim, self.quantizer.in_dim, layers, in_kernel=1)
+        self.encoder = FrameStack(3 * bins * self.sub, dim, self.quantizer.in_dim, layers, in_kernel=1,
+                                  causal=self.causal)
         self.latent_norm = nn.LayerNorm(self.quantizer.in_dim) if self.quantizer.normalize_input else None
         # Token-rate stack, then ``sub`` finer frames per token (depth-to-space) refined at the STFT frame rate:
         # a short synthesis window keeps onsets and envelopes sharp, which intelligibility (STOI) depends on.
-        self.decoder = FrameStack(self.quantizer.out_dim, dim, fine * self.sub, layers)
-        self.refine = FrameStack(fine, fine, 2 * bins, 2)
+        self.decoder = FrameStack(self.quantizer.out_dim, dim, fine * self.sub, layers, causal=self.causal)
+        self.refine = FrameStack(fine, fine, 2 * bins, 2, causal=self.causal)
         # Context for chunked coding, in tokens: the stacks' reach plus the STFT window's neighbouring frames.
         self.overlap = self.encoder.reach + self.decoder.reach + -(-self.refine.reach // self.sub) + WINDOW_HOPS
         sr = config.sample_rate
@@ -202,8 +264,14 @@ class SpectralAudioAutoencoder(nn.Module):
     def _features(self, x: Tensor) -> Tensor:
         """x float [B, T] -> encoder input float32 [B, 3 * bins, T / hop]: the mu-law-companded signal, expanded,
         as log-magnitude and |S|^0.3-compressed real/imaginary parts."""
-        xq = mu_law_decode(mu_law_encode(x, self.config.mu_law_channels), self.config.mu_law_channels)
-        spec = self.stft.analyse(xq.float())  # [B, bins, T / hop * sub]
+        return self._spec_features(self.stft.analyse(self.companded(x)))
+
+    def companded(self, x: Tensor) -> Tensor:
+        """x float [B, T] -> float32 [B, T]: the ``mu_law_channels``-level mu-law signal the encoder sees."""
+        return mu_law_decode(mu_law_encode(x, self.config.mu_law_channels), self.config.mu_law_channels).float()
+
+    def _spec_features(self, spec: Tensor) -> Tensor:
+        """STFT frames complex [B, bins, n * sub] -> encoder input float32 [B, 3 * bins * sub, n]."""
         mag = spec.abs()
         comp = spec * (mag.clamp(min=1e-7) ** -0.7)  # |S|^0.3 e^{i phase}
         feats = torch.cat([torch.log(mag + 1e-5), comp.real, comp.imag], dim=1)
@@ -219,12 +287,37 @@ class SpectralAudioAutoencoder(nn.Module):
     def _synthesise(self, latent: Tensor) -> Tensor:
         """Quantized latent [B, D, L] -> waveform float32 [B, L * hop] (unclamped)."""
         h = self.decoder(latent)  # [B, fine * sub, L]
+        return self.stft.synthesise(self._spectrum(self.refine(self._depth_to_space(h))))
+
+    def _depth_to_space(self, h: Tensor) -> Tensor:
+        """Decoder output [B, fine * sub, L] -> the STFT-rate frames [B, fine, L * sub] refine reads."""
         b, _, n = h.shape
-        h = h.view(b, self.fine_dim, self.sub, n).permute(0, 1, 3, 2).reshape(b, self.fine_dim, n * self.sub)
-        out = self.refine(h)  # [B, 2 * bins, L * sub]
+        return h.view(b, self.fine_dim, self.sub, n).permute(0, 1, 3, 2).reshape(b, self.fine_dim, n * self.sub)
+
+    def _spectrum(self, out: Tensor) -> Tensor:
+        """refine's output [B, 2 * bins, n] (log-magnitude, phase) -> complex STFT frames [B, bins, n]."""
         log_mag, phase = out[:, :self.bins], out[:, self.bins:]
         mag = torch.exp(log_mag.clamp(max=6.0))  # exp(6) ~ 400: beyond any real frame, and no overflow early on
-        return self.stft.synthesise(torch.polar(mag, phase))
+        return torch.polar(mag, phase)
+
+    # ------------------------------------------------------------------ streaming (causal models)
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency of a causal model in ms: a token's samples, plus the 3 STFT hops of synthesis window
+        that overlap the next frames (35 ms at 16 kHz, hop 320); ``inf`` for a non-causal model (whole clips)."""
+        if not self.causal:
+            return math.inf
+        return 1000.0 * (self.hop + (WINDOW_HOPS - 1) * self.stft.hop) / self.config.sample_rate
+
+    def stream_encoder(self, n_quantizers: int | None = None) -> Any:
+        from .spectral_stream import StreamEncoder
+
+        return StreamEncoder(self, n_quantizers)
+
+    def stream_decoder(self, check_tokens: Any = None) -> Any:
+        from .spectral_stream import StreamDecoder
+
+        return StreamDecoder(self, check_tokens)
 
     def _encode_piece(self, x: Tensor, n_quantizers: int | None = None) -> Tensor:
         return self.quantizer(self._encode_latent(x), n_quantizers=n_quantizers).codes

@@ -198,11 +198,12 @@ class AudioModality(Modality):
     trace_kwargs = {"chunk_tokens": 0}
 
     # ------------------------------------------------------------------ shapes
-    default_autoencoder = "mulaw"  # (issue 24 moves the audio default to the spectral codec)
+    default_autoencoder = "spectral"  # the codec that works for speech (the mu-law heads by --audio-head)
 
     def autoencoder_for(self, given: Mapping[str, Any]) -> str:
-        """The spectral codec when asked for by its old name (``audio_head="istft"``), else the default."""
-        return "spectral" if given.get("audio_head") == "istft" else self.default_autoencoder
+        """The mu-law family when a mu-law head is named (``audio_head="logistic"`` / ``"categorical"``), else the
+        spectral codec (``audio_head="istft"`` is its format-1 name)."""
+        return "mulaw" if given.get("audio_head", "istft") != "istft" else self.default_autoencoder
 
     def check_config(self, config: Any) -> None:
         if config.sample_rate <= 0:

@@ -102,7 +102,7 @@ def test_few_long_files_hold_out_the_tail_of_each_and_evaluation_covers_it(tmp_p
     for group, parts in rebuilt.items():
         f, c, d = s.test.segments[group]
         np.testing.assert_array_equal(np.concatenate(parts), waves[s.test.sources[f]][c:d])
-    tok = build_tokenizer(modality="audio", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
+    tok = build_tokenizer(modality="audio", autoencoder="mulaw", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
                           sample_rate=SR, clip_samples=CLIP)
     m = evaluate_tokenizer(tok, s.test, batch_size=4)
     assert m["scored_samples"] == s.test.total_samples and m["scored_files"] == 4
@@ -114,7 +114,7 @@ def test_a_test_folder_of_long_files_is_scored_whole(tmp_path):
     test = write_recordings(tmp_path / "ds" / "test" / "a", seconds=(1.1, 2.3))
     s = load_data(DataSpec(str(tmp_path / "ds"), sample_rate=SR, clip_samples=CLIP))
     assert len(s.test) == sum(math.ceil(len(w) / CLIP) for w in test.values())
-    tok = build_tokenizer(modality="audio", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
+    tok = build_tokenizer(modality="audio", autoencoder="mulaw", quantizer="fsq", hidden_channels=4, latent_dim=4, fsq_levels=[3, 3],
                           sample_rate=SR, clip_samples=CLIP)
     m = evaluate_tokenizer(tok, s.test, batch_size=3)  # batches that split files
     assert m["scored_samples"] == sum(len(w) for w in test.values()) and m["scored_files"] == 2
@@ -161,7 +161,7 @@ def test_files_beyond_the_cache_are_read_by_range(tmp_path, monkeypatch):
 def test_train_tokenizer_on_two_long_files_with_a_larger_batch(tmp_path):
     write_recordings(tmp_path / "d", seconds=(3.0, 4.0))  # test: the last 10% of each
     tiny = ["--hidden-channels", "4", "--latent-dim", "4", "--num-res-blocks", "1", "--fsq-levels", "3,3"]
-    assert main(["train-tokenizer", "--modality", "audio", "--quantizer", "fsq", "--dataset", str(tmp_path / "d"),
+    assert main(["train-tokenizer", "--modality", "audio", "--audio-head", "logistic", "--quantizer", "fsq", "--dataset", str(tmp_path / "d"),
                  "--sample-rate", str(SR), "--clip-seconds", "0.256", "--batch-size", "8", "--steps", "3",
                  "--out", str(tmp_path / "tok"), "--quiet", *tiny]) == 0
     m = json.loads((tmp_path / "tok" / "metrics.json").read_text())
@@ -171,7 +171,7 @@ def test_train_tokenizer_on_two_long_files_with_a_larger_batch(tmp_path):
 def test_train_tokenizer_on_fewer_clips_than_a_batch(tmp_path):
     write_recordings(tmp_path / "d", seconds=(0.2, 0.2, 0.2))  # 2 train clips + 1 test clip, batch 8
     tiny = ["--hidden-channels", "4", "--latent-dim", "4", "--num-res-blocks", "1", "--fsq-levels", "3,3"]
-    assert main(["train-tokenizer", "--modality", "audio", "--quantizer", "fsq", "--dataset", str(tmp_path / "d"),
+    assert main(["train-tokenizer", "--modality", "audio", "--audio-head", "logistic", "--quantizer", "fsq", "--dataset", str(tmp_path / "d"),
                  "--sample-rate", str(SR), "--clip-seconds", "0.256", "--batch-size", "8", "--steps", "3",
                  "--out", str(tmp_path / "tok"), "--quiet", *tiny]) == 0
     assert json.loads((tmp_path / "tok" / "metrics.json").read_text())["step"] == 3

@@ -1,0 +1,145 @@
+"""The causal spectral codec (issue 24): no lookahead, and ``stream_encoder`` / ``stream_decoder`` in chunks of any
+size equal offline ``encode`` / ``decode`` of the same model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokenizers_vq import TokenizerConfig, build_tokenizer, load_tokenizer
+
+HOP = 320  # tokens of 20 ms at 16 kHz
+
+
+def causal_tokenizer(**kw):
+    torch.manual_seed(0)
+    cfg = dict(modality="audio", causal=True, istft_dim=16, istft_layers=2, num_quantizers=3, codebook_size=16,
+               clip_samples=3200) | kw
+    tok = build_tokenizer(**cfg)
+    tok.train()(torch.rand(4, cfg["clip_samples"]) * 1.6 - 0.8)  # initialise the codebooks (k-means) as training does
+    return tok.eval()
+
+
+def speechlike(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / 16000
+    return (0.4 * torch.sin(2 * math.pi * 180 * t) * torch.sin(2 * math.pi * 3 * t)
+            + 0.1 * torch.randn(n, generator=g)).clamp(-1, 1)
+
+
+def stream_encode(tok, x, sizes):
+    enc, out, i, k = tok.stream_encoder(), [], 0, 0
+    while i < len(x):
+        step = sizes[k % len(sizes)]
+        out.append(enc(x[i:i + step]))
+        i, k = i + step, k + 1
+    return torch.cat([*out, enc.flush()])
+
+
+def stream_decode(tok, tokens, frames):
+    dec = tok.stream_decoder()
+    out = [dec(tokens[j:j + frames]) for j in range(0, len(tokens), frames)]
+    return torch.cat([*out, dec.flush()])
+
+
+@pytest.mark.parametrize("frames", [1, 3, 7])
+@pytest.mark.parametrize("quantizer", ["rvq", "fsq"])
+def test_streams_equal_offline_at_any_chunk_size(frames, quantizer):
+    kw = {} if quantizer == "rvq" else dict(quantizer="fsq", fsq_levels=[5, 4])
+    tok = causal_tokenizer(**kw)
+    n = 11 * HOP + 137  # an odd number of samples: the last token is zero-padded, as offline on the padded clip
+    x = speechlike(n)
+    offline = tok.encode(F.pad(x, (0, -n % HOP))[None])[0]
+    # chunks of `frames` tokens plus a few samples, then odd sizes, down to single samples
+    streamed = stream_encode(tok, x, [frames * HOP + 13, 1, 7 * frames + 2])
+    assert streamed.dtype == torch.int64 and torch.equal(streamed, offline)
+    decoded = stream_decode(tok, offline, frames)
+    want = tok.decode(offline[None])[0]
+    assert decoded.shape == want.shape == (12 * HOP,)
+    torch.testing.assert_close(decoded, want, atol=1e-5, rtol=0)
+
+
+def test_no_lookahead_and_latency():
+    tok = causal_tokenizer()
+    x = speechlike(20 * HOP)
+    later = x.clone()
+    later[9 * HOP:] = speechlike(11 * HOP, seed=5)  # a different future from sample 9 * HOP on
+    a, b = tok.encode(x[None])[0], tok.encode(later[None])[0]
+    assert torch.equal(a[:9], b[:9]) and not torch.equal(a[9:], b[9:])
+    ya, yb = tok.decode(a[None])[0], tok.decode(b[None])[0]
+    # a sample waits for the 3 STFT hops (3 x 80 samples) of the frames after it, never for more
+    final = 9 * HOP - 3 * (HOP // 4)
+    torch.testing.assert_close(ya[:final], yb[:final], atol=1e-6, rtol=0)
+    assert not torch.allclose(ya[final:9 * HOP], yb[final:9 * HOP])
+    assert tok.latency_ms == pytest.approx(1000 * (HOP + 3 * HOP // 4) / 16000) == 35.0
+    slow = causal_tokenizer(sample_rate=8000, clip_samples=1600)  # 50 tokens/s at 8 kHz: hop 160, still 35 ms
+    assert slow.config.downsample == 160 and slow.latency_ms == pytest.approx(35.0)
+
+
+def test_chunked_offline_coding_of_a_long_clip_equals_one_piece():
+    tok = causal_tokenizer()
+    x = speechlike(40 * HOP)
+    whole = tok.model.encode(x[None], chunk_tokens=0)
+    assert torch.equal(tok.model.encode(x[None], chunk_tokens=8), whole)
+    torch.testing.assert_close(tok.model.decode(whole, chunk_tokens=8), tok.model.decode(whole, chunk_tokens=0),
+                               atol=1e-5, rtol=0)
+
+
+def test_flush_starts_a_new_stream_and_fewer_codebooks_stream():
+    tok = causal_tokenizer()
+    x = speechlike(5 * HOP)
+    enc = tok.stream_encoder(n_quantizers=2)
+    first = torch.cat([enc(x), enc.flush()])
+    again = torch.cat([enc(x[:100]), enc(x[100:]), enc.flush()])
+    assert torch.equal(first, again) and torch.equal(first, tok.encode(x[None], n_quantizers=2)[0])
+    assert first.shape == (5, 2)
+    dec = tok.stream_decoder()
+    assert dec(first[:0]).shape == (0,)
+    torch.testing.assert_close(torch.cat([dec(first), dec.flush()]), tok.decode(first[None])[0], atol=1e-5, rtol=0)
+
+
+def test_streaming_needs_a_causal_model_and_clean_input(tmp_path):
+    offline = build_tokenizer(modality="audio", istft_dim=16, istft_layers=1, num_quantizers=2, codebook_size=16)
+    assert offline.latency_ms == math.inf and offline.config.causal is False
+    with pytest.raises(ValueError, match="not causal.*--causal"):
+        offline.stream_encoder()
+    with pytest.raises(ValueError, match="not causal"):
+        offline.stream_decoder()
+    with pytest.raises(ValueError, match="causal=True is a setting of autoencoder family spectral"):
+        TokenizerConfig(modality="audio", audio_head="logistic", causal=True)
+    tok = causal_tokenizer()
+    enc = tok.stream_encoder()
+    with pytest.raises(ValueError, match="float samples"):
+        enc(torch.zeros(10, dtype=torch.int16))
+    with pytest.raises(ValueError, match=r"mono samples \[T\]"):
+        enc(torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="outside"):
+        enc(torch.full((10,), 1.5))
+    with pytest.raises(ValueError, match="NaN"):
+        enc(torch.full((10,), float("nan")))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 16\)"):
+        tok.stream_decoder()(torch.full((2, 3), 16))
+    tok.save_pretrained(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.config.causal and again.fingerprint == tok.fingerprint
+    x = speechlike(3 * HOP)
+    assert torch.equal(stream_encode(again, x, [HOP]), tok.encode(x[None])[0])
+
+
+def test_causal_model_trains_and_old_configs_stay_offline():
+    tok = causal_tokenizer()
+    tok.train()
+    out = tok(speechlike(2 * 3200).view(2, 3200))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(p.grad is not None for p in tok.model.encoder.parameters())
+    # a config saved before the field existed (no "causal" key) is the offline model, and its fingerprint leaves
+    # the field out while it holds its default
+    cfg = TokenizerConfig(modality="audio", istft_dim=16, istft_layers=1)
+    d = cfg.to_dict()
+    d["autoencoder_config"].pop("causal")
+    assert TokenizerConfig.from_dict(d) == cfg and TokenizerConfig.from_dict(d).causal is False
+    assert "causal" not in str(cfg.identity_dict())
+    assert "causal" in str(cfg.replace(causal=True).identity_dict())
