@@ -165,6 +165,29 @@ def run_tokenize(a: Parsed) -> int:
 
 
 @dataclass
+class CodecOptions:
+    action: Literal["encode", "decode"] = field(metadata={"positional": True})  # encode: audio -> token stream; decode: token stream -> audio
+    input: str = field(metadata={"positional": True})  # encode: a WAV/FLAC/OGG file (mixed to mono, resampled) or - (raw 16-bit little-endian mono PCM at the codec's rate on stdin); decode: a token stream file or - (stdin)
+    output: str = field(metadata={"positional": True})  # encode: the token stream file or - (stdout); decode: a WAV file or - (raw 16-bit PCM on stdout)
+    tokenizer: str  # an audio tokenizer folder; a causal one (--causal) streams frame by frame
+
+
+def run_codec(a: Parsed) -> int:
+    import sys
+
+    from .stages.codec import codec_decode, codec_encode
+
+    run = codec_encode if a.action == "encode" else codec_decode
+    stats = run(a.tokenizer, a.input, a.output, device=a.device)
+    if not a.quiet:  # never onto a stream written to stdout
+        out = sys.stderr if a.output == "-" else sys.stdout
+        what = (f"{stats['seconds']:.2f} s -> {stats['frames']} frames at {stats['kbit_per_s']:.2f} kbit/s"
+                + (f", {stats['latency_ms']:.1f} ms latency" if stats.get("streaming") and "latency_ms" in stats else ""))
+        print(f"{a.action}d {a.input} -> {a.output}: {what}", file=out)
+    return 0
+
+
+@dataclass
 class BPEOptions:
     action: Literal["train"] = field(metadata={"positional": True})  # train: learn merges on the folder's training split
     tokens: str  # a token folder written by `vqgen tokenize` (grids read in raster order)
@@ -377,6 +400,8 @@ COMMANDS: dict[str, Command] = {
                         run_compress, lambda: [*_device(), *_common()]),
     "decompress": Command("decode a file written by `vqgen compress`", DecompressOptions, run_decompress,
                           lambda: [*_device(), *_common()]),
+    "codec": Command("audio <-> a fixed-rate token stream, through files or pipes (streams with a causal tokenizer)",
+                     CodecOptions, run_codec, lambda: [*_device(), *_common()]),
     "bpe": Command("byte-pair encoding over a token folder's sequences (Hugging Face tokenizers)", BPEOptions, run_bpe,
                    _common),
     "export": Command("a clean shareable folder (safetensors or ONNX) from a run or checkpoint", ExportOptions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 
     kind, rate = tokenizer.modality, tokenizer.sample_rate
     # Whole-split metrics (audio: STOI); the split is reconstructed only for a modality that has some.
     metrics |= kind.split_metrics(lambda: split_reconstructions(tokenizer, splits.test), rate)
+    if kind.timed:  # a causal codec streams: its algorithmic latency; None: needs whole clips
+        latency = tokenizer.latency_ms
+        metrics |= {"streaming": math.isfinite(latency), "latency_ms": latency if math.isfinite(latency) else None}
     written = kind.write_reconstructions(x, recon, out, rate)
     (written if written.is_dir() else written.parent).joinpath("metrics.json").write_text(json.dumps(metrics, indent=2))
     metrics["written"] = str(written)

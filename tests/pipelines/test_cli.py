@@ -218,6 +218,13 @@ def test_audio_tokenizer_defaults_to_the_spectral_codec(tmp_path, capsys):
     assert "--hidden-channels is a setting of autoencoder family mulaw" in capsys.readouterr().err
     assert main([*run, "--out", str(tmp_path / "d"), "--num-quantizers", "2", "--quantizer", "rvq"]) == 0
     assert TokenizerConfig.from_file(tmp_path / "d" / "config.json").num_quantizers == 2
+    assert main([*run, "--out", str(tmp_path / "e"), "--causal"]) == 0  # the streaming codec: reconstruct says so
+    capsys.readouterr()
+    assert main(["reconstruct", "--tokenizer", str(tmp_path / "e"), "--dataset", "tones", "--n", "1", "--limit", "4",
+                 "--out", str(tmp_path / "rec"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "streaming: True" in out and "latency_ms: 35.0000" in out
+    assert json.loads((tmp_path / "rec" / "metrics.json").read_text())["latency_ms"] == 35.0
 
 
 def test_gumbel_kl_weight_reaches_the_saved_config(tmp_path):
