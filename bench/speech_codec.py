@@ -5,7 +5,7 @@ Trains ``vqgen train-tokenizer``'s stage function with the recipe recipes/speech
 (``--recipe`` names another): the spectral codec (``audio_head="istft"``: 50 frames/s, residual VQ with 13
 codebooks of 512 codes and quantizer dropout, dead-code threshold 0.1) on ``spoken-digits``, 12,000 steps of
 16 at lr 1e-3 in bf16. The flags ``--dataset``, ``--num-quantizers``, ``--codebook-size``,
-``--dead-code-threshold``, ``--waveform-loss-weight``, ``--steps``, ``--batch-size``, ``--lr`` and
+``--dead-code-threshold``, ``--waveform-loss-weight``, ``--causal``, ``--steps``, ``--batch-size``, ``--lr`` and
 ``--mixed-precision`` override the file's values. The snapshots are the bench's own: it stops at each
 ``--minutes`` mark (wall-clock training time, evaluation excluded; the last mark is the file's
 ``max_seconds``, 30 minutes), copies the model there to ``OUT/<m>min`` and continues (``--resume``) to the
@@ -46,7 +46,7 @@ from tokenizers_vq import metrics as M
 PRETRAINED_DIR = ROOT / "tokenizers_vq" / "pretrained"
 RECIPE = "speech/spectral_rvq13"  # recipes/speech/spectral_rvq13.yaml: the shipped spoken-digits tokenizer's
 # flags that override a recipe value: the model's (TokenizerConfig fields), the loop's (TrainConfig), data
-MODEL_FLAGS = ("num_quantizers", "codebook_size", "dead_code_threshold", "waveform_loss_weight")
+MODEL_FLAGS = ("num_quantizers", "codebook_size", "dead_code_threshold", "waveform_loss_weight", "causal")
 LOOP_FLAGS = ("steps", "batch_size", "lr", "mixed_precision")
 # TrainConfig fields the bench sets itself: the snapshots' budgets and resuming, where the run goes, progress
 BENCH_LOOP = ("out", "max_seconds", "resume", "seed", "progress")
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     # expire nearly every code at every step; the recipe's 0.1 expires codes used less than about once in ten
     # batches.
     ap.add_argument("--dead-code-threshold", type=float, default=None, help="default: the recipe's (0.1)")
+    ap.add_argument("--causal", action="store_true", default=None,
+                    help="the streaming codec: no lookahead (default: the recipe's, offline)")
     ap.add_argument("--lr", type=float, default=None, help="default: the recipe's (1e-3)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "speech_codec"))
     ap.add_argument("--classifier", default=str(ROOT / "runs" / "speech_classifier"))

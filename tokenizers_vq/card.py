@@ -96,6 +96,43 @@ def _onnx_usage(config: Any, input_shape: tuple[int, ...], io: Mapping[str, str]
     return lines
 
 
+def _onnx_stream_usage() -> list[str]:
+    """The streaming loop of a causal codec's step graphs (``tokenizers_vq.onnx_stream``)."""
+    return [
+        "### Streaming with ONNX (`encoder_step.onnx` + `decoder_step.onnx` + `stream.json`)",
+        "",
+        "This codec is causal: the step graphs take any whole number of frames and the state the previous call "
+        "returned, and return the tokens / samples that are ready and the new state. The decoder's output starts "
+        "`skip_samples` before the input; the last samples come from dividing its `tail` by `env_tail` (at least "
+        "`env_floor`).",
+        "",
+        "```python",
+        "import json",
+        "import numpy as np",
+        "import onnxruntime as ort",
+        "",
+        f'folder = "{FOLDER_PLACEHOLDER}"',
+        'info = json.load(open(f"{folder}/stream.json"))',
+        'enc = ort.InferenceSession(f"{folder}/encoder_step.onnx", providers=["CPUExecutionProvider"])',
+        'dec = ort.InferenceSession(f"{folder}/decoder_step.onnx", providers=["CPUExecutionProvider"])',
+        'enc_state = {k: np.zeros(s, np.float32) for k, s in info["encoder_states"].items()}',
+        'dec_state = {k: np.zeros(s, np.float32) for k, s in info["decoder_states"].items()}',
+        'hop, out = info["hop"], []',
+        'x = np.zeros(10 * hop, np.float32)  # your audio at info["sample_rate"]: float32 in [-1, 1]',
+        "for i in range(0, len(x), hop):  # one frame per call here; any whole number of frames works",
+        '    tokens, *state = enc.run(None, {"x": x[None, i:i + hop], **enc_state})',
+        "    enc_state = dict(zip(enc_state, state))",
+        '    y, *state = dec.run(None, {"tokens": tokens, **dec_state})',
+        "    dec_state = dict(zip(dec_state, state))",
+        "    out.append(y[0])",
+        'out.append(dec_state["tail"][0] / np.maximum(dec_state["env_tail"][0], info["env_floor"]))  # the end',
+        'audio = np.clip(np.concatenate(out), -1, 1)[info["skip_samples"]:]  # aligned with x',
+        "print(audio.shape)",
+        "```",
+        "",
+    ]
+
+
 def tokenizer_card(config: Any, token_shape: tuple[int, ...], input_shape: tuple[int, ...], vocab_size: int, *,
                    formats: Iterable[str] = ("safetensors",), dataset: str | None = None, steps: int | None = None,
                    metrics: Mapping[str, Any] | None = None) -> str:
@@ -152,6 +189,8 @@ def tokenizer_card(config: Any, token_shape: tuple[int, ...], input_shape: tuple
         lines += _safetensors_usage(c, input_shape, io)
     if "onnx" in formats:
         lines += _onnx_usage(c, input_shape, io)
+        if getattr(c, "causal", False):
+            lines += _onnx_stream_usage()
     lines += ["## License", "", "MIT.", ""]
     return "\n".join(lines)
 

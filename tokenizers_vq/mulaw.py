@@ -45,9 +45,11 @@ def mu_law_encode(x: Tensor, quantization_channels: int = 256) -> Tensor:
 def mu_law_decode(q: Tensor, quantization_channels: int = 256) -> Tensor:
     """int codes [...] in [0, quantization_channels) -> float32 waveform [...] in [-1, 1].
 
-    Identical to ``torchaudio.functional.mu_law_decoding``; out-of-range codes are a ``ValueError``.
+    Identical to ``torchaudio.functional.mu_law_decoding``; out-of-range codes are a ``ValueError`` (not checked
+    inside a torch.compile / torch.export graph, which cannot read a value: the spectral codec's exported encoder
+    decodes its own in-range codes).
     """
-    if q.numel() and (q.min().item() < 0 or q.max().item() >= quantization_channels):
+    if q.numel() and not torch.compiler.is_compiling() and (q.min().item() < 0 or q.max().item() >= quantization_channels):
         raise ValueError(
             f"mu_law_decode: codes must lie in [0, {quantization_channels}), got range "
             f"[{q.min().item()}, {q.max().item()}]"

@@ -218,10 +218,16 @@ def export_onnx(tokenizer: Tokenizer, out_dir: str | Path, *, opset: int | None 
                     raise
                 spatial = False
     enc, dec = enc_bytes, dec_bytes
+    steps = {}
+    if tokenizer.latency_ms != float("inf"):  # a causal codec: its streaming steps too, checked the same way
+        from .onnx_stream import export_stream_steps
+
+        steps = export_stream_steps(tokenizer, out)
     atomic_write_bytes(enc_path, enc)
     atomic_write_bytes(dec_path, dec)
     return {"encoder": enc_path, "decoder": dec_path, "opset": opset, "input_shape": tuple(example.shape),
-            "token_shape": tuple(tokens.shape), "dynamic_size": spatial or tokenizer.modality.timed}
+            "token_shape": tuple(tokens.shape), "dynamic_size": spatial or tokenizer.modality.timed,
+            **{k: steps[k] for k in ("encoder_step", "decoder_step") if k in steps}}
 
 
 def _other_size_example(tokenizer: Tokenizer, example: Tensor) -> Tensor:

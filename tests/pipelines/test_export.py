@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
@@ -95,3 +96,35 @@ def test_push_to_hub_failure_says_what_and_how_to_retry(saved, tmp_path, monkeyp
     assert {p.name for p in out.iterdir()} == FILES["safetensors"]
     assert torch.equal(load_tokenizer(str(out)).encode(torch.zeros(1, 1, 16, 16)),
                        load_tokenizer(str(saved)).encode(torch.zeros(1, 1, 16, 16)))
+
+
+def test_causal_audio_codec_exports_streaming_steps(tmp_path):
+    """A causal spectral codec exports its offline pair (mu-law decoding inside the graph) and its streaming step
+    graphs (checked against stream_encoder / stream_decoder at export); the card's streaming loop runs without
+    torch and returns the clip's length."""
+    src = tmp_path / "run"
+    torch.manual_seed(0)
+    tok = build_tokenizer(modality="audio", causal=True, istft_dim=16, istft_layers=1, num_quantizers=2,
+                          codebook_size=16, clip_samples=3200)
+    with torch.no_grad():
+        tok.train()(torch.rand(4, 3200) * 1.6 - 0.8)  # every codebook k-means-initialised, as after training
+    tok.eval().save_pretrained(src)
+    out = export_model(src, tmp_path / "onnx", fmt="onnx")
+    assert {p.name for p in out.iterdir()} == FILES["onnx"] | {"encoder_step.onnx", "decoder_step.onnx",
+                                                               "stream.json"}
+    info = json.loads((out / "stream.json").read_text())
+    assert (info["hop"], info["skip_samples"], info["latency_ms"], info["codebooks"]) == (320, 240, 35.0, 2)
+    readme = (out / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    stream = next(b for b in blocks if "encoder_step.onnx" in b).replace(FOLDER_PLACEHOLDER, str(out))
+    proc = subprocess.run([sys.executable, "-c", TORCHLESS + stream], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(3200,)"  # 10 frames in, 10 frames out, aligned
+    from tokenizers_vq.onnx_stream import OnnxStream
+
+    onnx, x = OnnxStream(out / "encoder_step.onnx", out / "decoder_step.onnx", info), torch.rand(6 * 320) * 2 - 1
+    tokens = np.concatenate([onnx.encode(x[i:i + 640].numpy()) for i in range(0, len(x), 640)])
+    assert np.array_equal(tokens, tok.encode(x[None])[0].numpy())
+    y = np.concatenate([onnx.decode(tokens), onnx.flush()])
+    assert np.abs(y[:-240] - tok.decode(torch.from_numpy(tokens)[None])[0].numpy()[:-240]).max() < 1e-4

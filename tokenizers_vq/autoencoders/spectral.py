@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 KERNEL = 7  # depthwise kernel of each ConvNeXt block (Vocos, ConvNeXt)
 WINDOW_HOPS = 4  # STFT window = 4 hops (75% overlap), as Vocos
+CAUSAL_ENV_FLOOR = 1e-2  # (FrameSTFT.env_floor) the summed squared Hann window is 1.5 where 4 frames overlap
 
 
 def conv_step(conv: nn.Conv1d, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,6 +149,9 @@ class FrameSTFT(nn.Module):
         self.hop = hop
         self.n_fft = WINDOW_HOPS * hop
         self.pad = self.n_fft - hop if causal else (self.n_fft - hop) // 2  # samples of window before the hop
+        # Divide by at least this window sum. Causal: the last samples of a clip lie under the tail of one window
+        # only, where w^2 -> 0 and y / w^2 is rounding noise, so they fade out instead (the last ~3% of a window).
+        self.env_floor = CAUSAL_ENV_FLOOR if causal else 1e-8
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 
     def analyse(self, x: Tensor) -> Tensor:
@@ -165,7 +169,7 @@ class FrameSTFT(nn.Module):
         env = F.fold((self.window**2)[None, :, None].expand(1, -1, spec.shape[-1]), **fold)[:, 0, 0]
         start = self.pad
         end = start + spec.shape[-1] * self.hop
-        return y[:, start:end] / env[:, start:end].clamp(min=1e-8)
+        return y[:, start:end] / env[:, start:end].clamp(min=self.env_floor)
 
 
 @dataclass

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .spectral import CAUSAL_ENV_FLOOR, WINDOW_HOPS
+
 if TYPE_CHECKING:
     from .spectral import SpectralAudioAutoencoder
 
@@ -92,8 +94,6 @@ class StreamDecoder:
 
     def __init__(self, model: SpectralAudioAutoencoder, check_tokens: Callable[[Tensor], None] | None = None):
         self.model, self.check_tokens = model, check_tokens
-        stft = model.stft
-        self.window_sq = (stft.window**2).cpu()
         self.reset()
 
     def reset(self) -> None:
@@ -123,25 +123,36 @@ class StreamDecoder:
 
     @torch.no_grad()
     def flush(self) -> Tensor:
-        y = (self.tail / self.env_tail.clamp(min=1e-8))[0, self.skip:]
+        y = (self.tail / self.env_tail.clamp(min=self.model.stft.env_floor))[0, self.skip:]
         self.reset()
         return y.clamp(-1.0, 1.0)
 
     def _overlap_add(self, spec: Tensor) -> Tensor:
-        """Complex frames [1, bins, n] -> the samples they complete: windowed inverse FFTs added onto the carried
-        tail, divided by the summed squared window (as ``FrameSTFT.synthesise``)."""
+        """Complex frames [1, bins, n] -> the samples they complete (``overlap_add``), less those before time 0."""
         stft = self.model.stft
-        n, hop, n_fft = spec.shape[-1], stft.hop, stft.n_fft
-        frames = torch.fft.irfft(spec, n=n_fft, dim=1) * stft.window.cpu()[None, :, None]
-        fold = dict(output_size=(1, n_fft + (n - 1) * hop), kernel_size=(1, n_fft), stride=(1, hop))
-        y = F.fold(frames, **fold)[:, 0, 0]
-        env = F.fold(self.window_sq[None, :, None].expand(1, -1, n), **fold)[:, 0, 0]
-        k = self.tail.shape[1]
-        y[:, :k] += self.tail
-        env[:, :k] += self.env_tail
-        done = n * hop
-        self.tail, self.env_tail = y[:, done:], env[:, done:]
-        out = (y[:, :done] / env[:, :done].clamp(min=1e-8))[0]
-        drop = min(self.skip, done)
+        y, self.tail, self.env_tail = overlap_add(spec, self.tail, self.env_tail, stft.window.cpu(), stft.env_floor)
+        drop = min(self.skip, y.shape[1])
         self.skip -= drop
-        return out[drop:].clamp(-1.0, 1.0)
+        return y[0, drop:].clamp(-1.0, 1.0)
+
+
+def overlap_add(spec: Tensor, tail: Tensor, env_tail: Tensor, window: Tensor,
+                floor: float = CAUSAL_ENV_FLOOR) -> tuple[Tensor, Tensor, Tensor]:
+    """One streaming step of ``FrameSTFT.synthesise``: complex frames [B, bins, n] (window ``window`` of n_fft =
+    4 hops) added onto the carried sums ``tail`` / ``env_tail`` [B, 3 hops] -> (the n * hop samples now final,
+    divided by the summed squared window, at least ``floor``; the new tails). Block sums instead of ``F.fold``, so that a graph with
+    a symbolic n exports (``onnx_stream``)."""
+    n_fft = window.shape[0]
+    hop = n_fft // WINDOW_HOPS
+    frames = torch.fft.irfft(spec, n=n_fft, dim=1) * window[None, :, None]  # [B, n_fft, n]
+    b, n = frames.shape[0], frames.shape[2]
+    blocks = frames.reshape(b, WINDOW_HOPS, hop, n).permute(0, 1, 3, 2)  # [B, 4, n, hop]: frame k's j-th hop
+    env_blocks = (window**2).reshape(WINDOW_HOPS, 1, hop).expand(WINDOW_HOPS, n, hop)
+    # hop j of frame k lands on block k + j of the n + 3 blocks this step touches
+    y = sum(F.pad(blocks[:, j], (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS)).reshape(b, -1)
+    env = sum(F.pad(env_blocks[j], (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS)).reshape(1, -1)
+    k = tail.shape[1]
+    y = torch.cat([y[:, :k] + tail, y[:, k:]], dim=1)
+    env = torch.cat([env[:, :k] + env_tail, env[:, k:]], dim=1)
+    done = n * hop
+    return y[:, :done] / env[:, :done].clamp(min=floor), y[:, done:], env[:, done:].expand(b, -1)

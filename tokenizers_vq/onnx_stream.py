@@ -1,0 +1,189 @@
+"""ONNX streaming steps of a causal spectral tokenizer (issue 24): ``encoder_step.onnx`` and ``decoder_step.onnx``
+take a chunk and the state the previous call returned, and return what is ready and the new state, so a stream runs
+in onnxruntime with numpy alone (``OnnxStream`` below is such a loop, and the export folder's README shows it).
+
+encoder_step.onnx: ``x`` float32 [1, n * hop] in [-1, 1] (n >= 1 whole frames), ``context`` float32 [1, 3 STFT hops]
+and ``state_0..state_k`` (the causal convolutions' last inputs) -> ``tokens`` int64 [1, n(, q)] and the same states
+as ``context_out``, ``state_i_out``. decoder_step.onnx: ``tokens`` int64 [1, n(, q)], ``tail`` / ``env_tail``
+float32 [1, 3 STFT hops] (the overlap-add sums not yet final) and ``state_i`` -> ``x`` float32 [1, n * hop] and the
+new states. Every state starts as zeros of the shape ``stream.json`` lists. The decoder's output runs
+``skip_samples`` ahead of the input: drop that many samples at the start of a stream, and end it by dividing
+``tail`` by ``env_tail`` (what ``stream_decoder().flush()`` returns). Samples are clamped to [-1, 1] where final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vqgen_io import atomic_write_bytes, atomic_write_text
+
+from .autoencoders.spectral_stream import overlap_add
+from .onnx_export import _traceable
+from .tokenizer import Tokenizer
+
+ENCODER_STEP_FILE = "encoder_step.onnx"
+DECODER_STEP_FILE = "decoder_step.onnx"
+STREAM_FILE = "stream.json"
+EXAMPLE_FRAMES = 3  # traced with 3 frames per call (a size of 1 would be specialised to a constant)
+
+
+class EncoderStep(nn.Module):
+    """One call of ``StreamEncoder`` on whole frames, its state in and out (see the module docstring)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        super().__init__()
+        self.m = tokenizer.model
+
+    def forward(self, x: Tensor, context: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
+        m = self.m
+        buf = torch.cat([context, m.companded(x)], dim=1)
+        feats = m._spec_features(m.stft.frames(buf))
+        z, new = m.encoder.step(feats, list(states))
+        if m.latent_norm is not None:
+            z = m.latent_norm(z.transpose(1, 2)).transpose(1, 2)
+        return (m.quantizer(z).codes.long(), buf[:, buf.shape[1] - context.shape[1]:], *new)
+
+
+class DecoderStep(nn.Module):
+    """One call of ``StreamDecoder`` (samples in padded time: the first ``skip_samples`` precede the input)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        super().__init__()
+        self.m = tokenizer.model
+        self.n_dec = 1 + len(self.m.decoder.blocks)
+
+    def forward(self, tokens: Tensor, tail: Tensor, env_tail: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
+        m = self.m
+        h, dec = m.decoder.step(m.quantizer.codes_to_latent(tokens), list(states[:self.n_dec]))
+        out, ref = m.refine.step(m._depth_to_space(h), list(states[self.n_dec:]))
+        y, tail, env_tail = overlap_add(m._spectrum(out), tail, env_tail, m.stft.window, m.stft.env_floor)
+        return (y.clamp(-1.0, 1.0), tail, env_tail, *dec, *ref)
+
+
+def initial_states(tokenizer: Tokenizer) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The zero states of a new stream: ({encoder input name: array}, {decoder input name: array})."""
+    m = tokenizer.model
+    stft = m.stft
+    feats = torch.zeros(1, m.encoder.inp.in_channels, 1)
+    enc = {"context": np.zeros((1, stft.n_fft - stft.hop), np.float32)}
+    enc |= {f"state_{i}": s.numpy() for i, s in enumerate(m.encoder.initial_state(feats))}
+    k = stft.n_fft - stft.hop
+    dec = {"tail": np.zeros((1, k), np.float32), "env_tail": np.zeros((1, k), np.float32)}
+    states = [*m.decoder.initial_state(torch.zeros(1, m.decoder.inp.in_channels, 1)),
+              *m.refine.initial_state(torch.zeros(1, m.fine_dim, 1))]
+    dec |= {f"state_{i}": s.numpy() for i, s in enumerate(states)}
+    return enc, dec
+
+
+def _export(module: nn.Module, args: tuple[Any, ...], names: list[str], outputs: list[str],
+            dynamic: dict[str, Any]) -> bytes:
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs,
+                                    dynamic_shapes=dynamic, opset_version=18, verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+def export_stream_steps(tokenizer: Tokenizer, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``encoder_step.onnx``, ``decoder_step.onnx`` and ``stream.json`` for a causal spectral tokenizer,
+    after checking a 4-call stream in onnxruntime against ``stream_encoder`` / ``stream_decoder`` (tokens equal,
+    samples within 1e-4; ``RuntimeError`` otherwise). ``ValueError`` for a tokenizer that is not causal."""
+    tokenizer._streaming_model()  # the clear error for a non-causal tokenizer
+    m, out = tokenizer.model, Path(out_dir)
+    enc0, dec0 = initial_states(tokenizer)
+    t = torch.export.Dim("frames", min=1)
+    x = torch.zeros(1, EXAMPLE_FRAMES * m.hop)
+    enc_states = [torch.from_numpy(v) for k, v in enc0.items() if k.startswith("state_")]
+    dec_states = [torch.from_numpy(v) for k, v in dec0.items() if k.startswith("state_")]
+    with _traceable(tokenizer), torch.no_grad():
+        tokens = EncoderStep(tokenizer).eval()(x, torch.from_numpy(enc0["context"]), enc_states)[0]
+        enc_names = ["x", "context", *[f"state_{i}" for i in range(len(enc_states))]]
+        enc = _export(EncoderStep(tokenizer).eval(), (x, torch.from_numpy(enc0["context"]), enc_states), enc_names,
+                      ["tokens", *[f"{n}_out" for n in enc_names[1:]]],
+                      {"x": {1: m.hop * t}, "context": None, "states": [None] * len(enc_states)})
+        dec_names = ["tokens", "tail", "env_tail", *[f"state_{i}" for i in range(len(dec_states))]]
+        dec = _export(DecoderStep(tokenizer).eval(),
+                      (tokens, torch.from_numpy(dec0["tail"]), torch.from_numpy(dec0["env_tail"]), dec_states),
+                      dec_names, ["x", *[f"{n}_out" for n in dec_names[1:]]],
+                      {"tokens": {1: t}, "tail": None, "env_tail": None, "states": [None] * len(dec_states)})
+    info = {"sample_rate": int(tokenizer.sample_rate), "hop": int(m.hop), "skip_samples": int(m.stft.pad),
+            "env_floor": m.stft.env_floor,
+            "latency_ms": tokenizer.latency_ms, "codebooks": tokenizer.num_codebooks, "fingerprint": tokenizer.fingerprint,
+            "encoder_states": {k: list(v.shape) for k, v in enc0.items()},
+            "decoder_states": {k: list(v.shape) for k, v in dec0.items()}}
+    _check(tokenizer, enc, dec, info)
+    atomic_write_bytes(out / ENCODER_STEP_FILE, enc)
+    atomic_write_bytes(out / DECODER_STEP_FILE, dec)
+    atomic_write_text(out / STREAM_FILE, json.dumps(info, indent=2))
+    return {"encoder_step": out / ENCODER_STEP_FILE, "decoder_step": out / DECODER_STEP_FILE, **info}
+
+
+class OnnxStream:
+    """A stream through the step graphs with onnxruntime and numpy only: ``encode(x)`` with float32 [n * hop] ->
+    int64 tokens; ``decode(tokens)`` -> float32 samples (the first ``skip_samples`` of the stream dropped);
+    ``flush()`` -> the decoder's last samples. ``enc`` / ``dec``: the ONNX bytes or paths; ``info``: stream.json."""
+
+    def __init__(self, enc: Any, dec: Any, info: dict[str, Any]):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.enc = ort.InferenceSession(enc if isinstance(enc, bytes) else str(enc), opts,
+                                        providers=["CPUExecutionProvider"])
+        self.dec = ort.InferenceSession(dec if isinstance(dec, bytes) else str(dec), opts,
+                                        providers=["CPUExecutionProvider"])
+        self.enc_state = {k: np.zeros(v, np.float32) for k, v in info["encoder_states"].items()}
+        self.dec_state = {k: np.zeros(v, np.float32) for k, v in info["decoder_states"].items()}
+        self.skip, self.floor = info["skip_samples"], info["env_floor"]
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        out = self.enc.run(None, {"x": x[None].astype(np.float32), **self.enc_state})
+        self.enc_state = dict(zip(self.enc_state, out[1:]))
+        return out[0][0]
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        out = self.dec.run(None, {"tokens": tokens[None].astype(np.int64), **self.dec_state})
+        self.dec_state = dict(zip(self.dec_state, out[1:]))
+        y = out[0][0]
+        drop = min(self.skip, len(y))
+        self.skip -= drop
+        return y[drop:]
+
+    def flush(self) -> np.ndarray:
+        tail, env = self.dec_state["tail"][0], self.dec_state["env_tail"][0]
+        return np.clip(tail / np.maximum(env, self.floor), -1.0, 1.0)[self.skip:]
+
+
+def _check(tokenizer: Tokenizer, enc: bytes, dec: bytes, info: dict[str, Any]) -> None:
+    """A stream of 1, 2, 3 and 5 frames through onnxruntime equals PyTorch's stream objects."""
+    hop = info["hop"]
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(11 * hop, generator=gen) * 1.6 - 0.8)
+    onnx, penc, pdec = OnnxStream(enc, dec, info), tokenizer.stream_encoder(), tokenizer.stream_decoder()
+    got_t, want_t, got_y, want_y, i = [], [], [], [], 0
+    for n in (1, 2, 3, 5):
+        chunk = x[i * hop:(i + n) * hop]
+        i += n
+        got_t.append(onnx.encode(chunk.numpy()))
+        want_t.append(penc(chunk).numpy())
+        got_y.append(onnx.decode(want_t[-1]))
+        want_y.append(pdec(torch.from_numpy(want_t[-1])).numpy())
+    got_y.append(onnx.flush())
+    want_y.append(pdec.flush().numpy())
+    report = "please report this with the tokenizer's config.json"
+    if not all(np.array_equal(a, b) for a, b in zip(got_t, want_t)):
+        raise RuntimeError(f"{ENCODER_STEP_FILE}: onnxruntime's tokens differ from stream_encoder's; {report}")
+    got, want = np.concatenate(got_y), np.concatenate(want_y)
+    err = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    if not err <= 1e-4:
+        raise RuntimeError(f"{DECODER_STEP_FILE}: onnxruntime's samples differ from stream_decoder's by {err:.3g} "
+                           f"(> 1e-4); {report}")
