@@ -62,7 +62,7 @@ def _inputs(cwd: Path) -> None:
 def test_the_readme_has_worked_examples_for_every_command() -> None:
     used = {argv[0] for argv in worked_examples()}
     assert {"train-tokenizer", "reconstruct", "tokenize", "train-prior", "sample", "score", "compress", "decompress",
-            "export", "demo"} <= used
+            "export", "demo", "codec"} <= used
 
 
 @pytest.mark.slow
@@ -78,6 +78,7 @@ def test_every_worked_example_runs_as_written(tmp_path, monkeypatch, capsys) -> 
         assert rc == 0, f"`vqgen {' '.join(argv)}` exited {rc}: {capsys.readouterr().err[-2000:]}"
     assert len(list(Path("runs/sevens").glob("sample_*.png"))) == 20
     assert sorted(p.name for p in Path("runs/decoded").iterdir()) == ["digit1.png", "digit2.png"]
+    assert Path("runs/clip-codec.wav").stat().st_size > Path("runs/clip.vqc").stat().st_size > 0
     import soundfile as sf
 
     wave, rate = sf.read("runs/clip-decoded/clip.wav")
