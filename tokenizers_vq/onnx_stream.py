@@ -50,7 +50,7 @@ class EncoderStep(nn.Module):
         z, new = m.encoder.step(feats, list(states))
         if m.latent_norm is not None:
             z = m.latent_norm(z.transpose(1, 2)).transpose(1, 2)
-        return (m.quantizer(z).codes.long(), buf[:, buf.shape[1] - context.shape[1]:], *new)
+        return (m.quantizer.codes(z).long(), buf[:, buf.shape[1] - context.shape[1]:], *new)
 
 
 class DecoderStep(nn.Module):
@@ -130,13 +130,17 @@ def export_stream_steps(tokenizer: Tokenizer, out_dir: str | Path) -> dict[str, 
 class OnnxStream:
     """A stream through the step graphs with onnxruntime and numpy only: ``encode(x)`` with float32 [n * hop] ->
     int64 tokens; ``decode(tokens)`` -> float32 samples (the first ``skip_samples`` of the stream dropped);
-    ``flush()`` -> the decoder's last samples. ``enc`` / ``dec``: the ONNX bytes or paths; ``info``: stream.json."""
+    ``flush()`` -> the decoder's last samples. ``enc`` / ``dec``: the ONNX bytes or paths; ``info``: stream.json;
+    ``threads``: onnxruntime's intra-op threads (default: its own choice, one per core)."""
 
-    def __init__(self, enc: Any, dec: Any, info: dict[str, Any]):
+    def __init__(self, enc: Any, dec: Any, info: dict[str, Any], threads: int | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads is not None:  # a stream of small calls is usually fastest on one thread
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = threads
         self.enc = ort.InferenceSession(enc if isinstance(enc, bytes) else str(enc), opts,
                                         providers=["CPUExecutionProvider"])
         self.dec = ort.InferenceSession(dec if isinstance(dec, bytes) else str(dec), opts,

@@ -153,6 +153,31 @@ def test_quantizer_loop_matches_the_library_forward(quantizer):
         assert torch.allclose(q.codes_to_latent(ours.codes[..., :n]), lib, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 32, 1), (3, 32, 50), (2, 32, 7, 5)])
+def test_evaluation_lookup_equals_the_library_forward_to_the_bit(shape):
+    """Without grad in eval, rvq looks codes up without the library's forward (``_nearest``): the same codes, sums
+    and zero losses, for one frame, many frames and a 2-d grid; with grad (training) the library's forward runs."""
+    torch.manual_seed(0)
+    q = build_quantizer(TokenizerConfig(quantizer="rvq", latent_dim=32, codebook_size=512, num_quantizers=5))
+    with torch.no_grad():
+        q(torch.randn(4, 32, 300))  # k-means initialisation of every codebook
+    q.eval()
+    z = torch.randn(*shape) * 2
+    seq = z.flatten(2).transpose(1, 2)
+    with torch.no_grad():
+        assert q._plain_lookup()
+        fast = q._nearest(seq, 5)
+        with torch.enable_grad():  # the library's path
+            slow = q._layers(seq, 5)
+        out = q(z)
+    assert torch.equal(fast[1], slow[1]) and torch.equal(fast[0], slow[0].detach())
+    assert [float(v) for v in fast[2]] == [float(v.detach()) for v in slow[2]] == [0.0] * 5
+    assert torch.equal(out.codes, slow[1].view(*out.codes.shape))
+    assert torch.equal(q.codes(z), out.codes) and torch.equal(q.codes(z, 2), out.codes[..., :2])
+    q.rq.layers[1]._codebook.initted.fill_(False)  # an uninitialised codebook: the library's forward decides
+    assert not q._plain_lookup()
+
+
 @pytest.mark.parametrize("quantizer", RESIDUAL)
 def test_chunked_audio_equals_one_piece(quantizer):
     tok = _tok(quantizer)

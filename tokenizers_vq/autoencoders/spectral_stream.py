@@ -53,6 +53,7 @@ class StreamEncoder:
         self.pending = torch.zeros(0)  # samples of an unfinished token
         self.context = torch.zeros(1, stft.n_fft - stft.hop)  # the last window's past (companded) samples
         self.state: list[Tensor] | None = None  # the encoder stack's, made on the first chunk
+        self.device = self.model.stft.window.device
 
     @torch.no_grad()
     def __call__(self, x: Any) -> Tensor:
@@ -74,18 +75,16 @@ class StreamEncoder:
             q = self.n_quantizers or m.quantizer.num_codebooks
             return torch.zeros((0, q) if m.config.residual else (0,), dtype=torch.long)
         samples, self.pending = self.pending[: t * m.hop], self.pending[t * m.hop:]
-        device = next(m.parameters()).device
         buf = torch.cat([self.context, m.companded(samples[None])], dim=1)
         self.context = buf[:, buf.shape[1] - self.context.shape[1]:]
-        feats = m._spec_features(m.stft.frames(buf.to(device)))  # [1, 3 * bins * sub, t]
+        feats = m._spec_features(m.stft.frames(buf.to(self.device)))  # [1, 3 * bins * sub, t]
         if self.state is None:
             self.state = m.encoder.initial_state(feats)
         z, self.state = m.encoder.step(feats, self.state)
         if m.latent_norm is not None:
             z = m.latent_norm(z.transpose(1, 2)).transpose(1, 2)
-        codes = m.quantizer(z).codes[0].long().cpu()
-        n = self.n_quantizers
-        return codes[..., :n].contiguous() if m.config.residual and n is not None else codes
+        n = self.n_quantizers if m.config.residual else None
+        return m.quantizer.codes(z, n)[0].long().cpu()
 
 
 class StreamDecoder:
@@ -102,6 +101,7 @@ class StreamDecoder:
         self.env_tail = torch.zeros(1, tail)
         self.skip = self.model.stft.pad  # the first frames' windows reach this far before sample 0
         self.state: tuple[list[Tensor], list[Tensor]] | None = None
+        self.device = self.model.stft.window.device
 
     @torch.no_grad()
     def __call__(self, tokens: Any) -> Tensor:
@@ -111,8 +111,7 @@ class StreamDecoder:
         if self.check_tokens is not None:
             self.check_tokens(tokens[None])
         m = self.model
-        device = next(m.parameters()).device
-        latent = m.quantizer.codes_to_latent(tokens[None].long().to(device))  # [1, D, t]
+        latent = m.quantizer.codes_to_latent(tokens[None].long().to(self.device))  # [1, D, t]
         if self.state is None:
             h0 = m.decoder.initial_state(latent)
             self.state = (h0, m.refine.initial_state(latent.new_zeros(1, m.fine_dim, 1)))

@@ -68,6 +68,11 @@ class Quantizer(nn.Module):
         training with quantizer dropout); the others accept None or 1."""
         raise NotImplementedError
 
+    def codes(self, z: Tensor, n_quantizers: int | None = None) -> Tensor:
+        """Only the codes of ``forward(z, n_quantizers)``: int64 [B, *grid] (residual: [B, *grid, n]). Subclasses
+        may skip the loss and metrics; the codes are the same."""
+        return self(z, n_quantizers).codes
+
     def codes_to_latent(self, codes: Tensor) -> Tensor:  # pragma: no cover - interface
         """codes int64 [B, *grid] (residual: [B, *grid, q'], q' <= num_codebooks) -> quantized latent float
         [B, out_dim, *grid]."""

@@ -110,6 +110,14 @@ class ResidualQuantizer(Quantizer):
             metrics[f"perplexity_q{i}"] = _batch_perplexity(codes[..., i].detach(), self.vocab_size)
         return QuantizerOutput(_from_seq(quantized, grid), codes.view(z.shape[0], *grid, n), loss, metrics)
 
+    def codes(self, z: Tensor, n_quantizers: int | None = None) -> Tensor:
+        """codes int64 [B, *grid, n] of ``forward``, without its loss and per-codebook metrics (a streaming encoder
+        asks for one frame at a time)."""
+        seq, grid = _to_seq(z.float())
+        n = self._n_active(n_quantizers, z.device)
+        codes = self._layers(self._project_in(seq), n)[1]
+        return codes.view(z.shape[0], *grid, n)
+
     def codes_to_latent(self, codes: Tensor) -> Tensor:
         """codes int64 [B, *grid, q'] in [0, vocab_size), 1 <= q' <= q -> float [B, D, *grid]: the sum of the first
         q' codebooks' entries (the later residuals are taken as zero)."""
@@ -149,7 +157,42 @@ class ResidualVQQuantizer(ResidualQuantizer):
     def _codebook(self, i: int) -> Tensor:
         return self.rq.layers[i]._codebook.embed[0]  # [1 head, K, d] -> [K, d]
 
+    def _plain_lookup(self) -> bool:
+        """Whether an eval-time lookup may skip the library's forward (``_nearest``): every layer single-head,
+        Euclidean, without projection, affine parameters or bridge, its codebook initialised, not training."""
+        for vq in self.rq.layers:
+            cb = vq._codebook
+            if (vq.training or vq.heads != 1 or vq.has_projections or cb.use_cosine_sim
+                    or getattr(cb, "affine_param", False) or getattr(cb, "vq_bridge", None) is not None
+                    or (not torch.compiler.is_compiling() and not bool(cb.initted))):  # export checks it first
+                return False
+        return True
+
+    def _nearest(self, residual: Tensor, n: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``_layers`` in evaluation, without the library's per-call Python (~0.5 ms a layer): its distance
+        arithmetic op for op (vector_quantize_pytorch's ``cdist``: |x|^2 + |c|^2 - 2 x.c, clamped, square root), its
+        argmax and its codebook entries, so the codes and sums are the library's to the bit (a test pins it)."""
+        x = residual.float()
+        flat = x.reshape(1, -1, x.shape[-1])
+        x2 = (flat ** 2).sum(-1)
+        out = torch.zeros_like(x)
+        codes = []
+        for vq in self.rq.layers[:n]:
+            embed = vq._codebook.embed.detach().float()  # [1, K, d]
+            xy = torch.einsum("b i d, b j d -> b i j", flat, embed) * -2
+            dist = -(x2[..., None] + (embed ** 2).sum(-1)[:, None, :] + xy).clamp(min=1e-8).sqrt()
+            idx = dist.argmax(dim=-1)[0]
+            quantized = embed[0][idx]
+            flat = flat - quantized[None]
+            x2 = (flat ** 2).sum(-1)
+            out = out + quantized.view_as(x)
+            codes.append(idx.view(x.shape[:-1]))
+        zero = x.new_zeros(())
+        return out, torch.stack(codes, dim=-1), [zero] * len(codes)
+
     def _layers(self, residual: Tensor, n: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        if not torch.is_grad_enabled() and self._plain_lookup():
+            return self._nearest(residual, n)
         out = torch.zeros_like(residual)
         codes, losses = [], []
         for vq in self.rq.layers[:n]:
