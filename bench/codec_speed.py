@@ -110,27 +110,47 @@ def stream_seconds(tok: Any, x: torch.Tensor, frames: int, repeats: int) -> floa
     return best_of(repeats, run)
 
 
-def onnx_seconds(tok: Any, x: torch.Tensor, frames: int, repeats: int, work: Path) -> float:
-    """Seconds to stream x through the exported step graphs in onnxruntime on one thread (whole frames only)."""
-    from tokenizers_vq.onnx_stream import OnnxStream, export_stream_steps
+def onnx_seconds(info: dict[str, Any], x: torch.Tensor, hop: int, frames: int, repeats: int) -> float:
+    """Seconds to stream x through exported step graphs (``export_stream_steps``'s ``info``) in onnxruntime on one
+    thread, ``frames`` tokens per call (whole frames only; scaled to all of x)."""
+    from tokenizers_vq.onnx_stream import OnnxStream
 
-    info = export_stream_steps(tok, work)
-    step = frames * tok.model.hop
+    step = frames * hop
     xs = x[: len(x) // step * step].numpy()
 
-    def run() -> None:
+    def run() -> float:
         s = OnnxStream(info["encoder_step"], info["decoder_step"], info, threads=1)
         t0 = time.perf_counter()
         for i in range(0, len(xs), step):
             s.decode(s.encode(xs[i:i + step]))
         s.flush()
-        run.seconds = time.perf_counter() - t0  # the stream alone, not the session's creation
+        return time.perf_counter() - t0  # the stream alone, not the session's creation
 
-    times = []
-    for _ in range(repeats + 1):
-        run()
-        times.append(run.seconds)
-    return min(times[1:]) * len(x) / len(xs)
+    run()  # warm-up
+    return min(run() for _ in range(repeats)) * len(x) / len(xs)
+
+
+def stream_vs_offline(tok: Any, x: torch.Tensor, png: Path) -> dict[str, Any]:
+    """Decode x's tokens offline and streamed a frame at a time (encoder and decoder), write their spectrograms
+    with the input's and the difference's scale to ``png``; returns the largest sample difference and the tokens
+    that differ."""
+    from tokenizers_vq.modality.audio import spectrogram_image
+
+    n = len(x) // tok.model.hop * tok.model.hop
+    x = x[:n]
+    with torch.no_grad():
+        tokens = tok.encode(x[None])[0]
+        offline = tok.decode(tokens[None])[0]
+    enc, dec = tok.stream_encoder(), tok.stream_decoder()
+    hop = tok.model.hop
+    streamed_tokens = torch.cat([*(enc(x[i:i + hop]) for i in range(0, n, hop)), enc.flush()])
+    streamed = torch.cat([*(dec(streamed_tokens[j:j + 1]) for j in range(len(streamed_tokens))), dec.flush()])
+    diff = (streamed[:n] - offline).abs()
+    clip = slice(0, min(n, 3 * SR))  # three seconds: the words stay readable
+    spectrogram_image([x[clip], offline[clip], streamed[:n][clip], (streamed[:n] - offline)[clip] * 1e4], SR,
+                      labels=["input", "offline decode", "streamed, 1 frame per call", "difference x 10^4"]).save(png)
+    return {"max_abs_diff": float(diff.max()), "tokens_differ": int((streamed_tokens != tokens).sum()),
+            "png": str(png.relative_to(ROOT))}
 
 
 def vqgen_rows(tok: Any, x: torch.Tensor, args: argparse.Namespace, label: str) -> list[dict[str, Any]]:
@@ -150,8 +170,11 @@ def vqgen_rows(tok: Any, x: torch.Tensor, args: argparse.Namespace, label: str) 
 
     rows = [row(f"stream, {f} frame(s) per call", stream_seconds(tok, x, f, args.repeats), f) for f in args.frames]
     if args.onnx:
+        from tokenizers_vq.onnx_stream import export_stream_steps
+
         with tempfile.TemporaryDirectory(prefix="codec-speed-") as tmp:
-            rows += [row(f"ONNX stream, {f} frame(s) per call", onnx_seconds(tok, x, f, args.repeats, Path(tmp)), f)
+            info = export_stream_steps(tok, tmp)  # checked against the PyTorch stream on export
+            rows += [row(f"ONNX stream, {f} frame(s) per call", onnx_seconds(info, x, tok.model.hop, f, args.repeats), f)
                      for f in args.onnx_frames]
     xp = torch.nn.functional.pad(x, (0, -len(x) % tok.model.hop))[None]
     with torch.no_grad():
@@ -270,6 +293,11 @@ def markdown(res: dict[str, Any]) -> str:
     out += ["", f"Machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}, onnxruntime "
             f"{meta.get('onnxruntime', '-')}; load average {meta['load_start']} at the start, {meta['load_end']} at "
             "the end (other jobs slow every row alike; compare ratios within this table)."]
+    if res.get("stream_vs_offline"):
+        c = res["stream_vs_offline"]
+        out += ["", f"Streamed (one frame per call, encoder and decoder) against offline coding of the same "
+                f"{res['audio_s']:g} s: {c['tokens_differ']} tokens differ, largest sample difference "
+                f"{c['max_abs_diff']:.2g}.", "", "![input, offline, streamed and their difference](codec_stream.png)"]
     return "\n".join(out)
 
 
@@ -308,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         label = "trained causal" if args.tokenizer else f"causal {size[0]}x{size[1]}"
         rows += vqgen_rows(tok, x, args, label)
         params[label] = rows[-1]["params"]
+    compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / "codec_stream.png") if args.tokenizer else None
     if args.peers:
         rows += peer_speed_rows(x, args.repeats, recorded_delays())
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -328,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pass
     meta["load_end"] = [round(v, 2) for v in os.getloadavg()]
     argv_s = " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    res = {"command": f"python -m bench.codec_speed {argv_s}".strip(), "audio_s": len(x) / SR, "meta": meta, "rows": rows}
+    res = {"command": f"python -m bench.codec_speed {argv_s}".strip(), "audio_s": len(x) / SR, "meta": meta, "rows": rows,
+           "stream_vs_offline": compare}
     if args.quick:
         print(markdown(res))
     else:
