@@ -15,12 +15,13 @@ compute, the best of ``--repeats``; 50x = a 20 ms frame coded and decoded in 0.4
   default 20 ms frames 26.5 ms (RFC 6716); Codec2 one frame (20 ms; 40 ms for 1300 and 700C) plus the output delay
   ``bench.speech_quality`` measures (about 20-28 ms), where that run is on record.
 
-Without ``--tokenizer`` the vqgen rows time a freshly initialised causal codec of the shipped spoken-digits size
-(``istft_dim`` 256, 6 ConvNeXt blocks per stack, 5 residual codebooks of 512 codes): the time does not depend on
-the weights, the quality does, so such rows have no STOI. With ``--tokenizer DIR`` (a trained causal codec) and
-``--quality`` the table adds STOI and the spoken-digit listener's accuracy on the 180 held-out clips, from
-``bench.speech_quality``'s functions (``--classifier DIR``: the listener; default ``runs/speech_classifier``, else
-one is trained).
+``--tokenizer DIR`` times a trained causal codec, compares its stream (one frame per call) with its offline
+coding (tokens and samples, and spectrograms in docs/benchmarks/codec_stream.png) and, with ``--quality``, adds
+STOI and the spoken-digit listener's accuracy on the 180 held-out clips from ``bench.speech_quality``'s functions
+(``--classifier DIR``: the listener; default ``runs/speech_classifier``, else one is trained), for the peers too.
+``--sizes 256x6 128x4 64x2`` (the default without ``--tokenizer``) also times freshly initialised causal codecs of
+those istft_dim x istft_layers with the shipped bottleneck (5 residual codebooks of 512 codes): the time does not
+depend on the weights, so these rows show what a smaller model would buy; they have no quality.
 
 Run: ``OMP_NUM_THREADS=1 python -m bench.codec_speed [--tokenizer DIR --quality]`` (writes bench/results/
 codec_speed.json and docs/benchmarks/codec_speed.md); ``--quick`` times 5 s of a small model and prints only.
@@ -47,6 +48,8 @@ SR = 16000
 OPUS_LATENCY_MS = 26.5  # RFC 6716 2.1: 20 ms frames + 6.5 ms of look-ahead at the default frame size
 CODEC2_FRAME_MS = {"3200": 20, "2400": 20, "1300": 40, "700C": 40}
 SHIPPED_SIZE: tuple[int, int] = (256, 6)  # istft_dim, istft_layers of the shipped spoken-digits codec
+DEFAULT_SIZES = [SHIPPED_SIZE, (128, 4), (64, 2)]
+TRAINED = "trained causal"
 
 
 def test_audio(seconds: float) -> torch.Tensor:
@@ -59,7 +62,7 @@ def test_audio(seconds: float) -> torch.Tensor:
     return x.repeat(-(-n // len(x)))[:n]
 
 
-def causal_codec(path: str | None, size: tuple[int, int], quick: bool, seed: int) -> Any:
+def causal_codec(path: str | None, size: tuple[int, int] | None, quick: bool, seed: int) -> Any:
     """The trained causal tokenizer at ``path``, or a fresh one with ``size`` = (istft_dim, istft_layers) and the
     shipped bottleneck (its codebooks initialised by k-means in one training call, as training's first step)."""
     if path:
@@ -254,7 +257,7 @@ def quality(rows: list[dict[str, Any]], tokenizer: str, args: argparse.Namespace
     scored = {r["codec"]: r for r in peer_rows(xs, ys, SR, clf) if "stoi" in r}
     ours = tokenizer_rows(tokenizer, None, xs, ys, SR, clf)[0]
     for r in rows:
-        q = ours if r.get("family") == "vqgen" else scored.get(r["codec"])
+        q = ours if r.get("model") == TRAINED else scored.get(r["codec"])
         if q:
             r["stoi"], r["listener"] = q["stoi"], q["accuracy"]
         if r["codec"] in scored and r.get("latency_ms") is None and "delay_ms" in scored[r["codec"]]:
@@ -305,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.codec_speed", description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", default=None, metavar="DIR", help="a trained causal audio tokenizer (default: a "
                     "fresh one of the shipped size; same speed, no quality)")
-    ap.add_argument("--sizes", type=parse_size, nargs="+", default=[SHIPPED_SIZE, (128, 4), (64, 2)],
-                    metavar="DIMxLAYERS", help="without --tokenizer: codec sizes timed (default 256x6 128x4 64x2)")
+    ap.add_argument("--sizes", type=parse_size, nargs="+", default=None, metavar="DIMxLAYERS",
+                    help="untrained codec sizes timed too (default: 256x6 128x4 64x2 without --tokenizer, none with)")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds of audio coded per row (default 30)")
     ap.add_argument("--frames", type=int, nargs="+", default=[1, 2, 5, 50], help="tokens per streaming call")
     ap.add_argument("--onnx-frames", type=int, nargs="+", default=[1, 2, 5], help="tokens per ONNX streaming call")
@@ -331,22 +334,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_start = [round(v, 2) for v in os.getloadavg()]
     x = test_audio(args.seconds)
     rows, params = [], {}
-    for size in ([None] if args.tokenizer else args.sizes):
-        tok = causal_codec(args.tokenizer, size, args.quick, args.seed)
-        label = "trained causal" if args.tokenizer else f"causal {size[0]}x{size[1]}"
-        rows += vqgen_rows(tok, x, args, label)
+    compare = None
+    if args.tokenizer:
+        tok = causal_codec(args.tokenizer, None, args.quick, args.seed)
+        rows += vqgen_rows(tok, x, args, TRAINED)
+        params[TRAINED] = rows[-1]["params"]
+        compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / "codec_stream.png")
+    sizes = args.sizes if args.sizes is not None else ([] if args.tokenizer else DEFAULT_SIZES)
+    for size in sizes:
+        label = f"causal {size[0]}x{size[1]} (untrained)"
+        rows += vqgen_rows(causal_codec(None, size, args.quick, args.seed), x, args, label)
         params[label] = rows[-1]["params"]
-    compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / "codec_stream.png") if args.tokenizer else None
     if args.peers:
         rows += peer_speed_rows(x, args.repeats, recorded_delays())
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "repeats": args.repeats, "load_start": load_start, "params": params}
-    sizes = "; ".join(f"{k}: {v / 1e6:.2f}M parameters" for k, v in params.items())
     meta["model_note"] = (
-        f"Model: the trained causal codec `{args.tokenizer}` ({sizes})." if args.tokenizer else
-        "Models: freshly initialised causal codecs, istft_dim x istft_layers (the shipped spoken-digits codec is "
-        f"256x6), each with 5 residual codebooks of {64 if args.quick else 512} codes ({sizes}): the time does "
-        "not depend on the weights; their quality does, and only the shipped size has been trained.")
+        (f"`{TRAINED}`: the causal codec `{args.tokenizer}`. " if args.tokenizer else "")
+        + ("Untrained rows: freshly initialised causal codecs of istft_dim x istft_layers (the shipped spoken-digits "
+           f"codec is 256x6), 5 residual codebooks of {64 if args.quick else 512} codes: the time does not depend on "
+           "the weights, the quality does. " if sizes else "")
+        + f"Parameters: {'; '.join(f'{k}: {v / 1e6:.2f}M' for k, v in params.items())}.")
     if args.quality:
         meta["classifier"] = quality(rows, args.tokenizer, args)
     try:

@@ -198,10 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(out)
     run_dir = out / "run"
     cmd = "python -m bench.speech_codec " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
         for k, v in vars(args).items()
-        if k not in ("out", "classifier", "install", "install_only", "results_name") and v is not None)
+        if k not in ("out", "classifier", "install", "install_only", "results_name") and v is not None and v is not False)
     cmd += " --install" if args.install else ""
+    cmd += f" --results-name {args.results_name}" if args.results_name else ""
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "dataset": args.dataset, "command": cmd,
                             "recipe": recipe_file, "model": model, "loop": loop,

@@ -9,7 +9,8 @@ tokens per frame), ``vocab_size`` and ``bits`` (ceil(log2 vocab_size) per token)
 position, most significant bit first, zero-padded to ``frame_bytes`` = ceil(q * bits / 8) bytes: a frame can be sent
 as soon as it is encoded (5 codebooks of 512 codes: 45 bits in 6 bytes per 20 ms, 2.4 kbit/s, as Codec2 2400 packs
 48 bits). The stream has no length field, so it can be written before the audio ends; a stream cut inside a frame is
-an error naming how many bytes are missing.
+an error naming the bytes of the partial frame. There is no checksum: a corrupt byte is caught only where it makes a
+token beyond ``vocab_size`` (never, when vocab_size is a power of two) or a header that does not parse.
 """
 
 from __future__ import annotations
@@ -76,9 +77,22 @@ class StreamHeader:
             raise StreamError(f"{source} ends inside its header: the stream was cut off")
         try:
             d = json.loads(body)
-            return cls(**{k: d[k] for k in ("fingerprint", "sample_rate", "hop", "codebooks", "vocab_size", "causal")})
-        except (ValueError, KeyError, TypeError) as e:
-            raise StreamError(f"{source} has a corrupt header ({e})") from None
+            header = cls(**{k: d[k] for k in ("fingerprint", "sample_rate", "hop", "codebooks", "vocab_size", "causal")})
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StreamError(f"{source} has a corrupt header ({type(e).__name__}: {e})") from None
+        header.check(source)
+        return header
+
+    def check(self, source: str = "the stream") -> None:
+        """``StreamError`` for a field of the wrong type or out of range (a corrupt header)."""
+        ints = {"sample_rate": 1, "hop": 1, "codebooks": 1, "vocab_size": 2}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise StreamError(f"{source} has a corrupt header: {name} = {v!r} (an integer >= {low} expected)")
+        if not isinstance(self.fingerprint, str) or not isinstance(self.causal, bool):
+            raise StreamError(f"{source} has a corrupt header: fingerprint {self.fingerprint!r}, causal "
+                              f"{self.causal!r}")
 
 
 def _read_exactly(read: Any, n: int) -> bytes:
@@ -98,19 +112,24 @@ def pack_frames(tokens: np.ndarray, header: StreamHeader) -> bytes:
     tokens = np.asarray(tokens, dtype=np.int64).reshape(len(tokens), header.codebooks)
     if not len(tokens):
         return b""
+    if tokens.min() < 0 or tokens.max() >= header.vocab_size:  # the bits would wrap into another code
+        raise ValueError(f"tokens must be in [0, {header.vocab_size}), got values in [{int(tokens.min())}, "
+                         f"{int(tokens.max())}]")
     b = header.bits
     bits = ((tokens[:, :, None] >> np.arange(b - 1, -1, -1)) & 1).reshape(len(tokens), -1).astype(np.uint8)
     bits = np.pad(bits, ((0, 0), (0, header.frame_bytes * 8 - bits.shape[1])))
     return np.packbits(bits, axis=1).tobytes()
 
 
-def unpack_frames(data: bytes, header: StreamHeader) -> np.ndarray:
-    """len(data) / frame_bytes whole frames -> int64 tokens [t, q]; ``StreamError`` for a token beyond vocab_size."""
+def unpack_frames(data: bytes, header: StreamHeader, strict: bool = True) -> np.ndarray:
+    """len(data) / frame_bytes whole frames -> int64 tokens [t, q]; ``StreamError`` for a token beyond vocab_size
+    (``strict=False``: only the frames before the first such frame, for a caller that keeps what was good)."""
     fb, b, q = header.frame_bytes, header.bits, header.codebooks
     frames = np.frombuffer(data, dtype=np.uint8).reshape(-1, fb)
     bits = np.unpackbits(frames, axis=1)[:, : q * b].reshape(len(frames), q, b).astype(np.int64)
     tokens = (bits << np.arange(b - 1, -1, -1)).sum(-1)
-    if tokens.size and tokens.max() >= header.vocab_size:
-        raise StreamError(f"corrupt stream: a token reads {int(tokens.max())}, beyond the codec's {header.vocab_size} "
-                          "codes")
-    return tokens
+    bad = np.flatnonzero((tokens >= header.vocab_size).any(axis=1))
+    if len(bad) and strict:
+        raise StreamError(f"corrupt stream: frame {int(bad[0])} holds token {int(tokens[bad[0]].max())}, beyond the "
+                          f"codec's {header.vocab_size} codes")
+    return tokens[: bad[0]] if len(bad) else tokens

@@ -117,7 +117,8 @@ def export_stream_steps(tokenizer: Tokenizer, out_dir: str | Path) -> dict[str, 
                       {"tokens": {1: t}, "tail": None, "env_tail": None, "states": [None] * len(dec_states)})
     info = {"sample_rate": int(tokenizer.sample_rate), "hop": int(m.hop), "skip_samples": int(m.stft.pad),
             "env_floor": m.stft.env_floor,
-            "latency_ms": tokenizer.latency_ms, "codebooks": tokenizer.num_codebooks, "fingerprint": tokenizer.fingerprint,
+            "latency_ms": tokenizer.latency_ms, "codebooks": tokenizer.num_codebooks, "vocab_size": tokenizer.vocab_size,
+            "fingerprint": tokenizer.fingerprint,
             "encoder_states": {k: list(v.shape) for k, v in enc0.items()},
             "decoder_states": {k: list(v.shape) for k, v in dec0.items()}}
     _check(tokenizer, enc, dec, info)
@@ -145,16 +146,27 @@ class OnnxStream:
                                         providers=["CPUExecutionProvider"])
         self.dec = ort.InferenceSession(dec if isinstance(dec, bytes) else str(dec), opts,
                                         providers=["CPUExecutionProvider"])
-        self.enc_state = {k: np.zeros(v, np.float32) for k, v in info["encoder_states"].items()}
-        self.dec_state = {k: np.zeros(v, np.float32) for k, v in info["decoder_states"].items()}
-        self.skip, self.floor = info["skip_samples"], info["env_floor"]
+        self.info, self.floor, self.hop = info, info["env_floor"], info["hop"]
+        self.vocab = info.get("vocab_size")
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero states: a new stream."""
+        self.enc_state = {k: np.zeros(v, np.float32) for k, v in self.info["encoder_states"].items()}
+        self.dec_state = {k: np.zeros(v, np.float32) for k, v in self.info["decoder_states"].items()}
+        self.skip = self.info["skip_samples"]
 
     def encode(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 1 or not len(x) or len(x) % self.hop:
+            raise ValueError(f"OnnxStream.encode takes whole frames: float32 [n * {self.hop}] samples, got shape "
+                             f"{x.shape} (hold back the rest until a frame is complete)")
         out = self.enc.run(None, {"x": x[None].astype(np.float32), **self.enc_state})
         self.enc_state = dict(zip(self.enc_state, out[1:]))
         return out[0][0]
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
+        if self.vocab is not None and len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab):
+            raise ValueError(f"tokens must be in [0, {self.vocab}), got values in [{tokens.min()}, {tokens.max()}]")
         out = self.dec.run(None, {"tokens": tokens[None].astype(np.int64), **self.dec_state})
         self.dec_state = dict(zip(self.dec_state, out[1:]))
         y = out[0][0]
@@ -163,8 +175,11 @@ class OnnxStream:
         return y[drop:]
 
     def flush(self) -> np.ndarray:
+        """The decoder's last samples; the states start a new stream."""
         tail, env = self.dec_state["tail"][0], self.dec_state["env_tail"][0]
-        return np.clip(tail / np.maximum(env, self.floor), -1.0, 1.0)[self.skip:]
+        y = np.clip(tail / np.maximum(env, self.floor), -1.0, 1.0)[self.skip:]
+        self.reset()
+        return y
 
 
 def _check(tokenizer: Tokenizer, enc: bytes, dec: bytes, info: dict[str, Any]) -> None:

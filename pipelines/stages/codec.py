@@ -143,7 +143,7 @@ def _encode_frames(tok: Tokenizer, header: StreamHeader, inp: str, writer: _Writ
         enc = tok.stream_encoder()
         for chunk in _pcm_chunks(inp, header.sample_rate):
             samples += len(chunk)
-            tokens = enc(chunk.to(device))
+            tokens = enc(chunk)  # on the CPU: the encoder moves each frame's window to the model's device
             frames += len(tokens)
             writer.write(pack_frames(tokens.numpy(), header))
         tokens = enc.flush()
@@ -167,11 +167,19 @@ def codec_decode(tokenizer_dir: str | Path, inp: str, out: str, device: str = "c
         if header.fingerprint != tok.fingerprint:
             raise StreamError(f"{source} was encoded by codec {header.fingerprint}, but {tokenizer_dir} is codec "
                               f"{tok.fingerprint}: decode with the tokenizer that encoded it")
+        if header != _header(tok):
+            raise StreamError(f"{source} has a corrupt header: it names codec {tok.fingerprint} with other settings "
+                              f"({header} against {_header(tok)})")
         sink = _AudioSink(out, header.sample_rate)
         try:
             frames = _decode_frames(tok, header, read, sink, source)
-        finally:
+        except StreamError:  # cut off or corrupt: the complete frames before it are written, then the error
             sink.close()
+            raise
+        except BaseException:
+            sink.discard()
+            raise
+        sink.close()
     finally:
         if handle is not None:
             handle.close()
@@ -180,17 +188,23 @@ def codec_decode(tokenizer_dir: str | Path, inp: str, out: str, device: str = "c
 
 
 def _decode_frames(tok: Tokenizer, header: StreamHeader, read: Any, sink: _AudioSink, source: str) -> int:
-    fb, buf, frames = header.frame_bytes, b"", 0
+    """Frames decoded into ``sink``. A stream cut inside a frame or with a corrupt frame: the frames before it are
+    decoded and written, then ``StreamError``."""
+    fb, buf, frames, error = header.frame_bytes, b"", 0, None
     dec = tok.stream_decoder() if header.causal else None
     held: list[torch.Tensor] = []  # a non-causal decoder's tokens, decoded at the end
-    while True:
+    while error is None:
         data = read(READ_BYTES)
         if not data:
             break
         buf += data
         whole = len(buf) // fb * fb
         if whole:
-            tokens = torch.from_numpy(unpack_frames(buf[:whole], header))
+            tokens = torch.from_numpy(unpack_frames(buf[:whole], header, strict=False))
+            if len(tokens) < whole // fb:
+                error = StreamError(f"{source} is corrupt: frame {frames + len(tokens)} holds a token beyond the "
+                                    f"codec's {header.vocab_size} codes; the {frames + len(tokens)} frames before it "
+                                    "were decoded")
             tokens = tokens[:, 0] if not tok.config.residual else tokens
             buf, frames = buf[whole:], frames + len(tokens)
             if dec is not None:
@@ -201,9 +215,11 @@ def _decode_frames(tok: Tokenizer, header: StreamHeader, read: Any, sink: _Audio
         sink.write(dec.flush())
     elif held:
         sink.write(tok.decode(torch.cat(held)[None])[0].cpu())
-    if buf:
-        raise StreamError(f"{source} was cut off inside a frame ({len(buf)} of {fb} bytes); the {frames} complete "
-                          "frames before it were decoded")
+    if error is None and buf:
+        error = StreamError(f"{source} was cut off inside a frame ({len(buf)} of {fb} bytes); the {frames} complete "
+                            "frames before it were decoded")
+    if error is not None:
+        raise error
     return frames
 
 
@@ -229,6 +245,13 @@ class _AudioSink:
         target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        sf.write(str(tmp), np.concatenate([np.zeros(0, np.int16), *self.parts]), self.rate, subtype="PCM_16",
-                 format="WAV")
-        os.replace(tmp, target)
+        try:
+            sf.write(str(tmp), np.concatenate([np.zeros(0, np.int16), *self.parts]), self.rate, subtype="PCM_16",
+                     format="WAV")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """An error that is not the stream's: write nothing (a WAV) or stop (stdout)."""
+        self.parts = []

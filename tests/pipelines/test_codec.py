@@ -29,8 +29,9 @@ def codecs(tmp_path_factory):
     root = tmp_path_factory.mktemp("codecs")
     for name, causal in (("causal", True), ("offline", False)):
         torch.manual_seed(0)
+        # 12 codes in 4 bits: a corrupt byte can make a token no codec gives (12..15)
         tok = build_tokenizer(modality="audio", causal=causal, istft_dim=16, istft_layers=2, num_quantizers=3,
-                              codebook_size=16, clip_samples=3200)
+                              codebook_size=12, clip_samples=3200)
         tok.train()(torch.rand(4, 3200) * 1.6 - 0.8)  # k-means initialises the codebooks
         tok.eval().save_pretrained(root / name)
     t = np.arange(int(1.3 * 16000)) / 16000
@@ -64,6 +65,24 @@ def test_pack_and_unpack_any_vocabulary():
     odd = StreamHeader("f", 16000, 320, 1, 500)  # 9 bits hold up to 511: a token >= 500 is corruption
     with pytest.raises(StreamError, match="beyond the codec's 500 codes"):
         unpack_frames(pack_frames(np.array([[510]]), StreamHeader("f", 16000, 320, 1, 512)), odd)
+    mixed = pack_frames(np.array([[3], [499], [510], [4]]), StreamHeader("f", 16000, 320, 1, 512))
+    assert unpack_frames(mixed, odd, strict=False).tolist() == [[3], [499]]  # the frames before the corrupt one
+    for bad in (-1, 512):  # would wrap into another code
+        with pytest.raises(ValueError, match=r"tokens must be in \[0, 512\)"):
+            pack_frames(np.array([[3, 4, bad, 5, 6]]), h)
+
+
+@pytest.mark.parametrize("field,value", [("codebooks", 0), ("vocab_size", "512"), ("sample_rate", -8000),
+                                         ("hop", 1.5), ("causal", "yes"), ("vocab_size", None)])
+def test_corrupt_header_fields_are_stream_errors(field, value):
+    import json
+    import struct
+
+    d = {"fingerprint": "f", "sample_rate": 16000, "hop": 320, "codebooks": 5, "vocab_size": 512, "causal": True}
+    body = json.dumps({**d, field: value}).encode()
+    blob = b"VQGC" + bytes([1]) + struct.pack("<H", len(body)) + body
+    with pytest.raises(StreamError, match=f"corrupt header.*{field}"):
+        StreamHeader.read(io.BytesIO(blob).read)
 
 
 @pytest.mark.parametrize("name", ["causal", "offline"])
@@ -144,6 +163,15 @@ def test_bad_streams_are_clear_errors_and_lose_nothing(codecs, tmp_path, capsys)
     err = decode(data[:-1])  # cut inside the last frame: the 64 complete frames are decoded and written
     assert "cut off inside a frame (1 of 2 bytes); the 64 complete frames" in err
     assert sf.info(tmp_path / "o.wav").frames == 64 * HOP
+    start = len(StreamHeader.read(io.BytesIO(data).read).to_bytes())
+    corrupt = bytearray(data)
+    corrupt[start + 2 * 10] = 0xFF  # frame 10's first token reads 15, beyond the 12 codes
+    err = decode(bytes(corrupt))
+    assert "frame 10 holds a token beyond the codec's 12 codes; the 10 frames before it were decoded" in err
+    assert sf.info(tmp_path / "o.wav").frames == 10 * HOP  # what was good is written
+    h = StreamHeader.read(io.BytesIO(data).read)
+    other = StreamHeader(h.fingerprint, h.sample_rate, 2 * h.hop, h.codebooks, h.vocab_size, h.causal)
+    assert "corrupt header: it names codec" in decode(other.to_bytes() + data[start:])
     (tmp_path / "odd.raw").write_bytes(b"\x00\x01\x02")
     with open(tmp_path / "odd.raw", "rb") as f:
         proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "codec", "encode", "--tokenizer",

@@ -99,6 +99,9 @@ def test_flush_starts_a_new_stream_and_fewer_codebooks_stream():
     dec = tok.stream_decoder()
     assert dec(first[:0]).shape == (0,)
     torch.testing.assert_close(torch.cat([dec(first), dec.flush()]), tok.decode(first[None])[0], atol=1e-5, rtol=0)
+    # the same decoder after flush: a new stream, the same samples
+    torch.testing.assert_close(torch.cat([dec(first[:2]), dec(first[2:]), dec.flush()]), tok.decode(first[None])[0],
+                               atol=1e-5, rtol=0)
 
 
 def test_streaming_needs_a_causal_model_and_clean_input(tmp_path):

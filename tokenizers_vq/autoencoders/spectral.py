@@ -18,7 +18,7 @@ Every layer is local in time (per-frame LayerNorm, kernel-7 depthwise convs), so
 window and chunked encode/decode with ``overlap`` frames of context equals a one-piece run.
 
 ``causal=True`` (issue 24) pads every convolution on the left only and frames the STFT so that a frame ends with its
-hop: a token depends on no later sample, and ``stream_encoder()`` / ``stream_decoder()`` (``streaming.py``) code
+hop: a token depends on no later sample, and ``stream_encoder()`` / ``stream_decoder()`` (``spectral_stream.py``) code
 audio in chunks of any size, carrying each convolution's last inputs and the overlap-add tail between calls.
 """
 
@@ -157,7 +157,8 @@ class FrameSTFT(nn.Module):
 
     ``analyse``: float [B, T] (T a multiple of hop) -> complex [B, n_fft/2 + 1, T/hop].
     ``synthesise``: complex [B, n_fft/2 + 1, L] -> float [B, L * hop], windowed overlap-add normalised by the
-    summed squared window, so ``synthesise(analyse(x)) == x`` up to float error.
+    summed squared window, so ``synthesise(analyse(x)) == x`` up to float error (causal: but for the last 32 samples
+    at a 320-sample window, where the summed window is below ``env_floor``, which fade out).
     """
 
     def __init__(self, hop: int, causal: bool = False):
@@ -166,7 +167,7 @@ class FrameSTFT(nn.Module):
         self.n_fft = WINDOW_HOPS * hop
         self.pad = self.n_fft - hop if causal else (self.n_fft - hop) // 2  # samples of window before the hop
         # Divide by at least this window sum. Causal: the last samples of a clip lie under the tail of one window
-        # only, where w^2 -> 0 and y / w^2 is rounding noise, so they fade out instead (the last ~3% of a window).
+        # only, where w^2 -> 0 and y / w^2 is rounding noise, so they fade out instead (the last 10% of a window: 32 samples, 2 ms at 16 kHz).
         self.env_floor = CAUSAL_ENV_FLOOR if causal else 1e-8
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 

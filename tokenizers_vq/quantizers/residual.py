@@ -172,6 +172,10 @@ class ResidualVQQuantizer(ResidualQuantizer):
         """``_layers`` in evaluation, without the library's per-call Python (~0.5 ms a layer): its distance
         arithmetic op for op (vector_quantize_pytorch's ``cdist``: |x|^2 + |c|^2 - 2 x.c, clamped, square root), its
         argmax and its codebook entries, so the codes and sums are the library's to the bit (a test pins it)."""
+        with torch.autocast("cuda", enabled=False):  # as the library's codebook forward: fp32 under CUDA autocast
+            return self._nearest_fp32(residual, n)
+
+    def _nearest_fp32(self, residual: Tensor, n: int) -> tuple[Tensor, Tensor, list[Tensor]]:
         x = residual.float()
         flat = x.reshape(1, -1, x.shape[-1])
         x2 = (flat ** 2).sum(-1)
