@@ -43,6 +43,7 @@ import torchaudio.functional as AF
 from bench.common import ROOT, cpu_model, write_results
 from bench.speech_peers import CODEC2_MODES, CODEC2_RATE, MissingTool, _to_int16, codec2_kbps, require
 from tokenizers_vq import build_tokenizer, load_tokenizer
+from tokenizers_vq.tokenizer import truncate_codebooks
 
 SR = 16000
 OPUS_LATENCY_MS = 26.5  # RFC 6716 2.1: 20 ms frames + 6.5 ms of look-ahead at the default frame size
@@ -62,20 +63,21 @@ def test_audio(seconds: float) -> torch.Tensor:
     return x.repeat(-(-n // len(x)))[:n]
 
 
-def causal_codec(path: str | None, size: tuple[int, int] | None, quick: bool, seed: int) -> Any:
+def causal_codec(path: str | None, size: tuple[int, int] | None, quick: bool, seed: int,
+                 codebooks: int | None = None) -> Any:
     """The trained causal tokenizer at ``path``, or a fresh one with ``size`` = (istft_dim, istft_layers) and the
     shipped bottleneck (its codebooks initialised by k-means in one training call, as training's first step)."""
     if path:
         tok = load_tokenizer(path).eval()
         tok._streaming_model()  # the clear error for a codec that is not causal
-        return tok
+        return truncate_codebooks(tok, codebooks) if codebooks else tok
     torch.manual_seed(seed)
     books = dict(num_quantizers=5, codebook_size=64 if quick else 512)
     tok = build_tokenizer(modality="audio", causal=True, clip_samples=SR, istft_dim=size[0], istft_layers=size[1],
                           **books)
     q = tok.model.quantizer
     q.dropout = False  # every codebook k-means-initialised by this one call (dropout would skip some)
-    tok.train()(torch.rand(8, SR) * 1.6 - 0.8)
+    tok.train()(torch.rand(32, SR) * 1.6 - 0.8)  # 1,600 latents: no duplicated codes among 512
     q.dropout = True
     return tok.eval()
 
@@ -255,7 +257,7 @@ def quality(rows: list[dict[str, Any]], tokenizer: str, args: argparse.Namespace
         save_audio_classifier(clf, args.classifier)
         info = {"trained_s": round(time.time() - t0, 1), "saved": args.classifier, "epochs": 30}
     scored = {r["codec"]: r for r in peer_rows(xs, ys, SR, clf) if "stoi" in r}
-    ours = tokenizer_rows(tokenizer, None, xs, ys, SR, clf)[0]
+    ours = tokenizer_rows(tokenizer, [args.codebooks] if args.codebooks else None, xs, ys, SR, clf)[0]
     for r in rows:
         q = ours if r.get("model") == TRAINED else scored.get(r["codec"])
         if q:
@@ -310,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "fresh one of the shipped size; same speed, no quality)")
     ap.add_argument("--sizes", type=parse_size, nargs="+", default=None, metavar="DIMxLAYERS",
                     help="untrained codec sizes timed too (default: 256x6 128x4 64x2 without --tokenizer, none with)")
+    ap.add_argument("--codebooks", type=int, default=None, help="with --tokenizer: code with its first N residual "
+                    "codebooks (default all)")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds of audio coded per row (default 30)")
     ap.add_argument("--frames", type=int, nargs="+", default=[1, 2, 5, 50], help="tokens per streaming call")
     ap.add_argument("--onnx-frames", type=int, nargs="+", default=[1, 2, 5], help="tokens per ONNX streaming call")
@@ -336,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, params = [], {}
     compare = None
     if args.tokenizer:
-        tok = causal_codec(args.tokenizer, None, args.quick, args.seed)
+        tok = causal_codec(args.tokenizer, None, args.quick, args.seed, args.codebooks)
         rows += vqgen_rows(tok, x, args, TRAINED)
         params[TRAINED] = rows[-1]["params"]
         compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / "codec_stream.png")

@@ -257,7 +257,9 @@ def install_recorded(name: str, codebooks: int) -> None:
 def markdown(snapshots: list[dict[str, Any]], meta: dict[str, Any], with_classifier: bool) -> str:
     head = "| minutes | steps | codebooks | kbit/s | STOI | SI-SNR dB | log-mel L1 | min usage per codebook |"
     head += " classifier accuracy |" if with_classifier else ""
-    lines = [f"# Spectral codec from scratch on {meta['dataset']} (`bench/speech_codec.py`)", "",
+    causal = "causal " if meta.get("model", {}).get("causal") else ""  # the streaming codec (--causal)
+    lines = [f"# {causal.capitalize() or 'Spectral '}{'spectral ' if causal else ''}codec from scratch on "
+             f"{meta['dataset']} (`bench/speech_codec.py`)", "",
              "The spectral codec (`--audio-head istft`: STFT features of the mu-law input, ConvNeXt stacks at 50 "
              "frames/s, inverse-STFT synthesis at 5 ms hops, multi-resolution mel + STFT-magnitude losses) with residual "
              "VQ and quantizer dropout, trained from scratch; one model, scored at several numbers of codebooks on the "
