@@ -227,7 +227,10 @@ def decompress_grids(prior: Prior, data: bytes, *, name: str = "the compressed d
     if tokens_crc(tokens) != h.tokens_crc:
         raise ValueError(f"decoding {name} produced tokens that fail their checksum: the prior computed different "
                          "probabilities than at compression time. Decompress on the same kind of device (CPU vs "
-                         "GPU) and dtype that compressed it.")
+                         "GPU) and dtype that compressed it; CPU kernels also round differently per instruction set "
+                         f"(this CPU runs torch's {torch.backends.cpu.get_cpu_capability()} kernels): a file compressed "
+                         "on an AVX2 CPU decodes on a newer one with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "
+                         "MKL_ENABLE_INSTRUCTIONS=AVX2 set before vqgen starts.")
     return DecompressedGrids(tokens, h.labels)
 
 
