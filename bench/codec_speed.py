@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torchaudio.functional as AF
 
-from bench.common import ROOT, cpu_model, write_results
+from bench.common import ROOT, cpu_model, timed, write_results
 from bench.speech_peers import CODEC2_MODES, CODEC2_RATE, MissingTool, _to_int16, codec2_kbps, require
 from tokenizers_vq import build_tokenizer, load_tokenizer
 from tokenizers_vq.tokenizer import truncate_codebooks
@@ -92,12 +92,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def best_of(repeats: int, fn) -> float:
     """The fastest of ``repeats`` calls of ``fn()``, in seconds (the least disturbed by other work)."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(timed(fn)[0] for _ in range(repeats))
 
 
 def stream_seconds(tok: Any, x: torch.Tensor, frames: int, repeats: int) -> float:

@@ -200,8 +200,8 @@ def _check(tokenizer: Tokenizer, enc: bytes, dec: bytes, info: dict[str, Any]) -
     want_y.append(pdec.flush().numpy())
     report = "please report this with the tokenizer's config.json"
     frames = np.concatenate([a.reshape(len(a), -1) != b.reshape(len(b), -1) for a, b in zip(got_t, want_t)]).any(1)
-    # A latent almost equidistant from two codes may round to the other one in onnxruntime's float arithmetic (seen
-    # on untrained models, whose codebooks are dense): one such frame of the 11 is rounding, more is a wrong graph.
+    # Two equal (or almost equal) codes, e.g. duplicates k-means draws from too few vectors, tie; onnxruntime's float
+    # arithmetic may break the tie the other way: one such frame of the 11 is rounding, more is a wrong graph.
     if frames.sum() > 1:
         raise RuntimeError(f"{ENCODER_STEP_FILE}: onnxruntime's tokens differ from stream_encoder's in "
                            f"{int(frames.sum())} of {len(frames)} frames; {report}")

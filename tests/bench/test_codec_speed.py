@@ -27,7 +27,7 @@ def speech(n: int) -> torch.Tensor:
     return 0.5 * torch.sin(2 * math.pi * 200 * t) * torch.sin(2 * math.pi * 3 * t)
 
 
-def test_rows_report_latency_per_chunk_and_rates():
+def test_rows_report_latency_per_chunk_and_rates(monkeypatch):
     tok = tiny_codec()
     args = argparse.Namespace(frames=[1, 3], onnx=False, onnx_frames=[], repeats=1)
     rows = cs.vqgen_rows(tok, speech(25 * 320), args, "tiny")
@@ -37,6 +37,12 @@ def test_rows_report_latency_per_chunk_and_rates():
     assert all(r["rtf"] > 0 and r["kbps"] == pytest.approx(50 * 3 * 4 / 1000) for r in rows)
     # a call of 3 frames codes 60 ms of audio: its time is 60 ms / rtf
     assert rows[1]["ms_per_call"] == pytest.approx(60.0 / rows[1]["rtf"])
+    # the arithmetic on given timings: 0.5 s of audio in 0.5 / 0.25 / 0.1 s
+    monkeypatch.setattr(cs, "stream_seconds", lambda tok, x, frames, repeats: {1: 0.5, 3: 0.25}[frames])
+    monkeypatch.setattr(cs, "best_of", lambda repeats, fn: 0.1)
+    rows = cs.vqgen_rows(tok, speech(25 * 320), args, "tiny")
+    assert [r["rtf"] for r in rows] == pytest.approx([1.0, 2.0, 5.0])
+    assert [r.get("ms_per_call") for r in rows] == pytest.approx([20.0, 30.0, None])
 
 
 def test_stream_equals_offline_and_the_picture_is_written(tmp_path, monkeypatch):
