@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from vqgen_io import atomic_write_bytes, atomic_write_text
 
+from .autoencoders.spectral_fast import FastSpectralStep
 from .autoencoders.spectral_stream import overlap_add
 from .onnx_export import _traceable
 from .tokenizer import Tokenizer
@@ -37,20 +38,16 @@ EXAMPLE_FRAMES = 3  # traced with 3 frames per call (a size of 1 would be specia
 
 
 class EncoderStep(nn.Module):
-    """One call of ``StreamEncoder`` on whole frames, its state in and out (see the module docstring)."""
+    """One call of ``StreamEncoder`` on whole frames, its state in and out (see the module docstring): the same
+    ``FastSpectralStep`` the stream object runs, so the graph holds its few, time-major ops."""
 
     def __init__(self, tokenizer: Tokenizer):
         super().__init__()
-        self.m = tokenizer.model
+        self.step = FastSpectralStep(tokenizer.model)
 
     def forward(self, x: Tensor, context: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
-        m = self.m
-        buf = torch.cat([context, m.companded(x)], dim=1)
-        feats = m._spec_features(m.stft.frames(buf))
-        z, new = m.encoder.step(feats, list(states))
-        if m.latent_norm is not None:
-            z = m.latent_norm(z.transpose(1, 2)).transpose(1, 2)
-        return (m.quantizer.codes(z).long(), buf[:, buf.shape[1] - context.shape[1]:], *new)
+        codes, context, new = self.step.encode(self.step.compand(x[0]), context[0], list(states), None)
+        return (codes.long()[None], context[None], *new)
 
 
 class DecoderStep(nn.Module):
@@ -59,27 +56,26 @@ class DecoderStep(nn.Module):
     def __init__(self, tokenizer: Tokenizer):
         super().__init__()
         self.m = tokenizer.model
+        self.step = FastSpectralStep(self.m)
         self.n_dec = 1 + len(self.m.decoder.blocks)
 
     def forward(self, tokens: Tensor, tail: Tensor, env_tail: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
         m = self.m
-        h, dec = m.decoder.step(m.quantizer.codes_to_latent(tokens), list(states[:self.n_dec]))
-        out, ref = m.refine.step(m._depth_to_space(h), list(states[self.n_dec:]))
-        y, tail, env_tail = overlap_add(m._spectrum(out), tail, env_tail, m.stft.window, m.stft.env_floor)
+        out, (dec, ref) = self.step.decode_frames(tokens[0], (list(states[:self.n_dec]), list(states[self.n_dec:])))
+        # complex tensors stay batch-major: the exporter has no complex unsqueeze / transpose
+        y, tail, env_tail = overlap_add(m._spectrum(out.t()[None]), tail, env_tail, m.stft.window, m.stft.env_floor)
         return (y.clamp(-1.0, 1.0), tail, env_tail, *dec, *ref)
 
 
 def initial_states(tokenizer: Tokenizer) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The zero states of a new stream: ({encoder input name: array}, {decoder input name: array})."""
     m = tokenizer.model
-    stft = m.stft
-    feats = torch.zeros(1, m.encoder.inp.in_channels, 1)
-    enc = {"context": np.zeros((1, stft.n_fft - stft.hop), np.float32)}
-    enc |= {f"state_{i}": s.numpy() for i, s in enumerate(m.encoder.initial_state(feats))}
+    stft, step = m.stft, FastSpectralStep(m)
     k = stft.n_fft - stft.hop
+    enc = {"context": np.zeros((1, k), np.float32)}
+    enc |= {f"state_{i}": s.numpy() for i, s in enumerate(step.encoder.initial_state())}
     dec = {"tail": np.zeros((1, k), np.float32), "env_tail": np.zeros((1, k), np.float32)}
-    states = [*m.decoder.initial_state(torch.zeros(1, m.decoder.inp.in_channels, 1)),
-              *m.refine.initial_state(torch.zeros(1, m.fine_dim, 1))]
+    states = [*step.decoder.initial_state(), *step.refine.initial_state()]
     dec |= {f"state_{i}": s.numpy() for i, s in enumerate(states)}
     return enc, dec
 

@@ -165,3 +165,43 @@ def test_convolutions_without_grad_equal_conv1d():
     with torch.no_grad():
         fast = tok.model.encoder(feats)
     torch.testing.assert_close(fast, tok.model.encoder(feats).detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_fast_step_equals_the_modules_state_by_state():
+    """``FastSpectralStep`` (what the stream objects and the ONNX step graphs run: time-major, weights as [in, out]
+    matrices) equals the modules' ``FrameStack.step`` frame by frame, states carried, and ``OverlapAdd`` equals
+    ``overlap_add``, for chunks of 1, 2 and 5 frames."""
+    from tokenizers_vq.autoencoders.spectral_fast import FastSpectralStep, FastStack, OverlapAdd
+    from tokenizers_vq.autoencoders.spectral_stream import overlap_add
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(modality="audio", causal=True, istft_dim=24, istft_layers=2, num_quantizers=3,
+                          codebook_size=16, clip_samples=3200)
+    tok.model.quantizer.dropout = False  # every codebook k-means-initialised by the one training call
+    tok.train()(torch.rand(4, 3200) * 1.6 - 0.8)
+    m = tok.eval().model
+    with torch.no_grad():
+        for stack in (m.encoder, m.decoder, m.refine):
+            fast = FastStack(stack)
+            x = torch.randn(1, stack.inp.in_channels, 8)
+            want = stack(x)[0].t()
+            got, state, i = [], fast.initial_state(), 0
+            for n in (1, 2, 5):
+                y, state = fast(x[0, :, i:i + n].t(), state)
+                got.append(y)
+                i += n
+            torch.testing.assert_close(torch.cat(got), want, atol=1e-5, rtol=1e-5)
+        step = FastSpectralStep(m)
+        assert step.rvq  # the stacked-codebook lookup, not the quantizer's module call
+        z = torch.randn(6, m.quantizer.in_dim)
+        assert torch.equal(step._nearest(z, None), m.quantizer.codes(z.t()[None])[0])
+        assert torch.equal(step._nearest(z, 2), m.quantizer.codes(z.t()[None], 2)[0])
+        spec = torch.polar(torch.rand(1, m.bins, 9) + 0.1, torch.rand(1, m.bins, 9) * 6)
+        ola, tail = OverlapAdd(m.stft.window, m.stft.env_floor), torch.zeros(1, 3 * m.stft.hop)
+        env, got, want = tail.clone(), [], []
+        for lo, hi in ((0, 1), (1, 3), (3, 9)):
+            y, tail, env = overlap_add(spec[..., lo:hi], tail, env, m.stft.window, m.stft.env_floor)
+            want.append(y[0])
+            got.append(ola(spec[0, :, lo:hi].t()))
+        torch.testing.assert_close(torch.cat(got), torch.cat(want), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ola.tail.reshape(1, -1), tail, atol=1e-6, rtol=1e-5)
