@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqgen_io import atomic_write_bytes, atomic_write_text
 
+from .autoencoders.spectral import WINDOW_HOPS
 from .autoencoders.spectral_fast import FastSpectralStep
-from .autoencoders.spectral_stream import overlap_add
 from .onnx_export import _traceable
 from .tokenizer import Tokenizer
 
@@ -37,17 +38,44 @@ STREAM_FILE = "stream.json"
 EXAMPLE_FRAMES = 3  # traced with 3 frames per call (a size of 1 would be specialised to a constant)
 
 
+def _dft_bases(m: Any) -> tuple[Tensor, Tensor]:
+    """The STFT and inverse STFT of ``m.stft`` as matrices, the window folded in: (analysis float32 [n_fft, 2 * bins]:
+    a frame's real then imaginary parts; synthesis float32 [2 * bins, n_fft]: real and imaginary parts -> the
+    windowed ``irfft`` frame). onnxruntime's STFT and DFT ops transform a 320-point frame directly, ~10x slower than
+    one small matrix product (measured); the results equal ``torch.stft`` / ``irfft`` to float rounding."""
+    n, w = m.stft.n_fft, m.stft.window.double().cpu()
+    f = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+    angle = 2 * torch.pi * f * torch.arange(n, dtype=torch.float64)[None] / n  # [bins, n_fft]
+    analysis = torch.cat([torch.cos(angle), -torch.sin(angle)]).t() * w[:, None]
+    scale = torch.full((n // 2 + 1, 1), 2.0, dtype=torch.float64)
+    scale[0] = scale[-1] = 1.0  # DC and Nyquist appear once in the Hermitian spectrum
+    synthesis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * torch.cat([scale, scale]) / n * w[None]
+    return analysis.float().contiguous(), synthesis.float().contiguous()
+
+
 class EncoderStep(nn.Module):
-    """One call of ``StreamEncoder`` on whole frames, its state in and out (see the module docstring): the same
-    ``FastSpectralStep`` the stream object runs, so the graph holds its few, time-major ops."""
+    """One call of ``StreamEncoder`` on whole frames, its state in and out (see the module docstring): the
+    ``FastSpectralStep`` the stream object runs (time-major, few ops), with the STFT as a matrix product."""
 
     def __init__(self, tokenizer: Tokenizer):
         super().__init__()
-        self.step = FastSpectralStep(tokenizer.model)
+        self.m = tokenizer.model
+        self.step = FastSpectralStep(self.m)
+        self.analysis = _dft_bases(self.m)[0]
 
     def forward(self, x: Tensor, context: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
-        codes, context, new = self.step.encode(self.step.compand(x[0]), context[0], list(states), None)
-        return (codes.long()[None], context[None], *new)
+        m, hop = self.m, self.m.stft.hop
+        buf = torch.cat([context[0], self.step.compand(x[0])])
+        rows = buf.view(-1, hop)  # [3 + n * sub, STFT hop]: a frame is 4 consecutive rows
+        k = rows.shape[0] - (WINDOW_HOPS - 1)
+        frames = torch.cat([rows[j:j + k] for j in range(WINDOW_HOPS)], dim=1)  # [n * sub, n_fft]
+        re, im = (frames @ self.analysis).split(m.bins, dim=1)
+        mag = torch.sqrt(re * re + im * im)
+        comp = mag.clamp(min=1e-7) ** -0.7  # |S|^0.3 e^{i phase}, as ``_spec_features``
+        feats = torch.cat([torch.log(mag + 1e-5), re * comp, im * comp], dim=1)  # [n * sub, 3 * bins]
+        feats = feats.view(-1, m.sub, feats.shape[1]).transpose(1, 2).reshape(-1, feats.shape[1] * m.sub)
+        codes, new = self.step.encode_features(feats, list(states), None)
+        return (codes.long()[None], buf[buf.shape[0] - context.shape[1]:][None], *new)
 
 
 class DecoderStep(nn.Module):
@@ -58,13 +86,23 @@ class DecoderStep(nn.Module):
         self.m = tokenizer.model
         self.step = FastSpectralStep(self.m)
         self.n_dec = 1 + len(self.m.decoder.blocks)
+        self.synthesis = _dft_bases(self.m)[1]
+        self.wsq = (self.m.stft.window.float().cpu() ** 2).view(WINDOW_HOPS, -1)
 
     def forward(self, tokens: Tensor, tail: Tensor, env_tail: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
         m = self.m
         out, (dec, ref) = self.step.decode_frames(tokens[0], (list(states[:self.n_dec]), list(states[self.n_dec:])))
-        # complex tensors stay batch-major: the exporter has no complex unsqueeze / transpose
-        y, tail, env_tail = overlap_add(m._spectrum(out.t()[None]), tail, env_tail, m.stft.window, m.stft.env_floor)
-        return (y.clamp(-1.0, 1.0), tail, env_tail, *dec, *ref)
+        mag, phase = torch.exp(out[:, :m.bins].clamp(max=6.0)), out[:, m.bins:]
+        frames = torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], dim=1) @ self.synthesis  # [k, n_fft]
+        k, hop = frames.shape[0], m.stft.hop
+        blocks = frames.view(k, WINDOW_HOPS, hop)
+        # hop j of frame i lands on row i + j of the k + 3 rows this call touches (``overlap_add``, time-major)
+        y = sum(F.pad(blocks[:, j], (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS))
+        env = sum(F.pad(self.wsq[j].expand(k, hop), (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS))
+        y = torch.cat([y[:WINDOW_HOPS - 1] + tail.view(-1, hop), y[WINDOW_HOPS - 1:]])
+        env = torch.cat([env[:WINDOW_HOPS - 1] + env_tail.view(-1, hop), env[WINDOW_HOPS - 1:]])
+        done = (y[:k] / env[:k].clamp(min=m.stft.env_floor)).reshape(1, -1)
+        return (done.clamp(-1.0, 1.0), y[k:].reshape(1, -1), env[k:].reshape(1, -1), *dec, *ref)
 
 
 def initial_states(tokenizer: Tokenizer) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -111,17 +111,23 @@ class FastSpectralStep:
 
     def encode(self, companded: Tensor, context: Tensor, state: list[Tensor] | None, n_quantizers: int | None
                ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        m = self.model
         buf = torch.cat([context, companded])
-        spec = m.stft.frames(buf[None])  # [1, bins, n * sub]
-        feats = m._spec_features(spec)[0].t()  # [n, 3 * bins * sub]: a token's sub frames side by side
+        spec = self.model.stft.frames(buf[None])  # [1, bins, n * sub]
+        feats = self.model._spec_features(spec)[0].t()  # [n, 3 * bins * sub]: a token's sub frames side by side
+        codes, state = self.encode_features(feats, state, n_quantizers)
+        return codes, buf[buf.shape[0] - context.shape[0]:], state
+
+    def encode_features(self, feats: Tensor, state: list[Tensor] | None, n_quantizers: int | None
+                        ) -> tuple[Tensor, list[Tensor]]:
+        """Encoder input float32 [n, 3 * bins * sub] -> (codes, new state)."""
         if state is None:
             state = self.encoder.initial_state(feats.device)
         z, state = self.encoder(feats, state)  # [n, D]
         if self.latent_norm is not None:
             z = self.latent_norm(z)
-        codes = self._nearest(z, n_quantizers) if self.rvq else m.quantizer.codes(z.t()[None], n_quantizers)[0]
-        return codes, buf[buf.shape[0] - context.shape[0]:], state
+        if self.rvq:
+            return self._nearest(z, n_quantizers), state
+        return self.model.quantizer.codes(z.t()[None], n_quantizers)[0], state
 
     def _nearest(self, z: Tensor, n: int | None) -> Tensor:
         """Residual VQ codes of latents [n, d]: per codebook the nearest entry (|c|^2 - 2 z.c; |z|^2 is the same for
