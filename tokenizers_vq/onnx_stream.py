@@ -96,7 +96,7 @@ class DecoderStep(nn.Module):
         frames = torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], dim=1) @ self.synthesis  # [k, n_fft]
         k, hop = frames.shape[0], m.stft.hop
         blocks = frames.view(k, WINDOW_HOPS, hop)
-        # hop j of frame i lands on row i + j of the k + 3 rows this call touches (``overlap_add``, time-major)
+        # hop j of frame i lands on row i + j of the k + 3 rows this call touches (as ``OverlapAdd``)
         y = sum(F.pad(blocks[:, j], (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS))
         env = sum(F.pad(self.wsq[j].expand(k, hop), (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS))
         y = torch.cat([y[:WINDOW_HOPS - 1] + tail.view(-1, hop), y[WINDOW_HOPS - 1:]])

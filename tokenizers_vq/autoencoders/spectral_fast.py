@@ -167,8 +167,8 @@ class FastSpectralStep:
 
 class OverlapAdd:
     """Streaming inverse STFT, time-major: complex frames [m, bins] -> the m * hop samples they complete, divided by
-    the summed squared window (at least ``floor``), with the last 3 hops' sums carried (``overlap_add`` in
-    ``spectral_stream``, without its per-call padding)."""
+    the summed squared window (at least ``floor``), with the last 3 hops' sums carried between calls: what
+    ``FrameSTFT.synthesise`` computes on a whole signal, in padded time (the first ``stft.pad`` samples precede it)."""
 
     def __init__(self, window: Tensor, floor: float):
         self.window, self.floor = window.float(), floor

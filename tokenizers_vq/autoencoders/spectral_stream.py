@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .spectral import CAUSAL_ENV_FLOOR, WINDOW_HOPS
 from .spectral_fast import FastSpectralStep, OverlapAdd
 
 if TYPE_CHECKING:
@@ -118,25 +117,3 @@ class StreamDecoder:
         y = (self.ola.tail / self.ola.env_tail.clamp(min=self.model.stft.env_floor)).reshape(-1).cpu()[self.skip:]
         self.reset()
         return y.clamp(-1.0, 1.0)
-
-
-def overlap_add(spec: Tensor, tail: Tensor, env_tail: Tensor, window: Tensor,
-                floor: float = CAUSAL_ENV_FLOOR) -> tuple[Tensor, Tensor, Tensor]:
-    """One streaming step of ``FrameSTFT.synthesise``: complex frames [B, bins, n] (window ``window`` of n_fft =
-    4 hops) added onto the carried sums ``tail`` / ``env_tail`` [B, 3 hops] -> (the n * hop samples now final,
-    divided by the summed squared window, at least ``floor``; the new tails). Block sums instead of ``F.fold``, so that a graph with
-    a symbolic n exports (``onnx_stream``)."""
-    n_fft = window.shape[0]
-    hop = n_fft // WINDOW_HOPS
-    frames = torch.fft.irfft(spec, n=n_fft, dim=1) * window[None, :, None]  # [B, n_fft, n]
-    b, n = frames.shape[0], frames.shape[2]
-    blocks = frames.reshape(b, WINDOW_HOPS, hop, n).permute(0, 1, 3, 2)  # [B, 4, n, hop]: frame k's j-th hop
-    env_blocks = (window**2).reshape(WINDOW_HOPS, 1, hop).expand(WINDOW_HOPS, n, hop)
-    # hop j of frame k lands on block k + j of the n + 3 blocks this step touches
-    y = sum(F.pad(blocks[:, j], (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS)).reshape(b, -1)
-    env = sum(F.pad(env_blocks[j], (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS)).reshape(1, -1)
-    k = tail.shape[1]
-    y = torch.cat([y[:, :k] + tail, y[:, k:]], dim=1)
-    env = torch.cat([env[:, :k] + env_tail, env[:, k:]], dim=1)
-    done = n * hop
-    return y[:, :done] / env[:, :done].clamp(min=floor), y[:, done:], env[:, done:].expand(b, -1)
