@@ -15,8 +15,8 @@ compute, the best of ``--repeats``; 50x = a 20 ms frame coded and decoded in 0.4
   default 20 ms frames 26.5 ms (RFC 6716); Codec2 one frame (20 ms; 40 ms for 1300 and 700C) plus the output delay
   ``bench.speech_quality`` measures (about 20-28 ms), where that run is on record.
 
-``--tokenizer DIR`` times a trained causal codec, compares its stream (one frame per call) with its offline
-coding (tokens and samples, and spectrograms in docs/benchmarks/codec_stream.png) and, with ``--quality``, adds
+``--tokenizer DIR [DIR ...]`` times trained causal codecs, compares the first one's stream (one frame per call)
+with its offline coding (tokens and samples, and spectrograms in docs/benchmarks/codec_stream.png) and, with ``--quality``, adds
 STOI and the spoken-digit listener's accuracy on the 180 held-out clips from ``bench.speech_quality``'s functions
 (``--classifier DIR``: the listener; default ``runs/speech_classifier``, else one is trained), for the peers too.
 ``--sizes 256x6 128x4 64x2`` (the default without ``--tokenizer``) also times freshly initialised causal codecs of
@@ -50,7 +50,12 @@ OPUS_LATENCY_MS = 26.5  # RFC 6716 2.1: 20 ms frames + 6.5 ms of look-ahead at t
 CODEC2_FRAME_MS = {"3200": 20, "2400": 20, "1300": 40, "700C": 40}
 SHIPPED_SIZE: tuple[int, int] = (256, 6)  # istft_dim, istft_layers of the shipped spoken-digits codec
 DEFAULT_SIZES = [SHIPPED_SIZE, (128, 4), (64, 2)]
-TRAINED = "trained causal"
+
+
+def trained_label(tok: Any) -> str:
+    """``trained causal DIMxLAYERS`` of a trained codec (its ConvNeXt stacks' width and depth)."""
+    c = tok.config
+    return f"trained causal {c.istft_dim}x{c.istft_layers}"
 
 
 def test_audio(seconds: float) -> torch.Tensor:
@@ -230,7 +235,7 @@ def recorded_delays() -> dict[str, float]:
     return {r["codec"]: r["delay_ms"] for r in json.loads(path.read_text())["results"] if "delay_ms" in r}
 
 
-def quality(rows: list[dict[str, Any]], tokenizer: str, args: argparse.Namespace) -> dict[str, Any]:
+def quality(rows: list[dict[str, Any]], trained: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """Add STOI and the listener's accuracy on the 180 held-out clips to every row (the vqgen rows share the
     offline decode's: a stream equals it, tests/tokenizers_vq/test_streaming.py); returns the listener's record."""
     from bench.speech_quality import peer_rows, tokenizer_rows
@@ -252,9 +257,10 @@ def quality(rows: list[dict[str, Any]], tokenizer: str, args: argparse.Namespace
         save_audio_classifier(clf, args.classifier)
         info = {"trained_s": round(time.time() - t0, 1), "saved": args.classifier, "epochs": 30}
     scored = {r["codec"]: r for r in peer_rows(xs, ys, SR, clf) if "stoi" in r}
-    ours = tokenizer_rows(tokenizer, [args.codebooks] if args.codebooks else None, xs, ys, SR, clf)[0]
+    ours = {label: tokenizer_rows(path, [args.codebooks] if args.codebooks else None, xs, ys, SR, clf)[0]
+            for label, path in trained.items()}
     for r in rows:
-        q = ours if r.get("model") == TRAINED else scored.get(r["codec"])
+        q = ours.get(r.get("model", "")) or scored.get(r["codec"])
         if q:
             r["stoi"], r["listener"] = q["stoi"], q["accuracy"]
         if r["codec"] in scored and r.get("latency_ms") is None and "delay_ms" in scored[r["codec"]]:
@@ -303,8 +309,9 @@ def markdown(res: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.codec_speed", description=__doc__.splitlines()[0])
-    ap.add_argument("--tokenizer", default=None, metavar="DIR", help="a trained causal audio tokenizer (default: a "
-                    "fresh one of the shipped size; same speed, no quality)")
+    ap.add_argument("--tokenizer", nargs="+", default=None, metavar="DIR", help="trained causal audio tokenizers "
+                    "(default: fresh ones of the sizes below; same speed, no quality); the first one's stream is "
+                    "compared with its offline coding")
     ap.add_argument("--sizes", type=parse_size, nargs="+", default=None, metavar="DIMxLAYERS",
                     help="untrained codec sizes timed too (default: 256x6 128x4 64x2 without --tokenizer, none with)")
     ap.add_argument("--codebooks", type=int, default=None, help="with --tokenizer: code with its first N residual "
@@ -334,11 +341,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x = test_audio(args.seconds)
     rows, params = [], {}
     compare = None
-    if args.tokenizer:
-        tok = causal_codec(args.tokenizer, None, args.quick, args.seed, args.codebooks)
-        rows += vqgen_rows(tok, x, args, TRAINED)
-        params[TRAINED] = rows[-1]["params"]
-        compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / "codec_stream.png")
+    trained = {}  # label -> folder
+    for path in args.tokenizer or []:
+        tok = causal_codec(path, None, args.quick, args.seed, args.codebooks)
+        label = trained_label(tok)
+        trained[label] = path
+        rows += vqgen_rows(tok, x, args, label)
+        params[label] = rows[-1]["params"]
+        if compare is None:
+            compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / "codec_stream.png")
     sizes = args.sizes if args.sizes is not None else ([] if args.tokenizer else DEFAULT_SIZES)
     for size in sizes:
         label = f"causal {size[0]}x{size[1]} (untrained)"
@@ -349,13 +360,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "repeats": args.repeats, "load_start": load_start, "params": params}
     meta["model_note"] = (
-        (f"`{TRAINED}`: the causal codec `{args.tokenizer}`. " if args.tokenizer else "")
+        "".join(f"`{k}`: the causal codec `{v}`. " for k, v in trained.items())
         + ("Untrained rows: freshly initialised causal codecs of istft_dim x istft_layers (the shipped spoken-digits "
            f"codec is 256x6), 5 residual codebooks of {64 if args.quick else 512} codes: the time does not depend on "
            "the weights, the quality does. " if sizes else "")
         + f"Parameters: {'; '.join(f'{k}: {v / 1e6:.2f}M' for k, v in params.items())}.")
     if args.quality:
-        meta["classifier"] = quality(rows, args.tokenizer, args)
+        meta["classifier"] = quality(rows, trained, args)
     try:
         import onnxruntime
 
