@@ -120,6 +120,10 @@ def _start(out: Path, splits: list[str], resume: bool) -> None:
                 if p.suffix == ".json":
                     p.unlink(missing_ok=True)
     (out / HEADER).unlink(missing_ok=True)
+    # a process killed inside an atomic write leaves its temporary file (vqgen_io's ".NAME.*.tmp") behind
+    for p in out.glob(".*.tmp"):
+        if p.name.startswith(f".{HEADER}.") or any(p.name.startswith(f".{s}-") for s in splits):
+            p.unlink(missing_ok=True)
 
 
 def _finished(out: Path, jobs: list[_Job], plans: dict[str, str]) -> dict[str, list[ShardRecord]]:
