@@ -5,6 +5,7 @@ defaults beside the model)."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     """
     header = load_token_header(tokens_dir)
     tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
-    seq_len = tr_tokens[0].numel() if len(tr_tokens) else 1
+    seq_len = math.prod(header.token_shape)
     keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed, seq_len)
     reference = None
     if len(held):  # held out of training: the prior's scores on them are its anomaly reference
