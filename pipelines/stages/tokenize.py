@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -186,23 +187,26 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
     written = reused = 0
     who = f" (process {rank} of {world})" if world > 1 else ""
     bar = tqdm(total=sum(j.stop - j.start for j in mine), desc=f"tokenize{who}", disable=not progress or rank != 0)
+    t0 = time.perf_counter()
     for j in mine:
         if resume and finished_shard(out, j.split, j.k, plans[j.split]) is not None:
             reused += 1
         else:
-            tokens, labels = encode_dataset(lambda x: encode_batch(codec, x), Subset(data[j.split], range(j.start, j.stop)),
-                                            batch_size, progress=False)
+            part = Subset(data[j.split], range(j.start, j.stop))
+            tokens, labels = encode_dataset(lambda x: encode_batch(codec, x), part, batch_size, progress=False)
             write_shard(out, j.split, j.k, j.start, tokens, labels, codec.vocab_size, plans[j.split])
             written += 1
         bar.update(j.stop - j.start)
     bar.close()
-    log.info("tokenize%s: %d shards encoded, %d kept from an earlier run (checksums verified)", who, written, reused)
+    log.info("tokenize%s: %d shards encoded, %d kept from an earlier run (checksums verified), in %.2f s", who,
+             written, reused, time.perf_counter() - t0)
     _barrier(world)  # every shard is written
     if rank == 0:
         header = TokenHeader(vocab_size=codec.vocab_size, token_shape=token_shape, modality=str(codec.modality),
                              dataset=dataset_name, codec=record, num_classes=splits.num_classes,
                              class_names=list(splits.class_names))
         write_manifest(out, header, _finished(out, jobs, plans), rows, plans)
+        log.info("tokenize: %d shards of %d processes in %.2f s", len(jobs), world, time.perf_counter() - t0)
     _barrier(world)  # the manifest is written
     return load_token_header(out)
 
