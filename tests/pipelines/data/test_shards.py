@@ -284,7 +284,9 @@ def test_kill_9_halfway_then_resume_keeps_the_finished_shards(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def test_train_prior_trains_from_a_sharded_folder(tmp_path):
+def test_train_prior_trains_from_a_sharded_folder(tmp_path, monkeypatch):
+    """A network prior trains from the lazy arrays without ever copying the token grids whole (validation uses the
+    manifest's range; batches and evaluation gather their rows); a count-based one counts every grid."""
     from pipelines.cli import main
 
     tokens, labels = _data(96, 6, (3, 4))
@@ -293,10 +295,23 @@ def test_train_prior_trains_from_a_sharded_folder(tmp_path):
     header.num_classes, header.codec = 3, {"input_shape": [1, 6, 8]}
     save_tokens(tmp_path / "tok", header, {"train": (tokens, labels), "test": (tokens[:20], labels[:20])},
                 rows_per_shard=10)
+    real = ShardedArray.materialize
+
+    def refuse(self):
+        if self.key == "tokens":
+            raise AssertionError("the token grids were copied whole")
+        return real(self)
+
+    monkeypatch.setattr(ShardedArray, "materialize", refuse)
     args = ["train-prior", "--tokens", str(tmp_path / "tok"), "--out", str(tmp_path / "p"), "--arch", "lstm",
-            "--lstm-hidden", "8", "--steps", "3", "--batch-size", "8", "--conditional", "--quiet", "--device", "cpu"]
+            "--lstm-hidden", "8", "--steps", "3", "--batch-size", "8", "--conditional", "--quiet", "--device", "cpu",
+            "--reference-fraction", "0", "--debug"]
     assert main(args) == 0
     assert json.loads((tmp_path / "p" / "metrics.json").read_text())["step"] == 3
+    monkeypatch.setattr(ShardedArray, "materialize", real)
+    args[args.index("--reference-fraction") + 1] = "0.25"  # 24 grids held out: the score reference is measured too
+    assert main([*args[:4], str(tmp_path / "p2"), *args[5:]]) == 0
+    assert (tmp_path / "p2" / "score_reference.json").is_file()
     assert main([*args[:4], str(tmp_path / "ngram"), "--arch", "ngram", "--quiet"]) == 0  # counted on every grid
 
 
