@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tok.save_pretrained(work / "tokenizer")
     base = ["--tokenizer", str(work / "tokenizer"), "--dataset", "mnist5k", "--limit", str(a.limit), "--device", "cpu",
             "--quiet", "--batch-size", "64"]
-    layouts = [("1 process, default threads", 1, None), ("1 process, 1 thread", 1, 1), ("2 processes, 1 thread each", 2, 1)]
+    layouts = [("1 process, default threads", 1, None), ("1 process, 1 thread", 1, 1),
+               ("2 processes, 1 thread each", 2, 1)]
     rows, digests = [], {}
     for name, nproc, threads in layouts:
         best = None

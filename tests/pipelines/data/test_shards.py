@@ -72,7 +72,8 @@ def test_sharded_reads_equal_the_tensor_whatever_the_shard_size(tmp_path, rows):
         assert torch.equal(a[key], tokens[key]), key
     assert torch.equal(y[idx], labels[idx])
     view = a.subset(np.array([9, 3, 40, 41]))
-    assert len(view) == 4 and torch.equal(view[1:3], tokens[[3, 40]]) and torch.equal(view.subset([3, 0])[:], tokens[[41, 9]])
+    assert len(view) == 4 and torch.equal(view[1:3], tokens[[3, 40]])
+    assert torch.equal(view.subset([3, 0])[:], tokens[[41, 9]])
     assert a.min() == tokens.min() and a.max() == tokens.max() and view.max() == tokens[[9, 3, 40, 41]].max()
     # what a tensor does beyond indexing works on the whole array
     assert torch.equal(torch.cat([a, a]), torch.cat([tokens, tokens])) and (a == tokens).all()
@@ -164,8 +165,8 @@ def test_tokenize_writes_shards_matching_the_tensors(tmp_path):
     header = _tokenize(tmp_path / "t")
     assert header.format_version == 3 and header.counts == {"train": 100, "test": 30}
     assert [len(header.shards[s]["files"]) for s in ("train", "test")] == [7, 2]
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(
-        ["tokens.json"] + [f"train-{k:05d}.safetensors" for k in range(7)] + [f"test-{k:05d}.safetensors" for k in range(2)])
+    shards = [f"train-{k:05d}.safetensors" for k in range(7)] + [f"test-{k:05d}.safetensors" for k in range(2)]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(["tokens.json", *shards])
     codec, s = RawCodec("image", 256, (1, 4, 4)), _splits()
     x, y = s.train.tensors
     tokens, labels = load_tokens(tmp_path / "t", "train")
@@ -341,7 +342,8 @@ def test_each_process_reads_only_its_own_training_rows(tmp_path):
     """Two training processes on a sharded folder: each reads the training grids of its own batches, none the whole
     split, and the two read different grids."""
     tokens, labels = _data(256, 6, (3, 4))
-    save_tokens(tmp_path / "tok", _header(6, (3, 4)), {"train": (tokens, labels), "test": (tokens[:16], labels[:16])}, rows_per_shard=32)
+    save_tokens(tmp_path / "tok", _header(6, (3, 4)), {"train": (tokens, labels), "test": (tokens[:16], labels[:16])},
+                rows_per_shard=32)
     os.environ["READ_LOG"] = str(tmp_path / "read")
     try:
         _cli(["train-prior", "--tokens", str(tmp_path / "tok"), "--out", str(tmp_path / "p"), "--arch", "lstm",
