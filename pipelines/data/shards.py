@@ -164,17 +164,17 @@ def verify_shard(folder: Path, rec: ShardRecord, fix: str) -> None:
                          f"{fix}")
 
 
-def finished_shard(folder: Path, split: str, k: int, plan: str, known: ShardRecord | None = None) -> ShardRecord | None:
-    """The record of shard ``k`` when a run for ``plan`` finished it and the file still has its checksum (read
-    from the sidecar, else ``known``: the folder's manifest), else None (then it is to be written again)."""
-    rec = known
+def finished_shard(folder: Path, split: str, k: int, plan: str) -> ShardRecord | None:
+    """The record of shard ``k`` (its sidecar) when a run for ``plan`` finished it and the file still has its
+    checksum, else None: then it is to be written again."""
     side = folder / sidecar_name(split, k)
-    if side.is_file():
-        try:
-            rec = ShardRecord.from_dict(json.loads(side.read_text()))
-        except (ValueError, KeyError, TypeError):
-            rec = None
-    if rec is None or rec.plan != plan or rec.file != shard_name(split, k):
+    if not side.is_file():
+        return None
+    try:
+        rec = ShardRecord.from_dict(json.loads(side.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if rec.plan != plan or rec.file != shard_name(split, k):
         return None
     try:
         verify_shard(folder, rec, "")
