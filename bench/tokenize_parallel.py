@@ -8,7 +8,7 @@ mnist5k (``--limit`` training digits and the 500 test digits) through the CLI, a
 - 2 processes of 1 thread each, launched as torchrun launches them (RANK, WORLD_SIZE, MASTER_ADDR/PORT; gloo).
 
 Each row gives the wall clock of the tokenization (the stage's own clock, from the first shard to the manifest:
-``tokenize: N shards of W processes in S s``) and of the whole command (Python start, imports, dataset loading,
+``tokenize: N shards by W processes in S s``) and of the whole command (Python start, imports, dataset loading,
 tokenization), the best of ``--repeats``. The two-process folder must equal the one-process folder shard for
 shard (same SHA-256 per shard), else the script fails.
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.common import ROOT, cpu_model, write_results
 
-STAGE = re.compile(r"tokenize: (\d+) shards of (\d+) processes in ([0-9.]+) s")
+STAGE = re.compile(r"tokenize: (\d+) shards by (\d+) process(?:es)? in ([0-9.]+) s")
 
 
 def _port() -> int:

@@ -206,7 +206,8 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
                              dataset=dataset_name, codec=record, num_classes=splits.num_classes,
                              class_names=list(splits.class_names))
         write_manifest(out, header, _finished(out, jobs, plans), rows, plans)
-        log.info("tokenize: %d shards of %d processes in %.2f s", len(jobs), world, time.perf_counter() - t0)
+        log.info("tokenize: %d shards by %d process%s in %.2f s", len(jobs), world, "es" if world > 1 else "",
+                 time.perf_counter() - t0)
     _barrier(world)  # the manifest is written
     return load_token_header(out)
 
