@@ -78,11 +78,12 @@ def split_shards(header: TokenHeader, split: str) -> list[ShardRecord]:
 
 def write_manifest(out: str | Path, header: TokenHeader, shards: dict[str, list[ShardRecord]],
                    rows_per_shard: dict[str, int], plans: dict[str, str] | None = None) -> TokenHeader:
-    """Finish a format-3 folder: ``tokens.json`` = ``header`` with ``counts`` and ``shards`` from the records
-    (atomically, after every shard is written), then remove what is not part of it: the shards' sidecars,
-    shards of these splits with other numbers, and format-2 files of these splits. Returns the header."""
+    """Finish a format-3 folder: ``tokens.json`` = ``header`` with ``counts`` and ``shards`` of these splits (and
+    no others) from the records, written atomically once every shard is, then remove what is not part of it: the
+    shards' sidecars, shards of these splits with other numbers, and format-2 files of these splits. Returns the
+    header."""
     out = Path(out)
-    header.shards = {}
+    header.shards, header.counts = {}, {}  # the folder holds these splits, and only these
     for split, recs in shards.items():
         recs = sorted(recs, key=lambda r: r.start)
         if [r.start for r in recs] != [sum(r.rows for r in recs[:i]) for i in range(len(recs))]:
