@@ -42,7 +42,23 @@ log = logging.getLogger("vqgen.tokens")
 SHARD_TOKENS = 1 << 22  # default shard size, in tokens: 4 MiB (uint8) to 8 MiB (uint16) per file
 MIN_SHARDS = 16  # a split of MIN_SHARD_ROWS * MIN_SHARDS grids or more is cut into at least this many shards
 MIN_SHARD_ROWS = 256  # ...but no shard is cut smaller than this by default (tiny splits stay one file)
-OPEN_SHARDS = 64  # memory maps kept open per array (each holds a file descriptor)
+
+
+def _open_limit() -> int:
+    """Memory maps kept open per array: each holds a file descriptor, so an eighth of the process's limit (a
+    training process has a tokens and a labels array, DataLoader workers their own), between 16 and 1024. Random
+    batches over more shards than this reopen maps (tens of microseconds each)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        soft = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    except (ImportError, OSError, ValueError):  # not POSIX
+        soft = 1024
+    return max(16, min(1024, soft // 8))
+
+
+OPEN_SHARDS = _open_limit()
 
 # safetensors dtype names <-> numpy (little-endian, as the format stores them)
 _ST_DTYPES = {"U8": "<u1", "I8": "<i1", "U16": "<u2", "I16": "<i2", "I32": "<i4", "I64": "<i8"}
@@ -340,12 +356,14 @@ class ShardedArray:
         if rows.min() < 0 or rows.max() >= n:
             raise IndexError(f"row index out of range for {n} rows")
         which = np.searchsorted(self.starts, rows, side="right") - 1
-        if np.all(which == which[0]):  # the common case (a batch from one shard, a slice): no masks
+        if np.all(which == which[0]):  # the common case (a batch from one shard, a slice): no grouping
             out[:] = self._map(int(which[0]))[rows - self.starts[which[0]]]
             return out
-        for f in np.unique(which):
-            sel = which == f
-            out[sel] = self._map(int(f))[rows[sel] - self.starts[f]]
+        order = np.argsort(which, kind="stable")  # group the rows by shard: one gather per shard
+        bounds = np.flatnonzero(np.diff(which[order])) + 1
+        for group in np.split(order, bounds):
+            f = int(which[group[0]])
+            out[group] = self._map(f)[rows[group] - self.starts[f]]
         return out
 
     def _range(self, a: int, b: int) -> np.ndarray:
@@ -401,8 +419,7 @@ class ShardedArray:
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} rows")
         view = ShardedArray.__new__(ShardedArray)
-        view.__dict__.update(self.__dict__)
-        view._maps = OrderedDict()
+        view.__dict__.update(self.__dict__)  # the same files: the same open maps
         view.index = idx if self.index is None else self.index[idx]
         return view
 
