@@ -144,16 +144,24 @@ class TokenizeOptions:
     levels: Literal[2, 256] | None = None  # --raw images: 2 (binarised) or 256 (8-bit) (default 256)
     bpe: str | None = None  # a folder from `vqgen bpe train`: write merged variable-length sequences (end token, padding, lengths) instead of the grids
     batch_size: int = 256  # inputs encoded at once
+    shard_rows: int | None = None  # grids per token shard (default: about 4M tokens per shard, and at least 16 shards for a split of 4,096 grids or more); a shard is the unit of work of each process of a launch and of --resume
+    resume: bool = False  # keep the shards an interrupted (or finished) run with the same arguments wrote, once their checksums match, and encode only the rest
 
 
 def run_tokenize(a: Parsed) -> int:
+    import os
+
     from .stages.tokenize import tokenize
 
     if a.levels is not None and not a.raw:
         raise ValueError("--levels goes with --raw")
     header = tokenize(data_args(a), a.out, codec_dir=a.tokenizer, raw_levels=(a.levels or 256) if a.raw else None,
-                      batch_size=a.batch_size, progress=not a.quiet, device=a.device)
-    print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}")
+                      batch_size=a.batch_size, progress=not a.quiet, device=a.device, shard_rows=a.shard_rows,
+                      resume=a.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # a launch: the main process reports and merges
+        return 0
+    print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}, "
+          f"{sum(len(s['files']) for s in header.shards.values())} shards")
     if a.bpe:
         from .data.bpe import write_bpe_token_folder
 

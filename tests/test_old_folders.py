@@ -112,3 +112,29 @@ def test_v2_tokenizer_folders_keep_their_fingerprints(name):
     tokens = tok.encode(x)
     assert tokens.tolist() == exp["tokens"]
     assert float(tok.decode(tokens).double().sum()) == pytest.approx(exp["recon_sum"], rel=1e-5)
+
+
+TOKENS_V2 = Path(__file__).parent / "fixtures" / "tokens_v2"
+
+
+def test_v2_token_folder_reads_the_same_and_converts_to_shards(tmp_path):
+    """A format-2 token folder (one int32 file per split, tests/fixtures/make_tokens_v2_fixture.py) loads as it did;
+    written again by today's save_tokens it becomes uint16 shards that load to the same grids."""
+    from pipelines.data.tokens import FORMAT_VERSION, check_token_folder, save_tokens
+
+    expected = json.loads((TOKENS_V2 / "expected.json").read_text())
+    header = load_token_header(TOKENS_V2)
+    assert header.format_version == 2 and not header.shards
+    assert check_token_folder(TOKENS_V2) == {"train": 40, "test": 10}
+    loaded = {}
+    for split, exp in expected.items():
+        tokens, labels = load_tokens(TOKENS_V2, split)
+        assert isinstance(tokens, torch.Tensor) and tokens.dtype == torch.int64 and list(tokens.shape) == exp["shape"]
+        assert _digest(tokens) == exp["tokens"] and _digest(labels) == exp["labels"]
+        loaded[split] = (tokens, labels)
+    h3 = save_tokens(tmp_path, header, loaded, rows_per_shard=16)
+    assert h3.format_version == FORMAT_VERSION == 3 and len(h3.shards["train"]["files"]) == 3
+    assert h3.shards["train"]["dtype"] == "uint16"
+    for split, exp in expected.items():
+        tokens, labels = load_tokens(tmp_path, split)
+        assert _digest(tokens.materialize()) == exp["tokens"] and _digest(labels.materialize()) == exp["labels"]

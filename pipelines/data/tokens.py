@@ -1,8 +1,10 @@
 """The token folder: what `vqgen tokenize` writes and `vqgen train-prior` reads.
 
-Layout: ``tokens.json`` (header, including the record of the codec that made the tokens), ``train.safetensors``
-and ``test.safetensors``, each with ``tokens`` int32 [N, *token_shape] and ``labels`` int64 [N] (-1 where a
-sample has no label).
+Format 3 (today's): ``tokens.json`` (the header: the record of the codec that made the tokens, counts, and per
+split its shards with their checksums) and the shard files ``train-00000.safetensors``, ... (``shards.py``:
+``tokens`` [rows, *token_shape] as uint8 / uint16 / int32 by vocabulary size, ``labels`` [rows], -1 where a
+sample has no label), read memory-mapped. Formats 1 and 2 (read, never written): ``train.safetensors`` and
+``test.safetensors``, each with ``tokens`` int32 [N, *token_shape] and ``labels`` int64 [N], read whole.
 """
 
 from __future__ import annotations
@@ -13,13 +15,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tokenizers_vq.modality import get_modality
-from vqgen_io import atomic_write_text, load_safetensors, save_safetensors
+from vqgen_io import atomic_write_text, load_safetensors
+
+from .shards import (
+    ShardedArray,
+    ShardRecord,
+    default_shard_rows,
+    shard_files,
+    token_dtype,
+    verify_shard,
+    write_shard,
+)
 
 HEADER = "tokens.json"
-FORMAT_VERSION = 2  # 2: the header holds the codec record (1 had tokenizer path / raw levels fields)
+# 3: shards in the smallest dtype, listed with their checksums in the header (``shards``); 2: the header holds
+# the codec record, one int32 file per split; 1: tokenizer path / raw levels fields instead of the codec record
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -37,6 +52,8 @@ class TokenHeader:
     counts: dict[str, int] = field(default_factory=dict)
     bpe: dict[str, Any] | None = None  # merged (BPE) sequences: pipelines/data/bpe.py's record; None = codec tokens
     format_version: int = FORMAT_VERSION
+    # format 3: split -> {"rows_per_shard", "dtype", "plan", "files": [ShardRecord fields]}; {} in older folders
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -53,15 +70,67 @@ def _retokenize(path: str | Path) -> str:
     return f"re-run `vqgen tokenize ... --out {path}` to rewrite the token folder"
 
 
-def save_tokens(out: str | Path, header: TokenHeader, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Write a token folder. splits: name -> (tokens int [N, *shape], labels int64 [N])."""
+def split_shards(header: TokenHeader, split: str) -> list[ShardRecord]:
+    """The shard records of one split of a format-3 header (each with its split's plan)."""
+    info = header.shards[split]
+    return [ShardRecord.from_dict(r | {"plan": info.get("plan", "")}) for r in info["files"]]
+
+
+def write_manifest(out: str | Path, header: TokenHeader, shards: dict[str, list[ShardRecord]],
+                   rows_per_shard: dict[str, int], plans: dict[str, str] | None = None) -> TokenHeader:
+    """Finish a format-3 folder: ``tokens.json`` = ``header`` with ``counts`` and ``shards`` of these splits (and
+    no others) from the records, written atomically once every shard is, then remove what is not part of it: the
+    shards' sidecars, shards of these splits with other numbers, and format-2 files of these splits. Returns the
+    header."""
     out = Path(out)
-    for name, (tokens, labels) in splits.items():
-        save_safetensors({"tokens": tokens.to(torch.int32).contiguous(), "labels": labels.long().contiguous()},
-                         out / f"{name}.safetensors")
+    header.shards, header.counts = {}, {}  # the folder holds these splits, and only these
+    for split, recs in shards.items():
+        recs = sorted(recs, key=lambda r: r.start)
+        if [r.start for r in recs] != [sum(r.rows for r in recs[:i]) for i in range(len(recs))]:
+            raise RuntimeError(f"the shards of {split} do not cover it row after row: {[r.file for r in recs]}")
+        header.counts[split] = sum(r.rows for r in recs)
+        header.shards[split] = {"rows_per_shard": int(rows_per_shard[split]),
+                                "dtype": str(token_dtype(header.vocab_size)),
+                                "plan": (plans or {}).get(split, ""),
+                                "files": [{k: v for k, v in asdict(r).items() if k != "plan"} for r in recs]}
+    header.format_version = FORMAT_VERSION
     d = asdict(header)
     d["token_shape"] = list(header.token_shape)
-    atomic_write_text(out / HEADER, json.dumps(d, indent=2))
+    atomic_write_text(out / HEADER, json.dumps(d, indent=1))
+    for split, recs in shards.items():
+        keep = {r.file for r in recs}
+        for p in shard_files(out, split):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+        (out / f"{split}.safetensors").unlink(missing_ok=True)
+    return header
+
+
+def save_tokens(out: str | Path, header: TokenHeader, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                rows_per_shard: int | None = None) -> TokenHeader:
+    """Write a token folder (format 3) from tensors in memory. splits: name -> (tokens int [N, *shape] in [0,
+    header.vocab_size), labels int [N]); ``rows_per_shard``: grids per shard (default ``default_shard_rows``).
+    Tokens outside the vocabulary or of another shape than ``header.token_shape`` are a ``ValueError``.
+    Returns the header as written (``counts`` and ``shards`` filled in)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records, rows = {}, {}
+    for name, (tokens, labels) in splits.items():
+        if isinstance(tokens, ShardedArray):  # maybe the shards about to be overwritten: read them first
+            tokens = tokens.materialize()
+        if isinstance(labels, ShardedArray):
+            labels = labels.materialize()
+        if tuple(tokens.shape[1:]) != tuple(header.token_shape):
+            raise ValueError(f"{name}: token grids of shape {tuple(tokens.shape[1:])}, but the header says "
+                             f"{tuple(header.token_shape)}")
+        r = rows_per_shard or default_shard_rows(len(tokens), math.prod(header.token_shape))
+        rows[name] = r
+        try:
+            records[name] = [write_shard(out, name, k, a, tokens[a: a + r], labels[a: a + r], header.vocab_size,
+                                         sidecar=False) for k, a in enumerate(range(0, len(tokens), r))]
+        except ValueError as e:
+            raise ValueError(f"{out} [{name}]: {e}") from None
+    return write_manifest(out, header, records, rows)
 
 
 def _upgrade_v1(d: dict[str, Any]) -> dict[str, Any]:
@@ -106,8 +175,38 @@ def load_token_header(path: str | Path) -> TokenHeader:
         raise ValueError(f"{p} does not look like a vqgen token header ({e}); {_retokenize(path)}") from None
 
 
+def _fix(path: str | Path) -> str:
+    return (f"Copy the token folder again, or re-run `vqgen tokenize ... --out {path} --resume` (it checks every "
+            "shard and writes the bad ones again).")
+
+
 def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens int64 [N, *shape], labels int64 [N]) of one split of a token folder."""
+    """(tokens int64 [N, *shape], labels int64 [N]) of one split of a token folder.
+
+    Format 3: both are ``ShardedArray``s, read memory-mapped and lazily (each shard's size and shape are checked
+    here, its checksum by ``check_token_folder`` and ``vqgen tokenize --resume``; the token range comes from the
+    manifest, so nothing is scanned). Formats 1 and 2: tensors read whole and range-checked."""
+    header = load_token_header(path)
+    if header.shards:
+        if split not in header.shards:
+            raise FileNotFoundError(f"{path} has no {split!r} split (it has {sorted(header.shards)})")
+        recs = split_shards(header, split)
+        fix = _fix(path)
+        tokens = ShardedArray.open(Path(path), recs, "tokens", tuple(header.token_shape), fix)
+        labels = ShardedArray.open(Path(path), recs, "labels", (), fix)
+        lo, hi = tokens.bounds() or (0, -1)
+        if lo < 0 or hi >= header.vocab_size:
+            raise ValueError(f"{Path(path) / HEADER}: {split} tokens range [{lo}, {hi}] lies outside the vocabulary "
+                             f"[0, {header.vocab_size}); {_retokenize(path)}")
+        if len(tokens) != header.counts.get(split, len(tokens)):
+            raise ValueError(f"{Path(path) / HEADER}: counts says {header.counts[split]} {split} grids but its shards "
+                             f"hold {len(tokens)}; {_retokenize(path)}")
+        return tokens, labels
+    return _load_single_file(path, split, header)
+
+
+def _load_single_file(path: str | Path, split: str, header: TokenHeader) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split of a format-1 or format-2 folder: one int32 file, read whole."""
     f = Path(path) / f"{split}.safetensors"
     d = load_safetensors(f, f"Copy the token folder again or {_retokenize(path)}.")
     if "tokens" not in d or "labels" not in d:
@@ -115,7 +214,6 @@ def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, torch.Tenso
     tokens, labels = d["tokens"].long(), d["labels"].long()
     # A corrupt or mismatched file is caught here, naming it; the trainer checks the data against the prior
     # separately (``PriorTask.validate_data``).
-    header = load_token_header(path)
     if tuple(tokens.shape[1:]) != tuple(header.token_shape):
         raise ValueError(f"{f}: token grids of shape {tuple(tokens.shape[1:])}, but {HEADER} says "
                          f"{tuple(header.token_shape)}; {_retokenize(path)}")
@@ -126,3 +224,24 @@ def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, torch.Tenso
     if len(labels) != len(tokens):
         raise ValueError(f"{f}: {len(tokens)} token grids but {len(labels)} labels; {_retokenize(path)}")
     return tokens, labels
+
+
+def check_token_folder(path: str | Path) -> dict[str, int]:
+    """Read every byte of a token folder: each shard's SHA-256 against the manifest (format 3), or each split
+    loaded whole with its range checks (formats 1, 2). Returns the grids per split; a corrupt or missing file is
+    a ``ValueError`` naming it and the fix."""
+    header = load_token_header(path)
+    if not header.shards:
+        return {s: len(load_tokens(path, s)[0]) for s in header.counts}
+    for split in header.shards:
+        for rec in split_shards(header, split):
+            verify_shard(Path(path), rec, _fix(path))
+    return {s: len(load_tokens(path, s)[0]) for s in header.shards}
+
+
+def take_rows(tokens: torch.Tensor, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of what ``load_tokens`` returned: a lazy view of a ``ShardedArray`` (nothing read yet), a
+    copy of a tensor's."""
+    if isinstance(tokens, ShardedArray):
+        return tokens.subset(rows)  # type: ignore[return-value]
+    return tokens[torch.as_tensor(rows, dtype=torch.long)]

@@ -1,22 +1,41 @@
 """`vqgen tokenize`: a dataset through a codec (a tokenizer, or the raw pixels / mu-law samples) into a token
-folder whose header records the codec."""
+folder of shards whose header records the codec; under a launcher each process encodes its share of the shards,
+and ``--resume`` keeps the shards an interrupted run finished."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
+import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from tokenizers_vq import Codec, RawCodec, load_codec
+from vqgen_io import atomic_write_text
 
 from ..data import DataSpec, Splits, load_data
-from ..data.tokens import TokenHeader, save_tokens
+from ..data.shards import (
+    ShardRecord,
+    default_shard_rows,
+    finished_shard,
+    shard_files,
+    shard_name,
+    shard_plan,
+    sidecar_name,
+    write_shard,
+)
+from ..data.tokens import HEADER, TokenHeader, load_token_header, split_shards, write_manifest
 from ..likelihood.score import encode_batch
+from ..training.accelerator import keep_group
 
 log = logging.getLogger("vqgen.tokenize")
 
@@ -53,12 +72,90 @@ def with_placements(splits: Splits, placements: int) -> Splits:
     return dataclasses.replace(splits, train=ConcatDataset(views))
 
 
+@dataclass
+class _Job:
+    """Shard ``k`` of ``split``: rows [start, stop) of the split's dataset."""
+
+    split: str
+    k: int
+    start: int
+    stop: int
+
+
+def _world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process in a launch (torchrun, ``accelerate launch``; their
+    RANK / WORLD_SIZE / MASTER_ADDR environment), (0, 1, 0) alone. Joins the launch's process group (gloo: it
+    only carries barriers, on CPU and GPU launches alike) unless one is up already."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not torch.distributed.is_available():
+        return 0, 1, 0
+    if not torch.distributed.is_initialized():
+        # One rank may finish its shards long before another (a slow file system, an uneven last shard): the
+        # barrier waits for the slowest, so the default 30-minute timeout would be too short.
+        torch.distributed.init_process_group("gloo", timeout=timedelta(days=1))
+        keep_group()
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _start(out: Path, splits: list[str], resume: bool) -> None:
+    """The main process, before any shard is written: the folder's manifest goes (it would describe shards about
+    to change); with ``resume`` its shard records become sidecars, so that a finished folder resumes like an
+    interrupted one; without, sidecars left by an earlier run go (their shards are written again)."""
+    try:
+        old = load_token_header(out) if resume and (out / HEADER).is_file() else None
+    except ValueError:
+        old = None
+    for split in splits:
+        if old is not None and split in old.shards:
+            for k, rec in enumerate(split_shards(old, split)):
+                side = out / sidecar_name(split, k)
+                if rec.file == shard_name(split, k) and not side.exists():
+                    atomic_write_text(side, json.dumps(dataclasses.asdict(rec), indent=1))
+        if not resume:
+            for p in shard_files(out, split):
+                if p.suffix == ".json":
+                    p.unlink(missing_ok=True)
+    (out / HEADER).unlink(missing_ok=True)
+    # a process killed inside an atomic write leaves its temporary file (vqgen_io's ".NAME.*.tmp") behind
+    for p in out.glob(".*.tmp"):
+        if p.name.startswith(f".{HEADER}.") or any(p.name.startswith(f".{s}-") for s in splits):
+            p.unlink(missing_ok=True)
+
+
+def _finished(out: Path, jobs: list[_Job], plans: dict[str, str]) -> dict[str, list[ShardRecord]]:
+    """Every job's record from its sidecar (the main process, once all processes are done)."""
+    recs: dict[str, list[ShardRecord]] = {s: [] for s in plans}
+    for j in jobs:
+        side = out / sidecar_name(j.split, j.k)
+        if not side.is_file():
+            raise RuntimeError(f"{side} is missing after every process finished: a process wrote to another folder?")
+        rec = ShardRecord.from_dict(json.loads(side.read_text()))
+        if rec.plan != plans[j.split] or rec.rows != j.stop - j.start:
+            raise RuntimeError(f"{side} belongs to another run (plan {rec.plan}, {rec.rows} rows); tokenize again "
+                               "without --resume")
+        recs[j.split].append(rec)
+    return recs
+
+
 def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: Codec,
-                    codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True) -> TokenHeader:
-    """Write both splits as token grids ``codec.encode(x)`` with a ``tokens.json`` header that records the codec
-    (``codec.record(codec_path)``: a raw codec needs no path, its config rebuilds it). Audio files longer than
-    a clip give one grid per window of the consecutive windows covering the file (the last one ends at the
-    file's end), labelled with the file's label."""
+                    codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True, *,
+                    shard_rows: int | None = None, resume: bool = False, source: dict | None = None) -> TokenHeader:
+    """Write both splits as token grids ``codec.encode(x)`` into a format-3 token folder (``data/shards.py``)
+    with a ``tokens.json`` header that records the codec (``codec.record(codec_path)``: a raw codec needs no
+    path, its config rebuilds it). Audio files longer than a clip give one grid per window of the consecutive
+    windows covering the file (the last one ends at the file's end), labelled with the file's label.
+
+    Each split is cut into shards of ``shard_rows`` grids (default ``default_shard_rows``): shard k holds rows
+    [k R, (k + 1) R) of the split, so the tokens are the same whatever the number of processes. Under a launch
+    (torchrun, ``accelerate launch``) process r of W encodes the shards numbered r, r + W, ... (numbered across
+    both splits); the main process writes the manifest once all are done. ``resume``: shards that an interrupted
+    run (with the same dataset, codec and shard size: ``source`` names the data arguments) finished and whose
+    checksum still matches are kept; only the others are encoded."""
     if splits.modality != codec.modality:
         raise ValueError(f"the dataset is {splits.modality} but the codec is for {codec.modality}")
     codec.eval()
@@ -66,33 +163,74 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
     if tuple(splits.input_shape) != tuple(codec.input_shape) and not codec.modality.timed:
         raise ValueError(f"the dataset's inputs are {tuple(splits.input_shape)} but the codec expects "
                          f"{tuple(codec.input_shape)}")
+    if shard_rows is not None and shard_rows < 1:
+        raise ValueError(f"--shard-rows must be at least 1, got {shard_rows}")
+    out = Path(out)
+    rank, world, _ = _world()
+    token_shape = tuple(codec.token_shape(splits.input_shape))
+    record = codec.record(codec_path)
     # Token folders hold fixed grids, so long audio files are tokenized as consecutive windows covering each file
     # (``AudioClipDataset.covering``) rather than the training split's random windows; clip datasets are unchanged.
-    result = {name: encode_dataset(lambda x: encode_batch(codec, x), _covering(ds), batch_size,
-                                   desc=f"tokenize {name}", progress=progress)
-              for name, ds in (("train", splits.train), ("test", splits.test))}
-    header = TokenHeader(
-        vocab_size=codec.vocab_size, token_shape=tuple(codec.token_shape(splits.input_shape)),
-        modality=str(codec.modality),
-        dataset=dataset_name, codec=codec.record(codec_path), num_classes=splits.num_classes,
-        class_names=list(splits.class_names), counts={k: int(v[0].shape[0]) for k, v in result.items()},
-    )
-    save_tokens(out, header, result)
-    return header
+    data = {"train": _covering(splits.train), "test": _covering(splits.test)}
+    rows, plans, jobs = {}, {}, []
+    for name, ds in data.items():
+        n = len(ds)  # type: ignore[arg-type]
+        rows[name] = shard_rows or default_shard_rows(n, math.prod(token_shape))
+        plans[name] = shard_plan(split=name, n=n, rows=rows[name], dataset=dataset_name, source=source,
+                                 token_shape=token_shape, codec={k: v for k, v in record.items() if k != "path"})
+        jobs += [_Job(name, k, a, min(n, a + rows[name])) for k, a in enumerate(range(0, n, rows[name]))]
+    mine = jobs[rank::world]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _start(out, list(data), resume)
+    _barrier(world)  # no process writes a shard before the main one has cleared the folder
+    written = reused = 0
+    who = f" (process {rank} of {world})" if world > 1 else ""
+    bar = tqdm(total=sum(j.stop - j.start for j in mine), desc=f"tokenize{who}", disable=not progress or rank != 0)
+    t0 = time.perf_counter()
+    for j in mine:
+        if resume and finished_shard(out, j.split, j.k, plans[j.split]) is not None:
+            reused += 1
+        else:
+            part = Subset(data[j.split], range(j.start, j.stop))
+            tokens, labels = encode_dataset(lambda x: encode_batch(codec, x), part, batch_size, progress=False)
+            write_shard(out, j.split, j.k, j.start, tokens, labels, codec.vocab_size, plans[j.split])
+            written += 1
+        bar.update(j.stop - j.start)
+    bar.close()
+    log.info("tokenize%s: %d shards encoded, %d kept from an earlier run (checksums verified), in %.2f s", who,
+             written, reused, time.perf_counter() - t0)
+    _barrier(world)  # every shard is written
+    if rank == 0:
+        header = TokenHeader(vocab_size=codec.vocab_size, token_shape=token_shape, modality=str(codec.modality),
+                             dataset=dataset_name, codec=record, num_classes=splits.num_classes,
+                             class_names=list(splits.class_names))
+        write_manifest(out, header, _finished(out, jobs, plans), rows, plans)
+        log.info("tokenize: %d shards by %d process%s in %.2f s", len(jobs), world, "es" if world > 1 else "",
+                 time.perf_counter() - t0)
+    _barrier(world)  # the manifest is written
+    return load_token_header(out)
 
 
 def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, raw_levels: int | None = None,
-             batch_size: int = 256, progress: bool = True, device: str = "cpu") -> TokenHeader:
+             batch_size: int = 256, progress: bool = True, device: str = "cpu", *, shard_rows: int | None = None,
+             resume: bool = False) -> TokenHeader:
     """The stage: load the dataset described by ``data`` (``make_spec`` arguments) and tokenize it with the codec
-    in ``codec_dir`` (on ``device``), or with a ``RawCodec`` of ``raw_levels`` (2 or 256; audio is always 256-level
-    mu-law)."""
+    in ``codec_dir`` (on ``device``; under a launch, ``cuda`` means each process's own GPU, ``cuda:LOCAL_RANK``),
+    or with a ``RawCodec`` of ``raw_levels`` (2 or 256; audio is always 256-level mu-law). ``shard_rows``,
+    ``resume``: see ``tokenize_splits``."""
     from .common import make_spec
 
     if (codec_dir is None) == (raw_levels is None):
         raise ValueError("pass exactly one of --tokenizer DIR or --raw")
+    _, world, local_rank = _world()
+    if world > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
     codec = load_codec(codec_dir, map_location=device) if codec_dir is not None else None
     spec: DataSpec = make_spec(codec=codec, **data)
     splits = load_data(spec)
     if codec is None:  # the modality refuses levels it has no raw codec for (audio: 256-level mu-law only)
         codec = RawCodec(splits.modality, raw_levels, splits.input_shape, splits.sample_rate)
-    return tokenize_splits(splits, out, spec.name, codec, codec_dir, batch_size, progress)
+    source = {k: v for k, v in data.items() if k != "cache_dir"}  # what decides the inputs (not where they are cached)
+    return tokenize_splits(splits, out, spec.name, codec, codec_dir, batch_size, progress, shard_rows=shard_rows,
+                           resume=resume, source=source)

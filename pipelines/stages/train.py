@@ -5,9 +5,12 @@ defaults beside the model)."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from prior import PriorConfig, build_prior
 from tokenizers_vq import AUTOENCODERS, QUANTIZERS, TokenizerConfig, build_tokenizer
@@ -16,7 +19,7 @@ from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data
-from ..data.tokens import load_token_header, load_tokens
+from ..data.tokens import load_token_header, load_tokens, take_rows
 from ..likelihood.reference import reference_split
 from ..training.config import TrainConfig, TrainResult
 from ..training.loop import train
@@ -89,17 +92,19 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     """
     header = load_token_header(tokens_dir)
     tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
-    seq_len = tr_tokens[0].numel() if len(tr_tokens) else 1
+    seq_len = math.prod(header.token_shape)
     keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed, seq_len)
     reference = None
     if len(held):  # held out of training: the prior's scores on them are its anomaly reference
-        tr_tokens, tr_labels, held_grids = tr_tokens[keep], tr_labels[keep], tr_tokens[held]
+        # lazy views of a sharded folder: nothing of the corpus is read here but the held-out grids
+        held_grids = tr_tokens[torch.as_tensor(held)]
+        tr_tokens, tr_labels = take_rows(tr_tokens, keep), take_rows(tr_labels, keep)
         reference = HeldOut(held_grids, tr_tokens, f"{len(held)} training grids of {tokens_dir} held out of training "
                                                    f"(--reference-fraction {reference_fraction}, --seed {cfg.seed})")
     te_tokens, te_labels = load_tokens(tokens_dir, "test")
     num_classes = 0
     if conditional:
-        if header.num_classes < 1 or (tr_labels < 0).any():
+        if header.num_classes < 1 or (len(tr_labels) and tr_labels.min() < 0):
             raise ValueError(f"--conditional: the token folder {tokens_dir} has no labels for every example")
         num_classes = header.num_classes
     elif cfg_scale is not None:

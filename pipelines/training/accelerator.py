@@ -74,7 +74,7 @@ def make_accelerator(cfg: TrainConfig, out: Path, with_trackers: bool = True) ->
     # AcceleratorState is a process-wide singleton that refuses a second Accelerator with other settings
     # (e.g. a bf16 run after an fp32 one in the same process, as the demo or a notebook does); forget the
     # previous run's settings but keep the process group, which lives as long as the process
-    # (see _keep_group).
+    # (see keep_group).
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -94,14 +94,14 @@ def make_accelerator(cfg: TrainConfig, out: Path, with_trackers: bool = True) ->
         log_with=default_trackers(out) if with_trackers else None,
         project_dir=str(out),
     )
-    _keep_group()
+    keep_group()
     return accelerator
 
 
 _GROUP_CLOSER_REGISTERED = False
 
 
-def _keep_group() -> None:
+def keep_group() -> None:
     """Keep the launcher's process group for the life of the process and close it at exit.
 
     ``Accelerator.end_training`` destroys it, after which a second ``train`` in the same process (a resume

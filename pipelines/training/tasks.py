@@ -267,7 +267,9 @@ SHIFT_SALT = 0x5F7  # keeps the shift draws apart from any other generator seede
 
 
 class TokenGridDataset(Dataset):
-    """(tokens int64 [*shape], label int64) pairs from tensors.
+    """(tokens int64 [*shape], label int64) pairs from tensors, or from a sharded token folder's
+    ``ShardedArray``s (``load_tokens``): then each batch reads its own rows from the memory-mapped shards, so a
+    process reads only its share of the corpus and memory does not grow with it.
 
     ``shift`` > 0 (image grids ``[h, w]`` or ``[h, w, q]``, training only): each grid is rolled by a random offset
     in [-shift, shift] along height and along width, drawn per (seed, epoch, index) so runs and resumes repeat.
@@ -287,6 +289,14 @@ class TokenGridDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's shifts (reproducibly per epoch)."""
         self.epoch = int(epoch)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A DataLoader batch at once: one gather from the shards instead of one read per grid."""
+        if self.shift or not hasattr(self.tokens, "subset"):
+            return [self[i] for i in indices]
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        tokens, labels = self.tokens[idx], self.labels[idx]
+        return list(zip(tokens.unbind(0), labels.unbind(0), strict=True))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.shift:
@@ -338,15 +348,22 @@ class PriorTask(TrainTask):
     def validate_data(self, dataset: Dataset, split: str) -> None:
         """All token grids in [0, vocab) and of the prior's shape, all labels in [0, num_classes): once per split,
         so the training step skips these checks (a host sync each)."""
+        bounds = None
         if isinstance(dataset, TokenGridDataset):
             tokens, labels = dataset.tokens, dataset.labels
+            if hasattr(tokens, "bounds"):  # a sharded folder: the range its writer checked and recorded, no scan
+                bounds = tokens.bounds()
+                labels = labels.materialize() if self.conditional else labels
         else:  # any (tokens, label) dataset: one pass
             items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
             tokens = torch.stack([torch.as_tensor(t) for t, _ in items])
             labels = torch.stack([torch.as_tensor(lab) for _, lab in items])
         prior = self.model.prior  # type: ignore[union-attr]
         try:
-            prior.check_tokens(tokens)
+            prior.check_tokens(tokens, values=bounds is None)
+            if bounds is not None and len(tokens) and (bounds[0] < 0 or bounds[1] >= prior.vocab_size):
+                raise ValueError(f"tokens must lie in [0, {prior.vocab_size}), got range [{bounds[0]}, {bounds[1]}]; "
+                                 "is this prior trained on the same tokenizer?")
             if self.conditional:
                 prior.check_labels(labels, len(labels), labels.device)
         except ValueError as e:

@@ -70,7 +70,7 @@ def start_trackers(accelerator: Accelerator, cfg: TrainConfig, hparams: dict[str
 
 
 def end_trackers(accelerator: Accelerator) -> None:
-    """Finish the run's trackers: ``end_training`` without destroying the process group (see ``_keep_group``
+    """Finish the run's trackers: ``end_training`` without destroying the process group (see ``keep_group``
     in ``accelerator``)."""
     for tracker in accelerator.trackers:
         tracker.finish()

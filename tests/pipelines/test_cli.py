@@ -45,8 +45,10 @@ def test_train_tokenizer_writes_a_saved_folder(run):
 def test_tokenize_header_and_grids(run):
     header = json.loads((run / "tokens" / "tokens.json").read_text())
     assert header["vocab_size"] == 20 and header["token_shape"] == [8, 8] and header["num_classes"] == 10
-    t = load_file(str(run / "tokens" / "train.safetensors"))
-    assert t["tokens"].shape == (64, 8, 8) and 0 <= t["tokens"].min() and t["tokens"].max() < 20
+    assert header["format_version"] == 3 and [f["file"] for f in header["shards"]["train"]["files"]] == [
+        "train-00000.safetensors"]
+    t = load_file(str(run / "tokens" / "train-00000.safetensors"))  # 20 codes: one byte per token
+    assert t["tokens"].shape == (64, 8, 8) and t["tokens"].dtype == torch.uint8 and t["tokens"].max() < 20
 
 
 def test_reconstruct_writes_png_and_metrics(run, capsys):
@@ -305,7 +307,7 @@ def test_truncated_weights_or_tokens_are_a_clear_error(run, tmp_path, capsys, wh
     codec["path"] = str(tmp_path / "tok")
     (tmp_path / "prior" / "codec.json").write_text(json.dumps(codec))
     bad = {"tokenizer": tmp_path / "tok" / "model.safetensors", "prior": tmp_path / "prior" / "model.safetensors",
-           "tokens": tmp_path / "tokens" / "train.safetensors"}[what]
+           "tokens": tmp_path / "tokens" / "train-00000.safetensors"}[what]
     _truncate(bad)
     commands = {
         "tokenizer": [["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--dataset", "mnist5k", "--limit", "8",

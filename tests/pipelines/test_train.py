@@ -222,25 +222,50 @@ def test_prior_data_is_validated_once_before_training_and_the_step_skips_value_c
         wrapped(bad.tokens)
 
 
-def test_token_folder_is_range_checked_when_loaded(tmp_path):
+def _save_tokens_v2(out, header, splits):
+    """A format-2 token folder as vqgen wrote it before shards (one int32 file per split, nothing checked)."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (tokens, labels) in splits.items():
+        save_file({"tokens": tokens.to(torch.int32).contiguous(), "labels": labels.long()}, out / f"{name}.safetensors")
+    d = dataclasses.asdict(header) | {"token_shape": list(header.token_shape), "format_version": 2}
+    d.pop("shards")
+    (out / "tokens.json").write_text(json.dumps(d))
+
+
+def test_token_folder_is_range_checked_when_written_and_loaded(tmp_path):
+    """Shards (format 3) are checked when written (their range goes into the manifest); format-2 files, which
+    were not, are checked when loaded."""
     from pipelines.data.tokens import TokenHeader, load_tokens, save_tokens
     from tokenizers_vq import RawCodec
 
     rec = RawCodec("image", 256, (1, 2, 3)).record()
     header = TokenHeader(vocab_size=4, token_shape=(2, 3), modality="image", dataset="toy", codec=rec)
     data = _token_data()
-    save_tokens(tmp_path, header, {"train": (data.tokens, data.labels)})
-    tokens, labels = load_tokens(tmp_path, "train")
+    save_tokens(tmp_path / "v3", header, {"train": (data.tokens, data.labels)})
+    tokens, labels = load_tokens(tmp_path / "v3", "train")
     assert torch.equal(tokens, data.tokens) and torch.equal(labels, data.labels)
     bad = data.tokens.clone()
     bad[0, 0, 0] = 9
-    save_tokens(tmp_path, header, {"train": (bad, data.labels)})
+    with pytest.raises(ValueError, match=r"\[train\]: tokens range \[0, 9\] lies outside the vocabulary \[0, 4\)"):
+        save_tokens(tmp_path / "v3", header, {"train": (bad, data.labels)})
+    other = TokenHeader(vocab_size=4, token_shape=(3, 2), modality="image", dataset="toy", codec=rec)
+    with pytest.raises(ValueError, match=r"shape \(2, 3\), but the header says \(3, 2\)"):
+        save_tokens(tmp_path / "v3", other, {"train": (data.tokens, data.labels)})
+
+    _save_tokens_v2(tmp_path / "v2", header, {"train": (data.tokens, data.labels)})
+    tokens, labels = load_tokens(tmp_path / "v2", "train")
+    assert torch.equal(tokens, data.tokens) and torch.equal(labels, data.labels)
+    _save_tokens_v2(tmp_path / "v2", header, {"train": (bad, data.labels)})
     with pytest.raises(ValueError, match=r"train.safetensors: tokens range \[0, 9\] lies outside the vocabulary"):
-        load_tokens(tmp_path, "train")
-    save_tokens(tmp_path, TokenHeader(vocab_size=4, token_shape=(3, 2), modality="image", dataset="toy", codec=rec),
-                {"train": (data.tokens, data.labels)})
+        load_tokens(tmp_path / "v2", "train")
+    _save_tokens_v2(tmp_path / "v2", other, {"train": (data.tokens, data.labels)})
     with pytest.raises(ValueError, match=r"shape \(2, 3\), but tokens.json says \(3, 2\)"):
-        load_tokens(tmp_path, "train")
+        load_tokens(tmp_path / "v2", "train")
 
 
 def test_full_disk_during_a_checkpoint_says_what_happened_and_cleans_up(tmp_path, monkeypatch):

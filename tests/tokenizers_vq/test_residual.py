@@ -240,7 +240,7 @@ def test_cli_trains_tokenizes_and_reconstructs_residual(tmp_path, capsys):
                  str(tmp_path / "tokens"), "--quiet", "--limit", "8"]) == 0
     header = json.loads((tmp_path / "tokens" / "tokens.json").read_text())
     assert header["token_shape"] == [64, 2]
-    saved = load_file(str(tmp_path / "tokens" / "train.safetensors"))["tokens"]
+    saved = load_file(str(tmp_path / "tokens" / "train-00000.safetensors"))["tokens"]
     assert saved.shape[1:] == (64, 2) and saved.max() < 16
     # reconstruct on images (an audio test split at the sample rate costs a minute on a shared CPU).
     assert main(["train-tokenizer", "--dataset", "mnist5k", "--limit", "32", "--quantizer", "rfsq", "--num-quantizers",
