@@ -35,6 +35,9 @@ from .tokenizer import Tokenizer
 ENCODER_STEP_FILE = "encoder_step.onnx"
 DECODER_STEP_FILE = "decoder_step.onnx"
 STREAM_FILE = "stream.json"
+# Opset 20 has a Gelu op: one node per ConvNeXt block where opset 18 spells it in five, which made a one-frame call
+# ~7% faster in onnxruntime (measured); onnxruntime runs opset 20 since 1.17 (the package requires 1.18)
+STEP_OPSET = 20
 EXAMPLE_FRAMES = 3  # traced with 3 frames per call (a size of 1 would be specialised to a constant)
 
 
@@ -123,7 +126,7 @@ def _export(module: nn.Module, args: tuple[Any, ...], names: list[str], outputs:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs,
-                                    dynamic_shapes=dynamic, opset_version=18, verbose=False)
+                                    dynamic_shapes=dynamic, opset_version=STEP_OPSET, verbose=False)
     return program.model_proto.SerializeToString()
 
 
