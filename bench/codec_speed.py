@@ -303,7 +303,7 @@ def markdown(res: dict[str, Any]) -> str:
         c = res["stream_vs_offline"]
         out += ["", f"Streamed (one frame per call, encoder and decoder) against offline coding of the same "
                 f"{res['audio_s']:g} s: {c['tokens_differ']} tokens differ, largest sample difference "
-                f"{c['max_abs_diff']:.2g}.", "", "![input, offline, streamed and their difference](codec_stream.png)"]
+                f"{c['max_abs_diff']:.2g}.", "", f"![input, offline, streamed and their difference]({Path(c['png']).name})"]
     return "\n".join(out)
 
 
@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--classifier", default=str(ROOT / "runs" / "speech_classifier"), metavar="DIR")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="5 s of a small model, 1 repeat; print only")
+    ap.add_argument("--results-name", default="codec_speed", help="write bench/results/NAME.json and "
+                    "docs/benchmarks/NAME.md (default codec_speed; another name keeps that table)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -349,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += vqgen_rows(tok, x, args, label)
         params[label] = rows[-1]["params"]
         if compare is None:
-            compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / "codec_stream.png")
+            png = "codec_stream.png" if args.results_name == "codec_speed" else f"{args.results_name}_stream.png"
+            compare = stream_vs_offline(tok, x, ROOT / "docs" / "benchmarks" / png)
     sizes = args.sizes if args.sizes is not None else ([] if args.tokenizer else DEFAULT_SIZES)
     for size in sizes:
         label = f"causal {size[0]}x{size[1]} (untrained)"
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         print(markdown(res))
     else:
-        write_results("codec_speed", res, markdown(res))
+        write_results(args.results_name, res, markdown(res))
     return res
 
 

@@ -65,6 +65,7 @@ def test_table_and_errors():
     assert "| vqgen a, stream, 1 frame(s) per call | 2.25 | 8.0x | 35.0 | 2.50 | 0.800 | 95.0% |" in md
     assert "| Opus 6k | 6.00 | 70.0x | 26.5 | - | 0.900 | 100.0% |" in md
     assert "skipped: c2enc is not installed" in md and "0 tokens differ" in md
+    assert "](x.png)" in md  # the spectrogram the run wrote, under its own name
     assert cs.parse_size("128x4") == (128, 4)
     with pytest.raises(argparse.ArgumentTypeError, match="DIMxLAYERS"):
         cs.parse_size("128")
