@@ -180,8 +180,8 @@ def test_rejects_non_tokenizers(tmp_path):
         export_onnx(torch.nn.Linear(2, 2), tmp_path)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("autoencoder", ["vqvae", "resnet"])
-def test_image_height_and_width_are_dynamic(tmp_path, autoencoder):
+@pytest.mark.parametrize("autoencoder,patch", [("vqvae", 1), ("resnet", 1), ("resnet", 2)])
+def test_image_height_and_width_are_dynamic(tmp_path, autoencoder, patch):
     """Both image families are fully convolutional: the exported graphs take any H, W that are multiples of the
     downsampling, and give PyTorch's tokens and decoded images at a size other than the traced one."""
     import onnxruntime as ort
@@ -189,7 +189,8 @@ def test_image_height_and_width_are_dynamic(tmp_path, autoencoder):
     torch.manual_seed(0)
     tok = build_tokenizer(TokenizerConfig(modality="image", autoencoder=autoencoder, channels=3, image_size=16,
                                           hidden_channels=8, latent_dim=8, num_res_blocks=1, quantizer="fsq",
-                                          fsq_levels=[5, 3], attention=autoencoder == "resnet")).eval()
+                                          fsq_levels=[5, 3], attention=autoencoder == "resnet",
+                                          **({"patch_size": 2, "channel_mult": [1, 2]} if patch > 1 else {}))).eval()
     with torch.no_grad():
         tok.model.quantizer.fsq.project_in.weight.mul_(8)  # spread an untrained projection over the codes
     info = export_onnx(tok, tmp_path)

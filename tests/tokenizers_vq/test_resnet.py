@@ -93,3 +93,40 @@ def test_save_load_round_trip(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(tok.encode(x), again.encode(x))
     assert again.fingerprint == tok.fingerprint
+
+
+def test_patch_size_runs_the_network_on_patches():
+    """patch_size p: the encoder sees the image cut into p x p patches (p^2 x the channels at 1/p resolution)
+    and the decoder's output is put back together by pixel shuffle; the token grid stays H/d x W/d."""
+    tok = _tok(patch_size=2, channel_mult=[1, 2]).eval()
+    assert tok.model.encoder.net[0].in_channels == 12 and tok.model.decoder.net[-1].out_channels == 12
+    x = torch.rand(2, 3, 32, 48)
+    codes = tok.model.encode(x)
+    assert codes.shape == (2, 8, 12)
+    with torch.no_grad():
+        want = tok.model.quantizer(tok.model.encoder(torch.nn.functional.pixel_unshuffle(x * 2 - 1, 2))).codes
+        assert torch.equal(codes, want)
+        img = tok.model.decode(codes)
+        latent = tok.model.quantizer.codes_to_latent(codes)
+        ref = (torch.nn.functional.pixel_shuffle(tok.model.decoder(latent), 2) * 0.5 + 0.5).clamp(0, 1)
+    assert img.shape == (2, 3, 32, 48)
+    torch.testing.assert_close(img, ref)
+    out = tok(x)
+    out.loss.backward()
+    assert tok.model.encoder.net[0].weight.grad.abs().sum() > 0
+    whole = _tok(patch_size=4, channel_mult=[1]).eval()  # the whole network at the token resolution
+    assert whole.model.encode(x).shape == (2, 8, 12) and whole.model.decode(whole.model.encode(x)).shape == x.shape
+
+
+def test_patch_size_default_keeps_old_fingerprints_and_is_checked():
+    """patch_size was added later: at its default (1) it is left out of the hashed config, so folders saved
+    before it keep their fingerprint; another value changes it."""
+    assert _tok().fingerprint != _tok(patch_size=2, channel_mult=[1, 2]).fingerprint
+    assert "patch_size" not in str(_tok().config.identity_dict())
+    assert "patch_size" in str(_tok().config.to_dict())  # still written to config.json
+    with pytest.raises(ValueError, match="patch_size must be a power of two dividing downsample"):
+        TokenizerConfig(modality="image", autoencoder="resnet", patch_size=3)
+    with pytest.raises(ValueError, match="patch_size must be a power of two dividing downsample"):
+        TokenizerConfig(modality="image", autoencoder="resnet", patch_size=8)
+    with pytest.raises(ValueError, match=r"log2\(downsample / patch_size\) \+ 1 = 2"):
+        TokenizerConfig(modality="image", autoencoder="resnet", patch_size=2, channel_mult=[1, 2, 4])

@@ -17,14 +17,14 @@ losses average away). None needs pretrained weights. The adversarial term (a Pat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqgen_io.components import ComponentConfig
+from vqgen_io.components import ADDED_LATER, ComponentConfig
 
 from ..layers import ResBlock, norm
 from ..metrics import ms_ssim, psnr
@@ -120,8 +120,9 @@ class ResNetConfig(ComponentConfig):
     """Residual blocks at every resolution, optional attention, interpolation up-sampling (see the module)."""
 
     downsample: int = 4  # input-to-token factor per axis (a power of two): one resolution per factor of 2
-    hidden_channels: int = 16  # width of the first (full) resolution
-    channel_mult: list[int] | None = None  # width of each resolution as a multiple of hidden_channels, finest first, log2(downsample) + 1 entries (default 1, 2, 4, 4, ...)
+    patch_size: int = field(default=1, metadata=ADDED_LATER)  # pixel-unshuffle the input into p x p patches first (and pixel-shuffle the output): the network starts at 1/p resolution, p^2 x fewer positions (a power of two dividing downsample)
+    hidden_channels: int = 16  # width of the first (finest) resolution the network runs at
+    channel_mult: list[int] | None = None  # width of each resolution as a multiple of hidden_channels, finest first, log2(downsample / patch_size) + 1 entries (default 1, 2, 4, 4, ...)
     num_res_blocks: int = 1  # residual blocks at each resolution
     attention: bool = False  # self-attention at the token resolution (costs (H*W/d^2)^2 per image)
     l1_weight: float = 1.0  # weight of the pixel L1 loss
@@ -135,13 +136,17 @@ class ResNetConfig(ComponentConfig):
         if ds < 1 or ds & (ds - 1):
             raise ValueError(f"downsample must be a power of two >= 1, got {ds}")
         self.downsample = ds
-        levels = int(math.log2(ds))
+        p = int(self.patch_size)
+        if p < 1 or p & (p - 1) or ds % p:
+            raise ValueError(f"patch_size must be a power of two dividing downsample {ds}, got {p}")
+        self.patch_size = p
+        levels = int(math.log2(ds // p))
         if self.channel_mult is None:
             self.channel_mult = [min(2**i, 4) for i in range(levels + 1)]
         self.channel_mult = [int(m) for m in self.channel_mult]
         if len(self.channel_mult) != levels + 1 or min(self.channel_mult) < 1:
-            raise ValueError(f"channel_mult needs log2(downsample) + 1 = {levels + 1} positive entries (one per "
-                             f"resolution, finest first), got {self.channel_mult}")
+            raise ValueError(f"channel_mult needs log2(downsample / patch_size) + 1 = {levels + 1} positive entries "
+                             f"(one per resolution, finest first), got {self.channel_mult}")
         if self.hidden_channels < 1 or self.num_res_blocks < 0:
             raise ValueError("hidden_channels must be >= 1 and num_res_blocks >= 0")
         if min(self.l1_weight, self.l2_weight, self.ms_ssim_weight, self.spectral_weight) < 0:
@@ -162,12 +167,20 @@ class ResNetAutoencoder(ImageTokenGrid, nn.Module):
         self.config = config
         self.quantizer = build_quantizer(config)
         args = (config.hidden_channels, list(config.channel_mult), config.num_res_blocks, config.attention)
-        self.encoder = ResNetEncoder(config.channels, self.quantizer.in_dim, *args)
-        self.decoder = ResNetDecoder(self.quantizer.out_dim, config.channels, *args)
+        self.patch = int(getattr(config, "patch_size", 1))
+        pixels = config.channels * self.patch**2  # values per position once the input is cut into patches
+        self.encoder = ResNetEncoder(pixels, self.quantizer.in_dim, *args)
+        self.decoder = ResNetDecoder(self.quantizer.out_dim, pixels, *args)
+
+    def _encode_latent(self, x: Tensor) -> Tensor:
+        """Image float [B, C, H, W] in [0, 1] -> the encoder's output [B, in_dim, H/d, W/d]."""
+        x = x * 2 - 1
+        return self.encoder(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
 
     def _image(self, latent: Tensor) -> Tensor:
         """Decoder output (unbounded, [-1, 1] scale) -> image float [B, C, H, W] around [0, 1] (not clamped)."""
-        return self.decoder(latent) * 0.5 + 0.5
+        out = self.decoder(latent)
+        return (F.pixel_shuffle(out, self.patch) if self.patch > 1 else out) * 0.5 + 0.5
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes int64 [B, h, w] (rvq / rfsq: [B, h, w, q'], q' <= q) -> float32 [B, C, h*d, w*d] in [0, 1]."""
@@ -191,7 +204,7 @@ class ResNetAutoencoder(ImageTokenGrid, nn.Module):
         return total, {k: v.detach() for k, v in terms.items()}
 
     def forward(self, x: Tensor) -> TokenizerOutput:
-        q = self.quantizer(self.encoder(x * 2 - 1))
+        q = self.quantizer(self._encode_latent(x))
         raw = self._image(q.quantized)
         rec_loss, terms = self.reconstruction_loss(raw, x)
         recon = raw.clamp(0, 1)

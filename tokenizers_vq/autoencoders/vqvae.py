@@ -110,9 +110,13 @@ class ImageTokenGrid:
         d = self.config.downsample
         return (h // d, w // d)
 
+    def _encode_latent(self, x: Tensor) -> Tensor:
+        """Image float [B, C, H, W] in [0, 1] -> the encoder's output [B, in_dim, H/d, W/d]."""
+        return self.encoder(x * 2 - 1)
+
     def encode(self, x: Tensor) -> Tensor:
         """x: float32 [B, C, H, W] in [0, 1] -> codes int64 [B, H/d, W/d] ([B, H/d, W/d, q] for rvq / rfsq)."""
-        return self.quantizer(self.encoder(x * 2 - 1)).codes
+        return self.quantizer(self._encode_latent(x)).codes
 
 
 @AUTOENCODERS.register("vqvae", config=VQVAEConfig)

@@ -20,7 +20,7 @@ the shorter side: a face, a boat; at 8x an eighth: a stretch of sky or bark, as 
 looks), or the photo's own shorter side when that is smaller (a photograph is never enlarged beyond its own
 resolution, except to reach ``image_size``). Item i of a split is a ``spec.image_size`` square of photograph
 ``i % n`` at a scale and position drawn from ``(seed, split, i)`` alone (any item on its own, in any order, in any
-worker). Photographs are decoded on first use and kept resized, as uint8, per process and scale.
+worker); the training split draws new crops each epoch, from ``(seed, split, i, epoch)``. Photographs are decoded on first use and kept resized, as uint8, per process and scale.
 
 Yields ``(x float32 [spec.channels, S, S] in [0, 1], label int64 0..3)``; 5,000 train crops (capped by
 ``spec.limit``) and 500 test crops.
@@ -169,21 +169,31 @@ def resized_photo(path: str, size: int, scale: int = SCALES[1]) -> np.ndarray:
 
 
 class PhotoCrops(Dataset):
-    """``n`` crops of ``size`` from ``photos``: item i is photograph ``i % len(photos)`` at a position drawn from
-    ``(seed, split, i)`` alone. Yields ``(x float32 [channels, size, size] in [0, 1], label int64)``."""
+    """``n`` crops of ``size`` from ``photos``: item i is photograph ``i % len(photos)`` at a scale and position
+    drawn from ``(seed, split, i)`` alone; the training split draws afresh each epoch from ``(seed, split, i,
+    epoch)`` (``set_epoch``, called by the training loop), so a long run keeps seeing new crops of its
+    photographs. Epoch 0 and the test split are the fixed crops. Yields ``(x float32 [channels, size, size] in
+    [0, 1], label int64)``."""
 
     def __init__(self, photos: list[Photo], n: int, split: str, seed: int, size: int, channels: int):
         self.photos, self.n, self.seed, self.size, self.channels = photos, n, seed, size, channels
         self.split_id = ("train", "test").index(split)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Crops of epoch ``epoch`` (training split only: the held-out crops never change)."""
+        if self.split_id == 0:
+            self.epoch = int(epoch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < self.n:
             raise IndexError(i)
         photo = self.photos[i % len(self.photos)]
-        rng = np.random.default_rng([self.seed, self.split_id, i, SALT])
+        key = [self.seed, self.split_id, i, SALT] + ([self.epoch] if self.epoch else [])
+        rng = np.random.default_rng(key)
         img = resized_photo(photo.path, self.size, SCALES[int(rng.integers(len(SCALES)))])
         top = int(rng.integers(0, img.shape[0] - self.size + 1))
         left = int(rng.integers(0, img.shape[1] - self.size + 1))

@@ -59,6 +59,29 @@ def test_deterministic_per_seed_and_split_by_whole_photographs(no_wallpapers) ->
     assert len(full.train) == len(over.train) == 5000
 
 
+def test_training_crops_are_drawn_afresh_each_epoch(no_wallpapers) -> None:
+    """set_epoch(e) draws new crops of the same photographs for the training split (reproducibly: back to an
+    epoch gives its crops again; epoch 0 is the fixed crops); the held-out crops never change."""
+    with pytest.warns(UserWarning):
+        data = load_data(_spec(limit=12))
+    train, test = data.train, data.test
+    first = [train[i] for i in range(12)]
+    held = [test[i][0] for i in range(5)]
+    train.set_epoch(3)
+    test.set_epoch(3)
+    third = [train[i] for i in range(12)]
+    assert sum(torch.equal(a[0], b[0]) for a, b in zip(first, third)) <= 1  # new crops...
+    assert all(int(a[1]) == int(b[1]) for a, b in zip(first, third))  # ...of the same photographs
+    assert all(torch.equal(h, test[i][0]) for i, h in enumerate(held))
+    train.set_epoch(0)
+    assert all(torch.equal(a[0], train[i][0]) for i, a in enumerate(first))
+    train.set_epoch(3)
+    assert all(torch.equal(a[0], train[i][0]) for i, a in enumerate(third))
+    flipped = augment_train(train, "flip", 0)  # the augmentation wrapper passes the epoch on
+    flipped.set_epoch(5)
+    assert train.epoch == 5
+
+
 def test_wallpaper_packages_join_when_installed(monkeypatch, tmp_path) -> None:
     """A tmp folder of generated JPEGs under the curated names stands in for the packages; files not in the curated
     list are ignored, and the KDE folder gives its largest picture of at most 4K."""
