@@ -107,7 +107,9 @@ def load_image(item: Any, size: int) -> Image.Image:
 
 
 def _decode_error(name: str, e: Exception) -> ImageReadError:
-    return ImageReadError(f"{name}: cannot decode image ({e}); remove or re-encode it")
+    # PIL names a buffer by its address, which would make each reading of one file a different message
+    reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the encoded bytes", str(e))
+    return ImageReadError(f"{name}: cannot decode image ({reason}); remove or re-encode it")
 
 
 # ---------------------------------------------------------------------------- training augmentation
