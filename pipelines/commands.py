@@ -146,6 +146,7 @@ class TokenizeOptions:
     batch_size: int = 256  # inputs encoded at once
     shard_rows: int | None = None  # grids per token shard (default: about 4M tokens per shard, and at least 16 shards for a split of 4,096 grids or more); a shard is the unit of work of each process of a launch and of --resume
     resume: bool = False  # keep the shards an interrupted (or finished) run with the same arguments wrote, once their checksums match, and encode only the rest
+    num_workers: int = 0  # DataLoader worker processes that read and decode the inputs; 0: read them in the encoding process (the tokens are the same for any number)
 
 
 def run_tokenize(a: Parsed) -> int:
@@ -157,7 +158,7 @@ def run_tokenize(a: Parsed) -> int:
         raise ValueError("--levels goes with --raw")
     header = tokenize(data_args(a), a.out, codec_dir=a.tokenizer, raw_levels=(a.levels or 256) if a.raw else None,
                       batch_size=a.batch_size, progress=not a.quiet, device=a.device, shard_rows=a.shard_rows,
-                      resume=a.resume)
+                      resume=a.resume, num_workers=a.num_workers)
     if int(os.environ.get("RANK", "0")) != 0:  # a launch: the main process reports and merges
         return 0
     print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}, "

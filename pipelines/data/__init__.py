@@ -34,9 +34,11 @@ from .spec import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     DataSpec,
+    SkipLog,
     Splits,
     UnreadableFileError,
     infer_modality,
+    report_skips,
     unknown_dataset_error,
 )
 
@@ -44,7 +46,8 @@ __all__ = [
     "DataSpec", "Splits", "load_data", "infer_modality", "unknown_dataset_error", "DATASETS", "IMAGE_EXTS",
     "AUDIO_EXTS", "UnreadableFileError", "AudioReadError", "ImageReadError", "read_audio", "fit_clip",
     "pil_to_tensor", "AudioClipDataset", "EncodedImageDataset", "MAX_IMAGE_PIXELS", "MIN_SAMPLE_RATE",
-    "MAX_SAMPLE_RATE", "MAX_AUDIO_SECONDS", "MAX_AUDIO_SAMPLES", "MAX_RESAMPLE_KERNEL", "read_file",
+    "MAX_SAMPLE_RATE", "MAX_AUDIO_SECONDS", "MAX_AUDIO_SAMPLES", "MAX_RESAMPLE_KERNEL", "read_file", "SkipLog",
+    "report_skips",
 ]
 
 def _read_audio_file(path: str | Path, input_shape: tuple[int, ...], sample_rate: int | None) -> torch.Tensor:

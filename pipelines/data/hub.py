@@ -1,8 +1,9 @@
 """Hugging Face ``datasets`` sources: Hub ids, and local folders ``datasets`` reads itself (parquet/arrow
 files, ``save_to_disk`` output; the tests use these to run the Hub code path offline).
 
-Images: the ``spec.image_column`` column, cast to ``Image(decode=False)`` and decoded with PIL on access:
-``(x float32 [C, H, W] in [0, 1], label int64)``. Audio: the ``spec.audio_column`` column, cast to
+Images: the ``spec.image_column`` column, cast to ``Image(decode=False)`` and read row by row from the Arrow
+table (memory-mapped: ``ArrowColumn``, never copied into a list), decoded with PIL on access and checked there
+(``EncodedImageDataset``): ``(x float32 [C, H, W] in [0, 1], label int64)``. Audio: the ``spec.audio_column`` column, cast to
 ``Audio(decode=False)`` and read with soundfile (``datasets`` 5 decodes through torchcodec, which needs
 FFmpeg): ``(x float32 [clip_samples] in [-1, 1], label int64)``. Labels come from ``spec.label_column``
 (-1 without one).
@@ -10,12 +11,15 @@ FFmpeg): ``(x float32 [clip_samples] in [-1, 1], label int64)``. Labels come fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .audio_io import holdout, holds_out_tails, make_audio_splits
-from .image_io import EncodedImageDataset, validate_images
-from .spec import DataSpec, Splits, unknown_dataset_error, warn_skipped
+from .image_io import EncodedImageDataset
+from .spec import DataSpec, SkipLog, Splits, unknown_dataset_error
 
 DATASET_FILE_EXTS = {".parquet", ".arrow", ".csv", ".jsonl"}
 
@@ -53,11 +57,16 @@ def _train_split(spec: DataSpec, dataset_dict: Any, where: str) -> Any:
 
 # ---------------------------------------------------------------------------- images
 def _cells(ds: Any, column: str, feature: Any, flag: str, where: str) -> tuple[Any, list[Any]]:
-    """(the split with ``column`` cast to the undecoded ``feature``, that column's cells)."""
+    """(the split with ``column`` cast to the undecoded ``feature``, that column's cells as a list: audio, whose
+    files are all read once when loaded)."""
+    ds = _cast(ds, column, feature, flag, where)
+    return ds, list(ds[column])
+
+
+def _cast(ds: Any, column: str, feature: Any, flag: str, where: str) -> Any:
     if column not in ds.column_names:
         raise ValueError(f"{where}: no column {column!r}; columns are {ds.column_names}. Pass {flag} NAME")
-    ds = ds.cast_column(column, feature)
-    return ds, list(ds[column])
+    return ds.cast_column(column, feature)
 
 
 def _labels(ds: Any, spec: DataSpec, n: int, index: dict[str, int] | None = None) -> list[int]:
@@ -68,18 +77,44 @@ def _labels(ds: Any, spec: DataSpec, n: int, index: dict[str, int] | None = None
     return [-1] * n
 
 
-def _image_column(ds: Any, spec: DataSpec, where: str) -> tuple[list[Any], list[int]]:
-    """(encoded image cells, int labels or -1) of one split."""
+class ArrowColumn(Sequence):
+    """One column of an Arrow-backed ``datasets.Dataset`` (Hub download, imagefolder cache, ``save_to_disk``
+    folder) read by row index from its memory-mapped table: ``c[i]`` is row i's cell (for an ``Image(decode=False)``
+    column, ``{"bytes": bytes | None, "path": str | None}``). Nothing is copied into Python objects until a row is
+    asked for, so memory does not grow with the split; a DataLoader worker gets the table by its file, not a copy."""
+
+    def __init__(self, ds: Any, column: str):
+        self.ds, self.column = ds.select_columns([column]), column
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: Any) -> Any:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.ds[int(i)][self.column]
+
+
+def _label_array(ds: Any, spec: DataSpec) -> np.ndarray:
+    """int64 [N] labels of a split (-1 without a label column), read as one Arrow column."""
+    if spec.label_column and spec.label_column in ds.column_names:
+        return np.asarray(ds.with_format("numpy")[spec.label_column], dtype=np.int64)
+    return np.full(len(ds), -1, dtype=np.int64)
+
+
+def _image_column(ds: Any, spec: DataSpec, where: str) -> tuple[ArrowColumn, np.ndarray]:
+    """(the split's encoded image cells, read on demand; int64 [N] labels or -1) of one split."""
     from datasets import Image as HFImage
 
-    ds, items = _cells(ds, spec.image_column, HFImage(decode=False), "--image-column", where)
-    return items, _labels(ds, spec, len(items))
+    ds = _cast(ds, spec.image_column, HFImage(decode=False), "--image-column", where)
+    return ArrowColumn(ds, spec.image_column), _label_array(ds, spec)
 
 
 def load_hf_images(spec: DataSpec, dataset_dict: Any, where: str) -> Splits:
     """Turn a ``datasets.DatasetDict`` (from imagefolder or the Hub) into ``Splits`` of
-    ``EncodedImageDataset``s; holds out ``test_fraction`` of train (seeded, stratification not attempted)
-    when there is no test split. Bad images are skipped with one warning (see ``check_image``)."""
+    ``EncodedImageDataset``s over the Arrow tables (read row by row on access, nothing decoded or checked here);
+    holds out ``test_fraction`` of train (seeded, stratification not attempted) when there is no test split. Bad
+    images are skipped where they are read, counted in one ``SkipLog`` for both splits (``report_skips`` warns)."""
     train = _train_split(spec, dataset_dict, where)
     label_names: list[str] = []
     if spec.label_column and spec.label_column in train.column_names:
@@ -87,17 +122,19 @@ def load_hf_images(spec: DataSpec, dataset_dict: Any, where: str) -> Splits:
         label_names = list(getattr(feat, "names", []) or [])
     if spec.test_split and spec.test_split in dataset_dict:
         test = dataset_dict[spec.test_split]
-    else:
+    else:  # an indices mapping over the same table (datasets caches it beside the table's files)
         parts = train.train_test_split(test_size=spec.test_fraction, seed=spec.seed)
         train, test = parts["train"], parts["test"]
     if spec.limit:
-        train = train.select(range(min(spec.limit, len(train))))
-    tr = validate_images(*_image_column(train, spec, where), spec.image_size, f"{where} [train]", spec.strict, False)
-    te = validate_images(*_image_column(test, spec, where), spec.image_size, f"{where} [test]", spec.strict, False)
-    warn_skipped(tr.bad + te.bad, where, "image")  # one warning per dataset, not per split
-    num_classes = len(label_names) or (max(max(tr.labels), max(te.labels)) + 1 if max(tr.labels) >= 0 else 0)
-    return Splits(train=EncodedImageDataset(tr.sources, tr.labels, spec.image_size, spec.channels),
-                  test=EncodedImageDataset(te.sources, te.labels, spec.image_size, spec.channels),
+        train = train.select(range(min(spec.limit, len(train))), keep_in_memory=True)
+    tr_items, tr_labels = _image_column(train, spec, where)
+    te_items, te_labels = _image_column(test, spec, where)
+    skips = SkipLog(where, "image", spec.strict)  # one warning per dataset, not per split
+    top = max((int(a.max()) for a in (tr_labels, te_labels) if len(a)), default=-1)
+    num_classes = len(label_names) or top + 1
+    make = lambda items, labels: EncodedImageDataset(items, labels, spec.image_size, spec.channels,  # noqa: E731
+                                                     skips=skips)
+    return Splits(train=make(tr_items, tr_labels), test=make(te_items, te_labels),
                   modality="image", num_classes=num_classes,
                   class_names=label_names or [str(i) for i in range(num_classes)],
                   input_shape=(spec.channels, spec.image_size, spec.image_size))

@@ -1,9 +1,11 @@
 """Reading images: opening, limits, validation, and conversion to ``float32 [C, H, W]`` in [0, 1] (the decoding
 itself is ``tokenizers_vq.modality.image.pil_to_tensor``).
 
-Every file is opened and decoded once when a dataset is loaded: unreadable files and files over
-``MAX_IMAGE_PIXELS`` (read from the header: PIL's ``Image.open`` is lazy) are counted and skipped with one
-warning, or raise under ``spec.strict``. Images are then kept encoded and decoded again on access.
+Images are kept encoded (bytes, paths, or the rows of an Arrow table read on demand) and checked where they are
+decoded, in ``EncodedImageDataset.__getitem__``: unreadable files and files over ``MAX_IMAGE_PIXELS`` (read from
+the header: PIL's ``Image.open`` is lazy) are recorded in the dataset's ``SkipLog`` and replaced by the next
+readable image, or raise under ``spec.strict``. ``read_item`` gives None for them instead (``vqgen tokenize`` drops
+them). Nothing reads the whole dataset before training.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch.utils.data import Dataset
 
 from tokenizers_vq.modality.image import pil_to_tensor, resized_size
 
-from .spec import MAX_IMAGE_PIXELS, Screened, UnreadableFileError, describe_source, screen
+from .spec import MAX_IMAGE_PIXELS, SkipLog, UnreadableFileError, describe_source
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)  # what PIL raises on bad data
 DOWNSCALE = "downscale it (e.g. `magick IN -resize 4096x4096 OUT`) or remove it"
@@ -73,6 +75,12 @@ def check_image_limits(name: str, w: int, h: int, size: int) -> None:
 def check_image(item: Any, size: int) -> None:
     """Check one image: its header against the limits (before decoding), then a full decode. Raises
     ``ImageReadError`` naming the file and the reason."""
+    load_image(item, size).close()
+
+
+def load_image(item: Any, size: int) -> Image.Image:
+    """One image decoded (``Image.load``) once its header passed the limits for shorter side ``size``. Raises
+    ``ImageReadError`` naming the file and the reason; the caller closes the image."""
     name = describe_source(item)
     try:
         with warnings.catch_warnings():
@@ -86,23 +94,22 @@ def check_image(item: Any, size: int) -> None:
                              f"(MAX_IMAGE_PIXELS); {DOWNSCALE}") from e
     except DECODE_ERRORS as e:
         raise _decode_error(name, e) from e
-    with img:
+    try:
         check_image_limits(name, *img.size, size)
-        try:
-            img.load()
-        except DECODE_ERRORS as e:
-            raise _decode_error(name, e) from e
+        img.load()
+    except DECODE_ERRORS as e:
+        img.close()
+        raise _decode_error(name, e) from e
+    except ImageReadError:
+        img.close()
+        raise
+    return img
 
 
 def _decode_error(name: str, e: Exception) -> ImageReadError:
-    return ImageReadError(f"{name}: cannot decode image ({e}); remove or re-encode it")
-
-
-def validate_images(items: list[Any], labels: list[int], size: int, where: str, strict: bool,
-                    warn: bool = True) -> Screened:
-    """Drop the images ``check_image`` rejects, with one warning naming them (or raise under ``strict``);
-    see ``screen``."""
-    return screen(items, labels, lambda item: check_image(item, size), where, "image", strict, warn)
+    # PIL names a buffer by its address, which would make each reading of one file a different message
+    reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the encoded bytes", str(e))
+    return ImageReadError(f"{name}: cannot decode image ({reason}); remove or re-encode it")
 
 
 # ---------------------------------------------------------------------------- training augmentation
@@ -188,28 +195,60 @@ def augment_train(train: Dataset, augment: str | None, seed: int) -> Dataset:
     if not names:
         return train
     if isinstance(train, EncodedImageDataset):
-        return EncodedImageDataset(train.items, train.labels, train.size, train.channels, augment=names, seed=seed)
+        return EncodedImageDataset(train.items, train.labels, train.size, train.channels, augment=names, seed=seed,
+                                   skips=train.skips)
     return AugmentedImages(train, names, seed)
 
 
 class EncodedImageDataset(Augmented, Dataset):
-    """Images kept as encoded bytes (or paths), decoded and converted on access:
-    ``(x float32 [channels, size, size] in [0, 1], label int64)``. ``augment`` (training only): "crop" resizes
-    the shorter side to a random scale in [size, CROP_ZOOM * size] and cuts a random square of ``size`` instead
-    of the centre one; "flip" mirrors half the images left to right (see ``Augmented``)."""
+    """Images kept encoded, decoded and converted on access: ``(x float32 [channels, size, size] in [0, 1], label
+    int64)``. ``items``: any sequence of encoded bytes, paths or ``datasets`` image cells (a list, or
+    ``hub.ArrowColumn``: rows of a memory-mapped Arrow table read one by one); ``labels``: int [N] (-1: none).
 
-    def __init__(self, items: list[Any], labels: list[int], size: int, channels: int,
-                 augment: frozenset[str] = frozenset(), seed: int = 0):
+    Each image is checked as it is read (``load_image``: header limits, then the decode). An unreadable one is
+    recorded in ``skips`` (a ``SkipLog``, shared with the DataLoader workers; under ``--strict`` it raises) and
+    replaced by the next readable item, so that batches keep their size and any order of reads gives the same
+    items; ``read_item(i)`` returns None for it instead. Without ``skips`` a bad image raises ``ImageReadError``.
+
+    ``augment`` (training only): "crop" resizes the shorter side to a random scale in [size, CROP_ZOOM * size] and
+    cuts a random square of ``size`` instead of the centre one; "flip" mirrors half the images left to right (see
+    ``Augmented``)."""
+
+    def __init__(self, items: Any, labels: Any, size: int, channels: int,
+                 augment: frozenset[str] = frozenset(), seed: int = 0, skips: SkipLog | None = None):
         self.items, self.labels, self.size, self.channels = items, labels, size, channels
-        self.augment, self.aug_seed = frozenset(augment), seed
+        self.augment, self.aug_seed, self.skips = frozenset(augment), seed, skips
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with open_image(self.items[i]) as img:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        for k in range(n):  # an unreadable image stands aside for the next readable one
+            item = self.read_item((i + k) % n)
+            if item is not None:
+                return item
+        where = self.skips.where if self.skips is not None else "images"
+        raise ValueError(f"{where}: no readable image files found ({n} rejected; first: "
+                         f"{(self.skips.skipped() if self.skips else ['none listed'])[0]})")
+
+    def read_item(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Item ``i``, or None when its image cannot be read (recorded in ``skips``)."""
+        try:
+            x = self._decode(i)
+        except UnreadableFileError as e:
+            if self.skips is None:
+                raise
+            self.skips.record(e)
+            return None
+        return x, torch.tensor(int(self.labels[i]))
+
+    def _decode(self, i: int) -> torch.Tensor:
+        with load_image(self.items[i], self.size) as img:
             if not self.augment:
-                return pil_to_tensor(img, self.size, self.channels), torch.tensor(self.labels[i])
+                return pil_to_tensor(img, self.size, self.channels)
             u = self.draws(i)
             if "crop" in self.augment:
                 img = img.convert("L" if self.channels == 1 else "RGB")
@@ -220,7 +259,7 @@ class EncodedImageDataset(Augmented, Dataset):
             x = pil_to_tensor(img, self.size, self.channels)
         if "flip" in self.augment and u[3] < 0.5:
             x = x.flip(-1).contiguous()
-        return x, torch.tensor(self.labels[i])
+        return x
 
 
 class RenderedImages(Dataset):

@@ -1,15 +1,21 @@
 """What a dataset is (``DataSpec``), what loading one gives (``Splits``), and the limits on one input file.
 
-Every image and audio file is checked once when a dataset is loaded. A file that cannot be read, or whose
-header says it is over one of the limits below, is a counted skip: one warning per dataset names each file
-with its reason. Under ``spec.strict`` (``--strict``) the first such file is a ``ValueError`` instead.
-The limits are read from the header, before anything is decoded, so an oversized file costs nothing.
+Audio files are checked once when a dataset is loaded (``screen``); images are checked where they are read
+(``SkipLog``: in ``__getitem__``, in whichever DataLoader worker reads them), never in a pass over the data. A
+file that cannot be read, or whose header says it is over one of the limits below, is a counted skip: one warning
+per dataset names each file with its reason (for images, when the command that read them reports, e.g. at the end
+of ``vqgen tokenize``). Under ``spec.strict`` (``--strict``) the first such file is a ``ValueError`` instead. The
+limits are read from the header, before anything is decoded, so an oversized file costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -185,3 +191,75 @@ def screen(sources: list[Any], labels: list[int], read: Callable[[Any], Any], wh
         raise ValueError(f"{where}: no readable {kind} files found ({len(bad)} rejected; first: "
                          f"{bad[0] if bad else 'none listed'})")
     return Screened(good, good_labels, results, bad)
+
+
+# ---------------------------------------------------------------------------- bad files met while reading
+def _remove_folder(folder: str, owner: int) -> None:
+    if os.getpid() == owner:  # a forked DataLoader worker must not remove its parent's folder
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class SkipLog:
+    """The unreadable files a lazily read dataset met, in any process that read it (DataLoader workers are other
+    processes): each process appends the first sighting of a file to its own file in a temporary folder (nothing
+    to drain, no lock; the folder goes when the log is collected), and ``report`` gives the one ``warn_skipped``
+    warning for all of them. Under ``strict``, ``record`` raises instead. One log serves both splits of a dataset."""
+
+    def __init__(self, where: str, kind: str, strict: bool = False):
+        self.where, self.kind, self.strict = where, kind, strict
+        self.folder = tempfile.mkdtemp(prefix="vqgen-skips-")
+        self._seen: set[str] = set()
+        self._reported = 0
+        weakref.finalize(self, _remove_folder, self.folder, os.getpid())
+
+    def record(self, error: UnreadableFileError) -> None:
+        """Count one unreadable file (its message names it, the reason and the fix); under ``strict`` raise it,
+        naming the dataset and how to skip such files instead."""
+        if self.strict:
+            raise type(error)(f"{self.where}: {error} (or drop --strict to skip unreadable files)") from error
+        msg = " ".join(str(error).split())  # one line per file in the log
+        if msg in self._seen:
+            return
+        self._seen.add(msg)
+        with open(os.path.join(self.folder, f"{os.getpid()}.txt"), "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+    def skipped(self) -> list[str]:
+        """Every file skipped so far by any process, once each, sorted (the order does not depend on which worker
+        met it first)."""
+        found: set[str] = set()
+        for name in os.listdir(self.folder) if os.path.isdir(self.folder) else ():
+            with open(os.path.join(self.folder, name), encoding="utf-8") as f:
+                found.update(line.rstrip("\n") for line in f if line.strip())
+        return sorted(found)
+
+    def report(self) -> int:
+        """Warn once about the files skipped since the last report (``warn_skipped``); returns how many."""
+        bad = self.skipped()
+        if len(bad) > self._reported:
+            warn_skipped(bad, self.where, self.kind)
+        new, self._reported = len(bad) - self._reported, len(bad)
+        return new
+
+
+def skip_logs(datasets: Iterable[Any]) -> list[SkipLog]:
+    """The ``SkipLog``s behind datasets and their wrappers (``Subset``, ``ConcatDataset``, augmentation, covering
+    views), each once."""
+    logs: dict[int, SkipLog] = {}
+    todo = list(datasets)
+    while todo:
+        ds = todo.pop()
+        if isinstance(ds, Splits):
+            todo += [ds.train, ds.test]
+            continue
+        log_ = getattr(ds, "skips", None)
+        if isinstance(log_, SkipLog):
+            logs.setdefault(id(log_), log_)
+        todo += [getattr(ds, a) for a in ("dataset", "base") if getattr(ds, a, None) is not None]
+        todo += list(getattr(ds, "datasets", None) or [])
+    return list(logs.values())
+
+
+def report_skips(*datasets: Any) -> int:
+    """The end-of-run warning for every file the datasets (or ``Splits``) skipped while read; returns how many."""
+    return sum(s.report() for s in skip_logs(datasets))

@@ -147,10 +147,14 @@ def ood_auroc(scores_in: Any, scores_out: Any) -> float:
 
 # ---------------------------------------------------------------------------------------------- datasets
 def input_batches(dataset: Dataset, batch_size: int, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x float32 [b, *input_shape], labels int64 [b], -1 where unknown) batches of a dataset of (x, label)."""
+    """(x float32 [b, *input_shape], labels int64 [b], -1 where unknown) batches of a dataset of (x, label). An
+    input whose file turns out unreadable (the dataset's ``read_item`` gives None) is left out, as at loading."""
     n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    get = getattr(dataset, "read_item", dataset.__getitem__)
     for i in range(0, n, batch_size):
-        items = [dataset[j] for j in range(i, min(i + batch_size, n))]
+        items = [it for it in (get(j) for j in range(i, min(i + batch_size, n))) if it is not None]
+        if not items:
+            continue
         xs = torch.stack([torch.as_tensor(x) for x, _ in items])
         ys = torch.tensor([int(y) if y is not None else -1 for _, y in items], dtype=torch.long)
         yield xs, ys

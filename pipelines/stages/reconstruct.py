@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tokenizers_vq import Tokenizer, load_codec
 from tokenizers_vq import metrics as M
 
-from ..data import Splits, load_data
+from ..data import Splits, load_data, report_skips
 from ..training.tasks import evaluate_tokenizer
 
 
@@ -78,5 +78,8 @@ def reconstruct_dataset(codec_dir: str | Path, data: dict[str, Any], out: str | 
     if not isinstance(tok, Tokenizer):
         raise ValueError(f"{codec_dir} is a raw codec: it reconstructs its inputs exactly (at its quantization); "
                          "pass a trained tokenizer folder")
-    return reconstruct(tok, load_data(make_spec(codec=tok, **data)), out, n=n, seed=seed, progress=progress)
+    splits = load_data(make_spec(codec=tok, **data))
+    metrics = reconstruct(tok, splits, out, n=n, seed=seed, progress=progress)
+    report_skips(splits)  # unreadable images met (and replaced by the next readable one) while reading
+    return metrics
 

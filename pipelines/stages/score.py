@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset
 
-from ..data import load_data
+from ..data import load_data, report_skips
 from ..likelihood.compress import CompressionStats, compress_files, decompress_file
 from ..likelihood.reference import DEFAULT_METHOD, METHODS, MIN_REFERENCE, ScoreReference
 from ..likelihood.score import (
@@ -51,6 +51,7 @@ def score(prior_dir: str | Path, data: dict[str, Any], out_csv: str | Path, *, c
     target = splits.test if split == "test" else splits.train
     summary, scores = score_dataset(folder.prior, codec, target, out_csv, batch_size=batch_size, progress=progress,
                                     reference=ref, fpr=fpr, return_scores=True)
+    report_skips(splits)  # the files left out because they could not be read
     if ref is None:
         summary["warning"] = (f"{folder.path} records no score reference (saved before priors carried one, or trained "
                               "with --reference-fraction 0): ood_score is the plain NLL. Pass --reference DATA (the "

@@ -14,15 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from tokenizers_vq import Codec, RawCodec, load_codec
 from vqgen_io import atomic_write_text
 
-from ..data import DataSpec, Splits, load_data
+from ..data import DataSpec, Splits, load_data, report_skips
 from ..data.shards import (
     ShardRecord,
     default_shard_rows,
@@ -40,14 +41,45 @@ from ..training.accelerator import keep_group
 log = logging.getLogger("vqgen.tokenize")
 
 
+class _Rows(Dataset):
+    """Rows ``rows`` of ``dataset``, read with its ``read_item`` (None for an unreadable file, dropped by
+    ``_collate_readable``) where it has one, else by indexing."""
+
+    def __init__(self, dataset: Dataset, rows: range):
+        self.dataset, self.rows = dataset, rows
+        self.get = getattr(dataset, "read_item", dataset.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.get(self.rows[i])
+
+
+def _collate_readable(items: list[Any]) -> Any:
+    """``default_collate`` of the readable items of a batch (None: a skipped file); None when there are none."""
+    items = [it for it in items if it is not None]
+    return default_collate(items) if items else None
+
+
 @torch.no_grad()
 def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int = 256,
-                   desc: str = "tokenize", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``encode(x [B, ...]) -> int64 [B, *grid]`` over a dataset: (tokens [N, *grid], labels [N])."""
+                   desc: str = "tokenize", progress: bool = True, num_workers: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``encode(x [B, ...]) -> int64 [B, *grid]`` over a dataset, decoding in ``num_workers`` DataLoader worker
+    processes (0: here): (tokens [N', *grid], labels [N']). Items that are None (unreadable files: see ``_Rows``)
+    are left out, so N' <= N; the rest keep their order."""
     toks, labs = [], []
-    for x, y in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc=desc, disable=not progress):
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate_readable)
+    for batch in tqdm(loader, desc=desc, disable=not progress):
+        if batch is None:
+            continue
+        x, y = batch
         toks.append(encode(x.float()).cpu())
         labs.append(torch.as_tensor(y).long())
+    if not toks:  # every file was unreadable (the caller gives the empty tokens their grid shape)
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(toks), torch.cat(labs)
 
 
@@ -130,21 +162,24 @@ def _start(out: Path, splits: list[str], resume: bool) -> None:
 def _finished(out: Path, jobs: list[_Job], plans: dict[str, str]) -> dict[str, list[ShardRecord]]:
     """Every job's record from its sidecar (the main process, once all processes are done)."""
     recs: dict[str, list[ShardRecord]] = {s: [] for s in plans}
-    for j in jobs:
+    for j in sorted(jobs, key=lambda j: (j.split, j.k)):
         side = out / sidecar_name(j.split, j.k)
         if not side.is_file():
             raise RuntimeError(f"{side} is missing after every process finished: a process wrote to another folder?")
         rec = ShardRecord.from_dict(json.loads(side.read_text()))
-        if rec.plan != plans[j.split] or rec.rows != j.stop - j.start:
+        if rec.plan != plans[j.split] or rec.rows > j.stop - j.start:
             raise RuntimeError(f"{side} belongs to another run (plan {rec.plan}, {rec.rows} rows); tokenize again "
                                "without --resume")
-        recs[j.split].append(rec)
+        # a shard holds its rows less the unreadable files, so its first row is the count of those before it
+        start = sum(r.rows for r in recs[j.split])
+        recs[j.split].append(dataclasses.replace(rec, start=start))
     return recs
 
 
 def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: Codec,
                     codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True, *,
-                    shard_rows: int | None = None, resume: bool = False, source: dict | None = None) -> TokenHeader:
+                    shard_rows: int | None = None, resume: bool = False, source: dict | None = None,
+                    num_workers: int = 0) -> TokenHeader:
     """Write both splits as token grids ``codec.encode(x)`` into a format-3 token folder (``data/shards.py``)
     with a ``tokens.json`` header that records the codec (``codec.record(codec_path)``: a raw codec needs no
     path, its config rebuilds it). Audio files longer than a clip give one grid per window of the consecutive
@@ -155,7 +190,9 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
     (torchrun, ``accelerate launch``) process r of W encodes the shards numbered r, r + W, ... (numbered across
     both splits); the main process writes the manifest once all are done. ``resume``: shards that an interrupted
     run (with the same dataset, codec and shard size: ``source`` names the data arguments) finished and whose
-    checksum still matches are kept; only the others are encoded."""
+    checksum still matches are kept; only the others are encoded. ``num_workers``: DataLoader worker processes that
+    decode the inputs (0: this process). An unreadable input file is left out of its shard (``_Rows``) and counted
+    in one warning at the end; the shard's record says how many rows it holds."""
     if splits.modality != codec.modality:
         raise ValueError(f"the dataset is {splits.modality} but the codec is for {codec.modality}")
     codec.eval()
@@ -192,12 +229,15 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
         if resume and finished_shard(out, j.split, j.k, plans[j.split]) is not None:
             reused += 1
         else:
-            part = Subset(data[j.split], range(j.start, j.stop))
-            tokens, labels = encode_dataset(lambda x: encode_batch(codec, x), part, batch_size, progress=False)
+            part = _Rows(data[j.split], range(j.start, j.stop))
+            tokens, labels = encode_dataset(lambda x: encode_batch(codec, x), part, batch_size, progress=False,
+                                            num_workers=num_workers)
+            tokens = tokens.reshape(-1, *token_shape)  # an empty shard (every file unreadable) keeps its numbering
             write_shard(out, j.split, j.k, j.start, tokens, labels, codec.vocab_size, plans[j.split])
             written += 1
         bar.update(j.stop - j.start)
     bar.close()
+    report_skips(splits)  # this process's unreadable files: one warning, as when the dataset was loaded whole
     log.info("tokenize%s: %d shards encoded, %d kept from an earlier run (checksums verified), in %.2f s", who,
              written, reused, time.perf_counter() - t0)
     _barrier(world)  # every shard is written
@@ -214,11 +254,11 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
 
 def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, raw_levels: int | None = None,
              batch_size: int = 256, progress: bool = True, device: str = "cpu", *, shard_rows: int | None = None,
-             resume: bool = False) -> TokenHeader:
+             resume: bool = False, num_workers: int = 0) -> TokenHeader:
     """The stage: load the dataset described by ``data`` (``make_spec`` arguments) and tokenize it with the codec
     in ``codec_dir`` (on ``device``; under a launch, ``cuda`` means each process's own GPU, ``cuda:LOCAL_RANK``),
     or with a ``RawCodec`` of ``raw_levels`` (2 or 256; audio is always 256-level mu-law). ``shard_rows``,
-    ``resume``: see ``tokenize_splits``."""
+    ``resume``, ``num_workers``: see ``tokenize_splits``."""
     from .common import make_spec
 
     if (codec_dir is None) == (raw_levels is None):
@@ -233,4 +273,4 @@ def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, r
         codec = RawCodec(splits.modality, raw_levels, splits.input_shape, splits.sample_rate)
     source = {k: v for k, v in data.items() if k != "cache_dir"}  # what decides the inputs (not where they are cached)
     return tokenize_splits(splits, out, spec.name, codec, codec_dir, batch_size, progress, shard_rows=shard_rows,
-                           resume=resume, source=source)
+                           resume=resume, source=source, num_workers=num_workers)

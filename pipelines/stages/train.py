@@ -18,7 +18,7 @@ from tokenizers_vq.discriminator import DiscriminatorConfig
 from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text
 
-from ..data import infer_modality, load_data
+from ..data import infer_modality, load_data, report_skips
 from ..data.tokens import load_token_header, load_tokens, take_rows
 from ..likelihood.reference import reference_split
 from ..training.config import TrainConfig, TrainResult
@@ -73,7 +73,9 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
         crop_samples = default_crop_samples(config)
     task = TokenizerTask(tokenizer, spec.name, eval_limit=eval_limit,
                          crop_samples=crop_samples if kind.timed else None, adversarial=adversarial)
-    return train(task, splits.train, splits.test, cfg, hparams=config.to_dict())
+    result = train(task, splits.train, splits.test, cfg, hparams=config.to_dict())
+    report_skips(splits)  # unreadable images met (and replaced by the next readable one) while training
+    return result
 
 
 def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig, *, conditional: bool = False,

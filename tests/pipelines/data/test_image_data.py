@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.data import DataSpec, load_data
+from pipelines.data import DataSpec, load_data, report_skips
 
 
 def test_mnist5k_split_is_fixed_and_stratified():
@@ -66,16 +66,22 @@ def test_image_folder_labels_resize_and_corrupt_files(tmp_path, caplog):
     spec = DataSpec(str(tmp_path), channels=3, image_size=16, test_fraction=0.25)
     with caplog.at_level(logging.WARNING, logger="vqgen.data"):
         s = load_data(spec)
-    assert "skipped 1 unreadable image file(s)" in caplog.text and "broken.png: cannot decode image" in caplog.text
-    assert len(s.train) + len(s.test) == 12 and s.class_names == ["cats", "dogs"]
-    for ds in (s.train, s.test):
-        for i in range(len(ds)):
-            x, y = ds[i]
-            assert x.shape == (3, 16, 16)
-            expected = 30 / 255 if y == 0 else 200 / 255  # subfolder name -> label, grayscale converted to RGB
-            assert x.mean().item() == pytest.approx(expected, abs=0.01)
+        assert caplog.text == ""  # nothing is read when the dataset is loaded: the files are listed, not opened
+        assert len(s.train) + len(s.test) == 13 and s.class_names == ["cats", "dogs"]
+        for ds in (s.train, s.test):
+            for i in range(len(ds)):
+                x, y = ds[i]  # the broken file stands aside for the next readable image
+                assert x.shape == (3, 16, 16)
+                expected = 30 / 255 if y == 0 else 200 / 255  # subfolder name -> label, grayscale converted to RGB
+                assert x.mean().item() == pytest.approx(expected, abs=0.01)
+        assert report_skips(s) == 1 and report_skips(s) == 0  # one end-of-run warning, not repeated
+    assert caplog.text.count("skipped 1 unreadable image file(s)") == 1
+    assert "broken.png: cannot decode image" in caplog.text
+    strict = load_data(DataSpec(str(tmp_path), channels=3, image_size=16, strict=True))
     with pytest.raises(ValueError, match=r"broken.png: cannot decode image.*--strict"):
-        load_data(DataSpec(str(tmp_path), channels=3, image_size=16, strict=True))
+        for ds in (strict.train, strict.test):
+            for i in range(len(ds)):
+                ds[i]
 
 
 def test_hub_code_path_on_local_parquet(tmp_path):

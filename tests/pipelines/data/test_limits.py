@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from pipelines.data import DataSpec, audio_io, load_data
+from pipelines.data import DataSpec, audio_io, load_data, report_skips
 from pipelines.data.audio_io import AudioReadError, check_audio_limits, read_audio, resample_kernel_size
 from pipelines.data.image_io import ImageReadError, check_image
 from pipelines.data.spec import (
@@ -220,5 +220,8 @@ def test_load_data_skips_a_bomb_among_hub_rows(tmp_path, caplog, bomb_bytes):
     ds.to_parquet(str(tmp_path / "hub" / "data" / "train-00000.parquet"))
     with caplog.at_level(logging.WARNING, logger="vqgen.data"):
         s = load_data(DataSpec(str(tmp_path / "hub"), modality="image", test_fraction=0.25))
-    assert len(s.train) + len(s.test) == 4
+        assert len(s.train) + len(s.test) == 5  # rows are read when asked for: the bomb is met then
+        read = [s.train.read_item(i) for i in range(len(s.train))] + [s.test.read_item(i) for i in range(len(s.test))]
+        assert sum(r is None for r in read) == 1
+        report_skips(s)
     assert "skipped 1 unreadable image file(s)" in caplog.text and "bomb.png: image is 900,000,000 pixels" in caplog.text
