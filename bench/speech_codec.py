@@ -182,8 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--results-name", default=None,
                     help="bench/results/NAME.json + docs/benchmarks/NAME.md (default speech_codec_<dataset>, the "
                          "shipped tokenizer's record: give another name for a run that does not --install)")
+    ap.add_argument("--note", default=None, help="a paragraph for the markdown (what the run was beside, why it ran)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that repeats this run: every option given (not --out, --classifier, --note), with
+    OMP_NUM_THREADS in front when it is set (it decides how far a time budget goes)."""
+    cmd = "python -m bench.speech_codec " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
+        for k, v in vars(args).items()
+        if k not in ("out", "classifier", "install", "install_only", "results_name", "note") and v is not None
+        and v is not False)
+    if os.environ.get("OMP_NUM_THREADS"):
+        cmd = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {cmd}"
+    cmd += " --install" if args.install else ""
+    cmd += f" --results-name {args.results_name}" if args.results_name else ""
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,16 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     if out.exists():
         shutil.rmtree(out)
     run_dir = out / "run"
-    cmd = "python -m bench.speech_codec " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
-        for k, v in vars(args).items()
-        if k not in ("out", "classifier", "install", "install_only", "results_name") and v is not None and v is not False)
-    cmd += " --install" if args.install else ""
-    cmd += f" --results-name {args.results_name}" if args.results_name else ""
+    cmd = command_line(args)
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "dataset": args.dataset, "command": cmd,
                             "recipe": recipe_file, "model": model, "loop": loop,
-                            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+                            "load_average_start": [round(v, 2) for v in os.getloadavg()], "note": args.note}
     splits = load_data(DataSpec(args.dataset, seed=args.seed))
     test = [splits.test[i] for i in range(len(splits.test))]
     xs = torch.stack([x for x, _ in test]).float()
@@ -257,8 +268,11 @@ def install_recorded(name: str, codebooks: int) -> None:
 def markdown(snapshots: list[dict[str, Any]], meta: dict[str, Any], with_classifier: bool) -> str:
     head = "| minutes | steps | codebooks | kbit/s | STOI | SI-SNR dB | log-mel L1 | min usage per codebook |"
     head += " classifier accuracy |" if with_classifier else ""
-    causal = "causal " if meta.get("model", {}).get("causal") else ""  # the streaming codec (--causal)
-    lines = [f"# {causal.capitalize() or 'Spectral '}{'spectral ' if causal else ''}codec from scratch on "
+    model = meta.get("model", {})
+    causal = "causal " if model.get("causal") else ""  # the streaming codec (--causal)
+    size = (f", {model['istft_dim']}x{model['istft_layers']}," if model.get("istft_dim") and model.get("istft_layers")
+            else "")  # a recipe that sets the ConvNeXt width x depth names it
+    lines = [f"# {causal.capitalize() or 'Spectral '}{'spectral ' if causal else ''}codec{size} from scratch on "
              f"{meta['dataset']} (`bench/speech_codec.py`)", "",
              "The spectral codec (`--audio-head istft`: STFT features of the mu-law input, ConvNeXt stacks at 50 "
              "frames/s, inverse-STFT synthesis at 5 ms hops, multi-resolution mel + STFT-magnitude losses) with residual "
@@ -276,6 +290,8 @@ def markdown(snapshots: list[dict[str, Any]], meta: dict[str, Any], with_classif
     lines += ["", f"Machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}; load average "
               f"{meta['load_average_start']} at the start, {meta['load_average_end']} at the end; "
               f"{meta['train_seconds']:.0f} s of training in all.", "", f"Command: `{meta['command']}`", ""]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
     if meta.get("installed"):
         lines += [f"Installed as the package's pretrained `{meta['dataset']}` tokenizer: `{meta['installed']}`.", ""]
     return "\n".join(lines)

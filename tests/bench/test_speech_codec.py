@@ -46,3 +46,27 @@ def test_the_recipe_file_holds_the_shipped_tokenizers_command():
     for key in (*S.MODEL_FLAGS, *S.LOOP_FLAGS, "dataset", "minutes"):
         assert getattr(args, key) == getattr(recorded, key), key
     assert res["snapshots"][-1]["minutes"] * 60 == load_recipe("speech/spectral_rvq13")["max_seconds"]
+
+
+def test_markdown_names_the_size_the_threads_and_the_note(monkeypatch):
+    """The section's title names a recipe's ConvNeXt width x depth, its command keeps OMP_NUM_THREADS (a time budget
+    depends on it) and --note adds its paragraph; without them the page is as before."""
+    rows = [{"codebooks": 5, "kbps": 2.25, "stoi": 0.835, "si_snr_db": -29.1, "log_mel_l1": 0.236, "usage_min": 0.66,
+             "accuracy": 0.994}]
+    snaps = [{"minutes": 30, "steps": 12000, "rows": rows}]
+    meta = {"dataset": "spoken-digits", "cpu": "cpu", "cores": 2, "torch": "t", "load_average_start": [0],
+            "load_average_end": [0], "train_seconds": 1766, "command": "python -m bench.speech_codec",
+            "model": {"causal": True, "istft_dim": 128, "istft_layers": 3}, "note": "Beside a test run."}
+    page = S.markdown(snaps, meta, True)
+    assert page.startswith("# Causal spectral codec, 128x3, from scratch on spoken-digits")
+    assert "| 30 | 12000 | 5 | 2.25 | 0.835 | -29.10 | 0.236 | 66% | 99.4% |" in page
+    assert "\nBeside a test run.\n" in page
+    plain = S.markdown(snaps, meta | {"model": {}, "note": None}, True)
+    assert plain.startswith("# Spectral codec from scratch on spoken-digits") and "Beside" not in plain
+    args = S.build_parser().parse_args(["--recipe", "speech/causal_128x3", "--note", "x", "--results-name", "r"])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cmd = S.command_line(args)
+    assert cmd.startswith("python -m bench.speech_codec --recipe speech/causal_128x3 ") and "--note" not in cmd
+    assert cmd.endswith(" --seed 0 --results-name r")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert S.command_line(args) == "OMP_NUM_THREADS=1 " + cmd
