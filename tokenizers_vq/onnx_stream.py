@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqgen_io import atomic_write_bytes, atomic_write_text
 
 from .autoencoders.spectral import WINDOW_HOPS
-from .autoencoders.spectral_fast import FastSpectralStep
+from .autoencoders.spectral_fast import FastSpectralStep, overlap_add
 from .onnx_export import _traceable
 from .tokenizer import Tokenizer
 
@@ -97,15 +96,10 @@ class DecoderStep(nn.Module):
         out, (dec, ref) = self.step.decode_frames(tokens[0], (list(states[:self.n_dec]), list(states[self.n_dec:])))
         mag, phase = torch.exp(out[:, :m.bins].clamp(max=6.0)), out[:, m.bins:]
         frames = torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], dim=1) @ self.synthesis  # [k, n_fft]
-        k, hop = frames.shape[0], m.stft.hop
-        blocks = frames.view(k, WINDOW_HOPS, hop)
-        # hop j of frame i lands on row i + j of the k + 3 rows this call touches (as ``OverlapAdd``)
-        y = sum(F.pad(blocks[:, j], (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS))
-        env = sum(F.pad(self.wsq[j].expand(k, hop), (0, 0, j, WINDOW_HOPS - 1 - j)) for j in range(WINDOW_HOPS))
-        y = torch.cat([y[:WINDOW_HOPS - 1] + tail.view(-1, hop), y[WINDOW_HOPS - 1:]])
-        env = torch.cat([env[:WINDOW_HOPS - 1] + env_tail.view(-1, hop), env[WINDOW_HOPS - 1:]])
-        done = (y[:k] / env[:k].clamp(min=m.stft.env_floor)).reshape(1, -1)
-        return (done.clamp(-1.0, 1.0), y[k:].reshape(1, -1), env[k:].reshape(1, -1), *dec, *ref)
+        hop = m.stft.hop
+        done, tail, env_tail = overlap_add(frames, tail.view(-1, hop), env_tail.view(-1, hop), self.wsq,
+                                           m.stft.env_floor)
+        return (done.clamp(-1.0, 1.0)[None], tail.reshape(1, -1), env_tail.reshape(1, -1), *dec, *ref)
 
 
 def initial_states(tokenizer: Tokenizer) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -167,7 +167,7 @@ class ResNetAutoencoder(ImageTokenGrid, nn.Module):
         self.config = config
         self.quantizer = build_quantizer(config)
         args = (config.hidden_channels, list(config.channel_mult), config.num_res_blocks, config.attention)
-        self.patch = int(getattr(config, "patch_size", 1))
+        self.patch = int(config.patch_size)
         pixels = config.channels * self.patch**2  # values per position once the input is cut into patches
         self.encoder = ResNetEncoder(pixels, self.quantizer.in_dim, *args)
         self.decoder = ResNetDecoder(self.quantizer.out_dim, pixels, *args)

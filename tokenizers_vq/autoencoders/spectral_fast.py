@@ -193,14 +193,25 @@ class OverlapAdd:
         return env
 
     def __call__(self, spec: Tensor) -> Tensor:
-        m = spec.shape[0]
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window  # [m, n_fft]
-        blocks = frames.view(m, WINDOW_HOPS, self.hop)
-        y = torch.zeros(m + WINDOW_HOPS - 1, self.hop, device=spec.device)
-        y[:WINDOW_HOPS - 1] = self.tail
-        for j in range(WINDOW_HOPS):  # hop j of frame k lands on block k + j
-            y[j:j + m] += blocks[:, j]
-        env = self._env_of(m).clone()
-        env[:WINDOW_HOPS - 1] += self.env_tail
-        self.tail, self.env_tail = y[m:], env[m:]
-        return (y[:m] / env[:m].clamp(min=self.floor)).reshape(-1)
+        done, self.tail, self.env_tail = overlap_add(frames, self.tail, self.env_tail, self.wsq, self.floor,
+                                                     self._env_of(spec.shape[0]))
+        return done
+
+
+def overlap_add(frames: Tensor, tail: Tensor, env_tail: Tensor, wsq: Tensor, floor: float,
+                env: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One streaming overlap-add, out of place (so the ONNX decoder step traces it too): windowed frames float32
+    [k, n_fft] plus the carried sums ``tail`` / ``env_tail`` [3, hop] -> (the k * hop finished samples divided by
+    the summed squared window, at least ``floor``; the new tail; the new env_tail). ``wsq``: the squared window as
+    [4, hop]; ``env``: its k frames summed into [k + 3, hop] when the caller has it (``OverlapAdd`` caches it)."""
+    k = frames.shape[0]
+    hops, hop = wsq.shape
+    blocks = frames.view(k, hops, hop)
+    # hop j of frame i lands on row i + j of the k + 3 rows this call touches
+    y = sum(F.pad(blocks[:, j], (0, 0, j, hops - 1 - j)) for j in range(hops))
+    if env is None:
+        env = sum(F.pad(wsq[j].expand(k, hop), (0, 0, j, hops - 1 - j)) for j in range(hops))
+    y = torch.cat([y[:hops - 1] + tail, y[hops - 1:]])
+    env = torch.cat([env[:hops - 1] + env_tail, env[hops - 1:]])
+    return (y[:k] / env[:k].clamp(min=floor)).reshape(-1), y[k:], env[k:]
