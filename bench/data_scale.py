@@ -17,7 +17,8 @@ time). Time to the first training step: from starting the command to ``train_log
 within 1.2x the N corpus's peak memory and 1.5x its time to the first step.
 
 Run: ``python -m bench.data_scale`` (writes bench/results/data_scale.json and docs/benchmarks/data_scale.md);
-``--quick`` (200 and 2,000 images, 5 steps) prints only.
+``--quick`` (200 and 2,000 images, 5 steps, one run of each) prints only. ``--repeats`` (default 3): runs of each
+stage per size, the sizes alternating; the median is reported with the range.
 """
 
 from __future__ import annotations
@@ -154,30 +155,70 @@ def _logged(csv_path: Path | None, step: int) -> bool:
     return any(line.split(",", 1)[0] == str(step) for line in lines)
 
 
-def measure(work: Path, n: int, steps: int, batch_size: int, seed: int) -> dict[str, Any]:
-    """Build the corpus of n images, tokenize it and train a prior for ``steps`` steps, measuring each."""
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stage's runs -> the median of each measurement, with ``runs`` (every run) and ``range`` (min, max) kept."""
+    keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
+    med = {k: float(np.median([r[k] for r in runs])) for k in keys}
+    return med | {"runs": runs, "range": {k: [min(r[k] for r in runs), max(r[k] for r in runs)] for k in keys}}
+
+
+def build(work: Path, n: int, seed: int) -> dict[str, Any]:
+    """The corpus of n images in ``work``."""
     corpus = work / f"corpus_{n}"
     row: dict[str, Any] = {"images": n, "corpus": build_corpus(corpus, n, seed)}
     print(f"{n} images: corpus {row['corpus']['bytes'] / 2**20:.1f} MiB in {row['corpus']['build_s']} s", flush=True)
+    return row
+
+
+def tokenize_run(work: Path, row: dict[str, Any], seed: int, rep: int) -> dict[str, Any]:
+    """Tokenize the corpus of ``row`` (run ``rep``, into a fresh folder) and measure it; the token folder's sizes go
+    into ``row["tokens"]``."""
+    n = row["images"]
     tokens = work / f"tokens_{n}"
-    tok_args = ["tokenize", "--raw", "--levels", "256", "--dataset", str(corpus), "--image-size", str(SIZE),
-                "--channels", "3", "--seed", str(seed), "--out", str(tokens), "--quiet"]
-    row["tokenize"] = run_measured(tok_args, work / f"tokenize_{n}.log")
+    shutil.rmtree(tokens, ignore_errors=True)
+    tok_args = ["tokenize", "--raw", "--levels", "256", "--dataset", str(work / f"corpus_{n}"), "--image-size",
+                str(SIZE), "--channels", "3", "--seed", str(seed), "--out", str(tokens), "--quiet"]
+    res = run_measured(tok_args, work / f"tokenize_{n}_{rep}.log")
     head = json.loads((tokens / "tokens.json").read_text())
     n_tokens = sum(head["counts"].values()) * int(np.prod(head["token_shape"]))
     shard_bytes = sum((tokens / f["file"]).stat().st_size for s in head["shards"].values() for f in s["files"])
     row["tokens"] = {"grids": head["counts"], "token_shape": head["token_shape"], "tokens": n_tokens,
                      "shard_bytes": shard_bytes, "bytes_per_token": round(shard_bytes / n_tokens, 4)}
-    print(f"{n} images: tokenize {row['tokenize']}, {row['tokens']['bytes_per_token']} bytes/token", flush=True)
+    print(f"{n} images, run {rep}: tokenize {res}, {row['tokens']['bytes_per_token']} bytes/token", flush=True)
+    return res
+
+
+def train_run(work: Path, row: dict[str, Any], steps: int, batch_size: int, seed: int, rep: int) -> dict[str, Any]:
+    """``train-prior`` on the token folder of ``row`` for ``steps`` steps (run ``rep``), measured."""
+    n = row["images"]
     run = work / f"prior_{n}"
-    prior_args = ["train-prior", "--tokens", str(tokens), *PRIOR, "--out", str(run), "--steps",
+    shutil.rmtree(run, ignore_errors=True)
+    prior_args = ["train-prior", "--tokens", str(work / f"tokens_{n}"), *PRIOR, "--out", str(run), "--steps",
                   str(max(steps, 1) + 1000), "--batch-size", str(batch_size), "--log-every", "1", "--eval-every",
                   "100000", "--save-every", "100000", "--reference-fraction", "0", "--seed", str(seed), "--quiet",
                   "--device", "cpu"]
-    row["train_prior"] = run_measured(prior_args, work / f"train_prior_{n}.log", first_step=run / "train_log.csv",
-                                      stop_at_step=steps)
-    print(f"{n} images: train-prior {row['train_prior']}", flush=True)
-    return row
+    res = run_measured(prior_args, work / f"train_prior_{n}_{rep}.log", first_step=run / "train_log.csv",
+                       stop_at_step=steps)
+    print(f"{n} images, run {rep}: train-prior {res}", flush=True)
+    return res
+
+
+def measure(work: Path, sizes: list[int], steps: int, batch_size: int, seed: int, repeats: int) -> list[dict[str, Any]]:
+    """Build both corpora, then ``repeats`` rounds of tokenize (both sizes), then ``repeats`` rounds of train-prior
+    (both sizes), the two sizes alternating so that a change in the machine's load falls on both. Each stage's row
+    holds the median of its runs (``runs``, ``range``: all of them)."""
+    rows = [build(work, n, seed) for n in sizes]
+    tok: list[list[dict[str, Any]]] = [[] for _ in rows]
+    tr: list[list[dict[str, Any]]] = [[] for _ in rows]
+    for rep in range(repeats):
+        for i, row in enumerate(rows):
+            tok[i].append(tokenize_run(work, row, seed, rep))
+    for rep in range(repeats):
+        for i, row in enumerate(rows):
+            tr[i].append(train_run(work, row, steps, batch_size, seed, rep))
+    for i, row in enumerate(rows):
+        row["tokenize"], row["train_prior"] = _median_run(tok[i]), _median_run(tr[i])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -188,14 +229,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=4, help="train-prior batch size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed at the end)")
-    ap.add_argument("--quick", action="store_true", help="200 and 2,000 images, 5 steps; print only")
+    ap.add_argument("--note", default="", help="a paragraph for the page: what the numbers say (kept in the results)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each stage per size (the median is reported)")
+    ap.add_argument("--quick", action="store_true", help="200 and 2,000 images, 5 steps, 1 run; print only")
     a = ap.parse_args(argv)
     if a.quick:
-        a.sizes, a.steps = [200, 2000], 5
+        a.sizes, a.steps, a.repeats = [200, 2000], 5, 1
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="data-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        rows = [measure(work, n, a.steps, a.batch_size, a.seed) for n in a.sizes]
+        rows = measure(work, a.sizes, a.steps, a.batch_size, a.seed, max(1, a.repeats))
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -203,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = lambda stage, key: round(big[stage][key] / max(small[stage][key], 1e-9), 3)  # noqa: E731
     results = {
         "cpu": cpu_model(), "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "sizes": a.sizes, "steps": a.steps, "batch_size": a.batch_size, "seed": a.seed,
+        "sizes": a.sizes, "steps": a.steps, "batch_size": a.batch_size, "seed": a.seed, "repeats": a.repeats,
+        "note": a.note,
         "command": "python -m bench.data_scale " + " ".join(argv if argv is not None else sys.argv[1:]),
         "rows": rows,
         "ratios": {"tokenize_peak_rss": ratio("tokenize", "peak_rss_mib"),
@@ -235,28 +279,44 @@ def markdown(res: dict[str, Any]) -> str:
           f"{' '.join(PRIOR)} --batch-size {res['batch_size']}` stopped after step {res['steps']}. Memory is polled every "
           f"{int(POLL_S * 1000)} ms over the process tree: peak RSS, and peak RSS less file-backed pages (the Arrow "
           "table and the token shards are memory-mapped; their pages count in RSS once read, but the kernel can drop "
-          "them). First step: command start to `train_log.csv` appearing (step 1).", "",
+          "them; the readers drop them as they go, docs/DATA.md). First step: command start to `train_log.csv` "
+          f"appearing (step 1). Each stage ran {res.get('repeats', 1)} time(s) per size, the sizes alternating; the "
+          "table gives the median and, in brackets, the lowest and highest run; ratios are of the medians.", "",
           "| | " + " | ".join(f"{k:,} images" for k in (n, m)) + " | ratio |", "|---|---|---|---|"]
 
+    def cell(row: dict[str, Any], get: Any, fmt: str) -> str:
+        v = format(get(row), fmt)
+        stage, key = getattr(get, "stage", None), getattr(get, "key", None)
+        spread = row.get(stage, {}).get("range", {}).get(key) if stage else None
+        return v if not spread or len(row[stage].get("runs", [])) < 2 else \
+            f"{v} [{format(spread[0], fmt)}-{format(spread[1], fmt)}]"
+
     def line(name: str, get: Any, fmt: str, ratio: float | None) -> str:
-        return (f"| {name} | {format(get(rows[n]), fmt)} | {format(get(rows[m]), fmt)} | "
+        return (f"| {name} | {cell(rows[n], get, fmt)} | {cell(rows[m], get, fmt)} | "
                 f"{'' if ratio is None else f'{ratio:.2f}x'} |")
 
+    def of(stage: str, key: str) -> Any:
+        f = lambda x: x[stage][key]  # noqa: E731
+        f.stage, f.key = stage, key
+        return f
+
     md += [line("corpus on disk (MiB)", lambda x: x["corpus"]["bytes"] / 2**20, ".1f", None),
-           line("tokenize: wall (s)", lambda x: x["tokenize"]["wall_s"], ".1f", r["tokenize_wall"]),
-           line("tokenize: peak RSS (MiB)", lambda x: x["tokenize"]["peak_rss_mib"], ".0f", r["tokenize_peak_rss"]),
-           line("tokenize: peak RSS less file pages (MiB)", lambda x: x["tokenize"]["peak_anon_rss_mib"], ".0f",
+           line("tokenize: wall (s)", of("tokenize", "wall_s"), ".1f", r["tokenize_wall"]),
+           line("tokenize: peak RSS (MiB)", of("tokenize", "peak_rss_mib"), ".0f", r["tokenize_peak_rss"]),
+           line("tokenize: peak RSS less file pages (MiB)", of("tokenize", "peak_anon_rss_mib"), ".0f",
                 r["tokenize_peak_anon_rss"]),
            line("token shards (MiB)", lambda x: x["tokens"]["shard_bytes"] / 2**20, ".1f", None),
            line("bytes per token", lambda x: x["tokens"]["bytes_per_token"], ".3f", None),
-           line("train-prior: time to first step (s)", lambda x: x["train_prior"]["first_step_s"], ".2f",
+           line("train-prior: time to first step (s)", of("train_prior", "first_step_s"), ".2f",
                 r["train_first_step"]),
-           line("train-prior: peak RSS (MiB)", lambda x: x["train_prior"]["peak_rss_mib"], ".0f", r["train_peak_rss"]),
-           line("train-prior: peak RSS less file pages (MiB)", lambda x: x["train_prior"]["peak_anon_rss_mib"], ".0f",
+           line("train-prior: peak RSS (MiB)", of("train_prior", "peak_rss_mib"), ".0f", r["train_peak_rss"]),
+           line("train-prior: peak RSS less file pages (MiB)", of("train_prior", "peak_anon_rss_mib"), ".0f",
                 r["train_peak_anon_rss"])]
     t = res["targets"]
     md += ["", f"Targets of the issue: peak RSS within 1.2x: {'met' if t['peak_rss_within_1.2x'] else 'missed'}; "
                f"time to first step within 1.5x: {'met' if t['first_step_within_1.5x'] else 'missed'}."]
+    if res.get("note"):
+        md += ["", res["note"]]
     return "\n".join(md)
 
 

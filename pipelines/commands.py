@@ -125,13 +125,14 @@ class ReconstructOptions:
     tokenizer: str  # the tokenizer (or codec) folder
     out: str  # a .png file or a folder
     n: int = 16  # how many examples to show
+    num_workers: int = 0  # DataLoader worker processes that read and decode the test split; 0: read it in this process (the metrics are the same for any number)
 
 
 def run_reconstruct(a: Parsed) -> int:
     from .stages.reconstruct import reconstruct_dataset
 
     metrics = reconstruct_dataset(a.tokenizer, data_args(a), a.out, n=a.n, seed=a.seed, device=a.device,
-                                  progress=not a.quiet)
+                                  progress=not a.quiet, num_workers=a.num_workers)
     _print_metrics(f"test-split metrics of {a.tokenizer} on {a.dataset}:", metrics)
     return 0
 
@@ -255,13 +256,15 @@ class ScoreOptions:
     ood: str | None = None  # also score this dataset as out-of-distribution: prints the AUROC of each score (plain NLL, bits/dim, typicality, the default ood_score, ...), writes OUT.ood.csv and a histogram OUT.ood.png
     fpr: float | None = None  # add a verdict column ("ood" / "in") at the threshold that flags this fraction of held-out in-distribution inputs, e.g. 0.05 (needs the prior's score reference)
     reference: str | None = None  # for prior folders saved without a score reference: compute it on this dataset's training split (the data the prior was trained on) and save it into the prior folder, once
+    num_workers: int = 0  # DataLoader worker processes that read and decode the inputs; 0: read them in the scoring process (the scores are the same for any number)
 
 
 def run_score(a: Parsed) -> int:
     from .stages.score import score
 
     summary = score(a.prior, data_args(a), a.out, codec_dir=a.tokenizer, split=a.split, batch_size=a.batch_size,
-                    device=a.device, progress=not a.quiet, ood=a.ood, fpr=a.fpr, reference=a.reference)
+                    device=a.device, progress=not a.quiet, ood=a.ood, fpr=a.fpr, reference=a.reference,
+                    num_workers=a.num_workers)
     warning = summary.pop("warning", None)
     _print_metrics(f"scored {a.dataset} ({a.split}) -> {a.out}", summary)
     if warning:

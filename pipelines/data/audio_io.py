@@ -87,6 +87,8 @@ def check_audio_limits(name: str, rate: int, frames: int, channels: int, target_
 def _file_object(source: str | os.PathLike | bytes | bytearray | dict) -> tuple[str, Any]:
     """(printable name, what ``sf.SoundFile`` opens: a path string or a seekable ``BytesIO``) for a path, encoded
     bytes or a ``datasets`` audio cell (bytes used when present, else the path)."""
+    if hasattr(source, "read_cell"):  # a row of an Arrow table (hub.ArrowCell): read the cell now
+        source = source.read_cell()
     name = describe_source(source)
     if isinstance(source, dict):
         if source.get("bytes") is not None:

@@ -4,7 +4,7 @@ files, ``save_to_disk`` output; the tests use these to run the Hub code path off
 Images: the ``spec.image_column`` column, cast to ``Image(decode=False)`` and read row by row from the Arrow
 table (memory-mapped: ``ArrowColumn``, never copied into a list), decoded with PIL on access and checked there
 (``EncodedImageDataset``): ``(x float32 [C, H, W] in [0, 1], label int64)``. Audio: the ``spec.audio_column`` column, cast to
-``Audio(decode=False)`` and read with soundfile (``datasets`` 5 decodes through torchcodec, which needs
+``Audio(decode=False)``, referenced by row (``ArrowCell``, the bytes stay in the table) and read with soundfile (``datasets`` 5 decodes through torchcodec, which needs
 FFmpeg): ``(x float32 [clip_samples] in [-1, 1], label int64)``. Labels come from ``spec.label_column``
 (-1 without one).
 """
@@ -19,6 +19,7 @@ import numpy as np
 
 from .audio_io import holdout, holds_out_tails, make_audio_splits
 from .image_io import EncodedImageDataset
+from .pages import MappedFiles, PageBudget
 from .spec import DataSpec, SkipLog, Splits, unknown_dataset_error
 
 DATASET_FILE_EXTS = {".parquet", ".arrow", ".csv", ".jsonl"}
@@ -56,11 +57,12 @@ def _train_split(spec: DataSpec, dataset_dict: Any, where: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- images
-def _cells(ds: Any, column: str, feature: Any, flag: str, where: str) -> tuple[Any, list[Any]]:
-    """(the split with ``column`` cast to the undecoded ``feature``, that column's cells as a list: audio, whose
-    files are all read once when loaded)."""
+def _cells(ds: Any, column: str, feature: Any, flag: str, where: str) -> tuple[Any, list[ArrowCell]]:
+    """(the split with ``column`` cast to the undecoded ``feature``, a reference to each row's cell): audio, whose
+    files are all read once when loaded, each cell read again from the table when a window of it is needed."""
     ds = _cast(ds, column, feature, flag, where)
-    return ds, list(ds[column])
+    col = ArrowColumn(ds, column)
+    return ds, [ArrowCell(col, i) for i in range(len(col))]
 
 
 def _cast(ds: Any, column: str, feature: Any, flag: str, where: str) -> Any:
@@ -81,10 +83,14 @@ class ArrowColumn(Sequence):
     """One column of an Arrow-backed ``datasets.Dataset`` (Hub download, imagefolder cache, ``save_to_disk``
     folder) read by row index from its memory-mapped table: ``c[i]`` is row i's cell (for an ``Image(decode=False)``
     column, ``{"bytes": bytes | None, "path": str | None}``). Nothing is copied into Python objects until a row is
-    asked for, so memory does not grow with the split; a DataLoader worker gets the table by its file, not a copy."""
+    asked for, so memory does not grow with the split; a DataLoader worker gets the table by its file, not a copy.
+    Every few tens of rows read, the table's pages are dropped from the process's resident memory (``pages``): a
+    pass over a table larger than RAM keeps a flat RSS."""
 
     def __init__(self, ds: Any, column: str):
         self.ds, self.column = ds.select_columns([column]), column
+        self.mapped = MappedFiles(c["filename"] for c in ds.cache_files)
+        self._pages = PageBudget(self.mapped.drop)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -92,7 +98,26 @@ class ArrowColumn(Sequence):
     def __getitem__(self, i: Any) -> Any:  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return self.ds[int(i)][self.column]
+        cell = self.ds[int(i)][self.column]
+        self._pages.add(len(cell.get("bytes") or b"") if isinstance(cell, dict) else 0)
+        return cell
+
+
+class ArrowCell:
+    """Row ``row`` of an ``ArrowColumn``, read when needed (``read_cell()`` -> the cell): what an audio split holds
+    per file instead of the file's bytes, so a Hub dataset of encoded audio is not copied into memory. The audio
+    readers (``audio_io``) and ``describe_source`` accept it wherever they accept a cell."""
+
+    __slots__ = ("column", "row")
+
+    def __init__(self, column: ArrowColumn, row: int):
+        self.column, self.row = column, row
+
+    def read_cell(self) -> Any:
+        return self.column[self.row]
+
+    def __repr__(self) -> str:
+        return f"ArrowCell(row {self.row} of {self.column.column!r})"
 
 
 def _label_array(ds: Any, spec: DataSpec) -> np.ndarray:
@@ -147,7 +172,8 @@ def load_hub_images(spec: DataSpec) -> Splits:
 
 # ---------------------------------------------------------------------------- audio
 def _audio_column(ds: Any, spec: DataSpec, where: str, index: dict[str, int] | None) -> tuple[list[Any], list[int]]:
-    """(undecoded audio cells, int labels or -1) of one split; ``index`` maps string labels to ints."""
+    """(a reference to each row's undecoded audio cell, read from the table when needed; int labels or -1) of one
+    split; ``index`` maps string labels to ints."""
     from datasets import Audio
 
     ds, sources = _cells(ds, spec.audio_column, Audio(decode=False), "--audio-column", where)

@@ -13,9 +13,10 @@ While a folder is being written, each finished shard's record sits beside it as 
 exist: ``vqgen tokenize --resume`` keeps those whose checksum still matches. The finished folder's
 ``tokens.json`` holds every record and the sidecars are removed.
 
-Reading: ``ShardedArray`` maps each file with ``numpy.memmap`` (the safetensors layout is a JSON header and
-raw little-endian bytes, so a tensor is a plain offset into the file; nanoGPT reads its uint16 token files the
-same way) and gathers rows on demand, so memory does not grow with the corpus.
+Reading: ``ShardedArray`` maps each file read-only (the safetensors layout is a JSON header and raw little-endian
+bytes, so a tensor is a plain offset into the file; nanoGPT reads its uint16 token files the same way) and gathers
+rows on demand; every few tens of MB read, the pages it mapped are dropped from the process's resident memory
+(``pages.PageBudget``), so memory does not grow with the corpus or with the length of the run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import mmap
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -36,6 +38,8 @@ import torch
 from safetensors.numpy import save as safetensors_bytes
 
 from vqgen_io import atomic_write_bytes, atomic_write_text
+
+from .pages import READ_COST, PageBudget, drop_mmap_pages
 
 log = logging.getLogger("vqgen.tokens")
 
@@ -270,6 +274,7 @@ class ShardedArray:
         self.bounds_ = bounds  # the writer's (min, max) over the files, for a check without a scan
         self.index = index  # int64 [n] rows of the files this view shows (None: all, in order)
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._budget: PageBudget | None = None
 
     @classmethod
     def open(cls, folder: Path, records: Sequence[ShardRecord], key: str, row_shape: tuple[int, ...],
@@ -339,13 +344,28 @@ class ShardedArray:
             if shape[0] == 0:
                 m = np.zeros(shape, dtype=self.dtypes[f])
             else:
-                m = np.memmap(self.files[f], dtype=self.dtypes[f], mode="r", offset=self.byte_offsets[f], shape=shape)
+                with open(self.files[f], "rb") as fh:  # the map keeps the file open; the descriptor is not needed
+                    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                m = np.ndarray(shape, dtype=self.dtypes[f], buffer=mm, offset=self.byte_offsets[f])
             self._maps[f] = m
             if len(self._maps) > OPEN_SHARDS:
                 self._maps.popitem(last=False)
         else:
             self._maps.move_to_end(f)
         return m
+
+    def _pages(self) -> PageBudget:
+        """Counts what is read through the maps; past its budget, the maps' pages leave this process's RSS (they
+        stay in the page cache): resident memory does not grow with the number of rows a long run has read."""
+        if self._budget is None:
+            self._budget = PageBudget(self.drop_pages)
+        return self._budget
+
+    def drop_pages(self) -> None:
+        """Drop the pages of every open map from this process's resident memory (``pages.drop_mmap_pages``)."""
+        for m in self._maps.values():
+            if isinstance(m.base, mmap.mmap):
+                drop_mmap_pages(m.base)
 
     def _file_rows(self, rows: np.ndarray) -> np.ndarray:
         """int64 [len(rows), *row_shape] of file rows ``rows`` (global row numbers of the files)."""
@@ -356,6 +376,7 @@ class ShardedArray:
         if rows.min() < 0 or rows.max() >= n:
             raise IndexError(f"row index out of range for {n} rows")
         which = np.searchsorted(self.starts, rows, side="right") - 1
+        self._pages().add(out.size * self.dtypes[0].itemsize + READ_COST * (len(rows) - 1))  # ~a fault per row
         if np.all(which == which[0]):  # the common case (a batch from one shard, a slice): no grouping
             out[:] = self._map(int(which[0]))[rows - self.starts[which[0]]]
             return out
@@ -369,6 +390,9 @@ class ShardedArray:
     def _range(self, a: int, b: int) -> np.ndarray:
         """int64 rows [a, b) of the files, block by block."""
         out = np.empty((max(0, b - a), *self.row_shape), dtype=np.int64)
+        if not out.size:
+            return out
+        self._pages().add(out.size * self.dtypes[0].itemsize)
         f = int(np.searchsorted(self.starts, a, side="right") - 1)
         i = a
         while i < b:
@@ -475,7 +499,7 @@ class ShardedArray:
 
     def __getstate__(self) -> dict[str, Any]:
         # memory maps are reopened where the array is unpickled (a DataLoader worker), never copied into the pickle
-        return {k: (OrderedDict() if k == "_maps" else v) for k, v in self.__dict__.items()}
+        return {k: (OrderedDict() if k == "_maps" else None if k == "_budget" else v) for k, v in self.__dict__.items()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -140,7 +140,10 @@ class UnreadableFileError(ValueError):
 
 
 def describe_source(source: Any) -> str:
-    """A printable name for a path, encoded bytes, or a ``datasets`` cell ``{"bytes": ..., "path": ...}``."""
+    """A printable name for a path, encoded bytes, or a ``datasets`` cell ``{"bytes": ..., "path": ...}`` (or a
+    reference to one, with ``read_cell``)."""
+    if hasattr(source, "read_cell"):
+        source = source.read_cell()
     if isinstance(source, dict):
         return str(source.get("path") or "<bytes>")
     return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from prior import Prior
@@ -146,10 +146,41 @@ def ood_auroc(scores_in: Any, scores_out: Any) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- datasets
-def input_batches(dataset: Dataset, batch_size: int, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+class ReadableRows(Dataset):
+    """Rows ``rows`` of ``dataset``, read with its ``read_item`` (None for an unreadable file, dropped by
+    ``collate_readable``) where it has one, else by indexing."""
+
+    def __init__(self, dataset: Dataset, rows: range):
+        self.dataset, self.rows = dataset, rows
+        self.get = getattr(dataset, "read_item", dataset.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.get(self.rows[i])
+
+
+def collate_readable(items: list[Any]) -> Any:
+    """``default_collate`` of the readable items of a batch (None: a skipped file); None when there are none."""
+    items = [it for it in items if it is not None]
+    return default_collate(items) if items else None
+
+
+def input_batches(dataset: Dataset, batch_size: int, limit: int | None = None,
+                  num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
     """(x float32 [b, *input_shape], labels int64 [b], -1 where unknown) batches of a dataset of (x, label). An
-    input whose file turns out unreadable (the dataset's ``read_item`` gives None) is left out, as at loading."""
+    input whose file turns out unreadable (the dataset's ``read_item`` gives None) is left out, as at loading.
+    ``num_workers``: DataLoader worker processes that read and decode the inputs (the batches are the same)."""
     n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    if num_workers:
+        loader = DataLoader(ReadableRows(dataset, range(n)), batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=collate_readable)
+        for batch in loader:
+            if batch is not None:
+                x, y = batch
+                yield torch.as_tensor(x), torch.as_tensor(y).long()
+        return
     get = getattr(dataset, "read_item", dataset.__getitem__)
     for i in range(0, n, batch_size):
         items = [it for it in (get(j) for j in range(i, min(i + batch_size, n))) if it is not None]
@@ -195,11 +226,11 @@ class GridScores:
 
 
 def _score_inputs(prior: Prior, codec: Codec, dataset: Dataset, batch_size: int, use_labels: bool,
-                  reference: ScoreReference | None, progress: bool) -> GridScores:
+                  reference: ScoreReference | None, progress: bool, num_workers: int = 0) -> GridScores:
     nlls, feats, labs, shape = [], [], [], ()
     conditional = bool(use_labels and prior.config.num_classes)
     bar = tqdm(total=len(dataset), desc="scoring", disable=not progress, leave=False)  # type: ignore[arg-type]
-    for x, y in input_batches(dataset, batch_size):
+    for x, y in input_batches(dataset, batch_size, num_workers=num_workers):
         shape = tuple(x.shape[1:])
         grids = encode_batch(codec, x)
         if tuple(grids.shape[1:]) != prior.shape:
@@ -230,7 +261,7 @@ def _fmt(v: float | None) -> str:
 def score_dataset(prior: Prior, codec: Codec, data: Splits | Dataset, out_csv: str | Path,
                   batch_size: int = 64, progress: bool = True, *, reference: ScoreReference | None = None,
                   method: str = DEFAULT_METHOD, fpr: float | None = None, use_labels: bool = True,
-                  return_scores: bool = False) -> Any:
+                  return_scores: bool = False, num_workers: int = 0) -> Any:
     """Score every input of a dataset, write one CSV row per input, return a summary dict.
 
     data: a ``Dataset`` of (x, label), or ``Splits`` (its test split is scored). Inputs become grids through
@@ -249,7 +280,8 @@ def score_dataset(prior: Prior, codec: Codec, data: Splits | Dataset, out_csv: s
     ood_method[, verdict].
     Summary: n, mean nll / bits_per_token / bits_per_dim, bits_per_dim_kind, reference (its source) and
     reference_mean_nll, ood_method, csv[, fpr, threshold, flagged (the fraction called "ood")].
-    ``return_scores``: return ``(summary, GridScores)`` (the per-input numbers, for reports).
+    ``return_scores``: return ``(summary, GridScores)`` (the per-input numbers, for reports). ``num_workers``:
+    DataLoader worker processes that read and decode the inputs (the scores are the same for any number).
     """
     if not isinstance(codec, Codec):
         raise ValueError(f"score_dataset: pass a codec (a Tokenizer, or a RawCodec for raw pixels / mu-law samples), "
@@ -260,7 +292,7 @@ def score_dataset(prior: Prior, codec: Codec, data: Splits | Dataset, out_csv: s
     if fpr is not None and reference is None:
         raise ValueError("--fpr calibrates a threshold on the prior's score reference, and this prior has none: "
                          "pass --reference DATA (the data it was trained on) once to compute it")
-    s = _score_inputs(prior, codec, dataset, batch_size, use_labels, reference, progress)
+    s = _score_inputs(prior, codec, dataset, batch_size, use_labels, reference, progress, num_workers)
     feats = s.features
     if reference is not None:
         ood, used = reference.scores(feats, method), method

@@ -42,21 +42,22 @@ def split_stoi(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 16) -> 
 
 @torch.no_grad()
 def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 16, seed: int = 0,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, num_workers: int = 0) -> dict[str, Any]:
     """Write reconstructions of ``n`` test examples and return the test-split metrics.
 
     Images: ``out`` is a PNG file (originals above reconstructions) or a folder (``reconstructions.png``).
     Audio: ``out`` is a folder with ``NN_original.wav`` / ``NN_reconstruction.wav`` pairs and
     ``spectrograms.png`` (each pair side by side, one pair per row). ``metrics.json`` goes beside them;
     for audio it includes ``stoi`` (``split_stoi``) when pystoi is installed. (The modality's
-    ``write_reconstructions`` and ``split_metrics``.)
+    ``write_reconstructions`` and ``split_metrics``.) ``num_workers``: DataLoader worker processes that read the
+    test split for the metrics (the same metrics for any number).
     """
     tokenizer.eval()
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(splits.test), generator=g)[:n].tolist()
     x = torch.stack([splits.test[i][0] for i in idx]).float()
     recon = tokenizer.decode(tokenizer.encode(x))
-    metrics = evaluate_tokenizer(tokenizer, splits.test, progress=progress)
+    metrics = evaluate_tokenizer(tokenizer, splits.test, progress=progress, num_workers=num_workers)
     kind, rate = tokenizer.modality, tokenizer.sample_rate
     # Whole-split metrics (audio: STOI); the split is reconstructed only for a modality that has some.
     metrics |= kind.split_metrics(lambda: split_reconstructions(tokenizer, splits.test), rate)
@@ -70,7 +71,7 @@ def reconstruct(tokenizer: Tokenizer, splits: Splits, out: str | Path, n: int = 
 
 
 def reconstruct_dataset(codec_dir: str | Path, data: dict[str, Any], out: str | Path, n: int = 16, seed: int = 0,
-                        device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                        device: str = "cpu", progress: bool = True, num_workers: int = 0) -> dict[str, Any]:
     """The stage: load the tokenizer in ``codec_dir`` and the dataset ``data`` (sized by it), then ``reconstruct``."""
     from .common import make_spec
 
@@ -79,7 +80,7 @@ def reconstruct_dataset(codec_dir: str | Path, data: dict[str, Any], out: str | 
         raise ValueError(f"{codec_dir} is a raw codec: it reconstructs its inputs exactly (at its quantization); "
                          "pass a trained tokenizer folder")
     splits = load_data(make_spec(codec=tok, **data))
-    metrics = reconstruct(tok, splits, out, n=n, seed=seed, progress=progress)
+    metrics = reconstruct(tok, splits, out, n=n, seed=seed, progress=progress, num_workers=num_workers)
     report_skips(splits)  # unreadable images met (and replaced by the next readable one) while reading
     return metrics
 

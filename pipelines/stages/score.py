@@ -31,7 +31,8 @@ LOCAL_FIT_EXAMPLES = 5000  # --reference: other examples of it the local model i
 
 def score(prior_dir: str | Path, data: dict[str, Any], out_csv: str | Path, *, codec_dir: str | Path | None = None,
           split: str = "test", batch_size: int = 128, device: str = "cpu", progress: bool = True,
-          ood: str | None = None, fpr: float | None = None, reference: str | None = None) -> dict[str, Any]:
+          ood: str | None = None, fpr: float | None = None, reference: str | None = None,
+          num_workers: int = 0) -> dict[str, Any]:
     """Per-input NLL, bits/token, bits/dim and anomaly scores of a dataset's ``split`` into ``out_csv`` (see
     ``score_dataset``); the data is sized by the codec. Returns the summary.
 
@@ -43,14 +44,15 @@ def score(prior_dir: str | Path, data: dict[str, Any], out_csv: str | Path, *, c
     ``ood``: another dataset scored the same way into ``<out_csv stem>.ood.csv``; the summary gains
     ``auroc_nll``, ``auroc_bits_per_dim``, ``auroc_typicality``, ``auroc_ood_score`` and ``auroc`` (every method
     of ``METHODS``), each in [0, 1]: how well the score, higher = OOD, separates the OOD inputs from ``split``
-    (0.5 = chance, below 0.5 = the OOD data looks *more* likely), and ``<out_csv stem>.ood.png``, histograms."""
+    (0.5 = chance, below 0.5 = the OOD data looks *more* likely), and ``<out_csv stem>.ood.png``, histograms.
+    ``num_workers``: DataLoader worker processes that read and decode the inputs (same scores for any number)."""
     folder, codec = open_prior(prior_dir, codec_dir, device)
     folder.require_codec_tokens("score")
     ref = _reference(folder, codec, data, reference, batch_size, progress)
     splits = _load_for(codec, data, "--dataset")
     target = splits.test if split == "test" else splits.train
     summary, scores = score_dataset(folder.prior, codec, target, out_csv, batch_size=batch_size, progress=progress,
-                                    reference=ref, fpr=fpr, return_scores=True)
+                                    reference=ref, fpr=fpr, return_scores=True, num_workers=num_workers)
     report_skips(splits)  # the files left out because they could not be read
     if ref is None:
         summary["warning"] = (f"{folder.path} records no score reference (saved before priors carried one, or trained "
@@ -58,7 +60,8 @@ def score(prior_dir: str | Path, data: dict[str, Any], out_csv: str | Path, *, c
                               "data the prior was trained on) once to compute and save one")
     if ood is None:
         return summary
-    return summary | _ood_report(folder, codec, data, ood, Path(out_csv), scores, ref, batch_size, progress, fpr)
+    return summary | _ood_report(folder, codec, data, ood, Path(out_csv), scores, ref, batch_size, progress, fpr,
+                                 num_workers)
 
 
 def _load_for(codec: Any, data: dict[str, Any], flag: str) -> Any:
@@ -107,7 +110,8 @@ def _read_scores(path: Path) -> dict[str, np.ndarray]:
 
 
 def _ood_report(folder: Any, codec: Any, data: dict[str, Any], ood: str, out_csv: Path, in_scores: GridScores,
-                ref: ScoreReference | None, batch_size: int, progress: bool, fpr: float | None) -> dict[str, Any]:
+                ref: ScoreReference | None, batch_size: int, progress: bool, fpr: float | None,
+                num_workers: int = 0) -> dict[str, Any]:
     """Score the OOD dataset's test split (or its only split) with the same reference; AUROCs + PNG."""
     from ..outputs import histogram_image
 
@@ -115,7 +119,8 @@ def _ood_report(folder: Any, codec: Any, data: dict[str, Any], ood: str, out_csv
     ood_csv = out_csv.with_name(out_csv.stem + ".ood.csv")
     ood_set = ood_splits.test if len(ood_splits.test) else ood_splits.train
     ood_summary, ood_scores = score_dataset(folder.prior, codec, ood_set, ood_csv, batch_size=batch_size,
-                                            progress=progress, reference=ref, fpr=fpr, return_scores=True)
+                                            progress=progress, reference=ref, fpr=fpr, return_scores=True,
+                                            num_workers=num_workers)
     a, b = _read_scores(out_csv), _read_scores(ood_csv)
     report: dict[str, Any] = {"ood_dataset": ood, "ood_n": int(len(b["nll_nats"])), "ood_csv": str(ood_csv)}
     if "flagged" in ood_summary:

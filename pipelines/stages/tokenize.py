@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, default_collate
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tokenizers_vq import Codec, RawCodec, load_codec
@@ -35,31 +35,10 @@ from ..data.shards import (
     write_shard,
 )
 from ..data.tokens import HEADER, TokenHeader, load_token_header, split_shards, write_manifest
-from ..likelihood.score import encode_batch
+from ..likelihood.score import ReadableRows, collate_readable, encode_batch
 from ..training.accelerator import keep_group
 
 log = logging.getLogger("vqgen.tokenize")
-
-
-class _Rows(Dataset):
-    """Rows ``rows`` of ``dataset``, read with its ``read_item`` (None for an unreadable file, dropped by
-    ``_collate_readable``) where it has one, else by indexing."""
-
-    def __init__(self, dataset: Dataset, rows: range):
-        self.dataset, self.rows = dataset, rows
-        self.get = getattr(dataset, "read_item", dataset.__getitem__)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.get(self.rows[i])
-
-
-def _collate_readable(items: list[Any]) -> Any:
-    """``default_collate`` of the readable items of a batch (None: a skipped file); None when there are none."""
-    items = [it for it in items if it is not None]
-    return default_collate(items) if items else None
 
 
 @torch.no_grad()
@@ -67,11 +46,11 @@ def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Data
                    desc: str = "tokenize", progress: bool = True, num_workers: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``encode(x [B, ...]) -> int64 [B, *grid]`` over a dataset, decoding in ``num_workers`` DataLoader worker
-    processes (0: here): (tokens [N', *grid], labels [N']). Items that are None (unreadable files: see ``_Rows``)
+    processes (0: here): (tokens [N', *grid], labels [N']). Items that are None (unreadable files: see ``ReadableRows``)
     are left out, so N' <= N; the rest keep their order."""
     toks, labs = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate_readable)
+                        collate_fn=collate_readable)
     for batch in tqdm(loader, desc=desc, disable=not progress):
         if batch is None:
             continue
@@ -191,7 +170,7 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
     both splits); the main process writes the manifest once all are done. ``resume``: shards that an interrupted
     run (with the same dataset, codec and shard size: ``source`` names the data arguments) finished and whose
     checksum still matches are kept; only the others are encoded. ``num_workers``: DataLoader worker processes that
-    decode the inputs (0: this process). An unreadable input file is left out of its shard (``_Rows``) and counted
+    decode the inputs (0: this process). An unreadable input file is left out of its shard (``ReadableRows``) and counted
     in one warning at the end; the shard's record says how many rows it holds."""
     if splits.modality != codec.modality:
         raise ValueError(f"the dataset is {splits.modality} but the codec is for {codec.modality}")
@@ -229,7 +208,7 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
         if resume and finished_shard(out, j.split, j.k, plans[j.split]) is not None:
             reused += 1
         else:
-            part = _Rows(data[j.split], range(j.start, j.stop))
+            part = ReadableRows(data[j.split], range(j.start, j.stop))
             tokens, labels = encode_dataset(lambda x: encode_batch(codec, x), part, batch_size, progress=False,
                                             num_workers=num_workers)
             tokens = tokens.reshape(-1, *token_shape)  # an empty shard (every file unreadable) keeps its numbering

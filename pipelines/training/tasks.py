@@ -27,7 +27,8 @@ from .task import TrainTask
 
 
 def _eval_batches(dataset: Dataset, batch_size: int, shard: EvalShard | None, limit: int | None = None,
-                  group_of: Callable[[int], Any] | None = None) -> Iterator[tuple[int, Any, bool]]:
+                  group_of: Callable[[int], Any] | None = None, num_workers: int = 0
+                  ) -> Iterator[tuple[int, Any, bool]]:
     """(index of the batch's first example in ``dataset``, batch, counted) for this process's share of ``dataset``
     in order (all of it when ``shard`` is None). ``limit``: only the first batches until ``limit`` examples are
     reached, as one process would read them. With a shard, batches with ``counted`` False follow until every
@@ -38,7 +39,8 @@ def _eval_batches(dataset: Dataset, batch_size: int, shard: EvalShard | None, li
     ranges = shard_ranges(n, 1 if shard is None else shard.world, group_of)
     lo, hi = ranges[0 if shard is None else shard.rank]
     done = 0
-    for i, batch in enumerate(DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, shuffle=False)):
+    loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for i, batch in enumerate(loader):
         yield lo + i * batch_size, batch, True
         done += 1
     missing = forward_count(ranges, batch_size) - done if shard is not None else 0
@@ -91,7 +93,8 @@ _SUMMED = ("psnr", "ssim", "si_snr", "log_mel_l1", "mu_law_accuracy", "loss")  #
 
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int = 128, progress: bool = False,
-                       limit: int | None = None, shard: EvalShard | None = None) -> dict[str, float]:
+                       limit: int | None = None, shard: EvalShard | None = None, num_workers: int = 0
+                       ) -> dict[str, float]:
     """Test-split metrics of a tokenizer.
 
     Images: PSNR (dB), SSIM, codebook usage (fraction of codes used on the split), code perplexity.
@@ -104,6 +107,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
 
     ``shard`` (multi-process training): this process scores its share (whole files for ``score_span`` datasets) and
     the sums and code counts are all-reduced, so every process returns the 1-process metrics (to float rounding).
+    ``num_workers``: DataLoader worker processes that read the split (the same metrics for any number).
     """
     was = tokenizer.training
     tokenizer.eval()
@@ -115,7 +119,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int =
     spans = getattr(dataset, "score_span", None) if tokenizer.modality.timed else None
     whole = _WholeSignalScores(tokenizer.config.sample_rate) if spans is not None else None
     group_of = (lambda i: spans(i)[0]) if spans is not None else None  # type: ignore[misc]
-    batches = _eval_batches(dataset, batch_size, shard, limit, group_of)
+    batches = _eval_batches(dataset, batch_size, shard, limit, group_of, num_workers)
     for start, (x, _), counted in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
         x = x.to(device).float()
         out = tokenizer(x)

@@ -333,3 +333,27 @@ def test_with_placements_repeats_the_training_words_at_other_offsets(tmp_path):
     assert with_placements(s, 1) is s
     tones = load_data(DataSpec("tones", limit=8))
     assert with_placements(tones, 4) is tones  # generated on access: no file offsets to redraw
+
+
+def test_hub_audio_is_referenced_by_row_not_copied(tmp_path, monkeypatch):
+    """A Hub / Arrow audio split holds a reference to each row (``ArrowCell``), not the encoded bytes: with no
+    decoded waveform kept in memory (``CACHE_BYTES`` 0) every clip is read from the table when asked for, and equals
+    the clip read with everything in memory."""
+    datasets = pytest.importorskip("datasets")
+    from pipelines.data import audio_io
+    from pipelines.data.hub import ArrowCell
+
+    audio = [{"bytes": wav_bytes(sine(0.3, SR, 200 + 50 * i), SR), "path": f"tone{i}.wav"} for i in range(10)]
+    ds = datasets.Dataset.from_dict({"audio": audio, "label": [i % 2 for i in range(10)]})
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved"))
+    spec = DataSpec(str(tmp_path / "saved"), modality="audio", clip_samples=2048, test_fraction=0.2)
+    kept = load_data(spec)
+    monkeypatch.setattr(audio_io, "CACHE_BYTES", 0)
+    lazy = load_data(spec)
+    assert all(isinstance(src, ArrowCell) for src in lazy.train.sources + lazy.test.sources)
+    assert all(info.wave is None for info in lazy.train.infos)  # nothing decoded is held
+    assert "tone" in audio_io.describe_source(lazy.train.sources[0])
+    for split in ("train", "test"):
+        a, b = getattr(kept, split), getattr(lazy, split)
+        for i in range(len(a)):
+            assert torch.allclose(a[i][0], b[i][0], atol=1e-6) and a[i][1] == b[i][1]

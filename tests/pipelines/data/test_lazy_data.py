@@ -138,3 +138,37 @@ def test_tokenize_with_workers_writes_the_same_shards_less_the_bad_row(tmp_path,
     grey = tokens.materialize().float().mean(dim=(1, 2, 3)) if tokens.materialize().dim() == 4 else \
         tokens.materialize().float().flatten(1).mean(1)
     assert not any(abs(g - 40) < 1 or abs(g - 130) < 1 for g in grey.tolist())  # rows 4 and 13 are not there
+
+
+def test_score_and_reconstruct_with_workers_match_none(tmp_path, caplog):
+    """``vqgen score`` and ``vqgen reconstruct`` take ``--num-workers``: the same CSV and the same metrics as reading
+    in their own process, with the unreadable row left out (score) and counted once."""
+    from pipelines.cli import main
+    from tokenizers_vq import TokenizerConfig, build_tokenizer
+
+    folder = _saved_dataset(tmp_path, n=30, broken=(4, 13))
+    assert main(["tokenize", "--raw", "--levels", "256", "--dataset", str(folder), "--image-size", "8", "--channels",
+                 "1", "--out", str(tmp_path / "tok"), "--quiet"]) == 0
+    assert main(["train-prior", "--tokens", str(tmp_path / "tok"), "--arch", "histogram", "--out",
+                 str(tmp_path / "prior"), "--quiet", "--reference-fraction", "0"]) == 0
+    tok = tmp_path / "tokenizer"
+    build_tokenizer(TokenizerConfig(modality="image", autoencoder="vqvae", image_size=8, channels=1,
+                                    hidden_channels=8)).eval().save_pretrained(tok)
+    csvs, metrics = {}, {}
+    for workers in (0, 2):
+        with caplog.at_level(logging.WARNING, logger="vqgen.data"):
+            caplog.clear()
+            out = tmp_path / f"scores{workers}.csv"
+            assert main(["score", "--prior", str(tmp_path / "prior"), "--dataset", str(folder), "--image-size", "8",
+                         "--channels", "1", "--split", "train", "--num-workers", str(workers), "--out", str(out),
+                         "--quiet"]) == 0
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1 and "skipped" in warnings[0]
+        csvs[workers] = out.read_text()
+        rec = tmp_path / f"rec{workers}"
+        assert main(["reconstruct", "--tokenizer", str(tok), "--dataset", str(folder), "--image-size", "8",
+                     "--channels", "1", "--num-workers", str(workers), "--n", "2", "--out", str(rec), "--quiet"]) == 0
+        metrics[workers] = json.loads((rec / "metrics.json").read_text())
+    assert csvs[0] == csvs[2]
+    assert len(csvs[0].splitlines()) - 1 == 30 - 2 - round(30 * 0.1)  # train split less the held-out tenth, less 2
+    assert metrics[0] == metrics[2]
