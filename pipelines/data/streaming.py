@@ -17,16 +17,20 @@ skips: every row whose encoded image equals a held-out one (``cell_key``) is lef
 shard, shuffle or process it comes in. For training, the test split is materialised in memory (encoded, at most
 ``STREAM_TEST_ROWS`` rows) as an ordinary map-style ``EncodedImageDataset``; ``vqgen tokenize`` streams it whole.
 
-Training order: a shuffle buffer of ``spec.shuffle_buffer`` rows (``IterableDataset.shuffle(seed, buffer_size)``;
-datasets' buffer yields half of a full buffer at a time and shuffles the shard order per epoch), re-drawn each
-epoch by ``set_epoch``. With several processes each takes ``split_dataset_by_node(stream, rank, world)``.
+Training order: a shuffle buffer of ``spec.shuffle_buffer`` rows (``StreamedImages.raw_rows``; 0 or 1: the stream's
+order), re-drawn each epoch by ``set_epoch``, which also has datasets shuffle the order of the stream's shards
+(epochs after the first). With several processes each takes ``split_dataset_by_node(stream, rank, world)``.
+The buffer is ours, not ``IterableDataset.shuffle``: resumed from its ``state_dict``, datasets 5.2's buffered
+stream yields rows again that it had yielded before the checkpoint (measured on a 40-row save_to_disk split:
+one repeated row out of 12 for most buffer sizes); ours repeats none.
 
 Resume: ``StreamedImages.state_dict`` is the stream's own ``IterableDataset.state_dict()`` (its position at the
-last row it yielded) with the epoch, gathered from every process; ``load_state_dict`` gives each process its own
-entry back, and the next iteration continues at the next unseen row. As datasets documents, the rows that sat in
-the shuffle buffer when the state was taken are not restored: the buffer is refilled from the rows after the
-saved position, so those rows are not seen again in that epoch (none is seen twice). Without a buffer the resumed
-run sees exactly the rows an uninterrupted run would.
+last row it yielded, i.e. the last row read into the buffer) with the epoch, gathered from every process;
+``load_state_dict`` gives each process its own entry back, and the next iteration continues at the next unseen
+row. As datasets documents for its own buffer, the rows that sat in the shuffle buffer when the state was taken are
+not restored (they are not in the checkpoint): the buffer is refilled from the rows after the saved position, so
+those rows (at most ``shuffle_buffer`` per process) are not seen in that epoch, and none is seen twice. Without a
+buffer the resumed run sees exactly the rows an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -148,19 +152,21 @@ class StreamedImages(IterableDataset):
         self.spec, self.skips, self.exclude = spec, skips, exclude
         self.where = where or spec.name
         stream = _prepare(stream, spec, self.where)
-        if shuffle_buffer > 1:
-            stream = stream.shuffle(seed=spec.seed, buffer_size=shuffle_buffer)
         if world > 1:
             stream = split_dataset_by_node(stream, rank=rank, world_size=world)
         self.stream, self.rank, self.world, self.epoch = stream, rank, world, 0
+        self.shuffle_buffer = shuffle_buffer
+        self._resumed = 0  # resumes of this epoch so far: a resumed buffer draws other numbers than the first
 
     def set_epoch(self, epoch: int) -> None:
         """Iterate epoch ``epoch`` next (its shuffle); a loaded state applies to the epoch it was saved in."""
+        if int(epoch) != self.epoch:
+            self._resumed = 0
         self.epoch = int(epoch)
         self.stream.set_epoch(self.epoch)
 
-    def raw_rows(self) -> Any:
-        """Per row of the stream that is not excluded, undecoded: ``(cell {"bytes", "path"}, label int)``."""
+    def _source(self) -> Any:
+        """The stream's rows that are not excluded, in stream order: ``(cell, label)``."""
         if get_worker_info() is not None:
             raise RuntimeError(f"{self.where}: a streamed dataset is read in the training process only (its position "
                                "goes into checkpoints): use --num-workers 0 with --streaming")
@@ -170,6 +176,28 @@ class StreamedImages(IterableDataset):
             if self.exclude and cell_key(cell) in self.exclude:
                 continue
             yield cell, _label(row, self.spec)
+
+    def raw_rows(self) -> Any:
+        """Per row that is not excluded, undecoded: ``(cell {"bytes", "path"}, label int)``, in stream order, or
+        through the shuffle buffer: once ``shuffle_buffer`` rows are held, each new row takes the place of one drawn
+        at random (numpy, seeded by seed, epoch and the rows read before this iteration), which is yielded; at
+        the end the rest come in random order. The stream's position is always that of the last row read into
+        the buffer, so a resumed epoch never repeats a row (the rows the buffer held are not seen in it)."""
+        source = self._source()
+        if self.shuffle_buffer <= 1:
+            yield from source
+            return
+        rng = np.random.default_rng([self.spec.seed, self.epoch, self._resumed, 0x5B])
+        buffer: list[Any] = []
+        for item in source:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(item)
+                continue
+            j = int(rng.integers(len(buffer)))
+            out, buffer[j] = buffer[j], item
+            yield out
+        for j in rng.permutation(len(buffer)):
+            yield buffer[j]
 
     def read(self, cell: dict[str, Any], label: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One row decoded (``decode_image``), or None when its image is unreadable (recorded in ``skips``;
@@ -191,7 +219,7 @@ class StreamedImages(IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         """{"world": W, "ranks": [{"epoch", "stream"} of each process]}. Every process of a launch must call it
         (an all-gather): Accelerate saves custom objects from the main process only."""
-        mine = {"epoch": self.epoch, "stream": self.stream.state_dict()}
+        mine = {"epoch": self.epoch, "stream": self.stream.state_dict(), "resumed": self._resumed}
         if self.world > 1 and torch.distributed.is_initialized():
             every: list[Any] = [None] * self.world
             torch.distributed.all_gather_object(every, mine)
@@ -209,6 +237,7 @@ class StreamedImages(IterableDataset):
         self.set_epoch(int(mine["epoch"]))
         if mine.get("stream") is not None:
             self.stream.load_state_dict(mine["stream"])
+            self._resumed = int(mine.get("resumed", 0)) + 1
 
 
 def _count_rows(stream: Any, cap: int) -> int:
