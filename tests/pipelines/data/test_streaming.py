@@ -251,3 +251,35 @@ def test_tokenize_streaming_resume_keeps_finished_shards(tmp_path, monkeypatch, 
         assert main(args + [str(tmp_path / "whole"), "--resume"]) == 0
     assert (tmp_path / "whole" / "tokens.json").read_text() == want
     assert "2 shards encoded, 5 kept" in caplog.text
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_two_processes_share_the_stream_and_each_resumes_at_its_next_unseen_row(tmp_path):
+    """Each process reads its own share (split_dataset_by_node), the checkpoint holds both positions, and each
+    resumed process continues where its uninterrupted run would; no row is trained on twice within the epoch."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = _dataset(tmp_path, n=40)  # 4 held out; 36 rows, 18 a process: 9 batches of 2 an epoch
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    worker = Path(__file__).with_name("stream_ddp_worker.py")
+    procs = []
+    for r in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, str(worker), str(folder), str(tmp_path / "out")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    logs = [p.communicate(timeout=280)[0].decode(errors="replace") for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for seen in ranks:
+        assert seen["cut"] == seen["whole"][:4] and seen["resumed"] == seen["whole"][4:]
+        assert len(seen["shuffled_cut"]) == 4 and len(seen["shuffled_resumed"]) == 6
+    assert not set(ranks[0]["whole"][:12]) & set(ranks[1]["whole"][:12])  # disjoint shares
+    trained = [v for seen in ranks for v in seen["shuffled_cut"] + seen["shuffled_resumed"]]
+    assert len(set(trained)) == len(trained) and min(trained) >= 4
