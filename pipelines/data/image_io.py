@@ -106,6 +106,15 @@ def load_image(item: Any, size: int) -> Image.Image:
     return img
 
 
+def decode_image(item: Any, size: int, channels: int) -> torch.Tensor:
+    """One encoded image (path, bytes or ``datasets`` cell) -> float32 [channels, size, size] in [0, 1]: checked
+    (``load_image``), resized (shorter side) and centre-cropped to ``size``. Raises ``ImageReadError`` naming it.
+    The map-style datasets (``EncodedImageDataset``) and the streamed ones (``streaming.StreamedImages``) both
+    decode with this, so a row gives the same tensor either way."""
+    with load_image(item, size) as img:
+        return pil_to_tensor(img, size, channels)
+
+
 def _decode_error(name: str, e: Exception) -> ImageReadError:
     # PIL names a buffer by its address, which would make each reading of one file a different message
     reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the encoded bytes", str(e))
@@ -246,9 +255,9 @@ class EncodedImageDataset(Augmented, Dataset):
         return x, torch.tensor(int(self.labels[i]))
 
     def _decode(self, i: int) -> torch.Tensor:
+        if not self.augment:
+            return decode_image(self.items[i], self.size, self.channels)
         with load_image(self.items[i], self.size) as img:
-            if not self.augment:
-                return pil_to_tensor(img, self.size, self.channels)
             u = self.draws(i)
             if "crop" in self.augment:
                 img = img.convert("L" if self.channels == 1 else "RGB")

@@ -1,6 +1,7 @@
 """`vqgen tokenize`: a dataset through a codec (a tokenizer, or the raw pixels / mu-law samples) into a token
 folder of shards whose header records the codec; under a launcher each process encodes its share of the shards,
-and ``--resume`` keeps the shards an interrupted run finished."""
+and ``--resume`` keeps the shards an interrupted run finished. ``--streaming`` reads a Hugging Face image dataset as
+a stream, in order, into shards of the same format (``tokenize_streams``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -246,9 +248,167 @@ def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, r
         device = f"cuda:{local_rank}"
     codec = load_codec(codec_dir, map_location=device) if codec_dir is not None else None
     spec: DataSpec = make_spec(codec=codec, **data)
+    source = {k: v for k, v in data.items() if k != "cache_dir"}  # what decides the inputs (not where they are cached)
+    if spec.streaming:
+        return _tokenize_streaming(spec, out, codec, codec_dir, raw_levels, batch_size, progress, world,
+                                   shard_rows=shard_rows, resume=resume, source=source, num_workers=num_workers)
     splits = load_data(spec)
     if codec is None:  # the modality refuses levels it has no raw codec for (audio: 256-level mu-law only)
         codec = RawCodec(splits.modality, raw_levels, splits.input_shape, splits.sample_rate)
-    source = {k: v for k, v in data.items() if k != "cache_dir"}  # what decides the inputs (not where they are cached)
     return tokenize_splits(splits, out, spec.name, codec, codec_dir, batch_size, progress, shard_rows=shard_rows,
                            resume=resume, source=source, num_workers=num_workers)
+
+
+# ---------------------------------------------------------------------------------------------------- streaming
+def _tokenize_streaming(spec: DataSpec, out: str | Path, codec: Codec | None, codec_dir: str | Path | None,
+                        raw_levels: int | None, batch_size: int, progress: bool, world: int, *,
+                        shard_rows: int | None, resume: bool, source: dict, num_workers: int) -> TokenHeader:
+    """``tokenize`` of a streamed dataset (``spec.streaming``): one process, no DataLoader workers."""
+    from ..data.streaming import check_streamable, stream_splits_for_tokenize
+
+    if world > 1:
+        raise ValueError("vqgen tokenize --streaming runs in one process: a stream has no length to cut into shards "
+                         "for several processes ahead of time; run it without a launcher (or drop --streaming)")
+    if num_workers:
+        raise ValueError(f"--num-workers {num_workers} with --streaming: the stream is read in order in this process "
+                         "(its position after each shard is what --resume continues from); use --num-workers 0")
+    check_streamable(spec, str(codec.modality) if codec is not None else None)
+    streams, class_names = stream_splits_for_tokenize(spec)
+    input_shape = (spec.channels, spec.image_size, spec.image_size)
+    if codec is None:
+        codec = RawCodec("image", raw_levels, input_shape, None)
+    return tokenize_streams(streams, class_names, out, spec.name, codec, codec_dir, batch_size, progress,
+                            input_shape=input_shape, shard_rows=shard_rows, resume=resume, source=source)
+
+
+def tokenize_streams(streams: dict[str, Any], class_names: list[str], out: str | Path, dataset_name: str,
+                     codec: Codec, codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True,
+                     *, input_shape: tuple[int, ...], shard_rows: int | None = None, resume: bool = False,
+                     source: dict | None = None) -> TokenHeader:
+    """Write streamed splits (name -> ``data.streaming.StreamedImages``, read in order) as a format-3 token folder,
+    as ``tokenize_splits`` writes map-style ones: shard k of a split holds its input rows [k R, (k + 1) R) (R =
+    ``shard_rows``, default about ``SHARD_TOKENS`` tokens a shard; the split's length is not known ahead), less the
+    unreadable ones, so the tokens are those of the map-style path for the same rows and shard size. Each shard's
+    sidecar also records its input rows and the stream's ``state_dict()`` after it; ``resume`` keeps the finished
+    shards (checksums verified): the stream jumps to the position after the leading run of them, and the rows of a
+    finished shard after a gap are read past without being decoded or encoded. ``num_classes``: the label column's
+    names, else the largest label written + 1."""
+    if shard_rows is not None and shard_rows < 1:
+        raise ValueError(f"--shard-rows must be at least 1, got {shard_rows}")
+    if tuple(codec.input_shape) != tuple(input_shape):
+        raise ValueError(f"the dataset's inputs are {tuple(input_shape)} but the codec expects "
+                         f"{tuple(codec.input_shape)}")
+    codec.eval()
+    out = Path(out)
+    token_shape = tuple(codec.token_shape(input_shape))
+    record = codec.record(codec_path)
+    rows = shard_rows or default_shard_rows(1 << 62, math.prod(token_shape))  # a length beyond any: the token rule
+    plans = {name: shard_plan(split=name, rows=rows, dataset=dataset_name, source=source, token_shape=token_shape,
+                              codec={k: v for k, v in record.items() if k != "path"}, streaming=True)
+             for name in streams}
+    out.mkdir(parents=True, exist_ok=True)
+    _start(out, list(streams), resume)
+    t0 = time.perf_counter()
+    records, written, reused = {}, 0, 0
+    for name, ds in streams.items():
+        recs, w, r = _tokenize_stream_split(out, name, ds, rows, plans[name], codec, token_shape, batch_size,
+                                            resume, progress)
+        records[name], written, reused = recs, written + w, reused + r
+    report_skips(*streams.values())
+    labels_max = -1
+    if not class_names:  # labels without names: the largest one written decides the count
+        from safetensors.numpy import load_file
+
+        for recs in records.values():
+            for rec in recs:
+                y = load_file(str(out / rec.file))["labels"]
+                labels_max = max(labels_max, int(y.max()) if y.size else -1)
+    num_classes = len(class_names) or labels_max + 1
+    header = TokenHeader(vocab_size=codec.vocab_size, token_shape=token_shape, modality=str(codec.modality),
+                         dataset=dataset_name, codec=record, num_classes=num_classes,
+                         class_names=list(class_names) or [str(i) for i in range(num_classes)])
+    write_manifest(out, header, records, {n: rows for n in streams}, plans)
+    log.info("tokenize --streaming: %d shards encoded, %d kept from an earlier run (checksums verified), in %.2f s",
+             written, reused, time.perf_counter() - t0)
+    return load_token_header(out)
+
+
+def _sidecar_extras(out: Path, split: str, k: int) -> dict[str, Any]:
+    """What a streamed shard's sidecar adds to its record ("inputs", "stream"); {} for one without them."""
+    try:
+        d = json.loads((out / sidecar_name(split, k)).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: d[key] for key in ("inputs", "stream") if key in d}
+
+
+def _tokenize_stream_split(out: Path, name: str, ds: Any, rows: int, plan: str, codec: Codec,
+                           token_shape: tuple[int, ...], batch_size: int, resume: bool, progress: bool
+                           ) -> tuple[list[ShardRecord], int, int]:
+    """One streamed split into shards ``name-00000...``: (the records with their final ``start``, shards written,
+    shards kept)."""
+    recs: list[ShardRecord] = []
+    written = reused = 0
+    k, skip, last_done = 0, 0, False
+    if resume:  # the leading finished shards: continue the stream where the last of them left it
+        extras: dict[str, Any] = {}
+        while (rec := finished_shard(out, name, k, plan)) is not None:
+            recs.append(rec)
+            extras = _sidecar_extras(out, name, k)
+            k += 1
+            if extras.get("inputs", rows) < rows:  # the split's last shard: nothing comes after it
+                last_done = True
+                break
+        reused = k
+        if k and not last_done:
+            if extras.get("stream") is not None:
+                ds.stream.load_state_dict(extras["stream"])
+            else:  # sidecars made from a finished folder's manifest hold no position: read past the rows
+                skip = k * rows
+    raw = iter(()) if last_done else ds.raw_rows()
+    for _ in islice(raw, skip):
+        pass
+    bar = tqdm(desc=f"tokenize {name} (stream)", unit="row", disable=not progress)
+    while True:
+        chunk = list(islice(raw, rows))
+        if not chunk:
+            break
+        rec = finished_shard(out, name, k, plan) if resume else None
+        if rec is not None:  # finished after a gap: its rows were read past, not decoded
+            reused += 1
+        else:
+            tokens, labels = [], []
+            for a in range(0, len(chunk), batch_size):
+                items = [it for it in (ds.read(c, y) for c, y in chunk[a:a + batch_size]) if it is not None]
+                if items:
+                    x, y = default_collate(items)
+                    with torch.no_grad():
+                        tokens.append(encode_batch(codec, x.float()).cpu())
+                    labels.append(y.long())
+            t = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long)
+            y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+            rec = write_shard(out, name, k, k * rows, t.reshape(-1, *token_shape), y, codec.vocab_size, plan,
+                              sidecar=False)
+            side = dataclasses.asdict(rec) | {"inputs": len(chunk), "stream": _json_state(ds.stream.state_dict())}
+            atomic_write_text(out / sidecar_name(name, k), json.dumps(side, indent=1))
+            written += 1
+        recs.append(rec)
+        bar.update(len(chunk))
+        k += 1
+        if len(chunk) < rows:
+            break
+    bar.close()
+    start = 0
+    for i, rec in enumerate(recs):  # a shard's first row: the rows (less unreadable files) before it
+        recs[i] = dataclasses.replace(rec, start=start)
+        start += rec.rows
+    return recs, written, reused
+
+
+def _json_state(state: Any) -> Any:
+    """A stream's state as JSON can hold it, or None when it cannot (then --resume reads past the rows instead)."""
+    try:
+        json.dumps(state)
+    except (TypeError, ValueError):
+        return None
+    return state

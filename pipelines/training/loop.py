@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, send_to_device, set_seed
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from vqgen_io import atomic_write_text
@@ -73,6 +73,13 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
     (``EvalShard``); checkpoints and resume take every process; a signal on any process stops all of them
     after the same step, with a checkpoint. ``hparams``: extra scalars recorded with the run's settings in
     ``train_config.json``.
+
+    A streamed ``train_set`` (an ``IterableDataset`` with ``set_epoch``, ``epoch``, ``state_dict`` and
+    ``load_state_dict``: ``data.streaming.StreamedImages``) already holds this process's share of the stream: its
+    loader is not prepared by Accelerate (which would send an iterable dataset's batches from the main process, or
+    have every process read all of it, and reads one batch ahead, past the position a checkpoint records); its
+    batches are moved to the device here. An epoch runs until the stream ends on any process (all stop together),
+    and the dataset is registered for checkpointing, so ``--resume`` continues at its next unseen item.
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,9 +90,15 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
     check_data(task, train_set, test_set)
     loader = make_loader(train_set, cfg, accelerator)
     opt, sched = make_optimizer(task.model, cfg)
-    model, opt, loader, sched = accelerator.prepare(task.model, opt, loader, sched)
+    streamed = isinstance(train_set, IterableDataset)
+    if streamed:  # see the docstring: the loader stays this process's own
+        model, opt, sched = accelerator.prepare(task.model, opt, sched)
+    else:
+        model, opt, loader, sched = accelerator.prepare(task.model, opt, loader, sched)
     state = LoopState()
     accelerator.register_for_checkpointing(state)
+    if streamed:  # the stream's epoch and position, of every process (custom_checkpoint_1.pkl)
+        accelerator.register_for_checkpointing(train_set)
     last_ckpt = str(resume(accelerator, out, cfg, state)) if cfg.resume else None
     if accelerator.is_main_process:
         write_run_config(out, cfg)
@@ -129,6 +142,10 @@ class _Steps:
         budget ("budget"); resumes mid-epoch at ``state.batches_seen``. Returns the status."""
         status = "finished"
         with SignalFlag() as sig:
+            if isinstance(self.train_set, IterableDataset):
+                status = self._run_stream(sig)
+                self.bar.close()
+                return status
             n_batches = len(self.loader)
             while self.state.step < self.cfg.steps and status == "finished":
                 epoch, offset = divmod(self.state.batches_seen, n_batches)
@@ -147,6 +164,50 @@ class _Steps:
                         break
         self.bar.close()
         return status
+
+    def _run_stream(self, sig: SignalFlag) -> str:
+        """``run`` on a streamed split: epoch after epoch (the dataset's ``epoch``, restored on resume with its
+        position) until the last step, a signal or the budget. Raises ``ValueError`` when two epochs running give
+        no full batch (a stream with fewer readable examples than ``--batch-size``)."""
+        stream: Any = self.train_set
+        status, empty = "finished", 0
+        while self.state.step < self.cfg.steps and status == "finished":
+            epoch = stream.epoch
+            stream.set_epoch(epoch)
+            batches = 0
+            for batch in self._stream_batches():
+                batches += 1
+                self._micro_step(batch, epoch)
+                if not self.accelerator.sync_gradients:
+                    continue
+                ended = self._after_step(sig)
+                if ended is not None:
+                    status = ended
+                    break
+            else:  # the stream ended: the next epoch starts from its beginning
+                # (one empty epoch is a resume whose checkpoint sat at the end of one)
+                empty = empty + 1 if batches == 0 else 0
+                if empty >= 2:
+                    self.bar.close()
+                    raise ValueError(f"the streamed training split gave no full batch of --batch-size "
+                                     f"{self.cfg.batch_size} in epoch {epoch}: it has fewer readable examples "
+                                     "(per process) than a batch; lower --batch-size or check the dataset")
+                stream.set_epoch(epoch + 1)
+        return status
+
+    def _stream_batches(self) -> Any:
+        """This process's batches of the streamed split, on the device, until the stream of any process ends."""
+        accelerator = self.accelerator
+        device, multi = accelerator.device, accelerator.num_processes > 1
+        it = iter(self.loader)
+        while True:
+            batch = next(it, None)
+            # Shares of a stream differ in length (rows, unreadable files): every process ends the epoch at the
+            # first batch one of them lacks, so that none waits in a collective the others never join.
+            ended = self.flags.any(batch is None)[0] if multi else batch is None
+            if ended:
+                return
+            yield send_to_device(batch, device, non_blocking=device.type == "cuda")
 
     def _micro_step(self, batch: Any, epoch: int) -> None:
         """Forward and backward on one micro-batch; the optimizer steps once Accelerate has accumulated."""

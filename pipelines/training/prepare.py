@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from .config import TrainConfig
 from .task import TrainTask
@@ -20,8 +20,9 @@ log = logging.getLogger("vqgen.train")
 
 def check_data(task: TrainTask, train_set: Dataset, test_set: Dataset | None) -> None:
     """Refuse an empty training split, and let the task check each split once (``TrainTask.validate_data``) so
-    its per-step loss can skip value checks. Raises ``ValueError``."""
-    if len(train_set) == 0:
+    its per-step loss can skip value checks. Raises ``ValueError``. A streamed split (an ``IterableDataset``) has
+    no length: an empty one is found when its first epoch gives no batch (``loop``)."""
+    if not isinstance(train_set, IterableDataset) and len(train_set) == 0:
         raise ValueError("the training split is empty")
     task.validate_data(train_set, "train")
     if test_set is not None:
@@ -34,9 +35,19 @@ def make_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator) 
 
     A split with fewer examples than a batch is drawn with replacement, one optimizer step's worth of full
     batches per "epoch" on every process, rather than refused (a few long recordings or a handful of images is
-    still a valid dataset); a warning says so."""
+    still a valid dataset); a warning says so.
+
+    A streamed split (``IterableDataset``: ``data.streaming.StreamedImages``) is batched in its own order (its
+    shuffle buffer), the last partial batch of an epoch dropped, in this process only: its stream position goes into
+    the checkpoints, which worker processes would keep to themselves, so ``--num-workers`` is refused."""
     g = torch.Generator().manual_seed(cfg.seed)
     pin = accelerator.device.type == "cuda"  # pinned batches copy to the GPU without a host wait
+    if isinstance(train_set, IterableDataset):
+        if cfg.num_workers:
+            raise ValueError(f"--num-workers {cfg.num_workers} with --streaming: a stream is read in the training "
+                             "process, so that its position is checkpointed with the run and --resume continues at "
+                             "the next unseen item; use --num-workers 0")
+        return DataLoader(train_set, batch_size=cfg.batch_size, drop_last=True, num_workers=0, pin_memory=pin)
     if len(train_set) >= cfg.batch_size:
         return DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                           num_workers=cfg.num_workers, generator=g, pin_memory=pin)
