@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -379,9 +380,9 @@ def _tokenize_stream_split(out: Path, name: str, ds: Any, rows: int, plan: str, 
         else:
             tokens, labels = [], []
             for a in range(0, len(chunk), batch_size):
-                items = [it for it in (ds.read(c, y) for c, y in chunk[a:a + batch_size]) if it is not None]
-                if items:
-                    x, y = default_collate(items)
+                batch = collate_readable([ds.read(c, y) for c, y in chunk[a:a + batch_size]])
+                if batch is not None:
+                    x, y = batch
                     with torch.no_grad():
                         tokens.append(encode_batch(codec, x.float()).cpu())
                     labels.append(y.long())
