@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (issue 12 item 4): on one H100 / H200, in at most 8 minutes, with a copy of the
 # repository and no network: install what is missing, the machine and its bf16 matmul peak, the CUDA tests, flex
-# sparse vs dense attention at 4k-64k, bf16 training throughput with MFU, KV-cached sampling vs HF generate(), and a
-# 1-GPU FSDP smoke run. docs/benchmarks/gpu_check.md says more (and how to run it with the device tool).
+# sparse vs dense attention at 4k-64k, bf16 training throughput with MFU, KV-cached sampling vs HF generate(), a
+# 1-GPU FSDP smoke run, and `vqgen tokenize --device cuda` against --device cpu. docs/benchmarks/gpu_check.md says
+# more (and how to run it with the device tool).
 #
 #   bash bench/gpu_check.sh                   GPU machine: results in bench/results/gpu_check{.json,/}, and
 #                                             docs/benchmarks/gpu_check.md (with --results-dir DIR: all in DIR);
@@ -11,7 +12,8 @@
 #   bash bench/gpu_check.sh --prepare-wheels  with a network: the missing packages' wheels (CPython 3.12, x86-64
 #                                             Linux) into wheelhouse/, to carry to the GPU machine
 # Options: --results-dir DIR, --budget SECONDS (whole run, default 470), --only "STEP ..." (install environment tests
-# sparse_attention train_mfu sampling fsdp). Environment: PYTHON (default python3, the GPU image's interpreter).
+# sparse_attention train_mfu sampling fsdp tokenize). Environment: PYTHON (default python3, the GPU image's
+# interpreter).
 # Exit status: 0 when every step is ok, 1 when one is not (each step's record says why), 2 for bad arguments.
 set -u -o pipefail
 
@@ -140,6 +142,7 @@ echo "--- fsdp (ran beside the tests): last lines of its log ---"
 tail -n 25 "$STEPS_DIR/fsdp.log" 2>/dev/null
 step sparse_attention 130 0 sparse_flex
 step sampling 45 0 sampling_vs_hf
+step tokenize 45 0 tokenize_device        # vqgen tokenize: cuda, cpu, and cuda with decode workers if time is left
 step train_mfu 100 0 train_mfu             # last: its compiled mode runs only if the run has the time left
 
 "$PY" -m bench.gpu.report summary --results "$STEPS_DIR" --json "$RESULTS/gpu_check.json" --md "$MD" \

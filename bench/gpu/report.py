@@ -19,11 +19,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-STEPS = ("install", "environment", "tests", "sparse_attention", "train_mfu", "sampling", "fsdp")
+STEPS = ("install", "environment", "tests", "sparse_attention", "train_mfu", "sampling", "fsdp", "tokenize")
 TITLES = {"install": "0. install (missing packages, imports)", "environment": "1. environment and bf16 matmul peak",
           "tests": "2. CUDA tests", "sparse_attention": "3. flex sparse vs dense attention, 4k-64k",
           "train_mfu": "4. bf16 training throughput and MFU", "sampling": "5. KV-cached sampling vs HF generate()",
-          "fsdp": "6. 1-GPU FSDP smoke run"}
+          "fsdp": "6. 1-GPU FSDP smoke run", "tokenize": "7. `vqgen tokenize` on the GPU and the CPU"}
 TIMEOUT_CODES = (124, 137)  # timeout(1): the cap was reached (137: also killed after the grace period)
 
 HOWTO = """\
@@ -42,7 +42,13 @@ HOWTO = """\
    16 (`bench/gpu/sampling_vs_hf.py`);
 6. a 1-GPU FSDP smoke run: `accelerate launch --config_file scripts/configs/fsdp.yaml --num_processes 1
    scripts/train_prior.py ...` with evaluation, checkpoints, the final save, `--resume`, then load and sample
-   (`bench/gpu/fsdp_smoke.py`); steps 2 and 6 run side by side (neither is timed).
+   (`bench/gpu/fsdp_smoke.py`); steps 2 and 6 run side by side (neither is timed);
+7. `vqgen tokenize --device cuda` of 4,000 synthetic 64x64 RGB PNGs (`bench.data_scale.build_corpus`) with an
+   untrained tokenizer of the photos recipe's family and widths, as a user runs it (one process), against
+   `--device cpu` on a fifth of them: images/s and tokens/s of the command and of the stage, and the fraction of
+   token grids the two devices agree on (reported, not asserted); with the time left, the GPU run again with 8 decode
+   workers (`bench/gpu/tokenize_device.py`, issue 23 item 5); it runs after step 5 and before step 4, whose
+   compiled mode takes the time that is left.
 
 Each step has a time cap and writes its own JSON record as it goes (`bench/results/gpu_check/<step>.json`, with the
 logs); a failing or capped step is recorded and the run goes on. At the end `bench/results/gpu_check.json` holds every
@@ -61,7 +67,9 @@ How to run it with the device tool (no network there):
 
 Without a GPU, `bash bench/gpu_check.sh --dry-run` walks every step on the CPU at toy sizes, with a few of the CUDA
 tests (`GPU_CHECK_DRY_TESTS=all`: all of them) run on the CPU as the device: about 90 CPU-seconds, 3.5-4.5 minutes on
-the shared 2-core development machine at load 8-10; results in a temporary folder, or `--results-dir DIR`.
+the shared 2-core development machine at load 8-10, before step 7 was added; step 7 adds about 18 CPU-seconds and
+25-40 s (three interpreter starts; the whole dry run took 170 s at load 3 with it); results in a temporary folder, or
+`--results-dir DIR`.
 `tests/bench/test_gpu_check.py` runs it (marked slow)."""
 
 
@@ -191,6 +199,31 @@ def _sampling(d: dict) -> list[str]:
     return out
 
 
+def _tokenize(d: dict) -> list[str]:
+    tok, corpus = d.get("tokenizer") or {}, d.get("corpus") or {}
+    out = [f"{corpus.get('images', '-')} synthetic 64x64 RGB PNGs; tokenizer {(tok.get('config') or {}).get('autoencoder')}"
+           f" {tok.get('token_shape')} grid, {tok.get('vocab_size')} codes, {_f(tok.get('parameters'), '{:,}')} "
+           f"parameters, {tok.get('weights')}. Command: the whole `vqgen tokenize` process (start, imports, model "
+           "load); stage: its own log line (read, decode, encode, write shards)." if tok else "", "",
+           "| run | device | images | batch | workers | command s | images/s | stage s | images/s (stage) | "
+           "tokens/s (stage) | grids (tokens) identical to run 1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in d.get("rows", []):
+        if "wall_s" not in r:
+            out.append(f"| {r.get('run')} | {r.get('device')} | {r.get('error') or r.get('skipped')} | | | | | | | | |")
+            continue
+        v = r.get("vs_run_1")
+        agree = f"{v['grids_identical']:.2%} ({v['tokens_identical']:.4%}) of {v['images_compared']}" if v else "-"
+        out.append(f"| {r['run']} | {r['device']} | {r['images']} | {r['batch_size']} | {r['num_workers']} | "
+                   f"{r['wall_s']:.2f} | {_f(r.get('images_per_s'), '{:,.0f}')} | {_f(r.get('stage_s'), '{:.2f}')} | "
+                   f"{_f(r.get('stage_images_per_s'), '{:,.0f}')} | {_f(r.get('stage_tokens_per_s'), '{:,.0f}')} | "
+                   f"{agree} |")
+    ratio = d.get("cuda_over_cpu")
+    if ratio:
+        out += ["", f"cuda / cpu images/s ({'stage' if ratio['per'].startswith('stage') else 'command'}): "
+                    f"{ratio['ratio']:.2f}x."]
+    return out
+
+
 def _tests(d: dict) -> list[str]:
     t = d.get("tests")
     if not t:
@@ -246,7 +279,7 @@ def markdown(summary: dict | None) -> str:
         lines += ["", f"Measured matmul: {mm['n']}^3 {mm['dtype']}, {mm['tflops']:.1f} TFLOP/s (mean of {mm['reps']} "
                   f"products); datasheet dense bf16: {_f(env.get('peak_tflops_datasheet'))} TFLOP/s."]
     for name, fn in (("tests", _tests), ("sparse_attention", _sparse), ("train_mfu", _train),
-                     ("sampling", _sampling), ("fsdp", _fsdp)):
+                     ("sampling", _sampling), ("fsdp", _fsdp), ("tokenize", _tokenize)):
         body = fn(steps.get(name) or {})
         if any(body):
             lines += ["", f"#### {TITLES[name]}", "", *body]

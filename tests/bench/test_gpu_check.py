@@ -63,13 +63,46 @@ def test_dry_run_walks_every_step_on_the_cpu_and_reports_each_ok(tmp_path):
     assert set(samp) == {1, 2} and all(v > 0 for r in samp.values() for v in r["tokens_per_s"].values())
     fsdp = {r["stage"]: r for r in steps["fsdp"]["rows"]}
     assert fsdp["resume"]["metrics"]["step"] == 9 and fsdp["load+sample"]["relative_difference"] < 0.03
+    _check_tokenize(steps["tokenize"])
     for name in report.STEPS:  # each step's own record and log
         assert (tmp_path / "gpu_check" / f"{name}.json").is_file() and (tmp_path / "gpu_check" / f"{name}.log").is_file()
     md = (tmp_path / "gpu_check.md").read_text()
     assert "Dry run on the CPU" in md and "| 6. 1-GPU FSDP smoke run | ok |" in md
+    assert "| 7. `vqgen tokenize` on the GPU and the CPU | ok |" in md
     # a dry run leaves the repository's results and docs alone
     assert (docs_md.read_text() if docs_md.is_file() else None) == docs_before
     assert (ROOT / "bench" / "results" / "gpu_check.json").is_file() == results_before
+
+
+def _check_tokenize(d: dict) -> None:
+    """Step 7's dry-run record: the "cuda" run (on the CPU) of the whole 64-image corpus, the cpu run of its first
+    quarter of the training split plus the test split, identical grids on those (the same device twice)."""
+    assert d["status"] == "ok" and d["dry_run"] is True and d["tokenizer"]["token_shape"] == [16, 16]
+    assert "untrained" in d["tokenizer"]["weights"] and d["corpus"]["images"] == 64
+    runs = {r["run"]: r for r in d["rows"]}
+    assert set(runs) == {"cuda", "cpu"} and {r["device"] for r in runs.values()} == {"cpu"}
+    gpu, cpu = runs["cuda"], runs["cpu"]
+    assert gpu["images"] == 64 and cpu["limit"] == 14 and cpu["images"] == 14 + gpu["grids"]["test"]
+    for r in (gpu, cpu):
+        assert r["wall_s"] > 0 and r["stage_s"] > 0 and r["stage_tokens_per_s"] == pytest.approx(
+            256 * r["stage_images_per_s"], rel=1e-3)
+        assert "--device cpu --batch-size 16 --seed 0" in r["command"]
+    assert cpu["vs_run_1"] == {"images_compared": cpu["images"], "grids_identical": 1.0, "tokens_identical": 1.0}
+    assert d["cuda_over_cpu"]["per"] == "stage_images_per_s" and d["cuda_over_cpu"]["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_tokenize_step_alone(tmp_path):
+    """Step 7 by itself (``--only tokenize``): three interpreter starts, about 30 s on the shared machine."""
+    r = _run("--dry-run", "--only", "tokenize", "--results-dir", str(tmp_path), timeout=280,
+             env={"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+    s = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert s["statuses"] == {"tokenize": "ok"}
+    _check_tokenize(s["steps"]["tokenize"])
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| 7. `vqgen tokenize` on the GPU and the CPU | ok |" in md
+    assert "| cpu | cpu | 21 | 16 | 0 |" in md and "100.00% (100.0000%) of 21 |" in md
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -155,6 +188,24 @@ def test_summary_joins_the_steps_and_fails_unless_every_step_is_ok(tmp_path):
     assert "| 5. KV-cached sampling vs HF generate() | skipped | - (-) | not started: the run's 470 s budget" in md
     (tmp_path / "sampling.json").unlink()
     assert report.summary(args) == 0
+
+
+def test_the_tokenize_table_shows_measured_failed_and_skipped_runs():
+    d = {"tokenizer": {"config": {"autoencoder": "resnet"}, "token_shape": [16, 16], "vocab_size": 1000,
+                       "parameters": 619280, "weights": "random (untrained, torch.manual_seed(0)): timing only"},
+         "corpus": {"images": 4000}, "cuda_over_cpu": {"per": "stage_images_per_s", "ratio": 12.345},
+         "rows": [{"run": "cuda", "device": "cuda", "images": 4000, "batch_size": 256, "num_workers": 0,
+                   "wall_s": 9.5, "images_per_s": 421.1, "stage_s": 2.0, "stage_images_per_s": 2000.0,
+                   "stage_tokens_per_s": 512000.0},
+                  {"run": "cpu", "device": "cpu", "images": 760, "batch_size": 256, "num_workers": 0, "wall_s": 8.0,
+                   "images_per_s": 95.0, "stage_s": None,
+                   "vs_run_1": {"images_compared": 760, "grids_identical": 0.9875, "tokens_identical": 0.99995}},
+                  {"run": "cuda, 8 workers", "device": "cuda", "skipped": "budget: 3 s left"}]}
+    text = "\n".join(report._tokenize(d))
+    assert "4000 synthetic 64x64 RGB PNGs; tokenizer resnet [16, 16] grid, 1000 codes, 619,280 parameters" in text
+    assert "| cuda | cuda | 4000 | 256 | 0 | 9.50 | 421 | 2.00 | 2,000 | 512,000 | - |" in text
+    assert "| cpu | cpu | 760 | 256 | 0 | 8.00 | 95 | - | - | - | 98.75% (99.9950%) of 760 |" in text
+    assert "| cuda, 8 workers | cuda | budget: 3 s left |" in text and "cuda / cpu images/s (stage): 12.35x." in text
 
 
 def test_the_section_before_a_gpu_run_says_so():
