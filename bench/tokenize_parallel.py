@@ -10,7 +10,9 @@ mnist5k (``--limit`` training digits and the 500 test digits) through the CLI, a
 Each row gives the wall clock of the tokenization (the stage's own clock, from the first shard to the manifest:
 ``tokenize: N shards by W processes in S s``) and of the whole command (Python start, imports, dataset loading,
 tokenization), the best of ``--repeats``. The two-process folder must equal the one-process folder shard for
-shard (same SHA-256 per shard), else the script fails.
+shard (same SHA-256 per shard), else the script fails. Then a run is killed (SIGKILL) once half of its shards are
+finished and restarted with ``--resume``: the shards it kept and encoded are counted, and the folder must again equal
+the uninterrupted one.
 
 Run: ``python -m bench.tokenize_parallel`` on an otherwise idle machine (writes bench/results/tokenize_parallel.json
 and docs/benchmarks/tokenize_parallel.md); ``--quick`` (300 digits, 1 repeat) prints only.
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +36,7 @@ from typing import Any
 from bench.common import ROOT, cpu_model, write_results
 
 STAGE = re.compile(r"tokenize: (\d+) shards by (\d+) process(?:es)? in ([0-9.]+) s")
+COUNTS = re.compile(r"tokenize: (\d+) shards encoded, (\d+) kept from an earlier run")
 
 
 def _port() -> int:
@@ -70,6 +74,30 @@ def run_tokenize(args: list[str], nproc: int, threads: int | None) -> tuple[floa
     return float(m[3]), wall, text
 
 
+def kill_and_resume(args: list[str], out: Path, shards: int, poll_s: float = 0.01) -> dict[str, Any]:
+    """``vqgen tokenize ARGS --out OUT`` in one process of one thread, killed with SIGKILL once about half of its
+    ``shards`` are finished (their sidecar records written), then run again with ``--resume``: how many shards the
+    killed run finished, how many the resumed run encoded and how many it kept (from its log)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    log = out.with_suffix(".killed.log")
+    with log.open("w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "tokenize", *args, "--out", str(out)], env=env,
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        while proc.poll() is None and len(list(out.glob("*-?????.json"))) < shards // 2:
+            time.sleep(poll_s)
+        if proc.poll() is not None:
+            raise RuntimeError(f"tokenize ended before half of its {shards} shards were written; its log: {log}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = len(list(out.glob("*-?????.json")))
+    stage, wall, text = run_tokenize([*args, "--out", str(out), "--resume"], 1, 1)
+    m = COUNTS.search(text)
+    if not m:
+        raise RuntimeError(f"no shard counts in the resumed run's log:\n{text[-2000:]}")
+    return {"finished_when_killed": finished, "encoded_on_resume": int(m[1]), "kept_on_resume": int(m[2]),
+            "resume_stage_s": round(stage, 3), "resume_command_s": round(wall, 3)}
+
+
 def shard_digests(folder: Path) -> dict[str, list[str]]:
     head = json.loads((folder / "tokens.json").read_text())
     return {s: [f["sha256"] for f in info["files"]] for s, info in head["shards"].items()}
@@ -95,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           hidden_channels=a.hidden_channels)
     tok.save_pretrained(work / "tokenizer")
     base = ["--tokenizer", str(work / "tokenizer"), "--dataset", "mnist5k", "--limit", str(a.limit), "--device", "cpu",
-            "--quiet", "--batch-size", "64"]
+            "--quiet", "--batch-size", "64"] + (["--shard-rows", "50"] if a.quick else [])  # quick: shards to kill between
     layouts = [("1 process, default threads", 1, None), ("1 process, 1 thread", 1, 1),
                ("2 processes, 1 thread each", 2, 1)]
     rows, digests = [], {}
@@ -112,6 +140,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"layout": name, "processes": nproc, "threads": threads, "stage_s": round(best[0], 3),
                      "command_s": round(best[1], 3)})
         print(f"{name}: tokenization {best[0]:.2f} s, whole command {best[1]:.2f} s", flush=True)
+    n_shards = sum(len(v) for v in next(iter(digests.values())).values())
+    killed = kill_and_resume(base, work / "tokens_killed", n_shards)
+    killed["same_shards"] = shard_digests(work / "tokens_killed") == next(iter(digests.values()))
+    if not killed["same_shards"]:
+        raise RuntimeError("the killed and resumed folder differs from the uninterrupted one")
+    print(f"kill -9 at half-way: {killed}", flush=True)
     ref = {r["layout"]: r for r in rows}
     one, one_t1, two = (ref[n] for n, _, _ in layouts)
     results = {"cpu": cpu_model(), "cores": os.cpu_count(), "limit": a.limit, "hidden_channels": a.hidden_channels,
@@ -119,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "speedup_stage": round(one["stage_s"] / two["stage_s"], 3),
                "speedup_stage_vs_1_thread": round(one_t1["stage_s"] / two["stage_s"], 3),
                "speedup_command": round(one["command_s"] / two["command_s"], 3),
-               "shards": sum(len(v) for v in next(iter(digests.values())).values())}
+               "shards": n_shards, "kill_and_resume": killed}
     print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
     if a.quick:
         return results
@@ -133,7 +167,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md += [f"| {r['layout']} | {r['stage_s']:.2f} | {r['command_s']:.2f} |" for r in rows]
     md += ["", f"Two processes against one with default threads: {results['speedup_stage']:.2f}x on the tokenization, "
                f"{results['speedup_command']:.2f}x on the whole command; against one process of one thread: "
-               f"{results['speedup_stage_vs_1_thread']:.2f}x."]
+               f"{results['speedup_stage_vs_1_thread']:.2f}x.", "",
+           f"Killed with SIGKILL once half of the {n_shards} shards were finished (1 process, 1 thread): "
+           f"{killed['finished_when_killed']} shards were finished; `--resume` kept {killed['kept_on_resume']} "
+           f"(checksums verified) and encoded {killed['encoded_on_resume']}, in {killed['resume_stage_s']:.2f} s; the "
+           f"folder equals the uninterrupted one shard for shard: {'yes' if killed['same_shards'] else 'NO'}."]
     write_results("tokenize_parallel", results, "\n".join(md))
     return results
 
