@@ -64,7 +64,7 @@ class TrainTokenizerOptions:
     eval_limit: int | None = None  # evaluate on at most N test examples
     augment: str | None = None  # images: "crop", "flip" or "crop,flip": random crops (a random square of the image seen at 1-1.25x its usual scale) and/or horizontal flips of the training split, drawn per --seed, epoch and image; never the test split
     streaming: bool = False  # Hugging Face image datasets (a Hub id or a local dataset folder): read the training split as a datasets stream, a row at a time, instead of loading it (for datasets larger than the disk); evaluation uses the test split's first 1,000 rows (no test split: the first ceil(10 percent) of the stream, at most 1,000, held out); --resume continues at the next unseen row. See docs/DATA.md
-    shuffle_buffer: int = 1000  # with --streaming: training rows are drawn at random from a buffer of this many (datasets' shuffle buffer, re-drawn each epoch); 0 = the stream's order
+    shuffle_buffer: int = 1000  # with --streaming: training rows are drawn at random from a buffer of this many (vqgen's own buffer, re-drawn each epoch; docs/DATA.md says why not datasets'); 0 = the stream's order
 
 
 def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:

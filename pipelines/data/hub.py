@@ -19,7 +19,7 @@ import numpy as np
 
 from .audio_io import holdout, holds_out_tails, make_audio_splits
 from .image_io import EncodedImageDataset
-from .pages import MappedFiles, PageBudget
+from .pages import PageBudget, TablePages
 from .spec import DataSpec, SkipLog, Splits, unknown_dataset_error
 
 DATASET_FILE_EXTS = {".parquet", ".arrow", ".csv", ".jsonl"}
@@ -84,13 +84,24 @@ class ArrowColumn(Sequence):
     folder) read by row index from its memory-mapped table: ``c[i]`` is row i's cell (for an ``Image(decode=False)``
     column, ``{"bytes": bytes | None, "path": str | None}``). Nothing is copied into Python objects until a row is
     asked for, so memory does not grow with the split; a DataLoader worker gets the table by its file, not a copy.
-    Every few tens of rows read, the table's pages are dropped from the process's resident memory (``pages``): a
-    pass over a table larger than RAM keeps a flat RSS."""
+    Every few tens of rows read, the pages of this table's buffers are dropped from the process's resident memory
+    (``pages.TablePages``): a pass over a table larger than RAM keeps a flat RSS."""
 
     def __init__(self, ds: Any, column: str):
         self.ds, self.column = ds.select_columns([column]), column
-        self.mapped = MappedFiles(c["filename"] for c in ds.cache_files)
+        self._watch_pages()
+
+    def _watch_pages(self) -> None:
+        table = getattr(self.ds.data, "table", self.ds.data)  # datasets' Table wraps a pyarrow.Table
+        self.mapped = TablePages(table, (c["filename"] for c in self.ds.cache_files))
         self._pages = PageBudget(self.mapped.drop)
+
+    def __getstate__(self) -> dict[str, Any]:  # datasets pickles a mapped table by its files; the page state is redone
+        return {"ds": self.ds, "column": self.column}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.ds, self.column = state["ds"], state["column"]
+        self._watch_pages()
 
     def __len__(self) -> int:
         return len(self.ds)

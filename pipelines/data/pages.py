@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 _PAGE = mmap.PAGESIZE
@@ -38,7 +39,7 @@ _LIBC = _libc()
 
 def read_only_mappings(files: Iterable[str | Path]) -> list[tuple[int, int]]:
     """(start, end) address ranges of this process's read-only mappings of ``files`` (from /proc/self/maps; []
-    where that does not exist)."""
+    where that does not exist). Writable mappings are left out: DONTNEED would discard what was written."""
     want = {os.path.realpath(str(f)) for f in files}
     out = []
     try:
@@ -67,29 +68,46 @@ def drop_ranges(ranges: Iterable[tuple[int, int]]) -> int:
     return done
 
 
-class MappedFiles:
-    """The read-only mappings of some files (an Arrow table's) in the current process: ``drop()`` takes their
-    pages out of its RSS. The address ranges are read from /proc once per process (a DataLoader worker has its
-    own) and kept: a table's mappings live as long as the table."""
+def inner_pages(a: int, b: int) -> tuple[int, int]:
+    """[a, b) shrunk to whole pages (start rounded up, end down): advising it touches no byte outside [a, b)."""
+    return -(-a // _PAGE) * _PAGE, b // _PAGE * _PAGE
 
-    def __init__(self, files: Iterable[str | Path]):
-        self.files = [str(f) for f in files]
+
+class TablePages:
+    """The pages of one Arrow table's own buffers that lie in read-only mappings of its files (``files``):
+    ``drop()`` takes them out of this process's RSS.
+
+    Only this table's buffers are advised, each shrunk to the whole pages inside it, and only where a read-only
+    mapping of one of ``files`` holds them (checked against /proc/self/maps once per process; a DataLoader worker
+    checks its own): the caller keeps the table, hence its buffers and their mapping, alive, so the ranges stay
+    valid. Advising every mapping of the files instead would reach mappings of other tables of the same file, whose
+    addresses anything may reuse once they are unmapped; and a table held in memory (no file mapping) is never
+    advised, since DONTNEED zeroes anonymous memory."""
+
+    def __init__(self, table: Any, files: Iterable[str | Path]):
+        self.table, self.files = table, [str(f) for f in files]
         self._pid, self._ranges = -1, []
+
+    def _table_ranges(self) -> list[tuple[int, int]]:
+        maps = read_only_mappings(self.files)
+        out = []
+        for column in getattr(self.table, "columns", []):
+            for chunk in column.chunks:
+                for buf in chunk.buffers():
+                    if buf is None or not buf.size:
+                        continue
+                    a, b = inner_pages(buf.address, buf.address + buf.size)
+                    if b > a and any(lo <= a and b <= hi for lo, hi in maps):
+                        out.append((a, b))
+        return out
 
     def drop(self) -> int:
         if self._pid != os.getpid():
-            self._pid, self._ranges = os.getpid(), read_only_mappings(self.files)
+            self._pid, self._ranges = os.getpid(), self._table_ranges()
         return drop_ranges(self._ranges)
 
     def __getstate__(self) -> dict:
-        return {"files": self.files, "_pid": -1, "_ranges": []}
-
-
-def drop_file_pages(files: Iterable[str | Path]) -> int:
-    """``madvise(MADV_DONTNEED)`` on every read-only mapping of ``files`` in this process: their pages leave its
-    RSS (they stay in the page cache; the next read maps them again). Linux only, a no-op elsewhere. Returns the
-    bytes of address space advised."""
-    return drop_ranges(read_only_mappings(files))
+        raise TypeError("TablePages is not pickled (that would copy its table): its owner makes a new one")
 
 
 def drop_mmap_pages(mm: mmap.mmap) -> None:

@@ -180,7 +180,7 @@ class StreamedImages(IterableDataset):
     def raw_rows(self) -> Any:
         """Per row that is not excluded, undecoded: ``(cell {"bytes", "path"}, label int)``, in stream order, or
         through the shuffle buffer: once ``shuffle_buffer`` rows are held, each new row takes the place of one drawn
-        at random (numpy, seeded by seed, epoch and the rows read before this iteration), which is yielded; at
+        at random (numpy, seeded by seed, epoch and how many times this epoch was resumed), which is yielded; at
         the end the rest come in random order. The stream's position is always that of the last row read into
         the buffer, so a resumed epoch never repeats a row (the rows the buffer held are not seen in it)."""
         source = self._source()

@@ -162,8 +162,10 @@ class ReadableRows(Dataset):
 
 
 def collate_readable(items: list[Any]) -> Any:
-    """``default_collate`` of the readable items of a batch (None: a skipped file); None when there are none."""
-    items = [it for it in items if it is not None]
+    """``default_collate`` of the readable items of a batch (None: a skipped file); None when there are none. An
+    ``(x, label)`` item with label None gets -1, as ``input_batches`` reading in its own process gives."""
+    items = [(it[0], -1 if it[1] is None else it[1]) if isinstance(it, tuple) and len(it) == 2 else it
+             for it in items if it is not None]
     return default_collate(items) if items else None
 
 

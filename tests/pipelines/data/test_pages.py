@@ -29,7 +29,7 @@ def _mapping_rss_kb(path: Path) -> int:
 
 
 @linux
-def test_drop_file_pages_empties_the_mapping_and_keeps_the_data(tmp_path: Path) -> None:
+def test_dropping_a_file_mapping_empties_it_and_keeps_the_data(tmp_path: Path) -> None:
     data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
     f = tmp_path / "blob.bin"
     f.write_bytes(data.tobytes())
@@ -39,7 +39,7 @@ def test_drop_file_pages_empties_the_mapping_and_keeps_the_data(tmp_path: Path) 
     assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page read: all resident
     before = _mapping_rss_kb(f)
     assert before >= 4 << 10
-    assert pages.drop_file_pages([f]) >= len(data)
+    assert pages.drop_ranges(pages.read_only_mappings([f])) >= len(data)
     assert _mapping_rss_kb(f) < before / 4
     assert np.array_equal(view, data)  # read again from the page cache, unchanged
     pages.drop_mmap_pages(mm)
@@ -56,7 +56,7 @@ def test_writable_mappings_are_never_advised(tmp_path: Path) -> None:
         mm = mmap.mmap(fh.fileno(), 0)  # shared, writable
     mm[:5] = b"hello"
     assert pages.read_only_mappings([f]) == []
-    assert pages.drop_file_pages([f]) == 0
+    assert pages.drop_ranges(pages.read_only_mappings([f])) == 0
     assert mm[:5] == b"hello"
     mm.close()
 
@@ -91,7 +91,7 @@ def test_arrow_column_drops_table_pages_as_it_reads(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     from pipelines.data.hub import ArrowColumn
 
-    rows = [{"image": {"bytes": bytes([i]) * 100, "path": f"{i}.png"}} for i in range(40)]
+    rows = [{"image": {"bytes": bytes([i]) * 10000, "path": f"{i}.png"}} for i in range(40)]  # buffers of whole pages
     ds = datasets.Dataset.from_list(rows)
     ds.save_to_disk(str(tmp_path / "ds"))
     ds = datasets.load_from_disk(str(tmp_path / "ds"))
@@ -104,3 +104,52 @@ def test_arrow_column_drops_table_pages_as_it_reads(tmp_path: Path) -> None:
     assert len(drops) == 4
     if sys.platform.startswith("linux"):
         assert all(d > 0 for d in drops)  # the table's mapping was found and advised
+
+
+def test_only_the_tables_own_pages_are_advised_and_memory_tables_never(tmp_path: Path) -> None:
+    """Two tables of one Arrow file: dropping the pages of one, after the other is freed and its addresses reused,
+    leaves fresh allocations intact (only the live table's own buffers are advised); an in-memory table (no file
+    mapping) is never advised, since DONTNEED zeroes anonymous memory."""
+    import gc
+
+    datasets = pytest.importorskip("datasets")
+    from pipelines.data.hub import ArrowColumn
+
+    rows = [{"image": {"bytes": bytes([i % 251]) * 20000, "path": f"{i}.png"}} for i in range(200)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    a = ArrowColumn(datasets.load_from_disk(str(tmp_path / "ds")), "image")
+    b = ArrowColumn(datasets.load_from_disk(str(tmp_path / "ds")), "image")
+    a[0], b[0]
+    assert a.mapped.drop() > 0 and b.mapped.drop() > 0
+    mapped = pages.read_only_mappings(b.mapped.files)
+    assert all(any(lo <= x and y <= hi for lo, hi in mapped) for x, y in b.mapped._ranges)  # inside b's own mapping
+    del a
+    gc.collect()
+    fresh = [np.full(1 << 18, 7.0) for _ in range(8)]  # may land where a's table was mapped
+    b.mapped.drop()
+    assert all(float(v.sum()) == 7.0 * (1 << 18) for v in fresh)
+    assert [b[i]["bytes"] for i in (0, 150)] == [rows[0]["image"]["bytes"], rows[150]["image"]["bytes"]]
+    memory = ArrowColumn(datasets.Dataset.from_list(rows[:20]), "image")
+    assert memory.mapped.drop() == 0 and memory[5]["bytes"] == rows[5]["image"]["bytes"]
+
+
+def test_collate_readable_gives_unknown_labels_minus_one() -> None:
+    """With worker processes, ``input_batches`` batches through ``collate_readable``: a None label becomes -1, as
+    reading in the scoring process gives, and unreadable items (None) are left out."""
+    from pipelines.likelihood.score import collate_readable, input_batches
+
+    items = [(torch.full((2,), float(i)), None if i % 2 else i) for i in range(5)]
+    x, y = collate_readable([items[0], None, items[1], items[2]])
+    assert y.tolist() == [0, -1, 2] and x[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert collate_readable([None, None]) is None
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(items)
+
+        def __getitem__(self, i: int):
+            return items[i]
+
+    mine = [(x.tolist(), y.tolist()) for x, y in input_batches(Items(), 2)]
+    workers = [(x.tolist(), y.tolist()) for x, y in input_batches(Items(), 2, num_workers=2)]
+    assert mine == workers and mine[0][1] == [0, -1]
