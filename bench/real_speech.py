@@ -208,9 +208,11 @@ def vqgen_outputs(run: Path, waves: list[torch.Tensor]) -> tuple[list[torch.Tens
         xin = AF.resample(x, RATE, rate) if rate != RATE else x
         t = xin.shape[-1]
         xin = torch.nn.functional.pad(xin, (0, -t % hop))  # whole frames: silence after the end
-        tokens = tok.encode(xin[None])
+        # the resampler can overshoot a full-scale 8 kHz file: scaled to peak 1 as the data loader does, and back
+        gain = max(1.0, float(xin.abs().max()))
+        tokens = tok.encode(xin[None] / gain)
         codes.append(tokens.reshape(-1, tokens.shape[-1]) if tokens.dim() == 3 else tokens.reshape(-1, 1))
-        y = tok.decode(tokens)[0].reshape(-1)[:t]
+        y = gain * tok.decode(tokens)[0].reshape(-1)[:t]
         y = AF.resample(y, rate, RATE) if rate != RATE else y
         outs.append(torch.cat([y, y.new_zeros(max(0, x.shape[0] - y.shape[0]))])[: x.shape[0]].clamp(-1, 1))
     flat = torch.cat(codes)
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--heldout-minutes", type=float, default=3, help="cap of the held-out Russian voice (default 3)")
     ap.add_argument("--codec2-modes", nargs="*", default=list(CODEC2_MODES))
     ap.add_argument("--work", default=str(ROOT / "runs" / "real_speech"))
-    ap.add_argument("--reuse", action="store_true", help="score the runs already in WORK instead of training")
+    ap.add_argument("--reuse", action="store_true", help="score a seed's run already in WORK (trained by this bench) instead of training it again")
     ap.add_argument("--quick", action="store_true",
                     help="20 s per training voice, 10 s held out from the Russian voice plus 2 Codec2 files, 2 "
                          "training steps; print only (the test)")
@@ -316,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = []
     for seed in args.seeds:
         run = work / f"run_{seed}"
-        info = ({**json.loads((run / "bench_train.json").read_text()), "reused": True} if args.reuse else
+        reuse = args.reuse and (run / "bench_train.json").is_file()
+        info = ({**json.loads((run / "bench_train.json").read_text()), "reused": True} if reuse else
                 train(work / "train", run, seed, args.max_seconds, extra))
         outs, tok = vqgen_outputs(run, waves)
         runs.append({**info, "tokenizer": tok, **score(names, waves, outs)})
