@@ -360,6 +360,10 @@ def _tokenize_stream_split(out: Path, name: str, ds: Any, rows: int, plan: str, 
             if extras.get("inputs", rows) < rows:  # the split's last shard: nothing comes after it
                 last_done = True
                 break
+        # Sidecars made from a finished folder's manifest (no "inputs") with none after them: every shard of the
+        # split is there and checked, so the stream is not read again (a Hub dataset would be downloaded again).
+        if k and "inputs" not in extras and not (out / sidecar_name(name, k)).exists():
+            last_done = True
         reused = k
         if k and not last_done:
             if extras.get("stream") is not None:

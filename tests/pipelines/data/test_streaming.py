@@ -252,6 +252,17 @@ def test_tokenize_streaming_resume_keeps_finished_shards(tmp_path, monkeypatch, 
     assert (tmp_path / "whole" / "tokens.json").read_text() == want
     assert "2 shards encoded, 5 kept" in caplog.text
 
+    from pipelines.data import streaming  # a finished folder resumed: checked, and no row of the stream read again
+
+    pulled = []
+    source = streaming.StreamedImages._source
+    monkeypatch.setattr(streaming.StreamedImages, "_source", lambda self: (pulled.append(1) or r for r in source(self)))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vqgen.tokenize"):
+        assert main(args + [str(tmp_path / "whole"), "--resume"]) == 0
+    assert (tmp_path / "whole" / "tokens.json").read_text() == want
+    assert "0 shards encoded, 7 kept" in caplog.text and pulled == []
+
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_two_processes_share_the_stream_and_each_resumes_at_its_next_unseen_row(tmp_path):
