@@ -252,9 +252,8 @@ def test_tokenize_streaming_resume_keeps_finished_shards(tmp_path, monkeypatch, 
     assert (tmp_path / "whole" / "tokens.json").read_text() == want
     assert "2 shards encoded, 5 kept" in caplog.text
 
-    from pipelines.data import (
-        streaming,  # a finished folder resumed: checked, and no row of the stream read again
-    )
+    # a finished folder resumed: its shards checked, and no row of the stream read again
+    from pipelines.data import streaming
 
     pulled = []
     source = streaming.StreamedImages._source
