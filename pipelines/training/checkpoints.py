@@ -130,6 +130,12 @@ def resume(accelerator: Accelerator, out: Path, cfg: TrainConfig, state: LoopSta
     try:
         accelerator.load_state(str(ckpt))
     except (RuntimeError, KeyError, ValueError) as e:  # a state dict of another model or optimizer
+        if str(e).startswith("--resume:"):  # a registered object's own message (a stream's process count)
+            raise ValueError(f"{e} (checkpoint {ckpt})") from None
+        if "custom checkpoint" in str(e).lower():  # Accelerate: another set of registered objects
+            raise ValueError(f"--resume: the checkpoint {ckpt} holds the state of other objects than this run "
+                             "registers (was --streaming added or removed?); resume with the arguments the run was "
+                             "started with, or start a new --out") from None
         raise ValueError(f"--resume: the checkpoint {ckpt} does not fit this run's model or optimizer "
                          f"({str(e)[:300]}); resume with the arguments the run was started with, or start "
                          "a new --out") from None

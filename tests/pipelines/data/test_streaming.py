@@ -163,6 +163,18 @@ def test_a_resumed_stream_continues_at_the_next_unseen_row(tmp_path):
     assert rest == whole[12:]
 
 
+def test_resuming_a_streamed_run_without_streaming_is_a_clear_error(tmp_path):
+    """A checkpoint of a streamed run holds the stream's state; resumed from map-style data (--streaming dropped),
+    the error says so instead of blaming the model."""
+    folder = _dataset(tmp_path, n=24)
+    _run(folder, tmp_path / "cut", 8, buffer=0, stop=3)
+    splits = load_data(_spec(folder))
+    cfg = TrainConfig(out=str(tmp_path / "cut"), steps=8, batch_size=4, save_every=1000, eval_every=1000,
+                      log_every=1000, resume=True, progress=False, device="cpu", mixed_precision="no")
+    with pytest.raises(ValueError, match="--streaming added or removed"):
+        train(_Recorder(), splits.train, None, cfg)
+
+
 def test_a_resumed_shuffled_stream_repeats_no_row_within_the_epoch(tmp_path):
     folder = _dataset(tmp_path, n=40)  # 4 held out, 36 rows: 9 batches an epoch
     first, _ = _run(folder, tmp_path / "cut", 7, buffer=8, stop=3)
