@@ -319,3 +319,58 @@ def test_resume_with_another_architecture_names_the_fields(tmp_path, capsys):
     assert main(base + ["--arch", "transformer", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "arch: 'lstm' in the run, 'transformer' now" in err and "another prior" in err
+
+
+class _Slow(TrainTask):
+    """A linear model whose every step takes ``seconds`` (a stand-in for a run bound by --max-seconds), recording
+    the learning rate each step ran at."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float):
+        self.model = torch.nn.Linear(2, 1)
+        self.seconds = seconds
+
+    def loss(self, model, batch):
+        import time
+
+        time.sleep(self.seconds)
+        return model(batch[0]).pow(2).mean(), {}
+
+    def save_final(self, model, out, metrics):
+        pass
+
+
+def test_a_run_bound_by_its_time_budget_ends_annealed_and_resumes_on_the_fitted_schedule(tmp_path, monkeypatch):
+    """--max-seconds that cuts --steps short: the schedule is fitted to the steps the budget reaches, so the last
+    steps run near the floor of the cosine (min_lr_ratio) instead of mid-schedule; the fitted length is
+    checkpointed and a --resume keeps it. A run that fits its budget keeps --steps' schedule."""
+    import pipelines.training.loop as loop
+
+    monkeypatch.setattr(loop, "FIT_AFTER", 5)
+    monkeypatch.setattr(loop, "FIT_EVERY", 10)
+    lrs = []
+    real = loop._Steps._after_step
+
+    def record(self, sig):
+        lrs.append(self.sched.get_last_lr()[0])
+        return real(self, sig)
+
+    monkeypatch.setattr(loop._Steps, "_after_step", record)
+    ds = torch.utils.data.TensorDataset(torch.randn(64, 2), torch.zeros(64))
+    cfg = _cfg(tmp_path / "b", steps=10_000, batch_size=4, max_seconds=3.0, lr=1e-2, save_every=10_000,
+               eval_every=10_000, log_every=10_000)
+    res = train(_Slow(0.02), ds, None, cfg)
+    assert res.status == "budget" and 50 <= res.step < 10_000
+    assert lrs[-1] <= 1e-2 * (cfg.min_lr_ratio + 0.15)  # near the floor at the end, not 99% of the peak
+    fitted = torch.load(latest_checkpoint(tmp_path / "b") / "custom_checkpoint_0.pkl", weights_only=False)
+    assert res.step <= fitted["schedule_steps"] * 1.3 and fitted["schedule_steps"] < 10_000
+    lrs.clear()
+    again = train(_Slow(0.02), ds, None, _cfg(tmp_path / "b", steps=10_000, batch_size=4, max_seconds=1.0,
+                                                lr=1e-2, resume=True, save_every=10_000, eval_every=10_000,
+                                                log_every=10_000))
+    assert again.step > res.step and lrs[0] <= 1e-2 * (cfg.min_lr_ratio + 0.15)  # the fitted schedule, kept
+    lrs.clear()
+    fits = train(_Slow(0.0), ds, None, _cfg(tmp_path / "f", steps=40, batch_size=4, max_seconds=60.0, lr=1e-2))
+    assert fits.status == "finished" and fits.step == 40
+    assert lrs[20] == pytest.approx(1e-2 * loop.warmup_cosine(4, 40, 0.1)(20), rel=1e-6)  # --steps' schedule
