@@ -163,7 +163,13 @@ class OnnxStream:
     """A stream through the step graphs with onnxruntime and numpy only: ``encode(x)`` with float32 [n * hop] ->
     int64 tokens; ``decode(tokens)`` -> float32 samples (the first ``skip_samples`` of the stream dropped);
     ``flush()`` -> the decoder's last samples. ``enc`` / ``dec``: the ONNX bytes or paths; ``info``: stream.json;
-    ``threads``: onnxruntime's intra-op threads (default: its own choice, one per core)."""
+    ``threads``: onnxruntime's intra-op threads (default: its own choice, one per core).
+
+    Written for one frame per call: every state lives in two preallocated buffers per graph, shared with
+    onnxruntime (``OrtValue``s over numpy arrays), and a call runs an ``IOBinding`` that reads one set and writes
+    the other (then the sets swap), so no state is converted or copied between calls; the bindings of a chunk size
+    are made at its first call. Measured 1.2x faster a frame than ``InferenceSession.run`` with the states passed
+    as numpy (bench/codec_speed.py), with the same samples."""
 
     def __init__(self, enc: Any, dec: Any, info: dict[str, Any], threads: int | None = None):
         import onnxruntime as ort
@@ -179,28 +185,78 @@ class OnnxStream:
                                         providers=["CPUExecutionProvider"])
         self.info, self.floor, self.hop = info, info["env_floor"], info["hop"]
         self.vocab = info.get("vocab_size")
+        self._ort = ort
+        self._graphs = {"enc": (self.enc, info["encoder_states"], "x"), "dec": (self.dec, info["decoder_states"], "tokens")}
+        # per graph: two sets of state buffers (numpy arrays, and OrtValues over the same memory)
+        self._states = {g: [{k: np.zeros(shape, np.float32) for k, shape in states.items()} for _ in range(2)]
+                        for g, (_, states, _) in self._graphs.items()}
+        self._values = {g: [{k: ort.OrtValue.ortvalue_from_numpy(a) for k, a in d.items()} for d in sets]
+                        for g, sets in self._states.items()}
+        self._bound: dict[tuple[str, tuple[int, ...]], tuple[Any, ...]] = {}
         self.reset()
+
+    @property
+    def enc_state(self) -> dict[str, np.ndarray]:
+        """The encoder's current state (numpy arrays, read-only by convention)."""
+        return self._states["enc"][self._side["enc"]]
+
+    @property
+    def dec_state(self) -> dict[str, np.ndarray]:
+        """The decoder's current state."""
+        return self._states["dec"][self._side["dec"]]
 
     def reset(self) -> None:
         """Zero states: a new stream."""
-        self.enc_state = {k: np.zeros(v, np.float32) for k, v in self.info["encoder_states"].items()}
-        self.dec_state = {k: np.zeros(v, np.float32) for k, v in self.info["decoder_states"].items()}
+        for sets in self._states.values():
+            for d in sets:
+                for a in d.values():
+                    a.fill(0.0)
+        self._side = {"enc": 0, "dec": 0}
         self.skip = self.info["skip_samples"]
+
+    def _binding(self, graph: str, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+        """(input buffer, main output buffer, [binding from state set 0, from set 1]) for inputs shaped like
+        ``data`` [1, ...]; made at the first call of that shape (one plain run learns the output's shape)."""
+        key = (graph, data.shape)
+        if key not in self._bound:
+            sess, states, in_name = self._graphs[graph]
+            zeros = {k: np.zeros_like(a) for k, a in self._states[graph][0].items()}
+            out0 = sess.run(None, {in_name: np.zeros_like(data), **zeros})[0]
+            inp, out = np.zeros_like(data), np.zeros_like(out0)
+            ov = self._ort.OrtValue.ortvalue_from_numpy
+            inp_v, out_v = ov(inp), ov(out)
+            names = [o.name for o in sess.get_outputs()]
+            binds = []
+            for side in (0, 1):
+                b = sess.io_binding()
+                b.bind_ortvalue_input(in_name, inp_v)
+                b.bind_ortvalue_output(names[0], out_v)
+                for k in states:
+                    b.bind_ortvalue_input(k, self._values[graph][side][k])
+                    b.bind_ortvalue_output(f"{k}_out", self._values[graph][1 - side][k])
+                binds.append(b)
+            self._bound[key] = (inp, out, binds, inp_v, out_v)  # the OrtValues kept alive with their bindings
+        inp, out, binds = self._bound[key][:3]
+        return inp, out, binds
+
+    def _run(self, graph: str, data: np.ndarray) -> np.ndarray:
+        inp, out, binds = self._binding(graph, data)
+        inp[...] = data
+        side = self._side[graph]
+        self._graphs[graph][0].run_with_iobinding(binds[side])
+        self._side[graph] = 1 - side
+        return out[0].copy()
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 1 or not len(x) or len(x) % self.hop:
             raise ValueError(f"OnnxStream.encode takes whole frames: float32 [n * {self.hop}] samples, got shape "
                              f"{x.shape} (hold back the rest until a frame is complete)")
-        out = self.enc.run(None, {"x": x[None].astype(np.float32), **self.enc_state})
-        self.enc_state = dict(zip(self.enc_state, out[1:]))
-        return out[0][0]
+        return self._run("enc", x[None].astype(np.float32, copy=False))
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         if self.vocab is not None and len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab):
             raise ValueError(f"tokens must be in [0, {self.vocab}), got values in [{tokens.min()}, {tokens.max()}]")
-        out = self.dec.run(None, {"tokens": tokens[None].astype(np.int64), **self.dec_state})
-        self.dec_state = dict(zip(self.dec_state, out[1:]))
-        y = out[0][0]
+        y = self._run("dec", tokens[None].astype(np.int64, copy=False))
         drop = min(self.skip, len(y))
         self.skip -= drop
         return y[drop:]

@@ -128,3 +128,22 @@ def test_causal_audio_codec_exports_streaming_steps(tmp_path):
     assert np.array_equal(tokens, tok.encode(x[None])[0].numpy())
     y = np.concatenate([onnx.decode(tokens), onnx.flush()])
     assert np.abs(y[:-240] - tok.decode(torch.from_numpy(tokens)[None])[0].numpy()[:-240]).max() < 1e-4
+    # Chunks of 1, 3 and 2 frames through the bound, double-buffered states (after flush: a new stream) give what
+    # the plain onnxruntime loop, the states passed as numpy each call, gives.
+    import onnxruntime as ort
+
+    sess = {n: ort.InferenceSession(str(out / f"{n}_step.onnx"), providers=["CPUExecutionProvider"])
+            for n in ("encoder", "decoder")}
+    es = {k: np.zeros(v, np.float32) for k, v in info["encoder_states"].items()}
+    ds = {k: np.zeros(v, np.float32) for k, v in info["decoder_states"].items()}
+    plain, bound, a = [], [], 0
+    for n in (1, 3, 2):
+        chunk = x[a * 320:(a + n) * 320].numpy()
+        t, *e = sess["encoder"].run(None, {"x": chunk[None], **es})
+        es = dict(zip(es, e))
+        y0, *d = sess["decoder"].run(None, {"tokens": t, **ds})
+        ds = dict(zip(ds, d))
+        plain.append(y0[0])
+        bound.append(onnx.decode(onnx.encode(chunk)))
+        a += n
+    assert np.array_equal(np.concatenate(plain)[240:], np.concatenate(bound))
