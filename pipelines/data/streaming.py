@@ -1,10 +1,13 @@
-"""Streamed Hugging Face image datasets (``--streaming``): the splits are read as ``datasets`` iterable datasets, a
+"""Streamed Hugging Face image and audio datasets (``--streaming``): the splits are read as ``datasets`` iterable datasets, a
 row at a time, so a Hub dataset larger than the disk trains and tokenizes without being downloaded whole.
 
 Sources: a Hub id (``datasets.load_dataset(name, revision=..., streaming=True)``), a local folder of
 parquet/arrow files (the same call, offline), or a ``save_to_disk`` folder (``load_from_disk(...)[split]
-.to_iterable_dataset(num_shards=...)``). Built-ins and folders of image files are refused: they are read lazily
-already. Images only: audio streams are refused.
+.to_iterable_dataset(num_shards=...)``). Built-ins and folders of image or audio files are refused: they are read
+lazily already. Audio (``StreamedAudio``, ``load_streamed_audio``) is described in its class: each row a recording
+decoded once and cut into ``AudioClipDataset``'s clips, a shuffle buffer of clips, a checkpoint position before the
+row being cut; the rest of this docstring is said of images and holds for audio with "clip" for "row" in the
+buffer and resume paragraphs.
 
 The image column is cast to ``Image(decode=False)`` and each cell is decoded by ``image_io.decode_image``, the
 function the map-style path uses (same resize, centre crop and channels); unreadable cells are counted in a
@@ -187,7 +190,7 @@ def _prepare_audio(stream: Any, spec: DataSpec, where: str) -> Any:
         raise ValueError(f"{where}: the label column {lab!r} holds strings; a stream cannot number its classes (the "
                          "map-style path numbers them in sorted order) before it has been read to its end. Make it a "
                          f"ClassLabel column (`ds = ds.class_encode_column({lab!r})`, then save_to_disk or "
-                         "push_to_hub), or drop --streaming")
+                         "push_to_hub), pass --label-column none to train without labels, or drop --streaming")
     keep = [col] + ([lab] if lab and lab in features else [])
     return stream.select_columns(keep).cast_column(col, Audio(decode=False))
 

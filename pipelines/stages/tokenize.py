@@ -288,10 +288,11 @@ def tokenize_streams(streams: dict[str, Any], class_names: list[str], out: str |
                      codec: Codec, codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True,
                      *, input_shape: tuple[int, ...], shard_rows: int | None = None, resume: bool = False,
                      source: dict | None = None) -> TokenHeader:
-    """Write streamed splits (name -> ``data.streaming.StreamedImages``, read in order) as a format-3 token folder,
+    """Write streamed splits (name -> ``data.streaming.StreamedImages`` or ``StreamedAudio``, read in order) as a format-3 token folder,
     as ``tokenize_splits`` writes map-style ones: shard k of a split holds its input rows [k R, (k + 1) R) (R =
     ``shard_rows``, default about ``SHARD_TOKENS`` tokens a shard; the split's length is not known ahead), less the
-    unreadable ones, so the tokens are those of the map-style path for the same rows and shard size. Each shard's
+    unreadable ones, so the tokens are those of the map-style path for the same rows and shard size (audio: the
+    covering windows of each of those R recordings, numbered on from the grids of the shards before). Each shard's
     sidecar also records its input rows and the stream's ``state_dict()`` after it; ``resume`` keeps the finished
     shards (checksums verified): the stream jumps to the position after the leading run of them, and the rows of a
     finished shard after a gap are read past without being decoded or encoded. ``num_classes``: the label column's
