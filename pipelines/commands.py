@@ -63,8 +63,8 @@ class TrainTokenizerOptions:
     crop_samples: int | None = None  # audio: train on a random window of this many samples per clip, a multiple of downsample (default 2048 for the mu-law heads, 20 tokens for the spectral codec; 0 = whole clips); evaluation uses whole clips
     eval_limit: int | None = None  # evaluate on at most N test examples
     augment: str | None = None  # images: "crop", "flip" or "crop,flip": random crops (a random square of the image seen at 1-1.25x its usual scale) and/or horizontal flips of the training split, drawn per --seed, epoch and image; never the test split
-    streaming: bool = False  # Hugging Face image datasets (a Hub id or a local dataset folder): read the training split as a datasets stream, a row at a time, instead of loading it (for datasets larger than the disk); evaluation uses the test split's first 1,000 rows (no test split: the first ceil(10 percent) of the stream, at most 1,000, held out); --resume continues at the next unseen row. See docs/DATA.md
-    shuffle_buffer: int = 1000  # with --streaming: training rows are drawn at random from a buffer of this many (vqgen's own buffer, re-drawn each epoch; docs/DATA.md says why not datasets'); 0 = the stream's order
+    streaming: bool = False  # Hugging Face image or audio datasets (a Hub id or a local dataset folder): read the training split as a datasets stream, a row at a time, instead of loading it (for datasets larger than the disk); evaluation uses the test split's first 1,000 rows (no test split: the first ceil(10 percent) of the stream, at most 1,000, held out); --resume continues at the next unseen row (audio: each row a recording, cut into clips; --resume continues at its next unseen clip). See docs/DATA.md
+    shuffle_buffer: int = 1000  # with --streaming: training rows (audio: clips) are drawn at random from a buffer of this many (vqgen's own buffer, re-drawn each epoch; docs/DATA.md says why not datasets'); 0 = the stream's order
 
 
 def tokenizer_model_fields(a: Parsed) -> dict[str, Any]:
@@ -158,7 +158,7 @@ class TokenizeOptions:
     shard_rows: int | None = None  # grids per token shard (default: about 4M tokens per shard, and at least 16 shards for a split of 4,096 grids or more); a shard is the unit of work of each process of a launch and of --resume
     resume: bool = False  # keep the shards an interrupted (or finished) run with the same arguments wrote, once their checksums match, and encode only the rest
     num_workers: int = 0  # DataLoader worker processes that read and decode the inputs; 0: read them in the encoding process (the tokens are the same for any number)
-    streaming: bool = False  # Hugging Face image datasets (a Hub id or a local dataset folder): read each split as a datasets stream, in order, a row at a time (one process, --num-workers 0); without a test split the first ceil(10 percent) of the training stream, at most 1,000 rows, is the test split. --resume continues after the last finished shard. See docs/DATA.md
+    streaming: bool = False  # Hugging Face image or audio datasets (a Hub id or a local dataset folder): read each split as a datasets stream, in order, a row at a time (one process, --num-workers 0; audio: each recording's covering windows, as without --streaming); without a test split the first ceil(10 percent) of the training stream, at most 1,000 rows, is the test split. --resume continues after the last finished shard. See docs/DATA.md
 
 
 def run_tokenize(a: Parsed) -> int:

@@ -5,8 +5,8 @@ Labels are int64 class indices (-1 when a source has none). See docs/DATA.md.
 
 Modules: ``spec`` (DataSpec, Splits, limits, the skip policy), ``audio_io`` / ``image_io`` (reading and
 checking files), ``builtins/`` (one module per built-in dataset, registered in ``DATASETS``),
-``folders`` (local folders), ``hub`` (Hugging Face datasets), ``streaming`` (Hugging Face image datasets read as
-streams, ``--streaming``), ``tokens`` (the token folder format).
+``folders`` (local folders), ``hub`` (Hugging Face datasets), ``streaming`` (Hugging Face image and audio datasets
+read as streams, ``--streaming``), ``tokens`` (the token folder format).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _has_files(folder: Path, exts: set[str]) -> bool:
 def load_data(spec: DataSpec) -> Splits:
     """Train and test splits for ``spec`` (see ``DataSpec``): a built-in, a local folder of image or audio
     files, a local ``datasets`` folder, or a Hugging Face Hub id (``spec.streaming``: read as a stream,
-    ``streaming.load_streamed_images``); ``spec.augment`` adds random crops and flips
+    ``streaming.load_streamed``); ``spec.augment`` adds random crops and flips
     to an image training split (``augment_train``; never to test); ``spec.folds`` re-cuts the splits into
     cross-validation folds (``folds.fold_splits``). Raises ``ValueError`` naming the built-ins
     when ``spec.name`` is none of these."""
@@ -92,10 +92,10 @@ def load_data(spec: DataSpec) -> Splits:
     if audio and parse_augment(spec.augment):
         raise ValueError(f"--augment {spec.augment} crops and mirrors images: {spec.name} holds audio")
     if spec.streaming:  # a datasets stream: no folds, no augmentation (refused there), the test split in memory
-        from .streaming import check_streamable, load_streamed_images
+        from .streaming import check_streamable, load_streamed
 
         check_streamable(spec, modality)
-        return load_streamed_images(spec)
+        return load_streamed(spec, modality)
     splits = _load(spec, modality)
     if spec.folds:
         splits = fold_splits(splits, spec.folds, spec.fold, spec.validation)

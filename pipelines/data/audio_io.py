@@ -203,6 +203,20 @@ def fit_clip(wave: torch.Tensor, clip_samples: int, offset: int) -> torch.Tensor
     return out
 
 
+def stratified_offset(key: list[int], k: int, n: int, slack: int) -> int:
+    """Where training window k of a file's n starts, in [0, slack] (slack = length - clip): in the k-th n-th of
+    the possible offsets, drawn by a generator seeded by ``key`` (seed, epoch, item: ``AudioClipDataset`` and
+    ``streaming.StreamedAudio`` draw the same windows for the same item numbers)."""
+    lo, hi = k * (slack + 1) // n, max((k + 1) * (slack + 1) // n, k * (slack + 1) // n + 1)
+    return lo + int(np.random.default_rng(key).integers(0, hi - lo))
+
+
+def random_placement(key: list[int], slack: int) -> int:
+    """Where a training clip shorter than a clip by ``slack`` samples sits in its padded clip, in [0, slack],
+    drawn by a generator seeded by ``key`` (seed, epoch, item)."""
+    return int(np.random.default_rng(key).integers(0, slack + 1))
+
+
 # ---------------------------------------------------------------------------- datasets of decoded files
 @dataclass
 class AudioInfo:
@@ -328,9 +342,7 @@ class AudioClipDataset(Dataset):
         if self.cover:
             off = int(self._a[j])
         else:
-            k, n, slack = int(self._a[j]), int(self._b[j]), length - clip
-            lo, hi = k * (slack + 1) // n, max((k + 1) * (slack + 1) // n, k * (slack + 1) // n + 1)
-            off = lo + int(np.random.default_rng([self.seed, self.epoch, j]).integers(0, hi - lo))
+            off = stratified_offset([self.seed, self.epoch, j], int(self._a[j]), int(self._b[j]), length - clip)
         return f, start + off, start + off + clip
 
     def score_span(self, j: int) -> tuple[int, int, int]:
@@ -353,7 +365,7 @@ class AudioClipDataset(Dataset):
     def _placement(self, j: int, slack: int) -> int:
         """Where item j's short segment sits in its padded clip: seeded by (seed, epoch, j) for train, centred
         for test."""
-        return int(np.random.default_rng([self.seed, self.epoch, j]).integers(0, slack + 1)) if self.train else slack // 2
+        return random_placement([self.seed, self.epoch, j], slack) if self.train else slack // 2
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= j < len(self):

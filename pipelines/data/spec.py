@@ -81,7 +81,7 @@ class DataSpec:
     folds: int = 0  # > 1: pool train and test and cut them into this many stratified folds (``folds.py``)
     fold: int = 0  # with ``folds``: the fold that is the test split
     validation: bool = False  # with ``folds``: leave the test fold out; a stratified 10% of the rest is the test split
-    streaming: bool = False  # Hugging Face image datasets: read the splits as ``datasets`` streams (``streaming.py``)
+    streaming: bool = False  # Hugging Face image or audio datasets: read the splits as ``datasets`` streams (``streaming.py``)
     shuffle_buffer: int = 1000  # with ``streaming``: training examples drawn from a buffer of this many (0 or 1: none)
 
 

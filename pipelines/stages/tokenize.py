@@ -1,7 +1,7 @@
 """`vqgen tokenize`: a dataset through a codec (a tokenizer, or the raw pixels / mu-law samples) into a token
 folder of shards whose header records the codec; under a launcher each process encodes its share of the shards,
-and ``--resume`` keeps the shards an interrupted run finished. ``--streaming`` reads a Hugging Face image dataset as
-a stream, in order, into shards of the same format (``tokenize_streams``)."""
+and ``--resume`` keeps the shards an interrupted run finished. ``--streaming`` reads a Hugging Face image or audio
+dataset as a stream, in order, into shards of the same format (``tokenize_streams``)."""
 
 from __future__ import annotations
 
@@ -265,7 +265,7 @@ def _tokenize_streaming(spec: DataSpec, out: str | Path, codec: Codec | None, co
                         raw_levels: int | None, batch_size: int, progress: bool, world: int, *,
                         shard_rows: int | None, resume: bool, source: dict, num_workers: int) -> TokenHeader:
     """``tokenize`` of a streamed dataset (``spec.streaming``): one process, no DataLoader workers."""
-    from ..data.streaming import check_streamable, stream_splits_for_tokenize
+    from ..data.streaming import check_streamable, stream_modality, stream_splits_for_tokenize
 
     if world > 1:
         raise ValueError("vqgen tokenize --streaming runs in one process: a stream has no length to cut into shards "
@@ -273,11 +273,13 @@ def _tokenize_streaming(spec: DataSpec, out: str | Path, codec: Codec | None, co
     if num_workers:
         raise ValueError(f"--num-workers {num_workers} with --streaming: the stream is read in order in this process "
                          "(its position after each shard is what --resume continues from); use --num-workers 0")
-    check_streamable(spec, str(codec.modality) if codec is not None else None)
-    streams, class_names = stream_splits_for_tokenize(spec)
-    input_shape = (spec.channels, spec.image_size, spec.image_size)
+    check_streamable(spec)
+    modality = str(codec.modality) if codec is not None else stream_modality(spec)
+    streams, class_names = stream_splits_for_tokenize(spec, modality)
+    audio = modality == "audio"
+    input_shape = (spec.clip_samples,) if audio else (spec.channels, spec.image_size, spec.image_size)
     if codec is None:
-        codec = RawCodec("image", raw_levels, input_shape, None)
+        codec = RawCodec(modality, raw_levels, input_shape, spec.sample_rate if audio else None)
     return tokenize_streams(streams, class_names, out, spec.name, codec, codec_dir, batch_size, progress,
                             input_shape=input_shape, shard_rows=shard_rows, resume=resume, source=source)
 
@@ -286,10 +288,11 @@ def tokenize_streams(streams: dict[str, Any], class_names: list[str], out: str |
                      codec: Codec, codec_path: str | Path | None = None, batch_size: int = 256, progress: bool = True,
                      *, input_shape: tuple[int, ...], shard_rows: int | None = None, resume: bool = False,
                      source: dict | None = None) -> TokenHeader:
-    """Write streamed splits (name -> ``data.streaming.StreamedImages``, read in order) as a format-3 token folder,
+    """Write streamed splits (name -> ``data.streaming.StreamedImages`` or ``StreamedAudio``, read in order) as a format-3 token folder,
     as ``tokenize_splits`` writes map-style ones: shard k of a split holds its input rows [k R, (k + 1) R) (R =
     ``shard_rows``, default about ``SHARD_TOKENS`` tokens a shard; the split's length is not known ahead), less the
-    unreadable ones, so the tokens are those of the map-style path for the same rows and shard size. Each shard's
+    unreadable ones, so the tokens are those of the map-style path for the same rows and shard size (audio: the
+    covering windows of each of those R recordings, numbered on from the grids of the shards before). Each shard's
     sidecar also records its input rows and the stream's ``state_dict()`` after it; ``resume`` keeps the finished
     shards (checksums verified): the stream jumps to the position after the leading run of them, and the rows of a
     finished shard after a gap are read past without being decoded or encoded. ``num_classes``: the label column's
@@ -383,13 +386,10 @@ def _tokenize_stream_split(out: Path, name: str, ds: Any, rows: int, plan: str, 
             reused += 1
         else:
             tokens, labels = [], []
-            for a in range(0, len(chunk), batch_size):
-                batch = collate_readable([ds.read(c, y) for c, y in chunk[a:a + batch_size]])
-                if batch is not None:
-                    x, y = batch
-                    with torch.no_grad():
-                        tokens.append(encode_batch(codec, x.float()).cpu())
-                    labels.append(y.long())
+            for x, y in _examples(ds, chunk, batch_size, sum(r.rows for r in recs)):
+                with torch.no_grad():
+                    tokens.append(encode_batch(codec, x.float()).cpu())
+                labels.append(y.long())
             t = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long)
             y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
             rec = write_shard(out, name, k, k * rows, t.reshape(-1, *token_shape), y, codec.vocab_size, plan,
@@ -408,6 +408,23 @@ def _tokenize_stream_split(out: Path, name: str, ds: Any, rows: int, plan: str, 
         recs[i] = dataclasses.replace(rec, start=start)
         start += rec.rows
     return recs, written, reused
+
+
+def _examples(ds: Any, chunk: list[Any], batch_size: int, first: int) -> Any:
+    """Batches ``(x, y)`` of what a shard's rows give (``ds.examples``: an image, or the covering windows of a
+    recording, numbered from ``first``, the grids before the shard), in order: the examples of up to
+    ``batch_size`` rows at a time, in batches of at most ``batch_size``."""
+    held: list[Any] = []
+    for i, (cell, label) in enumerate(chunk):
+        got = ds.examples(cell, label, first)
+        first += len(got)
+        held += got
+        if (i + 1) % batch_size == 0 or len(held) >= batch_size or i + 1 == len(chunk):
+            for a in range(0, len(held), batch_size):
+                batch = collate_readable(held[a:a + batch_size])
+                if batch is not None:
+                    yield batch
+            held = []
 
 
 def _json_state(state: Any) -> Any:

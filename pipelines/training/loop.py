@@ -79,7 +79,7 @@ def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: Tr
     ``train_config.json``.
 
     A streamed ``train_set`` (an ``IterableDataset`` with ``set_epoch``, ``epoch``, ``state_dict`` and
-    ``load_state_dict``: ``data.streaming.StreamedImages``) already holds this process's share of the stream: its
+    ``load_state_dict``: ``data.streaming.StreamedImages`` or ``StreamedAudio``) already holds this process's share of the stream: its
     loader is not prepared by Accelerate (which would send an iterable dataset's batches from the main process, or
     have every process read all of it, and reads one batch ahead, past the position a checkpoint records); its
     batches are moved to the device here. An epoch runs until the stream ends on any process (all stop together),

@@ -37,7 +37,7 @@ def make_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator) 
     batches per "epoch" on every process, rather than refused (a few long recordings or a handful of images is
     still a valid dataset); a warning says so.
 
-    A streamed split (``IterableDataset``: ``data.streaming.StreamedImages``) is batched in its own order (its
+    A streamed split (``IterableDataset``: ``data.streaming.StreamedImages`` or ``StreamedAudio``) is batched in its own order (its
     shuffle buffer), the last partial batch of an epoch dropped, in this process only: its stream position goes into
     the checkpoints, which worker processes would keep to themselves, so ``--num-workers`` is refused."""
     g = torch.Generator().manual_seed(cfg.seed)

@@ -106,7 +106,7 @@ def test_streaming_refuses_what_it_cannot_read(tmp_path):
     folder = _dataset(tmp_path, n=8)
     with pytest.raises(ValueError, match="is a built-in: drop --streaming"):
         load_data(DataSpec("shapes", streaming=True))
-    with pytest.raises(ValueError, match="--streaming reads image datasets.*audio"):
+    with pytest.raises(ValueError, match="holds images.*read here as audio: drop --modality audio"):
         load_data(_spec(folder, streaming=True, modality="audio"))
     with pytest.raises(ValueError, match="--augment does not work with --streaming"):
         load_data(_spec(folder, streaming=True, augment="flip"))
