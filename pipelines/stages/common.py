@@ -129,9 +129,19 @@ def _fit_problems(prior: Prior, codec: Codec) -> list[str]:
     q_prior, q_codec = prior.config.num_codebooks, getattr(codec, "num_codebooks", 1)
     if q_prior != q_codec:
         problems.append(f"{q_prior} codebooks per position (prior) != {q_codec} (codec)")
-    if tuple(prior.shape) != shape:
+    if tuple(prior.shape) != shape and not window_of(tuple(prior.shape), shape, codec):
         problems.append(f"token grid {tuple(prior.shape)} (prior) != {shape} (codec)")
     return problems
+
+
+def window_of(grid: tuple[int, ...], shape: tuple[int, ...], codec: Codec) -> bool:
+    """True when ``grid`` is a window of another number of frames of a timed codec's tokens (a prior trained on
+    token streams, ``vqgen train-prior --window``): the codec encodes and decodes any whole number of hops."""
+    if not codec.modality.timed or len(grid) != len(shape) or grid[1:] != shape[1:] or grid[0] < 1:
+        return False
+    clip = int(codec.input_shape[0])
+    hop = clip // max(1, shape[0])
+    return hop * shape[0] == clip and tuple(codec.token_shape((grid[0] * hop,))) == grid
 
 
 def _bpe_fit_problems(folder: PriorFolder, codec: Codec) -> list[str]:
