@@ -92,7 +92,7 @@ def sample(prior_dir: str | Path, out: str | Path, n: int = 16, *, label: str | 
     class index per sample instead)."""
     from .common import open_prior, parse_label
 
-    folder, codec = open_prior(prior_dir, codec_dir, device)
+    folder, codec = open_prior(prior_dir, codec_dir, device, windows=True)
     prior, k, d = folder.prior, folder.prior.config.num_classes, folder.sampling
     if k and labels is None:
         labels = [i % k for i in range(n)] if label is None else [parse_label(label, folder.class_names)] * n

@@ -141,6 +141,11 @@ def test_cli_streams_train_prior_window_and_sample(tmp_path):
     assert main(["sample", "--prior", str(tmp_path / "p"), "--n", "2", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     wav, sr = sf.read(str(tmp_path / "s" / "sample_0001.wav"))
     assert sr == SR and wav.shape == (12 * 320,) and abs(wav).max() <= 1
+    # scoring encodes the codec's clips: a prior of other windows is refused there, by name
+    from pipelines.stages.common import open_prior
+
+    with pytest.raises(ValueError, match=r"token grid \(12, 2\) \(prior\) != \(10, 2\)"):
+        open_prior(tmp_path / "p")
     # --resume keeps every shard (same plan)
     assert main(["tokenize", "--tokenizer", str(tmp_path / "tok"), "--streams", "--shard-rows", "16", "--resume",
                  "--out", str(tmp_path / "t"), *common]) == 0
