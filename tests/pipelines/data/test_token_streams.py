@@ -169,3 +169,15 @@ def test_streams_refuse_images_and_raw_codecs(tmp_path, capsys):
     assert main(["tokenize", "--tokenizer", str(tmp_path / "img"), "--dataset", "mnist5k", "--limit", "8",
                  "--streams", "--out", str(tmp_path / "y"), "--quiet"]) == 2
     assert "audio codecs" in capsys.readouterr().err
+
+
+def test_a_clip_dataset_gives_one_recording_per_item(tmp_path):
+    from pipelines.data import Splits
+
+    clips = [(torch.rand(n) * 1.6 - 0.8, torch.tensor(k % 2)) for k, n in enumerate((3200, 1000, 700))]
+    splits = Splits(train=clips, test=clips[:1], modality="audio", num_classes=2, input_shape=(3200,), sample_rate=SR)
+    tok = causal_tok()
+    tokenize_stream_splits(splits, tmp_path / "t", "clips", tok, progress=False)
+    frames, offsets, labels = load_token_streams(tmp_path / "t", "train")
+    assert offsets.tolist() == [0, 10, 14, 17] and labels.tolist() == [0, 1, 0]
+    assert torch.equal(frames[10:14], tok.encode(F.pad(clips[1][0], (0, 280))[None])[0])
