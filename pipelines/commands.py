@@ -109,6 +109,7 @@ class TrainPriorOptions:
     conditional: bool = False  # model p(tokens | label) (needs labels)
     cfg_scale: float | None = None  # conditional priors: the classifier-free guidance scale `vqgen sample` uses by default, recorded in OUT/sampling.json (default 2; 1 = no guidance)
     reference_fraction: float = 0.1  # this share of the training grids (at most 1,000, and about 2 million tokens) is held out of training; the trained prior's scores on them become its anomaly reference (OUT/score_reference.json), what `vqgen score` measures every input against; 0 = none
+    window: int | None = None  # token streams folders (`vqgen tokenize --streams`), required there: the prior models windows of this many frames, drawn from the recordings in proportion to their length per seed and epoch (recordings shorter are left out); refused for grid folders. --reference-fraction defaults to 0 for streams (no score reference)
     shift: int = 0  # image token grids: roll each training grid by a random offset of up to this many positions along height and width, drawn per seed, epoch and grid (data augmentation against overfitting; 0 = off)
 
 
@@ -124,8 +125,11 @@ def prior_model_fields(a: Parsed) -> dict[str, Any]:
 def run_train_prior(a: Parsed) -> int:
     from .stages.train import train_prior
 
+    reference_fraction = a.reference_fraction
+    if a.window is not None and "reference_fraction" not in a.explicit:
+        reference_fraction = 0.0  # windows of token streams make no score reference
     result = train_prior(a.tokens, prior_model_fields(a), train_config(a), conditional=a.conditional,
-                         cfg_scale=a.cfg_scale, shift=a.shift, reference_fraction=a.reference_fraction)
+                         cfg_scale=a.cfg_scale, shift=a.shift, reference_fraction=reference_fraction, window=a.window)
     return _report(result, a.out)
 
 
@@ -155,10 +159,11 @@ class TokenizeOptions:
     levels: Literal[2, 256] | None = None  # --raw images: 2 (binarised) or 256 (8-bit) (default 256)
     bpe: str | None = None  # a folder from `vqgen bpe train`: write merged variable-length sequences (end token, padding, lengths) instead of the grids
     batch_size: int = 256  # inputs encoded at once
-    shard_rows: int | None = None  # grids per token shard (default: about 4M tokens per shard, and at least 16 shards for a split of 4,096 grids or more); a shard is the unit of work of each process of a launch and of --resume
+    shard_rows: int | None = None  # grids (with --streams: frames) per token shard (default: about 4M tokens per shard, and at least 16 shards for a split of 4,096 grids or more); a shard is the unit of work of each process of a launch and of --resume
     resume: bool = False  # keep the shards an interrupted (or finished) run with the same arguments wrote, once their checksums match, and encode only the rest
     num_workers: int = 0  # DataLoader worker processes that read and decode the inputs; 0: read them in the encoding process (the tokens are the same for any number)
     streaming: bool = False  # Hugging Face image or audio datasets (a Hub id or a local dataset folder): read each split as a datasets stream, in order, a row at a time (one process, --num-workers 0; audio: each recording's covering windows, as without --streaming); without a test split the first ceil(10 percent) of the training stream, at most 1,000 rows, is the test split. --resume continues after the last finished shard. See docs/DATA.md
+    streams: bool = False  # audio, a trained tokenizer: encode each recording whole into frames (a causal codec streams exactly; others in windows of its clip, see docs/DATA.md) and store each split as one run of frames (train on it with `vqgen train-prior --window FRAMES`)
 
 
 def run_tokenize(a: Parsed) -> int:
@@ -168,11 +173,18 @@ def run_tokenize(a: Parsed) -> int:
 
     if a.levels is not None and not a.raw:
         raise ValueError("--levels goes with --raw")
+    if a.streams and a.bpe:
+        raise ValueError("--bpe merges token grids; a streams folder (--streams) has none")
     data = data_args(a) | ({"streaming": True} if a.streaming else {})  # (map-style plans keep their digest)
     header = tokenize(data, a.out, codec_dir=a.tokenizer, raw_levels=(a.levels or 256) if a.raw else None,
                       batch_size=a.batch_size, progress=not a.quiet, device=a.device, shard_rows=a.shard_rows,
-                      resume=a.resume, num_workers=a.num_workers)
+                      resume=a.resume, num_workers=a.num_workers, streams=a.streams)
     if int(os.environ.get("RANK", "0")) != 0:  # a launch: the main process reports and merges
+        return 0
+    if a.streams:
+        print(f"wrote {a.out}: {header.counts} frames of shape {tuple(header.token_shape)} in "
+              f"{ {s: len(v['labels']) for s, v in header.shards.items()} } recordings, vocabulary {header.vocab_size}, "
+              f"{sum(len(s['files']) for s in header.shards.values())} shards")
         return 0
     print(f"wrote {a.out}: {header.counts} grids of shape {tuple(header.token_shape)}, vocabulary {header.vocab_size}, "
           f"{sum(len(s['files']) for s in header.shards.values())} shards")

@@ -5,6 +5,13 @@ split its shards with their checksums) and the shard files ``train-00000.safeten
 ``tokens`` [rows, *token_shape] as uint8 / uint16 / int32 by vocabulary size, ``labels`` [rows], -1 where a
 sample has no label), read memory-mapped. Formats 1 and 2 (read, never written): ``train.safetensors`` and
 ``test.safetensors``, each with ``tokens`` int32 [N, *token_shape] and ``labels`` int64 [N], read whole.
+
+Format 4 (``vqgen tokenize --streams``, audio): the same shards, but a row is one frame ([K] or [] for one
+codebook), not a grid: each recording of a split was encoded whole into frames [T_i, *row] and the recordings'
+frames were concatenated, so a split is one long run of frames cut into shards of a fixed number of frames. The
+header says so (``streams``: the hop and how the frames were encoded) and each split's entry in ``shards`` adds
+``offsets`` (R + 1 frame offsets: recording i is frames [offsets[i], offsets[i + 1])) and ``labels`` (R, one per
+recording). ``load_token_streams`` reads it; ``load_tokens`` refuses it (its rows are no grids).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ HEADER = "tokens.json"
 # 3: shards in the smallest dtype, listed with their checksums in the header (``shards``); 2: the header holds
 # the codec record, one int32 file per split; 1: tokenizer path / raw levels fields instead of the codec record
 FORMAT_VERSION = 3
+# 4: a streams folder (format 3's shards, rows = frames of recordings; ``TokenHeader.streams``); grid folders stay 3
+STREAMS_FORMAT_VERSION = 4
 
 
 @dataclass
@@ -54,6 +63,10 @@ class TokenHeader:
     format_version: int = FORMAT_VERSION
     # format 3: split -> {"rows_per_shard", "dtype", "plan", "files": [ShardRecord fields]}; {} in older folders
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # format 4 (``vqgen tokenize --streams``): {"hop": samples per frame, "encoder": "stream" | "windows",
+    # "window_frames": frames per encoded window (offline codecs; None when streamed), "exact": whether the frames
+    # equal one whole-recording encode}; None for a grid folder. ``token_shape`` is then one frame's: () or (K,)
+    streams: dict[str, Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -77,11 +90,13 @@ def split_shards(header: TokenHeader, split: str) -> list[ShardRecord]:
 
 
 def write_manifest(out: str | Path, header: TokenHeader, shards: dict[str, list[ShardRecord]],
-                   rows_per_shard: dict[str, int], plans: dict[str, str] | None = None) -> TokenHeader:
+                   rows_per_shard: dict[str, int], plans: dict[str, str] | None = None,
+                   extra: dict[str, dict[str, Any]] | None = None) -> TokenHeader:
     """Finish a format-3 folder: ``tokens.json`` = ``header`` with ``counts`` and ``shards`` of these splits (and
     no others) from the records, written atomically once every shard is, then remove what is not part of it: the
-    shards' sidecars, shards of these splits with other numbers, and format-2 files of these splits. Returns the
-    header."""
+    shards' sidecars, shards of these splits with other numbers, and format-2 files of these splits. ``extra``:
+    more fields per split's entry (a streams folder's ``offsets`` and ``labels``; then the folder is format 4).
+    Returns the header."""
     out = Path(out)
     header.shards, header.counts = {}, {}  # the folder holds these splits, and only these
     for split, recs in shards.items():
@@ -93,7 +108,8 @@ def write_manifest(out: str | Path, header: TokenHeader, shards: dict[str, list[
                                 "dtype": str(token_dtype(header.vocab_size)),
                                 "plan": (plans or {}).get(split, ""),
                                 "files": [{k: v for k, v in asdict(r).items() if k != "plan"} for r in recs]}
-    header.format_version = FORMAT_VERSION
+        header.shards[split] |= (extra or {}).get(split, {})
+    header.format_version = STREAMS_FORMAT_VERSION if header.streams else FORMAT_VERSION
     d = asdict(header)
     d["token_shape"] = list(header.token_shape)
     atomic_write_text(out / HEADER, json.dumps(d, indent=1))
@@ -163,9 +179,9 @@ def load_token_header(path: str | Path) -> TokenHeader:
         d: dict[str, Any] = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{p} is not valid JSON ({e}): the file is truncated or corrupt; {_retokenize(path)}") from None
-    if d.get("format_version", 1) > FORMAT_VERSION:
-        raise ValueError(f"{p} has format_version {d['format_version']}, newer than this vqgen ({FORMAT_VERSION}): "
-                         "upgrade vqgen")
+    if d.get("format_version", 1) > STREAMS_FORMAT_VERSION:
+        raise ValueError(f"{p} has format_version {d['format_version']}, newer than this vqgen "
+                         f"({STREAMS_FORMAT_VERSION}): upgrade vqgen")
     if "codec" not in d:
         d = _upgrade_v1(d)
     d["token_shape"] = tuple(d["token_shape"])
@@ -187,6 +203,10 @@ def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, torch.Tenso
     here, its checksum by ``check_token_folder`` and ``vqgen tokenize --resume``; the token range comes from the
     manifest, so nothing is scanned). Formats 1 and 2: tensors read whole and range-checked."""
     header = load_token_header(path)
+    if header.streams:
+        raise ValueError(f"{path} is a token streams folder (`vqgen tokenize --streams`): its rows are frames of whole "
+                         "recordings, not token grids. Read it with pipelines.data.tokens.load_token_streams, or "
+                         f"train on it with `vqgen train-prior --tokens {path} --window FRAMES`")
     if header.shards:
         if split not in header.shards:
             raise FileNotFoundError(f"{path} has no {split!r} split (it has {sorted(header.shards)})")
@@ -236,7 +256,36 @@ def check_token_folder(path: str | Path) -> dict[str, int]:
     for split in header.shards:
         for rec in split_shards(header, split):
             verify_shard(Path(path), rec, _fix(path))
+    if header.streams:
+        return {s: len(load_token_streams(path, s)[0]) for s in header.shards}
     return {s: len(load_tokens(path, s)[0]) for s in header.shards}
+
+
+def load_token_streams(path: str | Path, split: str) -> tuple[ShardedArray, np.ndarray, np.ndarray]:
+    """One split of a streams folder (``vqgen tokenize --streams``): (frames ``ShardedArray`` int64 [N, *row]
+    (row: () or (K,)), read memory-mapped and lazily; offsets int64 [R + 1] (recording i is frames
+    ``[offsets[i], offsets[i + 1])``, offsets[-1] == N); labels int64 [R], -1 = none). A grid folder is a
+    ``ValueError`` pointing to ``load_tokens``."""
+    header = load_token_header(path)
+    if not header.streams:
+        raise ValueError(f"{path} holds token grids, not streams: read it with load_tokens (train on it without "
+                         "--window), or write streams with `vqgen tokenize --streams`")
+    if split not in header.shards:
+        raise FileNotFoundError(f"{path} has no {split!r} split (it has {sorted(header.shards)})")
+    info, fix = header.shards[split], _fix(path)
+    frames = ShardedArray.open(Path(path), split_shards(header, split), "tokens", tuple(header.token_shape), fix)
+    offsets = np.asarray(info.get("offsets", [0]), dtype=np.int64)
+    labels = np.asarray(info.get("labels", []), dtype=np.int64)
+    where = f"{Path(path) / HEADER} [{split}]"
+    if (len(offsets) != len(labels) + 1 or offsets[0] != 0 or np.any(np.diff(offsets) < 0)
+            or offsets[-1] != len(frames)):
+        raise ValueError(f"{where}: recording offsets (ending at {int(offsets[-1])}, {len(offsets)} of them) and "
+                         f"{len(labels)} labels do not describe its {len(frames)} frames; {_retokenize(path)}")
+    lo, hi = frames.bounds() or (0, -1)
+    if lo < 0 or hi >= header.vocab_size:
+        raise ValueError(f"{where}: tokens range [{lo}, {hi}] lies outside the vocabulary [0, {header.vocab_size}); "
+                         f"{_retokenize(path)}")
+    return frames, offsets, labels
 
 
 def take_rows(tokens: torch.Tensor, rows: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -121,17 +121,28 @@ def load_prior_folder(path: str | Path, map_location: str = "cpu") -> PriorFolde
                        bpe)
 
 
-def _fit_problems(prior: Prior, codec: Codec) -> list[str]:
-    """Why a prior cannot model a codec's tokens (vocabulary, codebooks, grid), empty when it can."""
+def _fit_problems(prior: Prior, codec: Codec, windows: bool = False) -> list[str]:
+    """Why a prior cannot model a codec's tokens (vocabulary, codebooks, grid), empty when it can. ``windows``: a
+    timed codec's tokens of any whole number of frames fit (a prior of token-stream windows, for sampling)."""
     shape, problems = tuple(codec.token_shape()), []
     if prior.vocab_size != codec.vocab_size:
         problems.append(f"vocabulary {prior.vocab_size} (prior) != {codec.vocab_size} (codec)")
     q_prior, q_codec = prior.config.num_codebooks, getattr(codec, "num_codebooks", 1)
     if q_prior != q_codec:
         problems.append(f"{q_prior} codebooks per position (prior) != {q_codec} (codec)")
-    if tuple(prior.shape) != shape:
+    if tuple(prior.shape) != shape and not (windows and window_of(tuple(prior.shape), shape, codec)):
         problems.append(f"token grid {tuple(prior.shape)} (prior) != {shape} (codec)")
     return problems
+
+
+def window_of(grid: tuple[int, ...], shape: tuple[int, ...], codec: Codec) -> bool:
+    """True when ``grid`` is a window of another number of frames of a timed codec's tokens (a prior trained on
+    token streams, ``vqgen train-prior --window``): the codec encodes and decodes any whole number of hops."""
+    if not codec.modality.timed or len(grid) != len(shape) or grid[1:] != shape[1:] or grid[0] < 1:
+        return False
+    clip = int(codec.input_shape[0])
+    hop = clip // max(1, shape[0])
+    return hop * shape[0] == clip and tuple(codec.token_shape((grid[0] * hop,))) == grid
 
 
 def _bpe_fit_problems(folder: PriorFolder, codec: Codec) -> list[str]:
@@ -144,17 +155,20 @@ def _bpe_fit_problems(folder: PriorFolder, codec: Codec) -> list[str]:
     return problems
 
 
-def _check_fits(folder: PriorFolder, codec: Codec, where: str) -> None:
-    problems = _bpe_fit_problems(folder, codec) if folder.bpe is not None else _fit_problems(folder.prior, codec)
+def _check_fits(folder: PriorFolder, codec: Codec, where: str, windows: bool = False) -> None:
+    problems = (_bpe_fit_problems(folder, codec) if folder.bpe is not None
+                else _fit_problems(folder.prior, codec, windows))
     if problems:
         raise ValueError(f"the prior {folder.path} was not trained on tokens of the codec {where}: "
                          + "; ".join(problems) + ". Use the codec whose `vqgen tokenize` output the prior was trained on.")
 
 
-def resolve_codec(folder: PriorFolder, override: str | Path | None = None, map_location: str = "cpu") -> Codec:
+def resolve_codec(folder: PriorFolder, override: str | Path | None = None, map_location: str = "cpu",
+                  windows: bool = False) -> Codec:
     """The codec for a prior folder: ``override`` (a codec folder) if given, else the one its ``codec.json``
     records (loaded from the recorded folder, or rebuilt from the config for a raw codec). A codec whose
-    fingerprint differs from the recorded one is a ``ValueError`` naming both."""
+    fingerprint differs from the recorded one is a ``ValueError`` naming both. ``windows``: a prior of token-stream
+    windows (another number of frames than the codec's clip) fits too (``vqgen sample``; scoring needs clips)."""
     rec = folder.codec_record
     if override is not None:
         codec, where = load_codec(override, map_location=map_location), str(override)
@@ -179,15 +193,16 @@ def resolve_codec(folder: PriorFolder, override: str | Path | None = None, map_l
                          f"trained on (fingerprint {want}, {rec.get('path') or 'a raw codec'})"
                          + (f" ({'; '.join(problems)})" if problems else "") + ": pass the --tokenizer "
                          "that made its tokens, or drop --tokenizer to use the recorded one")
-    _check_fits(folder, codec, where)
+    _check_fits(folder, codec, where, windows)
     return codec
 
 
-def open_prior(prior_dir: str | Path, codec_dir: str | Path | None = None, device: str = "cpu"
-               ) -> tuple[PriorFolder, Codec]:
-    """(the prior folder, its codec: the recorded one or ``codec_dir``), both loaded onto ``device``."""
+def open_prior(prior_dir: str | Path, codec_dir: str | Path | None = None, device: str = "cpu",
+               windows: bool = False) -> tuple[PriorFolder, Codec]:
+    """(the prior folder, its codec: the recorded one or ``codec_dir``), both loaded onto ``device``; ``windows``:
+    see ``resolve_codec``."""
     folder = load_prior_folder(prior_dir, map_location=device)
-    return folder, resolve_codec(folder, codec_dir, map_location=device)
+    return folder, resolve_codec(folder, codec_dir, map_location=device, windows=windows)
 
 
 def parse_label(value: str | int | None, names: list[str]) -> int | None:

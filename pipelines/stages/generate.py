@@ -34,7 +34,10 @@ def generate(prior: Prior, codec: Codec, n: int, out: str | Path, labels: list[i
         base_shape, base_vocab = tuple(bpe.info.base_token_shape), bpe.info.base_vocab
     else:
         base_shape, base_vocab = tuple(prior.shape), prior.vocab_size
-    if base_shape != tuple(codec.token_shape()) or base_vocab != codec.vocab_size:
+    from .common import window_of  # a prior of windows of token streams: another number of frames
+
+    fits = base_shape == tuple(codec.token_shape()) or window_of(base_shape, tuple(codec.token_shape()), codec)
+    if not fits or base_vocab != codec.vocab_size:
         raise ValueError(f"the prior models grids {tuple(prior.shape)} over {prior.vocab_size} tokens but the codec "
                          f"makes {tuple(codec.token_shape())} over {codec.vocab_size}: use the codec it was trained on")
     out = Path(out)
@@ -89,7 +92,7 @@ def sample(prior_dir: str | Path, out: str | Path, n: int = 16, *, label: str | 
     class index per sample instead)."""
     from .common import open_prior, parse_label
 
-    folder, codec = open_prior(prior_dir, codec_dir, device)
+    folder, codec = open_prior(prior_dir, codec_dir, device, windows=True)
     prior, k, d = folder.prior, folder.prior.config.num_classes, folder.sampling
     if k and labels is None:
         labels = [i % k for i in range(n)] if label is None else [parse_label(label, folder.class_names)] * n

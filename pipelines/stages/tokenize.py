@@ -235,11 +235,12 @@ def tokenize_splits(splits: Splits, out: str | Path, dataset_name: str, codec: C
 
 def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, raw_levels: int | None = None,
              batch_size: int = 256, progress: bool = True, device: str = "cpu", *, shard_rows: int | None = None,
-             resume: bool = False, num_workers: int = 0) -> TokenHeader:
+             resume: bool = False, num_workers: int = 0, streams: bool = False) -> TokenHeader:
     """The stage: load the dataset described by ``data`` (``make_spec`` arguments) and tokenize it with the codec
     in ``codec_dir`` (on ``device``; under a launch, ``cuda`` means each process's own GPU, ``cuda:LOCAL_RANK``),
     or with a ``RawCodec`` of ``raw_levels`` (2 or 256; audio is always 256-level mu-law). ``shard_rows``,
-    ``resume``, ``num_workers``: see ``tokenize_splits``."""
+    ``resume``, ``num_workers``: see ``tokenize_splits``. ``streams``: audio recordings encoded whole into frames
+    (``token_streams.tokenize_stream_splits``; a trained audio tokenizer only)."""
     from .common import make_spec
 
     if (codec_dir is None) == (raw_levels is None):
@@ -250,6 +251,20 @@ def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, r
     codec = load_codec(codec_dir, map_location=device) if codec_dir is not None else None
     spec: DataSpec = make_spec(codec=codec, **data)
     source = {k: v for k, v in data.items() if k != "cache_dir"}  # what decides the inputs (not where they are cached)
+    if streams:
+        from .token_streams import check_streams_codec, tokenize_stream_splits
+
+        if codec is None:
+            raise ValueError("--streams needs a trained audio tokenizer (--tokenizer DIR), not --raw: raw mu-law samples "
+                             "are one token per sample, for which fixed clips (without --streams) already are the stream")
+        check_streams_codec(codec)
+        if spec.streaming:
+            raise ValueError("--streams (audio recordings as frame streams) and --streaming (a Hugging Face dataset "
+                             "dataset read as a stream) do not go together")
+        if num_workers:
+            log.info("tokenize --streams reads the recordings in this process (--num-workers %d unused)", num_workers)
+        return tokenize_stream_splits(load_data(spec), out, spec.name, codec, codec_dir, batch_size, progress,
+                                      shard_rows=shard_rows, resume=resume, source=source | {"streams": True})
     if spec.streaming:
         return _tokenize_streaming(spec, out, codec, codec_dir, raw_levels, batch_size, progress, world,
                                    shard_rows=shard_rows, resume=resume, source=source, num_workers=num_workers)

@@ -5,11 +5,13 @@ defaults beside the model)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from prior import PriorConfig, build_prior
@@ -19,12 +21,21 @@ from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data, report_skips
-from ..data.tokens import load_token_header, load_tokens, take_rows
+from ..data.tokens import load_token_header, load_token_streams, load_tokens, take_rows
 from ..likelihood.reference import reference_split
 from ..training.config import TrainConfig, TrainResult
 from ..training.loop import train
-from ..training.tasks import HeldOut, PriorTask, TokenGridDataset, TokenizerTask, evaluate_prior
+from ..training.tasks import (
+    HeldOut,
+    PriorTask,
+    TokenGridDataset,
+    TokenizerTask,
+    TokenStreamDataset,
+    evaluate_prior,
+)
 from .common import BPE_DIR, DEFAULT_CFG_SCALE, SamplingDefaults, make_spec, write_prior_records
+
+log = logging.getLogger("vqgen.train")
 
 
 def _refuse_other_model(saved: Any, wanted: Any, out: Path, kind: str) -> None:
@@ -79,7 +90,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
 
 
 def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig, *, conditional: bool = False,
-                cfg_scale: float | None = None, shift: int = 0, reference_fraction: float = 0.1) -> TrainResult:
+                cfg_scale: float | None = None, shift: int = 0, reference_fraction: float = 0.1,
+                window: int | None = None) -> TrainResult:
     """Train a prior (``model``: ``PriorConfig`` fields, at least ``arch``) on a token folder into ``cfg.out``.
 
     The prior folder records the token folder's codec (``codec.json``), its class names and the sampling
@@ -91,19 +103,52 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     trained, the prior's scores on them (and a local n-gram's, counted on the other training grids) are recorded in
     ``score_reference.json`` and ``score_local/`` (``pipelines.likelihood.reference``), what ``vqgen score``
     measures anomalies against. 0: no reference.
+
+    A streams folder (``vqgen tokenize --streams``) needs ``window``: the prior models windows of that many frames,
+    shape (window,) or (window, K), drawn from the recordings (``TokenStreamDataset``: in proportion to length,
+    per seed and epoch; the test split as covering windows); it makes no score reference (``reference_fraction``
+    must be 0: the command line defaults it to 0 for streams).
     """
     header = load_token_header(tokens_dir)
-    tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
-    seq_len = math.prod(header.token_shape)
-    keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed, seq_len)
     reference = None
-    if len(held):  # held out of training: the prior's scores on them are its anomaly reference
-        # lazy views of a sharded folder: nothing of the corpus is read here but the held-out grids
-        held_grids = tr_tokens[torch.as_tensor(held)]
-        tr_tokens, tr_labels = take_rows(tr_tokens, keep), take_rows(tr_labels, keep)
-        reference = HeldOut(held_grids, tr_tokens, f"{len(held)} training grids of {tokens_dir} held out of training "
-                                                   f"(--reference-fraction {reference_fraction}, --seed {cfg.seed})")
-    te_tokens, te_labels = load_tokens(tokens_dir, "test")
+    token_shape = tuple(header.token_shape)
+    dims = header.dims_per_input
+    if header.streams:
+        if window is None:
+            raise ValueError(f"{tokens_dir} is a token streams folder (`vqgen tokenize --streams`): give --window FRAMES, "
+                             "the length of the windows the prior models (e.g. --window 250 for 5 s at 50 frames/s)")
+        if window < 1:
+            raise ValueError(f"--window must be at least 1 frame, got {window}")
+        if reference_fraction:
+            raise ValueError(f"--reference-fraction {reference_fraction}: a prior trained on token streams makes no "
+                             "score reference (windows are drawn anew each epoch, so none are held out); pass 0")
+        frames, offsets, labels = load_token_streams(tokens_dir, "train")
+        train_streams = TokenStreamDataset(frames, offsets, labels, window, train=True, seed=cfg.seed)
+        if not len(train_streams):
+            raise ValueError(f"every training recording of {tokens_dir} is shorter than --window {window} frames "
+                             f"(the longest has {int(np.diff(offsets).max(initial=0))}): use a shorter window")
+        test_streams = TokenStreamDataset(*load_token_streams(tokens_dir, "test"), window, train=False)
+        for name, ds in (("training", train_streams), ("test", test_streams)):
+            if ds.skipped:
+                log.info("%d %s recording(s) of %s are shorter than --window %d frames: left out", ds.skipped, name,
+                         tokens_dir, window)
+        tr_tokens, tr_labels = frames, train_streams.labels
+        token_shape = (int(window), *token_shape)
+        dims = int(window) * int(header.streams["hop"])
+    elif window is not None:
+        raise ValueError(f"--window cuts windows from token streams, but {tokens_dir} holds token grids of shape "
+                         f"{token_shape}: drop --window (or tokenize with --streams)")
+    else:
+        tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
+        seq_len = math.prod(header.token_shape)
+        keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed, seq_len)
+        if len(held):  # held out of training: the prior's scores on them are its anomaly reference
+            # lazy views of a sharded folder: nothing of the corpus is read here but the held-out grids
+            held_grids = tr_tokens[torch.as_tensor(held)]
+            tr_tokens, tr_labels = take_rows(tr_tokens, keep), take_rows(tr_labels, keep)
+            reference = HeldOut(held_grids, tr_tokens, f"{len(held)} training grids of {tokens_dir} held out of "
+                                f"training (--reference-fraction {reference_fraction}, --seed {cfg.seed})")
+        te_tokens, te_labels = load_tokens(tokens_dir, "test")
     num_classes = 0
     if conditional:
         if header.num_classes < 1 or (len(tr_labels) and tr_labels.min() < 0):
@@ -116,7 +161,7 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     if fields.get("codebook_pattern", "flatten") != "flatten" and num_codebooks == 1:
         raise ValueError(f"--codebook-pattern {fields['codebook_pattern']} needs tokens with a codebook axis, but the "
                          f"codec of {tokens_dir} has one codebook (token grid {tuple(header.token_shape)})")
-    config = PriorConfig(**fields | {"vocab_size": header.vocab_size, "shape": tuple(header.token_shape),
+    config = PriorConfig(**fields | {"vocab_size": header.vocab_size, "shape": token_shape,
                                      "num_classes": num_classes, "num_codebooks": num_codebooks})
     out = Path(cfg.out)
     if cfg.resume and (out / "config.json").is_file():
@@ -131,16 +176,20 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
             raise FileNotFoundError(f"{tokens_dir} was merged with the BPE in {bpe_src}, which is gone: re-run "
                                     "`vqgen bpe train` and `vqgen tokenize --bpe`")
         shutil.copytree(bpe_src, out / BPE_DIR, dirs_exist_ok=True)
-    dims = header.dims_per_input
     if shift and (get_modality(header.modality).timed or prior.fitted_by_counting):
         raise ValueError(f"--shift {shift} rolls image token grids while a network trains; {tokens_dir} holds "
                          f"{header.modality} tokens" + (" and a count-based prior is not trained"
                                                         if prior.fitted_by_counting else ""))
-    train_set = TokenGridDataset(tr_tokens, tr_labels, shift=shift, seed=cfg.seed)
-    test_set = TokenGridDataset(te_tokens, te_labels)
+    if header.streams:
+        train_set, test_set = train_streams, test_streams
+    else:
+        train_set = TokenGridDataset(tr_tokens, tr_labels, shift=shift, seed=cfg.seed)
+        test_set = TokenGridDataset(te_tokens, te_labels)
     if not prior.fitted_by_counting:
         return train(PriorTask(prior, str(tokens_dir), dims, reference), train_set, test_set, cfg,
                      hparams=config.to_dict())
+    if header.streams:  # counted on the windows of epoch 0
+        tr_tokens = torch.stack([train_set[j][0] for j in range(len(train_set))])
     prior.fit(tr_tokens, tr_labels if num_classes else None)
     metrics = evaluate_prior(prior, test_set, 512, dims, num_classes > 0)
     prior.save_pretrained(out, card_info={"tokens": str(tokens_dir), "metrics": metrics})

@@ -310,6 +310,70 @@ class TokenGridDataset(Dataset):
         return torch.roll(self.tokens[i], (int(dy), int(dx)), dims=(0, 1)), self.labels[i]
 
 
+class TokenStreamDataset(Dataset):
+    """(tokens int64 [window, *row], label int64) windows of ``window`` frames of the recordings of a streams folder
+    (``load_token_streams``: frames [N, *row], offsets [R + 1], labels [R]); a window may cross a shard boundary (a
+    contiguous range of the ``ShardedArray``).
+
+    Recordings shorter than ``window`` frames are skipped (a prior of fixed shape has no pad token; padding with a
+    real code would teach it a sound that is not there). Training (``train=True``): ``max(1, round(T_i / window))``
+    windows of recording i per epoch, so windows are drawn in proportion to length, stratified as
+    ``AudioClipDataset`` draws its clips: window k of a recording's n starts in the k-th n-th of its possible
+    offsets, drawn from a generator seeded by (seed, epoch, item), so the same seed gives the same windows and a
+    resumed run repeats them (``set_epoch`` each epoch). Otherwise (the test split): the consecutive windows
+    ``[k window, (k + 1) window)`` covering each recording, the last one ending at its end.
+    """
+
+    def __init__(self, frames: torch.Tensor, offsets: np.ndarray, labels: np.ndarray, window: int, train: bool,
+                 seed: int = 0):
+        if window < 1:
+            raise ValueError(f"--window must be at least 1 frame, got {window}")
+        self.tokens, self.window, self.train, self.seed, self.epoch = frames, int(window), bool(train), int(seed), 0
+        self.offsets, self.rec_labels = np.asarray(offsets, np.int64), np.asarray(labels, np.int64)
+        lengths = np.diff(self.offsets)
+        rec, a, b = [], [], []
+        for i, n in enumerate(lengths.tolist()):
+            if n < window:
+                continue
+            if train:
+                k = max(1, round(n / window))
+                rec += [i] * k
+                a += list(range(k))
+                b += [k] * k
+            else:
+                k = -(-n // window)
+                rec += [i] * k
+                a += [min(j * window, n - window) for j in range(k)]
+                b += [0] * k
+        self.skipped = int(np.sum(lengths < window))
+        self._rec, self._a, self._b = (np.asarray(v, dtype=np.int64) for v in (rec, a, b))
+        # ``PriorTask.validate_data`` checks tokens and labels: the frames' range from the writer, labels per window
+        self.labels = torch.as_tensor(self.rec_labels[self._rec], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self._rec)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's training windows (reproducibly per epoch); no effect on covering windows."""
+        self.epoch = int(epoch)
+
+    def start(self, j: int) -> int:
+        """The first frame (in the split's frames) of item j's window."""
+        i = int(self._rec[j])
+        if not self.train:
+            return int(self.offsets[i] + self._a[j])
+        k, n = int(self._a[j]), int(self._b[j])
+        slack = int(self.offsets[i + 1] - self.offsets[i]) - self.window
+        lo, hi = k * (slack + 1) // n, max((k + 1) * (slack + 1) // n, k * (slack + 1) // n + 1)
+        return int(self.offsets[i]) + lo + int(np.random.default_rng([self.seed, self.epoch, j]).integers(0, hi - lo))
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= j < len(self):
+            raise IndexError(j)
+        a = self.start(j)
+        return self.tokens[a: a + self.window], self.labels[j]
+
+
 @torch.no_grad()
 def evaluate_prior(prior: Prior, dataset: Dataset, batch_size: int, dims_per_input: int, conditional: bool,
                    shard: EvalShard | None = None,
@@ -353,7 +417,13 @@ class PriorTask(TrainTask):
         """All token grids in [0, vocab) and of the prior's shape, all labels in [0, num_classes): once per split,
         so the training step skips these checks (a host sync each)."""
         bounds = None
-        if isinstance(dataset, TokenGridDataset):
+        if isinstance(dataset, TokenStreamDataset):  # windows of frames: the writer's range, no scan
+            frames, labels = dataset.tokens, dataset.labels
+            bounds = frames.bounds() if hasattr(frames, "bounds") else (int(frames.min()), int(frames.max()))
+            if not len(frames):
+                bounds = (0, -1)
+            tokens = torch.zeros((min(1, len(dataset)), dataset.window, *frames.shape[1:]), dtype=torch.long)  # the shape
+        elif isinstance(dataset, TokenGridDataset):
             tokens, labels = dataset.tokens, dataset.labels
             if hasattr(tokens, "bounds"):  # a sharded folder: the range its writer checked and recorded, no scan
                 bounds = tokens.bounds()
