@@ -95,5 +95,5 @@ class HistogramNet(PriorNet):
             c = self._counts(x, labels)
             total = c if total is None else total.add_(c)
         if total is None:
-            raise ValueError("fit_chunks: no chunks to count")
+            raise ValueError("fit_chunks: no grids to count (no chunks)")
         self._set_tables(total)

@@ -68,7 +68,7 @@ class PriorNet(nn.Module):
         by chunk."""
         chunks = list(chunks)
         if not chunks:
-            raise ValueError("fit_chunks: no chunks to count")
+            raise ValueError("fit_chunks: no grids to count (no chunks)")
         if len({lab is None for _, lab in chunks}) > 1:
             raise ValueError("fit_chunks: either every chunk has labels or none has")
         labels = None if chunks[0][1] is None else torch.cat([lab for _, lab in chunks])

@@ -33,6 +33,7 @@ from .shards import SHARD_TOKENS
 BASE_CHAR = 0x4E00  # CJK ideographs: 20,992 printable, non-space, single-code-point characters
 MAX_BASE_VOCAB = 20_992
 INFO = "bpe.json"
+CHUNK_TOKENS = SHARD_TOKENS  # ``grid_strings``: tokens per block turned into strings at a time
 
 
 @dataclass
@@ -151,10 +152,10 @@ def to_strings(tokens: torch.Tensor) -> list[str]:
     return ["".join(chr(BASE_CHAR + c) for c in row) for row in flat]
 
 
-def grid_strings(tokens: torch.Tensor, chunk_tokens: int = SHARD_TOKENS) -> Iterator[str]:
+def grid_strings(tokens: torch.Tensor, chunk_tokens: int | None = None) -> Iterator[str]:
     """``to_strings`` of tokens int [N, *grid] (a tensor or a ``ShardedArray``), in order, made from row blocks of
-    about ``chunk_tokens`` tokens: one block is read and held at a time."""
-    step = max(1, chunk_tokens // max(1, math.prod(tokens.shape[1:])))
+    about ``chunk_tokens`` (default ``CHUNK_TOKENS``) tokens: one block is read and held at a time."""
+    step = max(1, (chunk_tokens or CHUNK_TOKENS) // max(1, math.prod(tokens.shape[1:])))
     for a in range(0, len(tokens), step):
         yield from to_strings(tokens[a: a + step])
 

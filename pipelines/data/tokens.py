@@ -37,6 +37,7 @@ HEADER = "tokens.json"
 # 3: shards in the smallest dtype, listed with their checksums in the header (``shards``); 2: the header holds
 # the codec record, one int32 file per split; 1: tokenizer path / raw levels fields instead of the codec record
 FORMAT_VERSION = 3
+CHUNK_TOKENS = SHARD_TOKENS  # ``row_chunks``: tokens per block read from a sharded split (int64: 32 MiB)
 
 
 @dataclass
@@ -250,13 +251,14 @@ def take_rows(tokens: torch.Tensor, rows: np.ndarray | torch.Tensor) -> torch.Te
 
 
 def row_chunks(tokens: torch.Tensor, labels: torch.Tensor | None = None,
-               chunk_tokens: int = SHARD_TOKENS) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+               chunk_tokens: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """(tokens, labels) of what ``load_tokens`` returned (or ``take_rows`` of it), block by block: a
-    ``ShardedArray`` (or a lazy view of one) is read in row blocks of about ``chunk_tokens`` tokens, one block in
-    memory at a time; a tensor, already in memory, is one block. labels: the same rows' labels, or None."""
+    ``ShardedArray`` (or a lazy view of one) is read in row blocks of about ``chunk_tokens`` (default
+    ``CHUNK_TOKENS``) tokens, one block in memory at a time; a tensor, already in memory, is one block. labels:
+    the same rows' labels, or None."""
     if not isinstance(tokens, ShardedArray):
         yield tokens, labels
         return
-    step = max(1, chunk_tokens // max(1, math.prod(tokens.shape[1:])))
+    step = max(1, (chunk_tokens or CHUNK_TOKENS) // max(1, math.prod(tokens.shape[1:])))
     for a in range(0, len(tokens), step):
         yield tokens[a: a + step], None if labels is None else labels[a: a + step]
