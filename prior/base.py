@@ -9,6 +9,7 @@ properties here (``check_labels``, ``fit``, ``decoder``, ``supports_cache``, ...
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -122,6 +123,22 @@ class Prior(nn.Module, FolderMixin, library_name="vqgen", tags=["vqgen", "prior"
         self.check_tokens(tokens)
         lab = None if labels is None else self.check_labels(labels, tokens.shape[0], tokens.device)
         self.net.fit(tokens.reshape(tokens.shape[0], -1), lab)  # the net raises for gradient-trained archs
+
+    @torch.no_grad()
+    def fit_chunks(self, chunks: Iterable[tuple[Tensor, Tensor | None]]) -> None:
+        """``fit`` on the concatenation of chunks, each (tokens int [n, *shape], labels int64 [n] or None), read
+        one at a time: histogram and n-gram priors add up their integer counts chunk by chunk, so the result is
+        exactly ``fit``'s on all the rows at once while memory holds one chunk and the counts (train-prior feeds a
+        sharded token folder this way). Each chunk is checked as ``fit`` checks its input."""
+        L = self.config.seq_len
+
+        def checked() -> Iterator[tuple[Tensor, Tensor | None]]:
+            for tokens, labels in chunks:
+                self.check_tokens(tokens)
+                lab = None if labels is None else self.check_labels(labels, tokens.shape[0], tokens.device)
+                yield tokens.reshape(tokens.shape[0], L), lab
+
+        self.net.fit_chunks(checked())
 
     @property
     def supports_cache(self) -> bool:

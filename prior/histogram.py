@@ -7,6 +7,7 @@ parameter, so the generic gradient training loop works on it too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -50,19 +51,49 @@ class HistogramNet(PriorNet):
     def reorder_cache(self, cache: dict, index: Tensor) -> None:
         """Nothing to keep: the cache is empty (beam search)."""
 
+    def _counts(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """int64 [tables, L, V]: how often each token sits at each position, per class (rows labelled k) and, for a
+        conditional prior, over every row (the null-label table). x: int64 [N, L]; labels: int64 [N] or None (the
+        class tables then count nothing)."""
+        V, L, K = self.config.vocab_size, self.config.seq_len, self.config.num_classes
+        if x.dim() != 2 or x.shape[1] != L or x.dtype.is_floating_point:
+            raise ValueError(f"fit expects integer tokens [N, {L}], got {x.dtype} {tuple(x.shape)}")
+        if x.numel() and (x.min() < 0 or x.max() >= V):
+            raise ValueError(f"tokens must lie in [0, {V})")
+        x = x.long().to(self.logits.device)
+        cell = torch.arange(L, device=x.device) * V + x  # [N, L]: position * V + token
+        every = torch.bincount(cell.reshape(-1), minlength=L * V).view(1, L, V)
+        if not K:
+            return every
+        groups = torch.zeros(K, L, V, dtype=torch.long, device=x.device)
+        if labels is not None:
+            labels = labels.long().to(x.device)
+            ok = (labels >= 0) & (labels < K)  # rows of another label are counted in the null table only
+            keyed = (labels[ok, None] * (L * V) + cell[ok]).reshape(-1)
+            groups = torch.bincount(keyed, minlength=K * L * V).view(K, L, V)
+        return torch.cat([groups, every])
+
+    def _set_tables(self, counts: Tensor) -> None:
+        """The tables log((count + alpha) / (n + alpha V)) from int64 counts [tables, L, V]."""
+        V, a = self.config.vocab_size, self.config.laplace_alpha
+        counts = counts.double()
+        self.logits.copy_(torch.log((counts + a) / (counts.sum(-1, keepdim=True) + a * V)).float())
+
     @torch.no_grad()
     def fit(self, x: Tensor, labels: Tensor | None = None) -> None:
         """Set the tables to log((count + alpha) / (n + alpha V)). x: int64 [N, L]; labels: int64 [N] or None.
         The null-label table (conditional priors) is fitted on all data."""
-        V, a = self.config.vocab_size, self.config.laplace_alpha
-        onehot_counts = lambda rows: torch.nn.functional.one_hot(rows, V).sum(0).double()  # noqa: E731
-        tables = []
-        groups = range(self.config.num_classes) if self.config.num_classes else [None]
-        for k in groups:
-            rows = x if k is None else x[labels == k]
-            counts = onehot_counts(rows) if len(rows) else torch.zeros(x.shape[1], V, dtype=torch.float64)
-            tables.append(counts)
-        if self.config.num_classes:
-            tables.append(onehot_counts(x))
-        counts = torch.stack(tables)
-        self.logits.copy_(torch.log((counts + a) / (counts.sum(-1, keepdim=True) + a * V)).float())
+        self._set_tables(self._counts(x, labels))
+
+    @torch.no_grad()
+    def fit_chunks(self, chunks: Iterable[tuple[Tensor, Tensor | None]]) -> None:
+        """``fit`` on the rows of every chunk (x int64 [n, L], labels int64 [n] or None) without holding them
+        together: the integer counts are summed chunk by chunk, so the tables are exactly ``fit``'s on their
+        concatenation, and memory is the tables' whatever the number of rows."""
+        total = None
+        for x, labels in chunks:
+            c = self._counts(x, labels)
+            total = c if total is None else total.add_(c)
+        if total is None:
+            raise ValueError("fit_chunks: no grids to count (no chunks)")
+        self._set_tables(total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -60,6 +61,18 @@ class PriorNet(nn.Module):
         raise NotImplementedError(
             f"{type(self).__name__} (arch={self.config.arch!r}) is trained by gradient descent, not fitted "
             "by counting (fitted_by_counting is False): train it with `vqgen train-prior` / Prior.loss")
+
+    def fit_chunks(self, chunks: Iterable[tuple[Tensor, Tensor | None]]) -> None:
+        """``fit`` on the concatenation of chunks (x int64 [n, L], labels int64 [n] or None, the same for every
+        chunk). This default concatenates them (memory: all of them); count-based nets override it to count chunk
+        by chunk."""
+        chunks = list(chunks)
+        if not chunks:
+            raise ValueError("fit_chunks: no grids to count (no chunks)")
+        if len({lab is None for _, lab in chunks}) > 1:
+            raise ValueError("fit_chunks: either every chunk has labels or none has")
+        labels = None if chunks[0][1] is None else torch.cat([lab for _, lab in chunks])
+        self.fit(torch.cat([x for x, _ in chunks]), labels)
 
     # ------------------------------------------------------------------ incremental decoding
     def init_cache(self, batch_size: int, device: torch.device) -> Any:

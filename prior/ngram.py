@@ -43,6 +43,7 @@ exact); ``step`` looks up position pos's parents in the buffer: O(levels * V) pe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,6 +338,36 @@ class NGramNet(PriorNet):
         """Count every level's (context, token) pairs. x: int64 [N, L] in [0, V); labels: int64 [N] in
         [0, num_classes) or None (then a conditional prior's label level stays empty and every label backs
         off to the unconditional counts). Replaces any previous fit."""
+        self._store(*self._count(*self._checked(x, labels)))
+
+    @torch.no_grad()
+    def fit_chunks(self, chunks: Iterable[tuple[Tensor, Tensor | None]]) -> None:
+        """``fit`` on the rows of every chunk (x int64 [n, L], labels int64 [n] or None), one chunk in memory at a
+        time: each chunk's levels are counted as ``fit`` counts them, and the counts are merged (``_merge``: the
+        (context, token) pairs re-keyed into the union of the contexts, the integer counts of equal pairs added)
+        before the smoothing is computed once on the totals, so every table and discount is exactly ``fit``'s on
+        the concatenation. Memory: one chunk and the distinct contexts and pairs (up to a few times, while runs of
+        counts wait to be merged), not the corpus. Merges pair runs of similar size (as in a log-structured merge),
+        so the work is O(pairs log chunks) rather than a merge of everything so far per chunk."""
+        runs: list[_Counts] = []
+        for x, labels in chunks:
+            x, labels = self._checked(x, labels)
+            if not x.shape[0]:
+                continue
+            runs.append(self._count(x, labels))
+            while len(runs) > 1 and 2 * _size(runs[-1]) >= _size(runs[-2]):
+                last = runs.pop()
+                runs.append(self._merge(runs.pop(), last))
+        if not runs:
+            raise ValueError("fit_chunks: no grids to count")
+        while len(runs) > 1:
+            last = runs.pop()
+            runs.append(self._merge(runs.pop(), last))
+        self._store(*runs[0])
+
+    def _checked(self, x: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """x as int64 on the tables' device, and the labels to count (None for an unconditional prior, or none
+        given), after checking their shapes and ranges."""
         cfg = self.config
         V, L = cfg.vocab_size, cfg.seq_len
         if x.dim() != 2 or x.shape[1] != L or x.dtype.is_floating_point:
@@ -350,6 +381,12 @@ class NGramNet(PriorNet):
                 raise ValueError(f"labels must be int64 [{x.shape[0]}] in [0, {cfg.num_classes})")
         else:
             labels = None
+        return x, labels
+
+    def _count(self, x: Tensor, labels: Tensor | None) -> _Counts:
+        """The raw counts of checked x [N, L] (and labels): per level, the sorted context keys [M_j], and the
+        sorted (context, token) pair keys (context index * V + token) [P_j] with their int64 counts [P_j]."""
+        V = self.config.vocab_size
         tokens = x.reshape(-1)
         n = tokens.numel()
         idx = torch.zeros_like(tokens)  # each position's context index at the current level
@@ -368,8 +405,38 @@ class NGramNet(PriorNet):
                 ctx, idx = _unique(torch.add(parents[j - 1].reshape(-1), idx, alpha=R), M * R)
             M = ctx.numel()
             ctxs.append(ctx)
-            pk, pc = _unique(torch.add(tokens, idx, alpha=V), M * V, counts=True)
-            pairs.append((pk, pc.double()))
+            pairs.append(_unique(torch.add(tokens, idx, alpha=V), M * V, counts=True))
+        return ctxs, pairs
+
+    def _merge(self, a: _Counts, b: _Counts) -> _Counts:
+        """The counts of a's rows and b's together, as ``_count`` would give them on both at once. Level by level:
+        each side's keys are re-keyed through the map of its parent contexts into the merged level below (the maps
+        are increasing, so the order of keys is kept), the merged contexts are the sorted union, and the counts of
+        equal pairs are added (integers: exact)."""
+        V = self.config.vocab_size
+        ctxs: list[Tensor] = []
+        pairs: list[tuple[Tensor, Tensor]] = []
+        maps: list[Tensor] = []  # a's and b's context index -> merged index, at the level below
+        for j in range(self.levels):
+            keys = [a[0][j], b[0][j]]
+            if j:
+                R = self.ranges[j - 1]
+                keys = [m[k // R] * R + k % R for m, k in zip(maps, keys)]
+            ctx = torch.unique(torch.cat(keys))
+            maps = [torch.searchsorted(ctx, k) for k in keys]
+            pk = [m[p // V] * V + p % V for m, (p, _) in zip(maps, (a[1][j], b[1][j]))]
+            u, inv = torch.unique(torch.cat(pk), return_inverse=True)
+            c = torch.zeros(u.numel(), dtype=torch.long, device=u.device).index_add_(0, inv, torch.cat([a[1][j][1],
+                                                                                                       b[1][j][1]]))
+            ctxs.append(ctx)
+            pairs.append((u, c))
+        return ctxs, pairs
+
+    def _store(self, ctxs: list[Tensor], raw: list[tuple[Tensor, Tensor]]) -> None:
+        """Set every level's tables and discount from the raw counts (``_count``, ``_merge``)."""
+        cfg = self.config
+        V, device = cfg.vocab_size, ctxs[0].device
+        pairs = [(pk, pc.double()) for pk, pc in raw]
         counts = [pc for _, pc in pairs]
         if cfg.ngram_smoothing == "kneser_ney":
             # continuation counts below the top label-free level: how many distinct level-(j+1) contexts saw x
@@ -382,9 +449,9 @@ class NGramNet(PriorNet):
             pk, c = pairs[j][0], counts[j]
             M = ctxs[j].numel()
             ci = pk // V
-            off = torch.zeros(M + 1, dtype=torch.long, device=x.device)
+            off = torch.zeros(M + 1, dtype=torch.long, device=device)
             off[1:] = torch.cumsum(torch.bincount(ci, minlength=M), 0)
-            tot = torch.zeros(M, dtype=torch.float64, device=x.device).index_add_(0, ci, c)
+            tot = torch.zeros(M, dtype=torch.float64, device=device).index_add_(0, ci, c)
             for name, value in zip(_TABLES, (ctxs[j], off, pk % V, c, tot)):
                 setattr(self, f"{name}_{j}", value.contiguous())
             if cfg.ngram_discount is not None:
@@ -393,3 +460,12 @@ class NGramNet(PriorNet):
                 n1, n2 = float((c == 1).sum()), float((c == 2).sum())
                 d = n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.5
             self.discount[j] = min(max(d, 0.05), 0.95)
+
+
+# per level: sorted context keys [M_j]; sorted (context index * V + token) pair keys [P_j] and their int64 counts
+_Counts = tuple[list[Tensor], list[tuple[Tensor, Tensor]]]
+
+
+def _size(counts: _Counts) -> int:
+    """How many keys a run of counts holds (contexts and pairs, every level)."""
+    return sum(c.numel() for c in counts[0]) + sum(k.numel() for k, _ in counts[1])

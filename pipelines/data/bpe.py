@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,12 @@ import torch
 
 from vqgen_io import atomic_write_text, load_safetensors, save_safetensors
 
+from .shards import SHARD_TOKENS
+
 BASE_CHAR = 0x4E00  # CJK ideographs: 20,992 printable, non-space, single-code-point characters
 MAX_BASE_VOCAB = 20_992
 INFO = "bpe.json"
+CHUNK_TOKENS = SHARD_TOKENS  # ``grid_strings``: tokens per block turned into strings at a time
 
 
 @dataclass
@@ -61,7 +65,10 @@ class BPE:
     @classmethod
     def train(cls, tokens: torch.Tensor, vocab_size: int, base_vocab: int, codec: dict[str, Any] | None = None) -> BPE:
         """Learn merges on tokens int [N, *grid] in [0, base_vocab) until ``vocab_size`` ids (base codes
-        included; vocab_size >= base_vocab). The library's BpeTrainer counts adjacent pairs within each grid."""
+        included; vocab_size >= base_vocab). The library's BpeTrainer counts adjacent pairs within each grid.
+        ``tokens`` may be a ``ShardedArray`` (``load_tokens`` of a sharded folder): the grids reach the trainer as
+        strings made block by block (``grid_strings``), never as one tensor or one list of strings; the trainer
+        itself keeps a count per distinct grid."""
         from tokenizers import Tokenizer, models, trainers
 
         if not 2 <= base_vocab <= MAX_BASE_VOCAB:
@@ -72,7 +79,7 @@ class BPE:
         tok = Tokenizer(models.BPE())
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, limit_alphabet=base_vocab,
                                       min_frequency=2, show_progress=False, special_tokens=[])
-        tok.train_from_iterator(to_strings(tokens), trainer=trainer, length=len(tokens))
+        tok.train_from_iterator(grid_strings(tokens), trainer=trainer, length=len(tokens))
         info = BPEInfo(base_vocab=base_vocab, merged_vocab=tok.get_vocab_size(),
                        base_token_shape=tuple(int(s) for s in tokens.shape[1:]), codec=codec or {})
         return cls(tok, info)
@@ -143,6 +150,14 @@ def to_strings(tokens: torch.Tensor) -> list[str]:
     """tokens int [N, *grid] -> N strings, one character per code in raster order."""
     flat = tokens.reshape(len(tokens), -1).tolist()
     return ["".join(chr(BASE_CHAR + c) for c in row) for row in flat]
+
+
+def grid_strings(tokens: torch.Tensor, chunk_tokens: int | None = None) -> Iterator[str]:
+    """``to_strings`` of tokens int [N, *grid] (a tensor or a ``ShardedArray``), in order, made from row blocks of
+    about ``chunk_tokens`` (default ``CHUNK_TOKENS``) tokens: one block is read and held at a time."""
+    step = max(1, (chunk_tokens or CHUNK_TOKENS) // max(1, math.prod(tokens.shape[1:])))
+    for a in range(0, len(tokens), step):
+        yield from to_strings(tokens[a: a + step])
 
 
 # ---------------------------------------------------------------------------- merged token folders

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text, load_safetensors
 
 from .shards import (
+    SHARD_TOKENS,
     ShardedArray,
     ShardRecord,
     default_shard_rows,
@@ -44,6 +46,7 @@ HEADER = "tokens.json"
 FORMAT_VERSION = 3
 # 4: a streams folder (format 3's shards, rows = frames of recordings; ``TokenHeader.streams``); grid folders stay 3
 STREAMS_FORMAT_VERSION = 4
+CHUNK_TOKENS = SHARD_TOKENS  # ``row_chunks``: tokens per block read from a sharded split (int64: 32 MiB)
 
 
 @dataclass
@@ -294,3 +297,17 @@ def take_rows(tokens: torch.Tensor, rows: np.ndarray | torch.Tensor) -> torch.Te
     if isinstance(tokens, ShardedArray):
         return tokens.subset(rows)  # type: ignore[return-value]
     return tokens[torch.as_tensor(rows, dtype=torch.long)]
+
+
+def row_chunks(tokens: torch.Tensor, labels: torch.Tensor | None = None,
+               chunk_tokens: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(tokens, labels) of what ``load_tokens`` returned (or ``take_rows`` of it), block by block: a
+    ``ShardedArray`` (or a lazy view of one) is read in row blocks of about ``chunk_tokens`` (default
+    ``CHUNK_TOKENS``) tokens, one block in memory at a time; a tensor, already in memory, is one block. labels:
+    the same rows' labels, or None."""
+    if not isinstance(tokens, ShardedArray):
+        yield tokens, labels
+        return
+    step = max(1, (chunk_tokens or CHUNK_TOKENS) // max(1, math.prod(tokens.shape[1:])))
+    for a in range(0, len(tokens), step):
+        yield tokens[a: a + step], None if labels is None else labels[a: a + step]

@@ -248,14 +248,17 @@ class ScoreReference:
 
 
 def fit_local_model(grids: Tensor, vocab_size: int, shape: tuple[int, ...], num_codebooks: int = 1) -> Any:
-    """The local model: an order-``LOCAL_ORDER`` n-gram ``Prior`` counted on grids (int [N, *shape]; at most
-    ``LOCAL_FIT_LIMIT`` of them and about ``LOCAL_FIT_TOKENS`` tokens are used, evenly spaced)."""
+    """The local model: an order-``LOCAL_ORDER`` n-gram ``Prior`` counted on grids (int [N, *shape], or a sharded
+    split's ``ShardedArray``, read block by block; at most ``LOCAL_FIT_LIMIT`` of them and about ``LOCAL_FIT_TOKENS``
+    tokens are used, evenly spaced)."""
+    from ..data.tokens import row_chunks, take_rows
+
     limit = max(1, min(LOCAL_FIT_LIMIT, LOCAL_FIT_TOKENS // max(1, grids[0].numel() if len(grids) else 1)))
     if len(grids) > limit:
-        grids = grids[torch.linspace(0, len(grids) - 1, limit).long()]
+        grids = take_rows(grids, torch.linspace(0, len(grids) - 1, limit).long())  # a lazy view of a sharded split
     model = build_prior(PriorConfig(arch="ngram", ngram_order=LOCAL_ORDER, vocab_size=vocab_size, shape=tuple(shape),
                                     num_codebooks=num_codebooks))
-    model.fit(grids.long())
+    model.fit_chunks(row_chunks(grids))  # exactly fit's counts on all of them
     return model
 
 

@@ -21,7 +21,7 @@ from tokenizers_vq.modality import get_modality
 from vqgen_io import atomic_write_text
 
 from ..data import infer_modality, load_data, report_skips
-from ..data.tokens import load_token_header, load_token_streams, load_tokens, take_rows
+from ..data.tokens import load_token_header, load_token_streams, load_tokens, row_chunks, take_rows
 from ..likelihood.reference import reference_split
 from ..training.config import TrainConfig, TrainResult
 from ..training.loop import train
@@ -97,7 +97,7 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     The prior folder records the token folder's codec (``codec.json``), its class names and the sampling
     defaults: a conditional prior samples with classifier-free guidance ``cfg_scale`` (default 2) unless told
     otherwise. Count-based priors (histogram, ngram) are fitted by counting (closed-form maximum likelihood) instead
-    of trained. ``shift``: training grids rolled by up to this many positions along height and width
+    of trained, reading the training grids block by block (``Prior.fit_chunks``). ``shift``: training grids rolled by up to this many positions along height and width
     (``TokenGridDataset``; image grids of trained priors only). ``reference_fraction``: this share of the training
     grids (at most 1,000 and about 2 million tokens, chosen per ``cfg.seed``) is held out of training; once
     trained, the prior's scores on them (and a local n-gram's, counted on the other training grids) are recorded in
@@ -188,9 +188,12 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     if not prior.fitted_by_counting:
         return train(PriorTask(prior, str(tokens_dir), dims, reference), train_set, test_set, cfg,
                      hparams=config.to_dict())
-    if header.streams:  # counted on the windows of epoch 0
-        tr_tokens = torch.stack([train_set[j][0] for j in range(len(train_set))])
-    prior.fit(tr_tokens, tr_labels if num_classes else None)
+    if header.streams:  # counted on the windows of epoch 0, each with its recording's label
+        windows = [train_set[j] for j in range(len(train_set))]
+        tr_tokens = torch.stack([t for t, _ in windows])
+        tr_labels = torch.stack([torch.as_tensor(y, dtype=torch.long) for _, y in windows])
+    # counted block by block (a sharded folder is read a few million tokens at a time): the same tables as one fit
+    prior.fit_chunks(row_chunks(tr_tokens, tr_labels if num_classes else None))
     metrics = evaluate_prior(prior, test_set, 512, dims, num_classes > 0)
     prior.save_pretrained(out, card_info={"tokens": str(tokens_dir), "metrics": metrics})
     if reference is not None:
