@@ -107,17 +107,13 @@ class LoopState:
         self.step = 0  # optimizer steps taken
         self.batches_seen = 0  # micro-batches consumed since the start (gives epoch and offset)
         self.best: dict[str, float] = {}
-        self.schedule_steps: int | None = None  # the schedule's length when fitted to --max-seconds (loop.py)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "batches_seen": self.batches_seen, "best": self.best,
-                "schedule_steps": self.schedule_steps}
+        return {"step": self.step, "batches_seen": self.batches_seen, "best": self.best}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.step, self.batches_seen = int(d["step"]), int(d["batches_seen"])
         self.best = dict(d.get("best", {}))
-        fitted = d.get("schedule_steps")  # absent from checkpoints written before schedules were fitted
-        self.schedule_steps = None if fitted is None else int(fitted)
 
 
 def resume(accelerator: Accelerator, out: Path, cfg: TrainConfig, state: LoopState) -> Path:

@@ -32,7 +32,7 @@ class TrainConfig:
     log_every: int = 10  # log the training scalars (CSV, TensorBoard, progress bar) every N steps
     seed: int = field(default=0, metadata={"flag": False})  # (--seed) seeds the data order and every RNG (python, numpy, torch) when training starts
     resume: bool = False  # continue from the newest checkpoint under OUT/checkpoints at its data position
-    max_seconds: float | None = None  # wall-clock budget in seconds, then evaluate, save, stop; None: none. The learning-rate schedule is fitted to the steps the budget reaches when that is fewer than --steps, so the run still ends annealed
+    max_seconds: float | None = None  # wall-clock budget in seconds, then evaluate, save, stop; None: none
     num_workers: int = 0  # DataLoader worker processes; 0: load batches in the training process
     eval_batch_size: int | None = None  # batch size for evaluation; None: batch_size
     progress: bool = field(default=True, metadata={"flag": False})  # show a progress bar (main process only; the CLI's --quiet)

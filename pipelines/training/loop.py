@@ -60,10 +60,6 @@ __all__ = [  # train, and what this module defined before the split (importers o
 ]
 
 
-FIT_AFTER = 20  # steps of this invocation before the step time is trusted to fit the schedule to --max-seconds
-FIT_EVERY = 50  # steps between those estimates
-
-
 def train(task: TrainTask, train_set: Dataset, test_set: Dataset | None, cfg: TrainConfig,
           hparams: dict[str, Any] | None = None) -> TrainResult:
     """Run the loop for ``task``; on "finished" or "budget" the final model is saved to ``cfg.out``.
@@ -140,9 +136,6 @@ class _Steps:
         self.bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {task.name}", dynamic_ncols=True,
                         disable=not (cfg.progress and accelerator.is_local_main_process))
         self.guard, self.flags = FiniteGuard(accelerator.device), HostFlags(accelerator)
-        self.first_step = state.step  # this invocation's first step: the step time is measured from here
-        if state.schedule_steps is not None:  # a resumed run keeps the schedule fitted before
-            self._set_schedule(state.schedule_steps)
 
     def run(self) -> str:
         """Train until the last step ("finished"), a signal ("preempted", checkpoint written) or the time
@@ -231,35 +224,6 @@ class _Steps:
         state.batches_seen += 1
         self.scalars.add({"loss": loss, **shown}, self.task.count(batch) * accelerator.num_processes)
 
-    def _set_schedule(self, total: int) -> None:
-        """Warm-up + cosine over ``total`` steps instead of ``cfg.steps`` (the warm-up at most half of it)."""
-        cfg = self.cfg
-        f = warmup_cosine(min(cfg.warmup_steps or 0, total // 2), total, cfg.min_lr_ratio)
-        sched = getattr(self.sched, "scheduler", self.sched)  # Accelerate's wrapper holds the LambdaLR
-        sched.lr_lambdas = [f] * len(sched.lr_lambdas)
-
-    def _fit_schedule(self, now: float) -> None:
-        """Under ``--max-seconds``, every ``FIT_EVERY`` steps: the steps the budget still reaches at the slowest
-        process's mean step time so far (evaluations and saves included); when that ends the run before
-        ``cfg.steps``, the learning-rate schedule is shortened to end there (never lengthened), so a run stopped by
-        its budget ends annealed instead of mid-schedule. Every process gets the same length."""
-        cfg, state = self.cfg, self.state
-        done = state.step - self.first_step
-        if cfg.max_seconds is None or done < FIT_AFTER or state.step % FIT_EVERY:
-            return
-        elapsed = now - self.t_start
-        [per_step] = self.flags.most(elapsed / done)
-        reach = state.step + int(max(0.0, cfg.max_seconds - elapsed) / per_step)
-        current = state.schedule_steps or cfg.steps
-        total = max(state.step + 1, reach)
-        if total < current:
-            if state.schedule_steps is None:
-                self.accelerator.print(f"\n--max-seconds {cfg.max_seconds:g}: at {per_step:.3g} s a step the budget "
-                                       f"reaches about step {total} of {cfg.steps}; the learning-rate schedule is "
-                                       "fitted to end there (re-estimated as the run goes)")
-            state.schedule_steps = total
-            self._set_schedule(total)
-
     def _after_step(self, sig: SignalFlag) -> str | None:
         """What an optimizer step triggers. Returns the run's status when it ends here ("preempted", "budget",
         "finished"), else None."""
@@ -269,7 +233,6 @@ class _Steps:
         self.task.on_step(state.step)
         self.bar.update(1)
         now = time.time()
-        self._fit_schedule(now)
         stop, over_budget = self.flags.any(
             sig.signum is not None or (cfg.stop_after_step is not None and state.step >= cfg.stop_after_step),
             cfg.max_seconds is not None and now - self.t_start > cfg.max_seconds)

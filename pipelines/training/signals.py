@@ -60,12 +60,6 @@ class HostFlags:
         flags."""
         if not self.active:
             return list(flags)
-        return [v > 0 for v in self.most(*(float(f) for f in flags))]
-
-    def most(self, *values: float) -> list[float]:
-        """For each value: its largest over the processes (every process calls this with as many values)."""
-        if not self.active:
-            return list(values)
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        t = torch.tensor([float(f) for f in flags])
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.group)
-        return t.tolist()
+        return [v > 0 for v in t.tolist()]
