@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,45 +111,14 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
     must be 0: the command line defaults it to 0 for streams).
     """
     header = load_token_header(tokens_dir)
-    reference = None
-    token_shape = tuple(header.token_shape)
-    dims = header.dims_per_input
     if header.streams:
-        if window is None:
-            raise ValueError(f"{tokens_dir} is a token streams folder (`vqgen tokenize --streams`): give --window FRAMES, "
-                             "the length of the windows the prior models (e.g. --window 250 for 5 s at 50 frames/s)")
-        if window < 1:
-            raise ValueError(f"--window must be at least 1 frame, got {window}")
-        if reference_fraction:
-            raise ValueError(f"--reference-fraction {reference_fraction}: a prior trained on token streams makes no "
-                             "score reference (windows are drawn anew each epoch, so none are held out); pass 0")
-        frames, offsets, labels = load_token_streams(tokens_dir, "train")
-        train_streams = TokenStreamDataset(frames, offsets, labels, window, train=True, seed=cfg.seed)
-        if not len(train_streams):
-            raise ValueError(f"every training recording of {tokens_dir} is shorter than --window {window} frames "
-                             f"(the longest has {int(np.diff(offsets).max(initial=0))}): use a shorter window")
-        test_streams = TokenStreamDataset(*load_token_streams(tokens_dir, "test"), window, train=False)
-        for name, ds in (("training", train_streams), ("test", test_streams)):
-            if ds.skipped:
-                log.info("%d %s recording(s) of %s are shorter than --window %d frames: left out", ds.skipped, name,
-                         tokens_dir, window)
-        tr_tokens, tr_labels = frames, train_streams.labels
-        token_shape = (int(window), *token_shape)
-        dims = int(window) * int(header.streams["hop"])
+        data = _stream_data(tokens_dir, header, window, reference_fraction, cfg.seed)
     elif window is not None:
         raise ValueError(f"--window cuts windows from token streams, but {tokens_dir} holds token grids of shape "
-                         f"{token_shape}: drop --window (or tokenize with --streams)")
+                         f"{tuple(header.token_shape)}: drop --window (or tokenize with --streams)")
     else:
-        tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
-        seq_len = math.prod(header.token_shape)
-        keep, held = reference_split(len(tr_tokens), reference_fraction, cfg.seed, seq_len)
-        if len(held):  # held out of training: the prior's scores on them are its anomaly reference
-            # lazy views of a sharded folder: nothing of the corpus is read here but the held-out grids
-            held_grids = tr_tokens[torch.as_tensor(held)]
-            tr_tokens, tr_labels = take_rows(tr_tokens, keep), take_rows(tr_labels, keep)
-            reference = HeldOut(held_grids, tr_tokens, f"{len(held)} training grids of {tokens_dir} held out of "
-                                f"training (--reference-fraction {reference_fraction}, --seed {cfg.seed})")
-        te_tokens, te_labels = load_tokens(tokens_dir, "test")
+        data = _grid_data(tokens_dir, header, reference_fraction, cfg.seed, shift)
+    tr_labels, token_shape = data.train_labels, data.token_shape
     num_classes = 0
     if conditional:
         if header.num_classes < 1 or (len(tr_labels) and tr_labels.min() < 0):
@@ -180,23 +150,81 @@ def train_prior(tokens_dir: str | Path, model: dict[str, Any], cfg: TrainConfig,
         raise ValueError(f"--shift {shift} rolls image token grids while a network trains; {tokens_dir} holds "
                          f"{header.modality} tokens" + (" and a count-based prior is not trained"
                                                         if prior.fitted_by_counting else ""))
-    if header.streams:
-        train_set, test_set = train_streams, test_streams
-    else:
-        train_set = TokenGridDataset(tr_tokens, tr_labels, shift=shift, seed=cfg.seed)
-        test_set = TokenGridDataset(te_tokens, te_labels)
     if not prior.fitted_by_counting:
-        return train(PriorTask(prior, str(tokens_dir), dims, reference), train_set, test_set, cfg,
+        return train(PriorTask(prior, str(tokens_dir), data.dims, data.reference), data.train_set, data.test_set, cfg,
                      hparams=config.to_dict())
-    if header.streams:  # counted on the windows of epoch 0, each with its recording's label
-        windows = [train_set[j] for j in range(len(train_set))]
-        tr_tokens = torch.stack([t for t, _ in windows])
-        tr_labels = torch.stack([torch.as_tensor(y, dtype=torch.long) for _, y in windows])
+    return _fit_by_counting(prior, data, num_classes, out, tokens_dir)
+
+
+@dataclass
+class _PriorData:
+    """What ``train_prior`` trains on: the datasets, the training tokens and labels as read (lazy views of a
+    sharded folder; a streams folder's frames), the prior's shape, dimensions per input and score reference."""
+
+    train_set: Any
+    test_set: Any
+    train_tokens: Any
+    train_labels: Any
+    token_shape: tuple[int, ...]
+    dims: int
+    reference: HeldOut | None = None
+
+
+def _stream_data(tokens_dir: str | Path, header: Any, window: int | None, reference_fraction: float,
+                 seed: int) -> _PriorData:
+    """A streams folder (``vqgen tokenize --streams``): windows of ``window`` frames (``TokenStreamDataset``)."""
+    if window is None:
+        raise ValueError(f"{tokens_dir} is a token streams folder (`vqgen tokenize --streams`): give --window FRAMES, "
+                         "the length of the windows the prior models (e.g. --window 250 for 5 s at 50 frames/s)")
+    if window < 1:
+        raise ValueError(f"--window must be at least 1 frame, got {window}")
+    if reference_fraction:
+        raise ValueError(f"--reference-fraction {reference_fraction}: a prior trained on token streams makes no "
+                         "score reference (windows are drawn anew each epoch, so none are held out); pass 0")
+    frames, offsets, labels = load_token_streams(tokens_dir, "train")
+    train_set = TokenStreamDataset(frames, offsets, labels, window, train=True, seed=seed)
+    if not len(train_set):
+        raise ValueError(f"every training recording of {tokens_dir} is shorter than --window {window} frames "
+                         f"(the longest has {int(np.diff(offsets).max(initial=0))}): use a shorter window")
+    test_set = TokenStreamDataset(*load_token_streams(tokens_dir, "test"), window, train=False)
+    for name, ds in (("training", train_set), ("test", test_set)):
+        if ds.skipped:
+            log.info("%d %s recording(s) of %s are shorter than --window %d frames: left out", ds.skipped, name,
+                     tokens_dir, window)
+    return _PriorData(train_set, test_set, frames, train_set.labels, (int(window), *header.token_shape),
+                      int(window) * int(header.streams["hop"]))
+
+
+def _grid_data(tokens_dir: str | Path, header: Any, reference_fraction: float, seed: int, shift: int) -> _PriorData:
+    """A grid folder: its grids, less the ``reference_fraction`` held out for the score reference."""
+    tr_tokens, tr_labels = load_tokens(tokens_dir, "train")
+    keep, held = reference_split(len(tr_tokens), reference_fraction, seed, math.prod(header.token_shape))
+    reference = None
+    if len(held):  # held out of training: the prior's scores on them are its anomaly reference
+        # lazy views of a sharded folder: nothing of the corpus is read here but the held-out grids
+        held_grids = tr_tokens[torch.as_tensor(held)]
+        tr_tokens, tr_labels = take_rows(tr_tokens, keep), take_rows(tr_labels, keep)
+        reference = HeldOut(held_grids, tr_tokens, f"{len(held)} training grids of {tokens_dir} held out of "
+                            f"training (--reference-fraction {reference_fraction}, --seed {seed})")
+    te_tokens, te_labels = load_tokens(tokens_dir, "test")
+    return _PriorData(TokenGridDataset(tr_tokens, tr_labels, shift=shift, seed=seed),
+                      TokenGridDataset(te_tokens, te_labels), tr_tokens, tr_labels, tuple(header.token_shape),
+                      header.dims_per_input, reference)
+
+
+def _fit_by_counting(prior: Any, data: _PriorData, num_classes: int, out: Path,
+                     tokens_dir: str | Path) -> TrainResult:
+    """Fit a count-based prior (closed form), evaluate and save it with its metrics and score reference."""
+    tokens, labels = data.train_tokens, data.train_labels
+    if isinstance(data.train_set, TokenStreamDataset):  # epoch 0's windows, each with its recording's label
+        windows = [data.train_set[j] for j in range(len(data.train_set))]
+        tokens = torch.stack([t for t, _ in windows])
+        labels = torch.stack([torch.as_tensor(y, dtype=torch.long) for _, y in windows])
     # counted block by block (a sharded folder is read a few million tokens at a time): the same tables as one fit
-    prior.fit_chunks(row_chunks(tr_tokens, tr_labels if num_classes else None))
-    metrics = evaluate_prior(prior, test_set, 512, dims, num_classes > 0)
+    prior.fit_chunks(row_chunks(tokens, labels if num_classes else None))
+    metrics = evaluate_prior(prior, data.test_set, 512, data.dims, num_classes > 0)
     prior.save_pretrained(out, card_info={"tokens": str(tokens_dir), "metrics": metrics})
-    if reference is not None:
-        reference.record(prior, out)
+    if data.reference is not None:
+        data.reference.record(prior, out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return TrainResult(status="finished", step=0, metrics=metrics, checkpoint=None)
