@@ -257,7 +257,7 @@ def spectrogram_png(path: Path, x: torch.Tensor, rows: list[tuple[str, torch.Ten
     img.save(path)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed (default 0)")
     ap.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="training budget (default 600)")
@@ -274,7 +274,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--markdown-only", action="store_true",
                     help="measure nothing: re-render docs/benchmarks/real_speech.md from bench/results/real_speech.json "
                          "(with --note, recorded there)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def score_codec2(modes: tuple[str, ...], names: list[str], waves: list[torch.Tensor]
+                 ) -> tuple[list[dict[str, Any]], dict[str, list[torch.Tensor]]]:
+    """(a row per Codec2 mode: kbit/s, delay, STOI per recording and mean; a skipped row without the tool,
+    the decoded recordings of each mode)."""
+    peers: list[dict[str, Any]] = []
+    codec2_out: dict[str, list[torch.Tensor]] = {}
+    for mode in modes:
+        t0 = time.perf_counter()
+        try:
+            outs, delay_ms = codec2_outputs(mode, waves)
+        except MissingTool as e:
+            peers.append({"codec": f"Codec2 {mode}", "skipped": str(e)})
+            continue
+        codec2_out[mode] = outs
+        peers.append({"codec": f"Codec2 {mode}", "kbps": codec2_kbps(mode), "delay_ms": round(delay_ms, 2),
+                      **score(names, waves, outs), "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(peers[-1]), flush=True)
+    return peers, codec2_out
+
+
+def score_vqgen(args: argparse.Namespace, work: Path, names: list[str], waves: list[torch.Tensor],
+                extra: list[str]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """(a row per seed: training (or the reused run's record), the tokenizer, STOI per recording and mean; the
+    first seed's decoded recordings)."""
+    runs, first = [], []
+    for seed in args.seeds:
+        run = work / f"run_{seed}"
+        reuse = args.reuse and (run / "bench_train.json").is_file()
+        info = ({**json.loads((run / "bench_train.json").read_text()), "reused": True} if reuse else
+                train(work / "train", run, seed, args.max_seconds, extra))
+        outs, tok = vqgen_outputs(run, waves)
+        runs.append({**info, "tokenizer": tok, **score(names, waves, outs)})
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "train_eval"}), flush=True)
+        if seed == args.seeds[0]:
+            first = outs
+    return runs, first
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
     if args.markdown_only:
         res_path = ROOT / "bench" / "results" / "real_speech.json"
         results = json.loads(res_path.read_text())
@@ -302,30 +344,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps({s: [(d["name"], d["seconds"]) for d in data[s]] for s in data}), flush=True)
     names = [d["name"] for d in data["heldout"]]
     waves = [torch.from_numpy(_read(work / "heldout" / f"{n}.wav")) for n in names]
-    peers: list[dict[str, Any]] = []
-    codec2_out: dict[str, list[torch.Tensor]] = {}
-    for mode in modes:
-        t0 = time.perf_counter()
-        try:
-            outs, delay_ms = codec2_outputs(mode, waves)
-        except MissingTool as e:
-            peers.append({"codec": f"Codec2 {mode}", "skipped": str(e)})
-            continue
-        codec2_out[mode] = outs
-        peers.append({"codec": f"Codec2 {mode}", "kbps": codec2_kbps(mode), "delay_ms": round(delay_ms, 2),
-                      **score(names, waves, outs), "seconds": round(time.perf_counter() - t0, 1)})
-        print(json.dumps(peers[-1]), flush=True)
-    runs = []
-    for seed in args.seeds:
-        run = work / f"run_{seed}"
-        reuse = args.reuse and (run / "bench_train.json").is_file()
-        info = ({**json.loads((run / "bench_train.json").read_text()), "reused": True} if reuse else
-                train(work / "train", run, seed, args.max_seconds, extra))
-        outs, tok = vqgen_outputs(run, waves)
-        runs.append({**info, "tokenizer": tok, **score(names, waves, outs)})
-        print(json.dumps({k: v for k, v in runs[-1].items() if k != "train_eval"}), flush=True)
-        if seed == args.seeds[0]:
-            vq_first = outs
+    peers, codec2_out = score_codec2(modes, names, waves)
+    runs, vq_first = score_vqgen(args, work, names, waves, extra)
     mean = float(np.mean([r["stoi_mean"] for r in runs]))
     c2400 = next((p for p in peers if p["codec"] == "Codec2 2400" and "skipped" not in p), None)
     results = {"meta": {**meta, "total_s": round(time.perf_counter() - t_start, 1)}, "data": data, "codec2": peers,
