@@ -534,6 +534,25 @@ def _open_train(spec: DataSpec, kind: str) -> tuple[dict[str, Any], dict[str, in
     return streams, sizes, streams[spec.train_split], SkipLog(spec.name, kind, spec.strict)
 
 
+def _streamed_splits(spec: DataSpec, kind: str, materialise_fn: Any, prepare_fn: Any, stream_cls: Any
+                     ) -> tuple[Any, Any, list[str]]:
+    """(the training stream, as ``stream_cls``; the in-memory test split, by ``materialise_fn``: the dataset's test
+    split, else the held-out head of the training stream, which training then skips; the label names) for
+    ``kind`` ("image" or "audio")."""
+    streams, sizes, train, skips = _open_train(spec, kind)
+    where = spec.name
+    if spec.test_split and spec.test_split in streams:
+        test, _ = materialise_fn(streams[spec.test_split], STREAM_TEST_ROWS, spec, skips, where)
+        exclude: frozenset[str] = frozenset()
+    else:
+        n = held_out_rows(spec, prepare_fn(train, spec, where), sizes.get(spec.train_split))
+        test, exclude = materialise_fn(train, n, spec, skips, where)
+    rank, world = _world()
+    train_set = stream_cls(train, spec, skips, exclude=exclude, shuffle_buffer=spec.shuffle_buffer, rank=rank,
+                           world=world, where=where)
+    return train_set, test, _class_names(train, spec)
+
+
 def load_streamed(spec: DataSpec, modality: str) -> Splits:
     """``load_streamed_images`` or ``load_streamed_audio``, by ``modality``."""
     return load_streamed_audio(spec) if modality == "audio" else load_streamed_images(spec)
@@ -544,18 +563,7 @@ def load_streamed_images(spec: DataSpec) -> Splits:
     process's share under a launch), ``test`` an in-memory ``EncodedImageDataset`` of at most
     ``STREAM_TEST_ROWS`` rows (the dataset's test split, else the held-out head of the training stream: see the
     module docstring). ``num_classes``: the label column's names, else the largest test label + 1."""
-    streams, sizes, train, skips = _open_train(spec, "image")
-    where = spec.name
-    if spec.test_split and spec.test_split in streams:
-        test, _ = materialise(streams[spec.test_split], STREAM_TEST_ROWS, spec, skips, where)
-        exclude: frozenset[str] = frozenset()
-    else:
-        n = held_out_rows(spec, _prepare(train, spec, where), sizes.get(spec.train_split))
-        test, exclude = materialise(train, n, spec, skips, where)
-    rank, world = _world()
-    train_set = StreamedImages(train, spec, skips, exclude=exclude, shuffle_buffer=spec.shuffle_buffer, rank=rank,
-                               world=world, where=where)
-    names = _class_names(train, spec)
+    train_set, test, names = _streamed_splits(spec, "image", materialise, _prepare, StreamedImages)
     num_classes = len(names) or (int(test.labels.max()) + 1 if len(test.labels) else 0)
     return Splits(train=train_set, test=test, modality="image", num_classes=num_classes,
                   class_names=names or [str(i) for i in range(num_classes)],
@@ -571,18 +579,7 @@ def load_streamed_audio(spec: DataSpec) -> Splits:
     label + 1."""
     if spec.clip_samples <= 0:
         raise ValueError(f"clip_samples must be positive, got {spec.clip_samples}")
-    streams, sizes, train, skips = _open_train(spec, "audio")
-    where = spec.name
-    if spec.test_split and spec.test_split in streams:
-        test, _ = materialise_audio(streams[spec.test_split], STREAM_TEST_ROWS, spec, skips, where)
-        exclude: frozenset[str] = frozenset()
-    else:
-        n = held_out_rows(spec, _prepare_audio(train, spec, where), sizes.get(spec.train_split))
-        test, exclude = materialise_audio(train, n, spec, skips, where)
-    rank, world = _world()
-    train_set = StreamedAudio(train, spec, skips, exclude=exclude, shuffle_buffer=spec.shuffle_buffer, rank=rank,
-                              world=world, where=where)
-    names = _class_names(train, spec)
+    train_set, test, names = _streamed_splits(spec, "audio", materialise_audio, _prepare_audio, StreamedAudio)
     num_classes = len(names) or max((int(v) + 1 for v in test.labels), default=0)
     return Splits(train=train_set, test=test, modality="audio", num_classes=num_classes,
                   class_names=names or [str(i) for i in range(num_classes)], input_shape=(spec.clip_samples,),

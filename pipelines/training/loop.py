@@ -154,16 +154,24 @@ class _Steps:
                     self.train_set.set_epoch(epoch)
                 epoch_loader = (self.accelerator.skip_first_batches(self.loader, offset) if offset
                                 else self.loader)
-                for batch in epoch_loader:
-                    self._micro_step(batch, epoch)
-                    if not self.accelerator.sync_gradients:
-                        continue
-                    ended = self._after_step(sig)
-                    if ended is not None:
-                        status = ended
-                        break
+                ended, _ = self._epoch(epoch_loader, epoch, sig)
+                status = ended or status
         self.bar.close()
         return status
+
+    def _epoch(self, batches: Any, epoch: int, sig: SignalFlag) -> tuple[str | None, int]:
+        """Train on ``batches`` (micro-batches of epoch ``epoch``) until they end or the run does: (the run's status
+        when it ended here, else None; the micro-batches taken)."""
+        taken = 0
+        for batch in batches:
+            taken += 1
+            self._micro_step(batch, epoch)
+            if not self.accelerator.sync_gradients:
+                continue
+            ended = self._after_step(sig)
+            if ended is not None:
+                return ended, taken
+        return None, taken
 
     def _run_stream(self, sig: SignalFlag) -> str:
         """``run`` on a streamed split: epoch after epoch (the dataset's ``epoch``, restored on resume with its
@@ -174,16 +182,9 @@ class _Steps:
         while self.state.step < self.cfg.steps and status == "finished":
             epoch = stream.epoch
             stream.set_epoch(epoch)
-            batches = 0
-            for batch in self._stream_batches():
-                batches += 1
-                self._micro_step(batch, epoch)
-                if not self.accelerator.sync_gradients:
-                    continue
-                ended = self._after_step(sig)
-                if ended is not None:
-                    status = ended
-                    break
+            ended, batches = self._epoch(self._stream_batches(), epoch, sig)
+            if ended is not None:
+                status = ended
             else:  # the stream ended: the next epoch starts from its beginning
                 # (one empty epoch is a resume whose checkpoint sat at the end of one)
                 empty = empty + 1 if batches == 0 else 0
