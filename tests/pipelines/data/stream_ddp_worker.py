@@ -10,28 +10,11 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
+from stream_recorder import Recorder  # beside this script
 
 from pipelines.data import DataSpec, load_data
 from pipelines.training.config import TrainConfig
 from pipelines.training.loop import train
-from pipelines.training.task import TrainTask
-
-
-class Recorder(TrainTask):
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.model = nn.Linear(1, 1)
-        self.seen: list[int] = []
-
-    def loss(self, model, batch):
-        x, y = batch
-        self.seen += [int(v) for v in y]
-        return model(x.mean(dim=(1, 2, 3))[:, None]).pow(2).mean(), {}
-
-    def save_final(self, model, out, metrics):
-        pass
 
 
 def run(data: str, out: Path, steps: int, buffer: int, **kw) -> list[int]:

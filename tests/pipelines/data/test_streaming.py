@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from pipelines.data import DataSpec, ImageReadError, load_data, report_skips
 from pipelines.data.streaming import StreamedImages
 from pipelines.training.config import TrainConfig
 from pipelines.training.loop import train
-from pipelines.training.task import TrainTask
+from tests.pipelines.data.stream_recorder import Recorder
 
 BROKEN = b"\x89PNG\r\n\x1a\n this is not an image"
 TINY_TOK = ["--quantizer", "fsq", "--hidden-channels", "8", "--latent-dim", "8", "--num-res-blocks", "1",
@@ -123,27 +122,9 @@ def test_streaming_refuses_what_it_cannot_read(tmp_path):
                  str(tmp_path / "t"), "--steps", "1", "--quiet", *TINY_TOK]) == 2
 
 
-class _Recorder(TrainTask):
-    """A one-weight model whose loss records the labels (row numbers) of every batch it trains on."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.model = nn.Linear(1, 1)
-        self.seen: list[int] = []
-
-    def loss(self, model, batch):
-        x, y = batch
-        self.seen += [int(v) for v in y]
-        return model(x.mean(dim=(1, 2, 3))[:, None]).pow(2).mean(), {}
-
-    def save_final(self, model, out, metrics):
-        pass
-
-
 def _run(folder, out, steps, buffer, stop=None, resume=False):
     splits = load_data(_spec(folder, streaming=True, shuffle_buffer=buffer))
-    task = _Recorder()
+    task = Recorder()
     cfg = TrainConfig(out=str(out), steps=steps, batch_size=4, save_every=1000, eval_every=1000, log_every=1000,
                       stop_after_step=stop, resume=resume, progress=False, device="cpu", mixed_precision="no")
     result = train(task, splits.train, None, cfg)
@@ -172,7 +153,7 @@ def test_resuming_a_streamed_run_without_streaming_is_a_clear_error(tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "cut"), steps=8, batch_size=4, save_every=1000, eval_every=1000,
                       log_every=1000, resume=True, progress=False, device="cpu", mixed_precision="no")
     with pytest.raises(ValueError, match="--streaming added or removed"):
-        train(_Recorder(), splits.train, None, cfg)
+        train(Recorder(), splits.train, None, cfg)
 
 
 def test_a_resumed_shuffled_stream_repeats_no_row_within_the_epoch(tmp_path):

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from torch import nn
 
 from pipelines.data import AudioReadError, DataSpec, load_data, report_skips
 from pipelines.data.audio_io import AudioClipDataset
 from pipelines.data.streaming import StreamedAudio
 from pipelines.training.config import TrainConfig
 from pipelines.training.loop import train
-from pipelines.training.task import TrainTask
+from tests.pipelines.data.stream_recorder import Recorder
 
 SR = 8000
 CLIP = 1024
@@ -141,27 +140,14 @@ def test_string_labels_and_image_datasets_are_clear_errors(tmp_path):
         load_data(_spec(tmp_path / "wavs", streaming=True))
 
 
-class _Recorder(TrainTask):
-    """A one-weight model whose loss records each clip it trains on: (row, the clip's bytes)."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.model = nn.Linear(1, 1)
-        self.seen: list[tuple[int, bytes]] = []
-
-    def loss(self, model, batch):
-        x, y = batch
-        self.seen += [(int(v), c.numpy().tobytes()) for v, c in zip(y, x)]
-        return model(x.mean(dim=1)[:, None]).pow(2).mean(), {}
-
-    def save_final(self, model, out, metrics):
-        pass
+def _clips(x, y):
+    """Each clip of a batch: (row, the clip's bytes)."""
+    return [(int(v), c.numpy().tobytes()) for v, c in zip(y, x)]
 
 
 def _run(folder, out, steps, buffer, stop=None, resume=False):
     splits = load_data(_spec(folder, streaming=True, shuffle_buffer=buffer))
-    task = _Recorder()
+    task = Recorder(_clips)
     cfg = TrainConfig(out=str(out), steps=steps, batch_size=4, save_every=1000, eval_every=1000, log_every=1000,
                       stop_after_step=stop, resume=resume, progress=False, device="cpu", mixed_precision="no")
     result = train(task, splits.train, None, cfg)
