@@ -207,6 +207,7 @@ class _Streamed(IterableDataset):
 
     modality = ""
     shuffle_salt = 0x5B
+    numbered = False  # whether a row's examples depend on the examples before it (``first``): see StreamedAudio
 
     def __init__(self, stream: Any, spec: DataSpec, skips: SkipLog, *, exclude: frozenset[str] = frozenset(),
                  shuffle_buffer: int = 0, rank: int = 0, world: int = 1, where: str = ""):
@@ -393,6 +394,19 @@ class StreamedAudio(_Streamed):
             self.skips.record(e)
             return None
 
+    @property
+    def numbered(self) -> bool:  # type: ignore[override]
+        """Whether a row's clips depend on ``first``, the number of clips before it: a short training recording's
+        offset and a long one's training windows are drawn per item; covering windows and centred clips are not."""
+        return self.train or not self.cover
+
+    def clip_count(self, length: int) -> int:
+        """How many clips ``clips`` cuts of a recording of ``length`` samples (whatever ``first``)."""
+        clip = self.spec.clip_samples
+        if length <= clip:
+            return 1
+        return -(-length // clip) if self.cover else max(1, round(length / clip))
+
     def clips(self, wave: torch.Tensor, label: int, first: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The clips of one decoded recording (see the class docstring), its items numbered from ``first``."""
         clip, length = self.spec.clip_samples, int(wave.shape[0])
@@ -403,10 +417,10 @@ class StreamedAudio(_Streamed):
                 return [(wave, y)]
             at = random_placement(self._key(first), slack) if self.train else slack // 2
             return [(fit_clip(wave, clip, at), y)]
+        n = self.clip_count(length)
         if self.cover:
-            offsets = [min(k * clip, length - clip) for k in range(-(-length // clip))]
+            offsets = [min(k * clip, length - clip) for k in range(n)]
         else:
-            n = max(1, round(length / clip))
             offsets = [stratified_offset(self._key(first + k), k, n, length - clip) for k in range(n)]
         # copies: a clip held in the shuffle buffer must not keep its whole recording in memory
         return [(wave[o:o + clip].clone(), y) for o in offsets]
@@ -590,8 +604,8 @@ def stream_splits_for_tokenize(spec: DataSpec, modality: str = "image"
                                ) -> tuple[dict[str, StreamedImages | StreamedAudio], list[str]]:
     """For ``vqgen tokenize --streaming``: {"train", "test"} as unshuffled ``StreamedImages`` (or ``StreamedAudio``
     giving covering windows: the training split's short recordings placed as the map-style tokenize places them,
-    the test split's centred) in stream order (one process), and the class names (empty when the label column has
-    none). The test split is the dataset's, streamed whole, else the held-out head of the training stream (which the
+    the test split's centred) in stream order, the whole stream (under a launch every process reads every row and
+    decodes only those of its own shards), and the class names (empty when the label column has none). The test split is the dataset's, streamed whole, else the held-out head of the training stream (which the
     train stream skips)."""
     audio = modality == "audio"
     streams, sizes, train, skips = _open_train(spec, modality)

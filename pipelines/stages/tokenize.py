@@ -1,7 +1,8 @@
 """`vqgen tokenize`: a dataset through a codec (a tokenizer, or the raw pixels / mu-law samples) into a token
 folder of shards whose header records the codec; under a launcher each process encodes its share of the shards,
 and ``--resume`` keeps the shards an interrupted run finished. ``--streaming`` reads a Hugging Face image or audio
-dataset as a stream, in order, into shards of the same format (``tokenize_streams``)."""
+dataset as a stream, in order, into shards of the same format (``tokenize_streams``; under a launcher every process
+reads the whole stream and encodes its own shards)."""
 
 from __future__ import annotations
 
@@ -266,7 +267,7 @@ def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, r
         return tokenize_stream_splits(load_data(spec), out, spec.name, codec, codec_dir, batch_size, progress,
                                       shard_rows=shard_rows, resume=resume, source=source | {"streams": True})
     if spec.streaming:
-        return _tokenize_streaming(spec, out, codec, codec_dir, raw_levels, batch_size, progress, world,
+        return _tokenize_streaming(spec, out, codec, codec_dir, raw_levels, batch_size, progress,
                                    shard_rows=shard_rows, resume=resume, source=source, num_workers=num_workers)
     splits = load_data(spec)
     if codec is None:  # the modality refuses levels it has no raw codec for (audio: 256-level mu-law only)
@@ -277,14 +278,12 @@ def tokenize(data: dict, out: str | Path, codec_dir: str | Path | None = None, r
 
 # ---------------------------------------------------------------------------------------------------- streaming
 def _tokenize_streaming(spec: DataSpec, out: str | Path, codec: Codec | None, codec_dir: str | Path | None,
-                        raw_levels: int | None, batch_size: int, progress: bool, world: int, *,
+                        raw_levels: int | None, batch_size: int, progress: bool, *,
                         shard_rows: int | None, resume: bool, source: dict, num_workers: int) -> TokenHeader:
-    """``tokenize`` of a streamed dataset (``spec.streaming``): one process, no DataLoader workers."""
+    """``tokenize`` of a streamed dataset (``spec.streaming``): no DataLoader workers; under a launch every process
+    reads the whole stream and encodes its own shards (``tokenize_streams``)."""
     from ..data.streaming import check_streamable, stream_modality, stream_splits_for_tokenize
 
-    if world > 1:
-        raise ValueError("vqgen tokenize --streaming runs in one process: a stream has no length to cut into shards "
-                         "for several processes ahead of time; run it without a launcher (or drop --streaming)")
     if num_workers:
         raise ValueError(f"--num-workers {num_workers} with --streaming: the stream is read in order in this process "
                          "(its position after each shard is what --resume continues from); use --num-workers 0")
@@ -311,7 +310,20 @@ def tokenize_streams(streams: dict[str, Any], class_names: list[str], out: str |
     sidecar also records its input rows and the stream's ``state_dict()`` after it; ``resume`` keeps the finished
     shards (checksums verified): the stream jumps to the position after the leading run of them, and the rows of a
     finished shard after a gap are read past without being decoded or encoded. ``num_classes``: the label column's
-    names, else the largest label written + 1."""
+    names, else the largest label written + 1.
+
+    Under a launch (torchrun, ``accelerate launch``) process r of W owns the shards k with k % W == r: every process
+    reads every row of the stream, undecoded (``raw_rows``: so all number the shards alike and see where each split
+    ends), and decodes and encodes only the rows of its own shards, reading past the others' (so each process
+    reads, or downloads, the whole stream; only decoding and encoding are divided). The folder is the one a single
+    process writes. ``resume``: the main process finds the leading run of finished shards (whoever wrote them) and
+    tells the others, so that all continue from the same position; each keeps its own finished shards after a gap.
+    The main process writes the manifest from every shard's sidecar once all are done.
+    A split whose examples are numbered across rows (``numbered``: a streamed audio training split, whose short
+    recordings are placed at offsets drawn per grid number) needs the grid count of every shard before one to
+    encode it: the processes then go in rounds of W shards, each decodes its shard's rows to count its grids (the
+    recordings kept decoded up to ``_WAVE_CACHE_BYTES``, the rest decoded again), the counts are exchanged, and each
+    encodes its shard."""
     if shard_rows is not None and shard_rows < 1:
         raise ValueError(f"--shard-rows must be at least 1, got {shard_rows}")
     if tuple(codec.input_shape) != tuple(input_shape):
@@ -319,37 +331,64 @@ def tokenize_streams(streams: dict[str, Any], class_names: list[str], out: str |
                          f"{tuple(codec.input_shape)}")
     codec.eval()
     out = Path(out)
+    rank, world, _ = _world()
     token_shape = tuple(codec.token_shape(input_shape))
     record = codec.record(codec_path)
     rows = shard_rows or default_shard_rows(1 << 62, math.prod(token_shape))  # a length beyond any: the token rule
     plans = {name: shard_plan(split=name, rows=rows, dataset=dataset_name, source=source, token_shape=token_shape,
                               codec={k: v for k, v in record.items() if k != "path"}, streaming=True)
              for name in streams}
-    out.mkdir(parents=True, exist_ok=True)
-    _start(out, list(streams), resume)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _start(out, list(streams), resume)
+    _barrier(world)  # no process writes a shard before the main one has cleared the folder
+    who = f" (process {rank} of {world})" if world > 1 else ""
     t0 = time.perf_counter()
-    records, written, reused = {}, 0, 0
+    done: dict[str, tuple[dict[int, ShardRecord], int]] = {}
+    written = reused = 0
     for name, ds in streams.items():
-        recs, w, r = _tokenize_stream_split(out, name, ds, rows, plans[name], codec, token_shape, batch_size,
-                                            resume, progress)
-        records[name], written, reused = recs, written + w, reused + r
-    report_skips(*streams.values())
-    labels_max = -1
-    if not class_names:  # labels without names: the largest one written decides the count
-        from safetensors.numpy import load_file
+        split = _StreamSplit(out, name, ds, rows, plans[name], codec, token_shape, batch_size, rank, world)
+        known, count, w, r = split.run(resume, progress)
+        done[name], written, reused = (known, count), written + w, reused + r
+    report_skips(*streams.values())  # this process's unreadable rows
+    log.info("tokenize --streaming%s: %d shards encoded, %d kept from an earlier run (checksums verified), in %.2f s",
+             who, written, reused, time.perf_counter() - t0)
+    _barrier(world)  # every shard is written
+    if rank == 0:
+        records = {name: _stream_records(out, name, count, plans[name], known) for name, (known, count) in done.items()}
+        labels_max = -1
+        if not class_names:  # labels without names: the largest one written decides the count
+            from safetensors.numpy import load_file
 
-        for recs in records.values():
-            for rec in recs:
-                y = load_file(str(out / rec.file))["labels"]
-                labels_max = max(labels_max, int(y.max()) if y.size else -1)
-    num_classes = len(class_names) or labels_max + 1
-    header = TokenHeader(vocab_size=codec.vocab_size, token_shape=token_shape, modality=str(codec.modality),
-                         dataset=dataset_name, codec=record, num_classes=num_classes,
-                         class_names=list(class_names) or [str(i) for i in range(num_classes)])
-    write_manifest(out, header, records, {n: rows for n in streams}, plans)
-    log.info("tokenize --streaming: %d shards encoded, %d kept from an earlier run (checksums verified), in %.2f s",
-             written, reused, time.perf_counter() - t0)
+            for recs in records.values():
+                for rec in recs:
+                    y = load_file(str(out / rec.file))["labels"]
+                    labels_max = max(labels_max, int(y.max()) if y.size else -1)
+        num_classes = len(class_names) or labels_max + 1
+        header = TokenHeader(vocab_size=codec.vocab_size, token_shape=token_shape, modality=str(codec.modality),
+                             dataset=dataset_name, codec=record, num_classes=num_classes,
+                             class_names=list(class_names) or [str(i) for i in range(num_classes)])
+        write_manifest(out, header, records, {n: rows for n in streams}, plans)
+        if world > 1:
+            log.info("tokenize --streaming: %d shards by %d processes in %.2f s",
+                     sum(len(r) for r in records.values()), world, time.perf_counter() - t0)
+    _barrier(world)  # the manifest is written
     return load_token_header(out)
+
+
+def _stream_records(out: Path, name: str, count: int, plan: str, known: dict[int, ShardRecord]) -> list[ShardRecord]:
+    """The records of a split's ``count`` shards (the main process, once every process is done): those it knows,
+    the others' from their sidecars (checksums verified), each with its final ``start``."""
+    recs: list[ShardRecord] = []
+    start = 0
+    for k in range(count):
+        rec = known.get(k) or finished_shard(out, name, k, plan)
+        if rec is None:
+            raise RuntimeError(f"{out / sidecar_name(name, k)} is missing or does not match its shard after every "
+                               "process finished: a process wrote to another folder?")
+        recs.append(dataclasses.replace(rec, start=start))  # a shard's first row: the rows (less unreadable) before it
+        start += rec.rows
+    return recs
 
 
 def _sidecar_extras(out: Path, split: str, k: int) -> dict[str, Any]:
@@ -361,77 +400,182 @@ def _sidecar_extras(out: Path, split: str, k: int) -> dict[str, Any]:
     return {key: d[key] for key in ("inputs", "stream") if key in d}
 
 
-def _tokenize_stream_split(out: Path, name: str, ds: Any, rows: int, plan: str, codec: Codec,
-                           token_shape: tuple[int, ...], batch_size: int, resume: bool, progress: bool
-                           ) -> tuple[list[ShardRecord], int, int]:
-    """One streamed split into shards ``name-00000...``: (the records with their final ``start``, shards written,
-    shards kept)."""
-    recs: list[ShardRecord] = []
-    written = reused = 0
-    k, skip, last_done = 0, 0, False
-    if resume:  # the leading finished shards: continue the stream where the last of them left it
-        extras: dict[str, Any] = {}
-        while (rec := finished_shard(out, name, k, plan)) is not None:
-            recs.append(rec)
-            extras = _sidecar_extras(out, name, k)
-            k += 1
-            if extras.get("inputs", rows) < rows:  # the split's last shard: nothing comes after it
-                last_done = True
-                break
-        # Sidecars made from a finished folder's manifest (no "inputs") with none after them: every shard of the
-        # split is there and checked, so the stream is not read again (a Hub dataset would be downloaded again).
-        if k and "inputs" not in extras and not (out / sidecar_name(name, k)).exists():
-            last_done = True
-        reused = k
-        if k and not last_done:
-            if extras.get("stream") is not None:
-                ds.stream.load_state_dict(extras["stream"])
-            else:  # sidecars made from a finished folder's manifest hold no position: read past the rows
-                skip = k * rows
-    raw = iter(()) if last_done else ds.raw_rows()
-    for _ in islice(raw, skip):
-        pass
-    bar = tqdm(desc=f"tokenize {name} (stream)", unit="row", disable=not progress)
-    while True:
-        chunk = list(islice(raw, rows))
-        if not chunk:
-            break
-        rec = finished_shard(out, name, k, plan) if resume else None
-        if rec is not None:  # finished after a gap: its rows were read past, not decoded
-            reused += 1
-        else:
-            tokens, labels = [], []
-            for x, y in _examples(ds, chunk, batch_size, sum(r.rows for r in recs)):
-                with torch.no_grad():
-                    tokens.append(encode_batch(codec, x.float()).cpu())
-                labels.append(y.long())
-            t = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long)
-            y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-            rec = write_shard(out, name, k, k * rows, t.reshape(-1, *token_shape), y, codec.vocab_size, plan,
-                              sidecar=False)
-            side = dataclasses.asdict(rec) | {"inputs": len(chunk), "stream": _json_state(ds.stream.state_dict())}
-            atomic_write_text(out / sidecar_name(name, k), json.dumps(side, indent=1))
-            written += 1
-        recs.append(rec)
-        bar.update(len(chunk))
+def _resume_point(out: Path, name: str, rows: int, plan: str) -> tuple[dict[int, ShardRecord], bool, Any, int]:
+    """Where ``--resume`` continues a split: the leading run of its finished shards, whoever wrote them (their
+    records by number), whether the split's last shard is among them (nothing is left to read), and the stream
+    position after them (None: none stored) or else the rows to read past."""
+    recs: dict[int, ShardRecord] = {}
+    k, last_done = 0, False
+    extras: dict[str, Any] = {}
+    while (rec := finished_shard(out, name, k, plan)) is not None:
+        recs[k] = rec
+        extras = _sidecar_extras(out, name, k)
         k += 1
-        if len(chunk) < rows:
+        if extras.get("inputs", rows) < rows:  # the split's last shard: nothing comes after it
+            last_done = True
             break
-    bar.close()
-    start = 0
-    for i, rec in enumerate(recs):  # a shard's first row: the rows (less unreadable files) before it
-        recs[i] = dataclasses.replace(rec, start=start)
-        start += rec.rows
-    return recs, written, reused
+    # Sidecars made from a finished folder's manifest (no "inputs") with none after them: every shard of the
+    # split is there and checked, so the stream is not read again (a Hub dataset would be downloaded again).
+    if k and "inputs" not in extras and not (out / sidecar_name(name, k)).exists():
+        last_done = True
+    state, skip = None, 0
+    if k and not last_done:
+        if extras.get("stream") is not None:
+            state = extras["stream"]
+        else:  # sidecars made from a finished folder's manifest hold no position: read past the rows
+            skip = k * rows
+    return recs, last_done, state, skip
 
 
-def _examples(ds: Any, chunk: list[Any], batch_size: int, first: int) -> Any:
+_WAVE_CACHE_BYTES = 1 << 28  # decoded recordings a process keeps between counting a shard's grids and encoding it
+_UNREADABLE = object()  # a row found unreadable while counting (recorded then, not decoded again)
+
+
+@dataclass
+class _Held:
+    """This process's shard of a round of a numbered split, counted, waiting for the counts of the shards before it:
+    its rows, the stream's position after them (for its sidecar), per row its decoded recording (``_UNREADABLE``,
+    or None: decode again), and its grid count."""
+
+    k: int
+    chunk: list[Any]
+    state: Any
+    waves: list[Any]
+    count: int
+
+
+@dataclass
+class _StreamSplit:
+    """One streamed split into shards ``name-00000...`` by process ``rank`` of ``world`` (see ``tokenize_streams``)."""
+
+    out: Path
+    name: str
+    ds: Any
+    rows: int
+    plan: str
+    codec: Codec
+    token_shape: tuple[int, ...]
+    batch_size: int
+    rank: int = 0
+    world: int = 1
+
+    def run(self, resume: bool, progress: bool) -> tuple[dict[int, ShardRecord], int, int, int]:
+        """(the records this process knows by shard number: its own and the leading finished ones, the split's
+        shard count, shards written, shards of its own kept)."""
+        rank, world, rows, ds = self.rank, self.world, self.rows, self.ds
+        lead: dict[int, ShardRecord] = {}
+        last_done, state, skip = False, None, 0
+        if resume:  # the main process finds where to continue, before any process writes a shard of the split
+            found = [_resume_point(self.out, self.name, rows, self.plan) if rank == 0 else None]
+            if world > 1:
+                torch.distributed.broadcast_object_list(found, src=0)
+            lead, last_done, state, skip = found[0]
+        known = dict(lead)
+        written, reused = 0, sum(1 for j in lead if j % world == rank)
+        k = len(lead)
+        before = sum(r.rows for r in lead.values())  # grids in the shards before k (kept up when known)
+        numbered = world > 1 and bool(getattr(ds, "numbered", False))
+        if state is not None:
+            ds.stream.load_state_dict(state)
+        raw = iter(()) if last_done else ds.raw_rows()
+        for _ in islice(raw, skip):
+            pass
+        bar = tqdm(desc=f"tokenize {self.name} (stream)", unit="row", disable=not progress or rank != 0)
+        round_ks: list[int] = []  # numbered: the shards read since the counts were last exchanged
+        held: _Held | None = None
+        while not last_done:
+            chunk = list(islice(raw, rows))
+            if chunk:
+                if k % world == rank:
+                    rec = finished_shard(self.out, self.name, k, self.plan) if resume else None
+                    if rec is not None:  # finished after a gap: its rows were read past, not decoded
+                        reused += 1
+                        known[k] = rec
+                    elif numbered:  # the position after the rows is taken before the next rows are read
+                        held = _Held(k, chunk, _json_state(ds.stream.state_dict()), *self._count(chunk))
+                    else:  # the rows' examples do not depend on ``before`` (exact with one process only)
+                        known[k] = self._write(k, chunk, before, _json_state(ds.stream.state_dict()))
+                        written += 1
+                    if world == 1:
+                        before += known[k].rows
+                # (another process's shard: its rows were read past, not decoded)
+                if numbered:
+                    round_ks.append(k)
+                bar.update(len(chunk))
+                k += 1
+            end = len(chunk) < rows  # a short or empty chunk: the split ends (every process sees it)
+            if numbered and round_ks and (end or k % world == 0):
+                counts = self._exchange(round_ks, known, held)
+                if held is not None:
+                    first = before + sum(counts[j] for j in round_ks if j < held.k)
+                    known[held.k] = self._write(held.k, held.chunk, first, held.state, held.waves)
+                    written += 1
+                    held = None
+                before += sum(counts[j] for j in round_ks)
+                round_ks = []
+            if end:
+                break
+        bar.close()
+        return known, k, written, reused
+
+    def _count(self, chunk: list[Any]) -> tuple[list[Any], int]:
+        """A numbered split's shard, first pass: each row decoded (an unreadable one recorded here, once): (per row
+        its recording while ``_WAVE_CACHE_BYTES`` allow, ``_UNREADABLE``, or None; the shard's grid count)."""
+        waves: list[Any] = []
+        count = kept = 0
+        for cell, _ in chunk:
+            wave = self.ds.wave(cell)
+            if wave is None:
+                waves.append(_UNREADABLE)
+                continue
+            count += self.ds.clip_count(int(wave.shape[0]))
+            size = wave.numel() * wave.element_size()
+            waves.append(wave if kept + size <= _WAVE_CACHE_BYTES else None)
+            kept += size if waves[-1] is not None else 0
+        return waves, count
+
+    def _exchange(self, round_ks: list[int], known: dict[int, ShardRecord], held: _Held | None) -> dict[int, int]:
+        """The grid counts of a round's shards, from every process (each gives those of its own)."""
+        mine = {j: known[j].rows for j in round_ks if j in known}
+        if held is not None:
+            mine[held.k] = held.count
+        every: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(every, mine)
+        counts = {j: n for d in every for j, n in d.items()}
+        if sorted(counts) != round_ks:
+            raise RuntimeError(f"tokenize --streaming: the processes disagree on the shards of {self.name} "
+                               f"{round_ks} (got counts for {sorted(counts)})")
+        return counts
+
+    def _write(self, k: int, chunk: list[Any], first: int, after: Any, waves: list[Any] | None = None) -> ShardRecord:
+        """Encode shard ``k`` (its rows ``chunk``, the grids before it ``first``) and write it with its sidecar."""
+        tokens, labels = [], []
+        for x, y in _examples(self.ds, chunk, self.batch_size, first, waves):
+            with torch.no_grad():
+                tokens.append(encode_batch(self.codec, x.float()).cpu())
+            labels.append(y.long())
+        t = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long)
+        y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        rec = write_shard(self.out, self.name, k, k * self.rows, t.reshape(-1, *self.token_shape), y,
+                          self.codec.vocab_size, self.plan, sidecar=False)
+        side = dataclasses.asdict(rec) | {"inputs": len(chunk), "stream": after}
+        atomic_write_text(self.out / sidecar_name(self.name, k), json.dumps(side, indent=1))
+        return rec
+
+
+def _examples(ds: Any, chunk: list[Any], batch_size: int, first: int, waves: list[Any] | None = None) -> Any:
     """Batches ``(x, y)`` of what a shard's rows give (``ds.examples``: an image, or the covering windows of a
     recording, numbered from ``first``, the grids before the shard), in order: the examples of up to
-    ``batch_size`` rows at a time, in batches of at most ``batch_size``."""
+    ``batch_size`` rows at a time, in batches of at most ``batch_size``. ``waves``: the rows' recordings decoded
+    already (``_StreamSplit._count``)."""
     held: list[Any] = []
     for i, (cell, label) in enumerate(chunk):
-        got = ds.examples(cell, label, first)
+        if waves is None:
+            got = ds.examples(cell, label, first)
+        elif waves[i] is _UNREADABLE:
+            got = []
+        else:
+            got = ds.clips(waves[i] if waves[i] is not None else ds.wave(cell), label, first)
         first += len(got)
         held += got
         if (i + 1) % batch_size == 0 or len(held) >= batch_size or i + 1 == len(chunk):
