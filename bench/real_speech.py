@@ -20,9 +20,10 @@ Debian packages of real (not synthesised) speech:
 
 Training is vqgen's command line with its defaults (``vqgen train-tokenizer --modality audio --dataset WORK/train
 --out WORK/run_S --max-seconds 600 --seed S``, a separate process): the spectral codec, residual VQ with 5
-codebooks of 512 codes at 50 frames/s (2.25 kbit/s), at the default 16 kHz, so the 8 kHz files are resampled to 16
-kHz when loaded (``pipelines.data.audio_io``). Each held-out recording is then coded whole by the saved tokenizer
-(8 kHz -> 16 kHz -> encode -> decode -> 8 kHz) and by Codec2 at 8 kHz (``bench.speech_peers.codec2_roundtrip``,
+codebooks of 512 codes at 50 frames/s (2.25 kbit/s), at 8 kHz: with no ``--sample-rate`` the codec's rate follows
+training data recorded at 8 kHz or less (``pipelines.data.audio_io.follow_data_rate``; until 2026-12-07 it was 16
+kHz, the files resampled up). Each held-out recording is then coded whole by the saved tokenizer (resampled to its
+rate if another) and by Codec2 at 8 kHz (``bench.speech_peers.codec2_roundtrip``,
 its constant delay removed: the one that maximises STOI on 4 s of every recording, ``best_delay``; vqgen's
 decoder is aligned by construction). STOI (``tokenizers_vq.metrics.stoi``, pystoi) is computed at 8 kHz per
 recording against the original; the table gives each recording and the mean over recordings.
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--heldout-minutes", type=float, default=3, help="cap of the held-out Russian voice (default 3)")
     ap.add_argument("--codec2-modes", nargs="*", default=list(CODEC2_MODES))
     ap.add_argument("--work", default=str(ROOT / "runs" / "real_speech"))
+    ap.add_argument("--train-flags", default="", help="more flags for train-tokenizer, one string (an experiment "
+                    "beside the defaults, e.g. \"--sample-rate 8000\"); recorded in each run's command")
     ap.add_argument("--reuse", action="store_true", help="score a seed's run already in WORK (trained by this bench) instead of training it again")
     ap.add_argument("--quick", action="store_true",
                     help="20 s per training voice, 10 s held out from the Russian voice plus 2 Codec2 files, 2 "
@@ -327,11 +330,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     modes = tuple(args.codec2_modes)
     check_packages(modes)
     work = Path(args.work)
-    extra: list[str] = []
+    extra: list[str] = args.train_flags.split()
     codec2_files = CODEC2_HELDOUT
     if args.quick:
         args.train_minutes, args.heldout_minutes, args.max_seconds = 20 / 60, 10 / 60, 60
-        codec2_files, extra = CODEC2_HELDOUT[:2], ["--steps", "2"]
+        codec2_files, extra = CODEC2_HELDOUT[:2], [*extra, "--steps", "2"]
     t_start = time.perf_counter()
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -400,9 +403,11 @@ def markdown(res: dict[str, Any]) -> str:
               + "). Left out of /usr/share/codec2: " + "; ".join(f"{k} ({v})" for k, v in meta["codec2_excluded"].items())
               + ". The file lists are in `bench/results/real_speech.json`.", ""]
     tok = runs[0]["tokenizer"]
-    lines += [f"vqgen: the default `train-tokenizer --modality audio` model, the spectral codec at "
-              f"{tok['sample_rate']} Hz (the 8 kHz files are resampled to {tok['sample_rate']} Hz when loaded, and "
-              f"the held-out recordings before coding; the output is resampled back to 8 kHz), residual VQ of "
+    rate = (f"{tok['sample_rate']} Hz, the recordings' own rate (no `--sample-rate`: the default follows data "
+            "recorded at 8 kHz or less), so nothing is resampled" if tok["sample_rate"] == RATE else
+            f"{tok['sample_rate']} Hz (the 8 kHz files are resampled to {tok['sample_rate']} Hz when loaded, and "
+            "the held-out recordings before coding; the output is resampled back to 8 kHz)")
+    lines += [f"vqgen: the default `train-tokenizer --modality audio` model, the spectral codec at {rate}, residual VQ of "
               f"{tok['codebooks']} codebooks x {tok['codebook_size']} codes at {tok['frame_rate']:g} frames/s = "
               f"{tok['kbps']:g} kbit/s; each recording coded whole. Codec2: `c2enc`/`c2dec` at 8 kHz, its constant "
               "delay removed (the one maximising STOI on 4 s of every recording: in its favour). STOI: pystoi at 8 "

@@ -10,6 +10,7 @@ kept in memory up to ``CACHE_BYTES``; beyond that each access reads just its win
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -183,6 +184,32 @@ def header_seconds(source: str | os.PathLike | bytes | bytearray | dict) -> floa
         return info.frames / info.samplerate
     except (*DECODE_ERRORS, UnreadableFileError, TypeError):
         return None
+
+
+def header_rate(source: str | os.PathLike | bytes | bytearray | dict) -> int | None:
+    """A file's sample rate in Hz from its header (nothing decoded), or None when the header cannot be read."""
+    try:
+        _, fileobj = _file_object(source)
+        return int(sf.info(fileobj).samplerate)
+    except (*DECODE_ERRORS, UnreadableFileError, TypeError):
+        return None
+
+
+NARROWBAND_RATE = 8000  # Hz: telephone band; data recorded at or below it is modelled at this rate
+
+
+def follow_data_rate(spec: DataSpec, sources: list[Any], where: str) -> DataSpec:
+    """``spec`` at the rate its training ``sources`` were recorded at (``spec.rate_from_data``): 8 kHz when no readable
+    file is above 8 kHz and ``spec.sample_rate`` is higher (the band above 4 kHz is empty in such data: a 16 kHz
+    codec would spend half its band, and its compute, on silence), else ``spec`` unchanged. The clip keeps its
+    length in seconds."""
+    rates = [r for r in map(header_rate, sources) if r]
+    if not rates or max(rates) > NARROWBAND_RATE or spec.sample_rate <= NARROWBAND_RATE:
+        return spec
+    clip = max(1, round(spec.clip_samples * NARROWBAND_RATE / spec.sample_rate))
+    log.info("%s: every training file is recorded at %d Hz or less: audio at %d Hz (the band the data holds); "
+             "--sample-rate %d resamples it up instead", where, NARROWBAND_RATE, NARROWBAND_RATE, spec.sample_rate)
+    return dataclasses.replace(spec, sample_rate=NARROWBAND_RATE, clip_samples=clip, rate_from_data=False)
 
 
 def _decode_error(name: str, e: Exception) -> AudioReadError:
@@ -421,6 +448,8 @@ def make_audio_splits(train: tuple[list[Any], list[int]], test: tuple[list[Any],
         # A seeded subset, not the first N (sorted folders would give one class).
         keep = np.sort(np.random.default_rng(spec.seed).permutation(len(tr_src))[:spec.limit])
         tr_src, tr_lab = [tr_src[i] for i in keep], [tr_lab[i] for i in keep]
+    if spec.rate_from_data:
+        spec = follow_data_rate(spec, tr_src, where)
     tr = validate_sources(tr_src, tr_lab, spec.sample_rate, f"{where} [train]", spec.strict, warn=False)
     kw = {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples, "seed": spec.seed}
     if tails:

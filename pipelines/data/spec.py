@@ -65,6 +65,7 @@ class DataSpec:
     image_size: int = DEFAULT_IMAGE_SIZE  # images are resized (shorter side) and centre-cropped to this square
     channels: int = DEFAULT_CHANNELS  # images are converted to 1 (L) or 3 (RGB) channels
     sample_rate: int = DEFAULT_SAMPLE_RATE  # audio is resampled to this rate
+    rate_from_data: bool = False  # audio, local and Hub map-style data: 8 kHz instead when no training file is above 8 kHz (``audio_io.follow_data_rate``; train-tokenizer without --sample-rate)
     clip_samples: int = DEFAULT_CLIP_SAMPLES  # audio is cut or padded to clips of this many samples
     image_column: str = "image"  # Hub datasets: column names
     audio_column: str = "audio"

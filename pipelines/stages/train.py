@@ -64,7 +64,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     data spec). ``crop_samples``: audio training windows (None: ``default_crop_samples``; 0: whole clips). ``--resume`` with other model fields is refused.
     ``adversarial``: train against a PatchGAN discriminator (images, resnet family) when it sets a weight.
     """
-    spec = make_spec(modality=model.get("modality"), **data)
+    # No --sample-rate: the rate follows the data (8 kHz recordings give an 8 kHz codec, audio_io.follow_data_rate).
+    spec = make_spec(modality=model.get("modality"), **data, rate_from_data=data.get("sample_rate") is None)
     modality = infer_modality(spec)
     if model.get("modality") and modality != model["modality"]:
         raise ValueError(f"--modality {model['modality']} but {spec.name} holds {modality} data")
@@ -72,6 +73,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     kind = get_modality(modality)
     fields = {k: v for k, v in model.items() if v is not None} | {"modality": modality}
     fields |= {k: getattr(spec, k) for k in kind.size_fields}  # image channels and size, audio rate and clip
+    if kind.timed and splits.sample_rate and splits.input_shape:  # the rate and clip the data was loaded at
+        fields |= kind.sizes(splits.input_shape, splits.sample_rate)
     selectors = {k: v for k, v in fields.items() if k in ("modality", "autoencoder", "audio_head", "quantizer")}
     quantizer = QUANTIZERS.config_class(TokenizerConfig(**selectors).quantizer)  # the family's when not given
     fields = quantizer().run_defaults(cfg.steps) | fields  # e.g. gumbel anneals over the whole run

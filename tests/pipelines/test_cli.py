@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
@@ -187,7 +189,6 @@ def test_audio_pipeline_end_to_end(tmp_path, capsys):
                  "--out", str(tmp_path / "rec"), "--quiet"]) == 0
     assert "si_snr" in capsys.readouterr().out
     assert (tmp_path / "rec" / "00_original.wav").is_file() and (tmp_path / "rec" / "spectrograms.png").is_file()
-    import soundfile as sf
 
     wav, sr = sf.read(str(tmp_path / "rec" / "00_reconstruction.wav"))
     assert sr == 16000 and wav.shape == (4096,)
@@ -227,6 +228,29 @@ def test_audio_tokenizer_defaults_to_the_spectral_codec(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "streaming: True" in out and "latency_ms: 35.0000" in out
     assert json.loads((tmp_path / "rec" / "metrics.json").read_text())["latency_ms"] == 35.0
+
+
+def test_audio_tokenizer_rate_follows_narrowband_data(tmp_path, capsys):
+    """A folder recorded at 8 kHz trains an 8 kHz codec by default (hop 160: still 50 frames/s and 2.25 kbit/s, and
+    reconstruct writes 8 kHz audio); --sample-rate 16000 resamples it up as before."""
+    from tokenizers_vq import TokenizerConfig
+
+    data = tmp_path / "nb"
+    data.mkdir()
+    t = np.arange(8000) / 8000
+    for i in range(6):
+        sf.write(data / f"{i}.wav", (0.4 * np.sin(2 * np.pi * (150 + 30 * i) * t)).astype(np.float32), 8000,
+                 subtype="PCM_16")
+    run = ["train-tokenizer", "--dataset", str(data), "--steps", "1", "--batch-size", "2", "--eval-limit", "2",
+           "--quiet", "--istft-dim", "16", "--istft-layers", "1"]
+    for extra, rate, hop in (([], 8000, 160), (["--sample-rate", "16000"], 16000, 320)):
+        assert main([*run, *extra, "--out", str(tmp_path / str(rate))]) == 0
+        cfg = TokenizerConfig.from_file(tmp_path / str(rate) / "config.json")
+        assert (cfg.sample_rate, cfg.downsample, cfg.clip_samples) == (rate, hop, rate)  # 1 s clips either way
+    assert main(["reconstruct", "--tokenizer", str(tmp_path / "8000"), "--dataset", str(data), "--n", "1",
+                 "--out", str(tmp_path / "rec"), "--quiet"]) == 0
+    wavs = sorted((tmp_path / "rec").rglob("*.wav"))
+    assert wavs and all(sf.info(str(w)).samplerate == 8000 for w in wavs)
 
 
 def test_gumbel_kl_weight_reaches_the_saved_config(tmp_path):

@@ -357,3 +357,29 @@ def test_hub_audio_is_referenced_by_row_not_copied(tmp_path, monkeypatch):
         a, b = getattr(kept, split), getattr(lazy, split)
         for i in range(len(a)):
             assert torch.allclose(a[i][0], b[i][0], atol=1e-6) and a[i][1] == b[i][1]
+
+
+# ------------------------------------------------------------------------------ the rate follows the data
+def narrowband_folder(root, rates=(8000, 8000, 6000)):
+    """root/: one 0.5 s file per rate (and an unreadable file, whose rate nobody knows)."""
+    root.mkdir(parents=True)
+    for i, rate in enumerate(rates):
+        sf.write(root / f"{i}.wav", sine(0.5, rate, 300.0), rate, subtype="PCM_16")
+    (root / "broken.wav").write_bytes(b"RIFF not a wave")
+    return root
+
+
+def test_rate_from_data_gives_8k_for_narrowband_recordings_and_keeps_the_clip_seconds(tmp_path, caplog):
+    root = narrowband_folder(tmp_path / "nb")
+    spec = DataSpec(name=str(root), modality="audio", sample_rate=16000, clip_samples=8000, rate_from_data=True)
+    with caplog.at_level(logging.INFO, logger="vqgen.data"):
+        splits = load_data(spec)
+    assert splits.sample_rate == 8000 and splits.input_shape == (4000,)  # 0.5 s clips at 8 kHz
+    x, _ = splits.train[0]
+    assert x.shape == (4000,)
+    assert peak_frequency(x, 8000) == pytest.approx(300.0, abs=20)  # read at 8 kHz, not at 16 kHz
+    assert "recorded at 8000 Hz or less" in caplog.text and "--sample-rate 16000" in caplog.text
+    # Asked for by rate (the flag unset), or with one wideband file among them: the spec's rate.
+    assert load_data(DataSpec(name=str(root), modality="audio")).sample_rate == 16000
+    wide = narrowband_folder(tmp_path / "mixed", rates=(8000, 16000, 8000))
+    assert load_data(DataSpec(name=str(wide), modality="audio", rate_from_data=True)).sample_rate == 16000
