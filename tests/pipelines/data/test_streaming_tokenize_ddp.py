@@ -162,3 +162,27 @@ def test_two_processes_tokenize_streamed_audio_as_one_does_and_resume_after_a_ga
     assert _tally([r[3] for r in ranks]) == (2, 4)
     kept = ["train-00000.safetensors", "train-00002.safetensors", "train-00004.safetensors", "test-00000.safetensors"]
     assert all((d / "two" / n).stat().st_mtime_ns == before[n] for n in kept)
+
+
+def test_two_processes_tokenize_recordings_as_streams_as_one_process_does(tmp_path):
+    """``tokenize --streams`` (each recording whole as frames of a causal codec) under a launch: each process encodes
+    its share of the frame shards, and the folder is byte for byte the one a single process writes."""
+    from pipelines.cli import main
+    from pipelines.data.tokens import load_token_streams
+    from tests.pipelines.data.test_token_streams import SR, causal_tok, write_sines
+
+    data = write_sines(tmp_path / "d")
+    causal_tok(tmp_path / "tok")
+    args = ["--tokenizer", str(tmp_path / "tok"), "--streams", "--shard-rows", "16", "--dataset", str(data),
+            "--sample-rate", str(SR), "--quiet", "--out"]
+    assert main(["tokenize", *args, str(tmp_path / "one")]) == 0
+    ranks = launch(2, tmp_path, [{"run": [*args, str(tmp_path / "two")]}])
+    assert [r[0]["rc"] for r in ranks] == [0, 0]
+    head = json.loads((tmp_path / "one" / "tokens.json").read_text())
+    assert len(head["shards"]["train"]["files"]) >= 4  # both processes had shards to write
+    a, b = _files(tmp_path / "two"), _files(tmp_path / "one")
+    assert sorted(a) == sorted(b) and [n for n in a if a[n] != b[n]] == []
+    for split in ("train", "test"):
+        (fa, oa, ya), (fb, ob, yb) = (load_token_streams(tmp_path / f, split) for f in ("two", "one"))
+        assert torch.equal(fa.materialize(), fb.materialize()) and (oa == ob).all() and (ya == yb).all()
+        assert oa[-1] > 0
