@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -258,6 +259,20 @@ def spectrogram_png(path: Path, x: torch.Tensor, rows: list[tuple[str, torch.Ten
     img.save(path)
 
 
+def _shown(argv: list[str]) -> list[str]:
+    """The command line as recorded: without ``--note`` and its paragraph (recorded on its own) and quoting
+    ``--train-flags``' value."""
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(shlex.quote(a) if i and argv[i - 1] == "--train-flags" else a)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed (default 0)")
@@ -339,8 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                             "command": "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "(unset)")
-                            + " python -m bench.real_speech" + (" " + " ".join(argv if argv is not None else
-                                                                              sys.argv[1:])).rstrip(),
+                            + " python -m bench.real_speech" + (" " + " ".join(_shown(argv if argv is not None
+                                                                                       else sys.argv[1:]))).rstrip(),
                             "codec2_excluded": CODEC2_EXCLUDED, "non_speech_pattern": NON_SPEECH.pattern,
                             "gap_s": GAP_S, "note": args.note}
     data = build_folders(work, args.train_minutes, args.heldout_minutes, codec2_files)
