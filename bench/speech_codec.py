@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--install-only", action="store_true",
                     help="train nothing: install the last snapshot of the run recorded in bench/results/"
                          "<--results-name>.json (a run judged first, then shipped)")
+    ap.add_argument("--install-name", default=None,
+                    help="the name it is shipped under (default: the dataset's, which replaces that tokenizer)")
     ap.add_argument("--install-codebooks", type=int, default=5, help="codebooks kept when installing (5: 2.25 kbit/s with 512 codes)")
     ap.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "auto"),
                     help="training autocast (default: the recipe's, bf16: runs on a CPU with AVX-512 BF16; "
@@ -193,7 +195,8 @@ def command_line(args: argparse.Namespace) -> str:
     cmd = "python -m bench.speech_codec " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
         for k, v in vars(args).items()
-        if k not in ("out", "classifier", "install", "install_only", "results_name", "note") and v is not None
+        if k not in ("out", "classifier", "install", "install_only", "install_name", "results_name", "note")
+        and v is not None
         and v is not False)
     if os.environ.get("OMP_NUM_THREADS"):
         cmd = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {cmd}"
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     data, model, loop, recipe_file = resolve_recipe(args)
     name = args.results_name or f"speech_codec_{args.dataset.replace('-', '_')}"
     if args.install_only:
-        install_recorded(name, args.install_codebooks)
+        install_recorded(name, args.install_codebooks, args.install_name)
         return
     out = Path(args.out)
     if out.exists():
@@ -245,13 +248,14 @@ def main(argv: list[str] | None = None) -> None:
     meta["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     meta["train_seconds"] = round(spent, 1)
     if args.install:
-        dest = install(Path(snapshots[-1]["path"]), args.install_codebooks, args.dataset, meta)
+        dest = install(Path(snapshots[-1]["path"]), args.install_codebooks, args.install_name or args.dataset, meta)
         meta["installed"] = os.path.relpath(dest, ROOT)
     write_results(name, {"meta": meta, "snapshots": snapshots}, markdown(snapshots, meta, classifier is not None))
 
 
-def install_recorded(name: str, codebooks: int) -> None:
-    """``--install-only``: ship the last snapshot of the run recorded in bench/results/NAME.json and note it there."""
+def install_recorded(name: str, codebooks: int, install_name: str | None = None) -> None:
+    """``--install-only``: ship the last snapshot of the run recorded in bench/results/NAME.json (under
+    ``install_name``, default its dataset's name) and note it there."""
     res_path = ROOT / "bench" / "results" / f"{name}.json"
     if not res_path.is_file():
         raise SystemExit(f"{res_path} does not exist: run `python -m bench.speech_codec` with --results-name {name} first")
@@ -260,7 +264,7 @@ def install_recorded(name: str, codebooks: int) -> None:
     src = Path(snapshots[-1]["path"])
     if not (src / "config.json").is_file():
         raise SystemExit(f"{src} (the run's last snapshot) is gone: rerun the bench with --install")
-    dest = install(src, codebooks, meta["dataset"], meta)
+    dest = install(src, codebooks, install_name or meta["dataset"], meta)
     meta["installed"] = os.path.relpath(dest, ROOT)
     write_results(name, results, markdown(snapshots, meta, any("accuracy" in r for s in snapshots for r in s["rows"])))
 

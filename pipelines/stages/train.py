@@ -64,6 +64,10 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     data spec). ``crop_samples``: audio training windows (None: ``default_crop_samples``; 0: whole clips). ``--resume`` with other model fields is refused.
     ``adversarial``: train against a PatchGAN discriminator (images, resnet family) when it sets a weight.
     """
+    out = Path(cfg.out)
+    saved = TokenizerConfig.from_file(out / "config.json") if cfg.resume and (out / "config.json").is_file() else None
+    if saved is not None and saved.modality == "audio" and data.get("sample_rate") is None:
+        data = {**data, "sample_rate": saved.sample_rate}  # a resumed run keeps its rate (runs from before it followed the data)
     # No --sample-rate: the rate follows the data (8 kHz recordings give an 8 kHz codec, audio_io.follow_data_rate).
     spec = make_spec(modality=model.get("modality"), **data, rate_from_data=data.get("sample_rate") is None)
     modality = infer_modality(spec)
@@ -79,9 +83,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     quantizer = QUANTIZERS.config_class(TokenizerConfig(**selectors).quantizer)  # the family's when not given
     fields = quantizer().run_defaults(cfg.steps) | fields  # e.g. gumbel anneals over the whole run
     config = TokenizerConfig(**fields)
-    out = Path(cfg.out)
-    if cfg.resume and (out / "config.json").is_file():
-        _refuse_other_model(TokenizerConfig.from_file(out / "config.json"), config, out, "tokenizer")
+    if saved is not None:
+        _refuse_other_model(saved, config, out, "tokenizer")
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
     if kind.timed and crop_samples is None:  # training windows cut along time
