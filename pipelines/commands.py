@@ -27,10 +27,14 @@ class Command:
     trains: bool = False  # takes --config / --print-config (every training command)
 
 
-def _loop(steps: int, batch: int, lr: float) -> Group:
+def _loop(steps: int, batch: int, lr: float, lr_help: str = "") -> Group:
     from .training.config import TrainConfig
 
-    return dataclass_group(LOOP, TrainConfig, defaults={"steps": steps, "batch_size": batch, "lr": lr})
+    group = dataclass_group(LOOP, TrainConfig, defaults={"steps": steps, "batch_size": batch, "lr": lr})
+    for flag in group.flags:
+        if flag.name == "lr" and lr_help:
+            flag.help += lr_help
+    return group
 
 
 def train_config(a: Parsed) -> Any:
@@ -98,7 +102,7 @@ def run_train_tokenizer(a: Parsed) -> int:
         data |= {"streaming": True, "shuffle_buffer": a.shuffle_buffer}
     result = train_tokenizer(data, tokenizer_model_fields(a), train_config(a),
                              crop_samples=a.crop_samples, eval_limit=a.eval_limit,
-                             adversarial=adversarial_config(a))
+                             adversarial=adversarial_config(a), family_lr="lr" not in a.explicit)
     return _report(result, a.out)
 
 
@@ -420,7 +424,7 @@ COMMANDS: dict[str, Command] = {
                     _common),
     "train-tokenizer": Command("train a discrete autoencoder (vq, fsq, gumbel, rvq, rfsq, ...)", TrainTokenizerOptions,
                                run_train_tokenizer,
-                               lambda: [*_data(), _tokenizer_model(), _adversarial(), _loop(3000, 16, 2e-3), *_common()],
+                               lambda: [*_data(), _tokenizer_model(), _adversarial(), _loop(3000, 16, 2e-3, " (the spectral audio codec's: 1e-3)"), *_common()],
                                trains=True),
     "reconstruct": Command("write originals and reconstructions and print test metrics", ReconstructOptions,
                            run_reconstruct, lambda: [*_data(), *_device(), *_common()]),

@@ -4,6 +4,7 @@ defaults beside the model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -57,12 +58,15 @@ def default_crop_samples(config: TokenizerConfig) -> int:
 
 
 def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfig, *, crop_samples: int | None = None,
-                    eval_limit: int | None = None, adversarial: DiscriminatorConfig | None = None) -> TrainResult:
+                    eval_limit: int | None = None, adversarial: DiscriminatorConfig | None = None,
+                    family_lr: bool = False) -> TrainResult:
     """Train a tokenizer on the dataset ``data`` (``make_spec`` arguments) into ``cfg.out``.
 
     ``model``: ``TokenizerConfig`` fields (``modality`` may be None: taken from the data; sizes come from the
     data spec). ``crop_samples``: audio training windows (None: ``default_crop_samples``; 0: whole clips). ``--resume`` with other model fields is refused.
     ``adversarial``: train against a PatchGAN discriminator (images, resnet family) when it sets a weight.
+    ``family_lr`` (the command line without --lr): the autoencoder family's ``default_lr`` replaces ``cfg.lr`` where
+    it has one (the spectral codec: 1e-3).
     """
     out = Path(cfg.out)
     saved = TokenizerConfig.from_file(out / "config.json") if cfg.resume and (out / "config.json").is_file() else None
@@ -85,6 +89,10 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     config = TokenizerConfig(**fields)
     if saved is not None:
         _refuse_other_model(saved, config, out, "tokenizer")
+    family_default = getattr(AUTOENCODERS.get(config.autoencoder), "default_lr", None)
+    if family_lr and family_default is not None and family_default != cfg.lr:
+        log.info("lr %g: the %s family's default (--lr to change)", family_default, config.autoencoder)
+        cfg = dataclasses.replace(cfg, lr=family_default)
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
     if kind.timed and crop_samples is None:  # training windows cut along time

@@ -217,10 +217,13 @@ def test_audio_tokenizer_defaults_to_the_spectral_codec(tmp_path, capsys):
         cfg = TokenizerConfig.from_file(tmp_path / out / "config.json")
         assert (cfg.autoencoder, cfg.quantizer, cfg.num_quantizers, cfg.codebook_size) == ("spectral", "rvq", 5, 512)
         assert cfg.dead_code_threshold == 0.1 and cfg.downsample == 320
+        assert json.loads((tmp_path / out / "train_config.json").read_text())["lr"] == 1e-3  # the family's default
     assert main([*run, "--out", str(tmp_path / "c"), "--hidden-channels", "8"]) == 2
     assert "--hidden-channels is a setting of autoencoder family mulaw" in capsys.readouterr().err
     assert main([*run, "--out", str(tmp_path / "d"), "--num-quantizers", "2", "--quantizer", "rvq"]) == 0
     assert TokenizerConfig.from_file(tmp_path / "d" / "config.json").num_quantizers == 2
+    assert main([*run, "--out", str(tmp_path / "lr"), "--lr", "3e-3"]) == 0  # an explicit --lr wins
+    assert json.loads((tmp_path / "lr" / "train_config.json").read_text())["lr"] == 3e-3
     assert main([*run, "--out", str(tmp_path / "e"), "--causal"]) == 0  # the streaming codec: reconstruct says so
     capsys.readouterr()
     assert main(["reconstruct", "--tokenizer", str(tmp_path / "e"), "--dataset", "tones", "--n", "1", "--limit", "4",

@@ -229,6 +229,9 @@ class SpectralAudioAutoencoder(nn.Module):
     # Without --quantizer: the shipped spoken-digits tokenizer's bottleneck (recipes/speech/spectral_rvq13.yaml cut
     # to 5 codebooks, 2.25 kbit/s at 16 kHz): residual codebooks of 512 codes, dead codes replaced early.
     default_quantizer = ("rvq", {"num_quantizers": 5, "codebook_size": 512, "dead_code_threshold": 0.1})
+    # Without --lr (train-tokenizer's default is 2e-3): 1e-3, as every speech recipe. 10 minutes on real 8 kHz speech,
+    # two seeds: STOI 0.811 / 0.812 against 0.798 / 0.803 at 2e-3; spoken digits at 10 minutes: 0.799 against 0.776.
+    default_lr = 1e-3
 
     @staticmethod
     def train_crop_samples(config: TokenizerConfig) -> int:
