@@ -57,6 +57,18 @@ def default_crop_samples(config: TokenizerConfig) -> int:
     return min(want, config.clip_samples // config.downsample * config.downsample)
 
 
+def _family_lr(cfg: TrainConfig, family: str, resumed: Path | None) -> TrainConfig:
+    """``cfg`` at the learning rate a run without --lr gets: a resumed run's own (``resumed``: its folder), else the
+    autoencoder family's ``default_lr`` where it declares one, else ``cfg.lr``."""
+    lr, why = getattr(AUTOENCODERS.get(family), "default_lr", None), f"the {family} family's default"
+    if resumed is not None and (resumed / "train_config.json").is_file():
+        lr, why = json.loads((resumed / "train_config.json").read_text()).get("lr", lr), "the resumed run's"
+    if lr is None or lr == cfg.lr:
+        return cfg
+    log.info("lr %g: %s (--lr to change)", lr, why)
+    return dataclasses.replace(cfg, lr=lr)
+
+
 def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfig, *, crop_samples: int | None = None,
                     eval_limit: int | None = None, adversarial: DiscriminatorConfig | None = None,
                     family_lr: bool = False) -> TrainResult:
@@ -89,10 +101,8 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     config = TokenizerConfig(**fields)
     if saved is not None:
         _refuse_other_model(saved, config, out, "tokenizer")
-    family_default = getattr(AUTOENCODERS.get(config.autoencoder), "default_lr", None)
-    if family_lr and family_default is not None and family_default != cfg.lr:
-        log.info("lr %g: the %s family's default (--lr to change)", family_default, config.autoencoder)
-        cfg = dataclasses.replace(cfg, lr=family_default)
+    if family_lr:
+        cfg = _family_lr(cfg, config.autoencoder, out if saved is not None else None)
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
     if kind.timed and crop_samples is None:  # training windows cut along time

@@ -246,14 +246,15 @@ def test_audio_tokenizer_rate_follows_narrowband_data(tmp_path, capsys):
                  subtype="PCM_16")
     run = ["train-tokenizer", "--dataset", str(data), "--steps", "1", "--batch-size", "2", "--eval-limit", "2",
            "--quiet", "--istft-dim", "16", "--istft-layers", "1"]
-    for extra, rate, hop in (([], 8000, 160), (["--sample-rate", "16000"], 16000, 320)):
+    for extra, rate, hop in (([], 8000, 160), (["--sample-rate", "16000", "--lr", "2e-3"], 16000, 320)):
         assert main([*run, *extra, "--out", str(tmp_path / str(rate))]) == 0
         cfg = TokenizerConfig.from_file(tmp_path / str(rate) / "config.json")
         assert (cfg.sample_rate, cfg.downsample, cfg.clip_samples) == (rate, hop, rate)  # 1 s clips either way
-    # a run resumed without --sample-rate keeps the rate it was started at (runs from before the rate followed data)
+    # a run resumed without --sample-rate and --lr keeps its rate and lr (runs from before these defaults)
     assert main([*run[:4], "2", *run[5:], "--resume", "--out", str(tmp_path / "16000")]) == 0
     cfg = TokenizerConfig.from_file(tmp_path / "16000" / "config.json")
     assert cfg.sample_rate == 16000 and json.loads((tmp_path / "16000" / "metrics.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "16000" / "train_config.json").read_text())["lr"] == 2e-3
     assert main(["reconstruct", "--tokenizer", str(tmp_path / "8000"), "--dataset", str(data), "--n", "1",
                  "--out", str(tmp_path / "rec"), "--quiet"]) == 0
     wavs = sorted((tmp_path / "rec").rglob("*.wav"))
