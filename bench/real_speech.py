@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--codec2-modes", nargs="*", default=list(CODEC2_MODES))
     ap.add_argument("--work", default=str(ROOT / "runs" / "real_speech"))
     ap.add_argument("--train-flags", default="", help="more flags for train-tokenizer, one string (an experiment "
-                    "beside the defaults, e.g. \"--sample-rate 8000\"); recorded in each run's command")
+                    "beside the defaults, e.g. --train-flags=\"--sample-rate 8000\"); recorded in each run's command")
     ap.add_argument("--reuse", action="store_true", help="score a seed's run already in WORK (trained by this bench) instead of training it again")
     ap.add_argument("--quick", action="store_true",
                     help="20 s per training voice, 10 s held out from the Russian voice plus 2 Codec2 files, 2 "
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     modes = tuple(args.codec2_modes)
     check_packages(modes)
     work = Path(args.work)
-    extra: list[str] = args.train_flags.split()
+    extra: list[str] = shlex.split(args.train_flags)
     codec2_files = CODEC2_HELDOUT
     if args.quick:
         args.train_minutes, args.heldout_minutes, args.max_seconds = 20 / 60, 10 / 60, 60

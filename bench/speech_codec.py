@@ -42,6 +42,7 @@ from pipelines.stages.train import train_tokenizer
 from pipelines.training.loop import TrainConfig
 from tokenizers_vq import TokenizerConfig, load_tokenizer
 from tokenizers_vq import metrics as M
+from tokenizers_vq.config import DEFAULT_SAMPLE_RATE
 
 PRETRAINED_DIR = ROOT / "tokenizers_vq" / "pretrained"
 RECIPE = "speech/spectral_rvq13"  # recipes/speech/spectral_rvq13.yaml: the shipped spoken-digits tokenizer's
@@ -74,7 +75,8 @@ def resolve_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
         raise ValueError(f"recipe {file} names no dataset: pass --dataset")
     model = {k: v for k, v in settings.items() if k in model_keys and v is not None}
     loop = {k: v for k, v in settings.items() if k in loop_keys and k not in BENCH_LOOP and v is not None}
-    return {"name": args.dataset, "seed": args.seed}, model, loop, file
+    # the rate the bench scores at (DataSpec's default): the stage would otherwise follow narrowband data down to 8 kHz
+    return {"name": args.dataset, "seed": args.seed, "sample_rate": DEFAULT_SAMPLE_RATE}, model, loop, file
 
 
 @torch.no_grad()

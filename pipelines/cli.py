@@ -61,6 +61,9 @@ def print_config(name: str, a: Parsed) -> None:
     model = (prior_model_fields if name == "train-prior" else tokenizer_model_fields)(a)
     values = {k: v for k, v in values.items() if k not in {f.name for f in group.flags}}
     print(f"# vqgen {name} --config FILE: the settings of this run", end="\n")
+    if name == "train-tokenizer" and "lr" not in a.explicit:  # a written lr would count as given: the family's is kept
+        values.pop("lr", None)
+        print(f"# lr: the autoencoder family's default ({a.values['lr']:g}; the spectral audio codec: 1e-3)")
     print(to_yaml(model | values), end="")
 
 

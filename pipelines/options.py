@@ -29,7 +29,7 @@ class DataOptions:
     dataset: str  # a built-in name (mnist5k, shapes, scenes, photos, tones, spoken-digits), a local folder of images or audio files (subfolder names become labels), or a Hugging Face Hub dataset id
     image_size: int | None = None  # images: square side (default: the tokenizer's, else 32)
     channels: Literal[1, 3] | None = None  # images: 1 (grayscale) or 3 (RGB) (default: the tokenizer's, else 1 for mnist5k, 3 otherwise)
-    sample_rate: int | None = None  # audio: sample rate in Hz (default: the tokenizer's, else 16000; train-tokenizer: 8000 when no training file is above 8 kHz)
+    sample_rate: int | None = None  # audio: sample rate in Hz (default: the tokenizer's, else 16000; train-tokenizer: 8000 when no training file is above 8 kHz, except with --streaming and when --resume continues a run at another rate)
     clip_seconds: float | None = None  # audio: clip length in seconds (default: the tokenizer's, else 1)
     image_column: str = "image"  # Hub datasets: the image column
     audio_column: str = "audio"  # Hub datasets: the audio column

@@ -203,8 +203,15 @@ def follow_data_rate(spec: DataSpec, sources: list[Any], where: str) -> DataSpec
     file is above 8 kHz and ``spec.sample_rate`` is higher (the band above 4 kHz is empty in such data: a 16 kHz
     codec would spend half its band, and its compute, on silence), else ``spec`` unchanged. The clip keeps its
     length in seconds."""
-    rates = [r for r in map(header_rate, sources) if r]
-    if not rates or max(rates) > NARROWBAND_RATE or spec.sample_rate <= NARROWBAND_RATE:
+    if spec.sample_rate <= NARROWBAND_RATE:
+        return spec
+    known = False
+    for source in sources:  # stops at the first wideband file
+        rate = header_rate(source)
+        if rate and rate > NARROWBAND_RATE:
+            return spec
+        known = known or bool(rate)
+    if not known:
         return spec
     clip = max(1, round(spec.clip_samples * NARROWBAND_RATE / spec.sample_rate))
     log.info("%s: every training file is recorded at %d Hz or less: audio at %d Hz (the band the data holds); "

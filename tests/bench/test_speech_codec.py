@@ -21,7 +21,7 @@ def test_the_defaults_are_the_recipe_file():
     settings = load_recipe("speech/spectral_rvq13", "train-tokenizer")
     args, (data, model, loop, file) = _resolve()
     assert file == "recipes/speech/spectral_rvq13.yaml"
-    assert data == {"name": settings["dataset"], "seed": 0}
+    assert data == {"name": settings["dataset"], "seed": 0, "sample_rate": 16000}  # the rate it scores at
     assert model | loop | {"dataset": args.dataset, "max_seconds": settings["max_seconds"]} == settings
     # the bench's own snapshots: the last one is the file's budget
     assert max(args.minutes) * 60 == settings["max_seconds"]

@@ -66,3 +66,19 @@ def test_help_and_unknown_commands(capsys: pytest.CaptureFixture) -> None:
     assert "unknown command 'train-pior'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train-prior", "--tokens", "t", "--out", "o", "--arch", "nope"])
+
+
+def test_print_config_leaves_the_family_lr_to_the_family(tmp_path, capsys) -> None:
+    """Without --lr, the printed recipe leaves lr out (a written one would count as given and override the spectral
+    codec's 1e-3 when read back); with --lr it is written and read back as given."""
+    from pipelines.cli import print_config
+
+    base = ["train-tokenizer", "--dataset", "tones", "--modality", "audio", "--out", str(tmp_path / "x")]
+    for extra, written in (([], False), (["--lr", "3e-3"], True)):
+        name, parsed, _ = parse_command([*base, *extra])
+        print_config(name, parsed)
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(capsys.readouterr().out)
+        assert ("\nlr: " in recipe.read_text()) is written
+        _, again, _ = parse_command([*base[:1], "--config", str(recipe), "--out", str(tmp_path / "y")])
+        assert ("lr" in again.explicit) is written and again.values["lr"] == (3e-3 if written else 2e-3)

@@ -43,7 +43,7 @@ def launch(nproc: int, out: Path, steps: list[dict], timeout: float = 200) -> li
             procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(steps)], env=env,
                                           stdout=f, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    while [p.poll() for p in procs].count(None) and time.monotonic() < deadline:  # polls every process
         if any(p.returncode not in (None, 0) for p in procs):
             break
         time.sleep(0.2)
