@@ -12,12 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +23,7 @@ from pipelines.training.evaluation import EvalShard, forward_count, shard_ranges
 from pipelines.training.loop import train
 from pipelines.training.tasks import PriorTask, TokenGridDataset, evaluate_prior, evaluate_tokenizer
 from prior import build_prior
+from tests.launch_workers import launch_workers
 from tokenizers_vq import build_tokenizer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -51,31 +46,8 @@ def _one_thread():
 
 
 def launch(nproc: int, *args: str, timeout: float = 280) -> str:
-    """Start ``nproc`` ddp_worker.py processes the way torchrun does (RANK, WORLD_SIZE, MASTER_ADDR/PORT: the env://
-    rendezvous Accelerate reads), without torchrun's own agent process, which would import torch a third time on a
-    2-core machine. If one process fails, the others (blocked in a collective) are stopped. Returns their output."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    logs = Path(tempfile.mkdtemp(prefix="ddp-logs-"))
-    procs = []
-    for r in range(nproc):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        with (logs / f"rank{r}.log").open("w") as f:
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env, stdout=f, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.returncode not in (None, 0) for p in procs):
-            break
-        time.sleep(0.2)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    text = "".join(f"--- rank {r} ---\n" + (logs / f"rank{r}.log").read_text()[-4000:] for r in range(nproc))
-    assert all(p.returncode == 0 for p in procs), f"exit codes {[p.returncode for p in procs]}\n{text}"
-    return text
+    """Start ``nproc`` ddp_worker.py processes the way torchrun does (``tests/launch_workers.py``); their output."""
+    return launch_workers(WORKER, list(args), nproc, timeout, prefix="ddp-logs-")
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.launch_workers import launch_workers
 from tests.pipelines.data.test_streaming import _dataset as image_dataset
 from tests.pipelines.data.test_streaming_audio import CLIP, SR
 from tests.pipelines.data.test_streaming_audio import _dataset as audio_dataset
@@ -29,30 +24,9 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="th
 
 
 def launch(nproc: int, out: Path, steps: list[dict], timeout: float = 200) -> list[list[dict]]:
-    """Run the worker's ``steps`` in ``nproc`` processes (RANK, WORLD_SIZE, MASTER_ADDR/PORT as torchrun sets
-    them); if one fails, the others (blocked in a collective) are stopped. Returns each process's step results."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    logs = Path(tempfile.mkdtemp(prefix="stok-logs-"))
-    procs = []
-    for r in range(nproc):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        with (logs / f"rank{r}.log").open("w") as f:
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(steps)], env=env,
-                                          stdout=f, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout
-    while [p.poll() for p in procs].count(None) and time.monotonic() < deadline:  # polls every process
-        if any(p.returncode not in (None, 0) for p in procs):
-            break
-        time.sleep(0.2)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    text = "".join(f"--- rank {r} ---\n" + (logs / f"rank{r}.log").read_text()[-4000:] for r in range(nproc))
-    assert all(p.returncode == 0 for p in procs), f"exit codes {[p.returncode for p in procs]}\n{text}"
+    """Run the worker's ``steps`` in ``nproc`` processes the way torchrun does (``tests/launch_workers.py``).
+    Returns each process's step results."""
+    launch_workers(WORKER, [str(out), json.dumps(steps)], nproc, timeout, prefix="stok-logs-")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
