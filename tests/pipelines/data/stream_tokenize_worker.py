@@ -18,9 +18,11 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from stream_recorder import dying_at_shard  # beside this script
 
 import pipelines.stages.tokenize as tk
 from pipelines.cli import main as cli_main
@@ -43,21 +45,13 @@ def main() -> None:
     logger = logging.getLogger("vqgen.tokenize")
     logger.setLevel(logging.INFO)
     logger.addHandler(lines)
-    real = tk.write_shard
     done: list[dict] = []
     for step in steps:
         if "run" in step:
             die = step.get("die", {}).get(str(rank))
-
-            def write_shard(folder, split, k, *a, die=die, **kw):
-                if die is not None and [split, k] == die:
-                    raise RuntimeError(f"killed at {split} shard {k}")
-                return real(folder, split, k, *a, **kw)
-
-            tk.write_shard = write_shard
             lines.lines = []
-            rc = cli_main(["tokenize", *step["run"]])
-            tk.write_shard = real
+            with dying_at_shard(*die) if die is not None else nullcontext():
+                rc = cli_main(["tokenize", *step["run"]])
             done.append({"rc": rc, "log": lines.lines})
         elif "snapshot" in step:
             folder = Path(step["snapshot"])

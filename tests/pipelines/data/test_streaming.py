@@ -16,7 +16,7 @@ from pipelines.data import DataSpec, ImageReadError, load_data, report_skips
 from pipelines.data.streaming import StreamedImages
 from pipelines.training.config import TrainConfig
 from pipelines.training.loop import train
-from tests.pipelines.data.stream_recorder import Recorder
+from tests.pipelines.data.stream_recorder import Recorder, dying_at_shard
 
 BROKEN = b"\x89PNG\r\n\x1a\n this is not an image"
 TINY_TOK = ["--quantizer", "fsq", "--hidden-channels", "8", "--latent-dim", "8", "--num-res-blocks", "1",
@@ -209,7 +209,6 @@ def test_tokenize_streaming_gives_the_map_style_tokens_and_trains_a_prior(cli_ru
 def test_tokenize_streaming_resume_keeps_finished_shards(tmp_path, monkeypatch, caplog):
     """Interrupted after three shards (their sidecars hold the stream position), and a finished folder with its
     last shards removed: --resume encodes only the missing shards and gives the uninterrupted run's tokens."""
-    import pipelines.stages.tokenize as tk
     from pipelines.cli import main
 
     folder = _dataset(tmp_path, n=26, broken=(9,), fmt="parquet")
@@ -218,16 +217,8 @@ def test_tokenize_streaming_resume_keeps_finished_shards(tmp_path, monkeypatch, 
     assert main(args + [str(tmp_path / "whole")]) == 0
     want = (tmp_path / "whole" / "tokens.json").read_text()
 
-    real = tk.write_shard
-
-    def dies_at_shard_3(out, split, k, *a, **kw):
-        if split == "train" and k == 3:
-            raise RuntimeError("killed")
-        return real(out, split, k, *a, **kw)
-
-    monkeypatch.setattr(tk, "write_shard", dies_at_shard_3)
-    assert main(args + [str(tmp_path / "cut")]) == 2
-    monkeypatch.setattr(tk, "write_shard", real)
+    with dying_at_shard("train", 3):
+        assert main(args + [str(tmp_path / "cut")]) == 2
     side = json.loads((tmp_path / "cut" / "train-00002.json").read_text())
     assert side["inputs"] == 4 and side["stream"] is not None
     kept = {f: (tmp_path / "cut" / f).stat().st_mtime_ns for f in ("train-00000.safetensors", "train-00002.safetensors")}

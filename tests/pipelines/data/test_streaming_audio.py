@@ -19,7 +19,7 @@ from pipelines.data.audio_io import AudioClipDataset
 from pipelines.data.streaming import StreamedAudio
 from pipelines.training.config import TrainConfig
 from pipelines.training.loop import train
-from tests.pipelines.data.stream_recorder import Recorder
+from tests.pipelines.data.stream_recorder import Recorder, dying_at_shard
 
 SR = 8000
 CLIP = 1024
@@ -216,12 +216,11 @@ def test_tokenize_streaming_on_audio_gives_the_map_style_tokens(cli_run):
     assert head["num_classes"] == 15 and head["modality"] == "audio"
 
 
-def test_tokenize_streaming_raw_audio_resumes_after_the_finished_shards(tmp_path, monkeypatch):
+def test_tokenize_streaming_raw_audio_resumes_after_the_finished_shards(tmp_path):
     """Raw mu-law tokens of a parquet stream without a test split: interrupted after two shards, --resume gives
     the uninterrupted run's folder (the covering windows of the held-out head centred, the train split's short
     recordings placed at the offsets drawn for their grid numbers). The modality comes from the stream's Audio
     column (no codec says it)."""
-    import pipelines.stages.tokenize as tk
     from pipelines.cli import main
 
     folder = _dataset(tmp_path, n=20, broken=(9,), fmt="parquet")
@@ -229,15 +228,7 @@ def test_tokenize_streaming_raw_audio_resumes_after_the_finished_shards(tmp_path
             "--clip-seconds", str(CLIP / SR), "--streaming", "--shard-rows", "4", "--quiet", "--out"]
     assert main(args + [str(tmp_path / "whole")]) == 0
     want = (tmp_path / "whole" / "tokens.json").read_text()
-    real = tk.write_shard
-
-    def dies_at_shard_2(out, split, k, *a, **kw):
-        if split == "train" and k == 2:
-            raise RuntimeError("killed")
-        return real(out, split, k, *a, **kw)
-
-    monkeypatch.setattr(tk, "write_shard", dies_at_shard_2)
-    assert main(args + [str(tmp_path / "cut")]) == 2
-    monkeypatch.setattr(tk, "write_shard", real)
+    with dying_at_shard("train", 2):
+        assert main(args + [str(tmp_path / "cut")]) == 2
     assert main(args + [str(tmp_path / "cut"), "--resume"]) == 0
     assert (tmp_path / "cut" / "tokens.json").read_text() == want
