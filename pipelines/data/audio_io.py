@@ -174,25 +174,28 @@ def read_audio_range(source: str | os.PathLike | bytes | bytearray | dict, start
     return out * scale if scale != 1.0 else out
 
 
-def header_seconds(source: str | os.PathLike | bytes | bytearray | dict) -> float | None:
-    """Duration in seconds from a file's header (nothing decoded), or None when the header cannot be read or is
-    over the limits (``check_audio_limits``)."""
+def _header(source: str | os.PathLike | bytes | bytearray | dict) -> Any:
+    """A file's header (``sf.info``: nothing decoded), or None when it cannot be read or is over the limits
+    (``check_audio_limits``: a corrupt header says nothing)."""
     try:
         name, fileobj = _file_object(source)
         info = sf.info(fileobj)
-        check_audio_limits(name, int(info.samplerate), info.frames, info.channels, None)  # a corrupt header is no duration
-        return info.frames / info.samplerate
+        check_audio_limits(name, int(info.samplerate), info.frames, info.channels, None)
+        return info
     except (*DECODE_ERRORS, UnreadableFileError, TypeError):
         return None
+
+
+def header_seconds(source: str | os.PathLike | bytes | bytearray | dict) -> float | None:
+    """Duration in seconds from a file's header, or None (``_header``)."""
+    info = _header(source)
+    return None if info is None else info.frames / info.samplerate
 
 
 def header_rate(source: str | os.PathLike | bytes | bytearray | dict) -> int | None:
-    """A file's sample rate in Hz from its header (nothing decoded), or None when the header cannot be read."""
-    try:
-        _, fileobj = _file_object(source)
-        return int(sf.info(fileobj).samplerate)
-    except (*DECODE_ERRORS, UnreadableFileError, TypeError):
-        return None
+    """A file's sample rate in Hz from its header, or None (``_header``)."""
+    info = _header(source)
+    return None if info is None else int(info.samplerate)
 
 
 NARROWBAND_RATE = 8000  # Hz: telephone band; data recorded at or below it is modelled at this rate
