@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench.common import ROOT, cpu_model, write_results
-from bench.real_speech import _read, score, vqgen_outputs
+from bench.real_speech import _read, _shown, score, vqgen_outputs
 
 
 def recombinations(x: torch.Tensor, y: torch.Tensor, n_fft: int, hop: int, gl_iters: int, seed: int
@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in signals[0]:
         rows.append({"signal": key, **score(names, waves, [s[key] for s in signals])})
         print(json.dumps({"signal": key, "stoi_mean": rows[-1]["stoi_mean"]}), flush=True)
-    shown = list(argv if argv is not None else sys.argv[1:])
-    if "--note" in shown:
-        shown = shown[: shown.index("--note")] + shown[shown.index("--note") + 2:]
+    shown = _shown(argv if argv is not None else sys.argv[1:])  # without --note, recorded on its own
     meta = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "tokenizer": args.tokenizer,
             "n_fft": args.n_fft, "hop": args.hop, "gl_iters": args.gl_iters, "note": args.note,
             "command": "python -m bench.speech_phase_oracle " + " ".join(shown)}
