@@ -7,7 +7,7 @@ import argparse
 
 from bench.common import ROOT
 
-ORDER = ["tokenizer_quality", "photo_codec", "photo_codec_vqvae", "speech_quality", "speech_codec_spoken_digits", "speech_codec_causal_spoken_digits", "speech_codec_causal_annealed", "speech_codec_causal_128x4", "speech_codec_causal_128x3", "speech_codec_causal_64x2", "real_speech", "speech_phase_oracle", "codec_speed", "codec_speed_repeat", "demo_sampling", "demo_image", "demo_audio", "prior_sampling", "wavenet_generation", "pixelcnn_cache", "sparse_attention", "prior_throughput",
+ORDER = ["tokenizer_quality", "photo_codec", "photo_codec_vqvae", "speech_quality", "speech_codec_spoken_digits", "speech_codec_causal_spoken_digits", "speech_codec_causal_spoken_digits_seed1", "speech_codec_causal_annealed", "speech_codec_causal_128x4", "speech_codec_causal_128x3", "speech_codec_causal_64x2", "real_speech", "speech_phase_oracle", "codec_speed", "codec_speed_repeat", "demo_sampling", "demo_image", "demo_audio", "prior_sampling", "wavenet_generation", "pixelcnn_cache", "sparse_attention", "prior_throughput",
          "vs_transformers", "compression", "compression_folds", "compression_folds_validation", "speech_compress", "ood", "autoregressive_family", "tokenize_parallel", "data_scale", "gpu_check"]
 
 

@@ -184,11 +184,14 @@ def export_onnx(tokenizer: Tokenizer, out_dir: str | Path, *, opset: int | None 
     equal, decoded values within 1e-4; ``RuntimeError`` otherwise). ``opset`` defaults to ``DEFAULT_OPSET`` (18, written natively; others are
     converted by onnx's version converter, which may refuse some ops). Returns ``{"encoder": Path,
     "decoder": Path, "opset": int, "input_shape": (B, ...), "token_shape": (B, ...)}`` for the example traced.
-    Raises ``ValueError`` for an uninitialised vq codebook or a model over 2 GiB.
+    Raises ``ValueError`` for an uninitialised vq codebook, a model over 2 GiB or a codec with a harmonic source.
     """
     if not isinstance(tokenizer, Tokenizer):
         raise TypeError(f"export_onnx takes a tokenizers_vq.Tokenizer, got {type(tokenizer).__name__}; priors have "
                         "no ONNX export (use save_pretrained / --format safetensors)")
+    if getattr(tokenizer.config, "harmonics", 0):  # its source accumulates phase block by block over the whole clip
+        raise ValueError("a spectral codec with harmonics > 0 (experimental) has no ONNX export yet: export it with "
+                         "--format safetensors, or train without --harmonics")
     opset = DEFAULT_OPSET if opset is None else int(opset)  # others go through onnx's version converter
     out = Path(out_dir)
     enc_path, dec_path = out / ENCODER_FILE, out / DECODER_FILE

@@ -2,11 +2,11 @@
 take a chunk and the state the previous call returned, and return what is ready and the new state, so a stream runs
 in onnxruntime with numpy alone (``OnnxStream`` below is such a loop, and the export folder's README shows it).
 
-encoder_step.onnx: ``x`` float32 [1, n * hop] in [-1, 1] (n >= 1 whole frames), ``context`` float32 [1, 3 STFT hops]
-and ``state_0..state_k`` (the causal convolutions' last inputs) -> ``tokens`` int64 [1, n(, q)] and the same states
+encoder_step.onnx: ``x`` float32 [1, n * hop] in [-1, 1] (n >= 1 whole frames), ``context`` float32
+[1, window_hops - 1 STFT hops] and ``state_0..state_k`` (the causal convolutions' last inputs) -> ``tokens`` int64 [1, n(, q)] and the same states
 as ``context_out``, ``state_i_out``. decoder_step.onnx: ``tokens`` int64 [1, n(, q)], ``tail`` / ``env_tail``
-float32 [1, 3 STFT hops] (the overlap-add sums not yet final) and ``state_i`` -> ``x`` float32 [1, n * hop] and the
-new states. Every state starts as zeros of the shape ``stream.json`` lists. The decoder's output runs
+float32 [1, window_hops - 1 STFT hops] (the overlap-add sums not yet final) and ``state_i`` -> ``x`` float32
+[1, n * hop] and the new states. Every state starts as zeros of the shape ``stream.json`` lists. The decoder's output runs
 ``skip_samples`` ahead of the input: drop that many samples at the start of a stream, and end it by dividing
 ``tail`` by ``env_tail`` (what ``stream_decoder().flush()`` returns). Samples are clamped to [-1, 1] where final.
 """
@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from vqgen_io import atomic_write_bytes, atomic_write_text
 
-from .autoencoders.spectral import WINDOW_HOPS
 from .autoencoders.spectral_fast import FastSpectralStep, overlap_add
 from .onnx_export import _traceable
 from .tokenizer import Tokenizer
@@ -68,9 +67,10 @@ class EncoderStep(nn.Module):
     def forward(self, x: Tensor, context: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
         m, hop = self.m, self.m.stft.hop
         buf = torch.cat([context[0], self.step.compand(x[0])])
-        rows = buf.view(-1, hop)  # [3 + n * sub, STFT hop]: a frame is 4 consecutive rows
-        k = rows.shape[0] - (WINDOW_HOPS - 1)
-        frames = torch.cat([rows[j:j + k] for j in range(WINDOW_HOPS)], dim=1)  # [n * sub, n_fft]
+        rows = buf.view(-1, hop)  # [h - 1 + n * sub, STFT hop]: a frame is h = window_hops consecutive rows
+        hops = m.stft.window_hops
+        k = rows.shape[0] - (hops - 1)
+        frames = torch.cat([rows[j:j + k] for j in range(hops)], dim=1)  # [n * sub, n_fft]
         re, im = (frames @ self.analysis).split(m.bins, dim=1)
         mag = torch.sqrt(re * re + im * im)
         comp = mag.clamp(min=1e-7) ** -0.7  # |S|^0.3 e^{i phase}, as ``_spec_features``
@@ -89,7 +89,7 @@ class DecoderStep(nn.Module):
         self.step = FastSpectralStep(self.m)
         self.n_dec = 1 + len(self.m.decoder.blocks)
         self.synthesis = _dft_bases(self.m)[1]
-        self.wsq = (self.m.stft.window.float().cpu() ** 2).view(WINDOW_HOPS, -1)
+        self.wsq = (self.m.stft.window.float().cpu() ** 2).view(self.m.stft.window_hops, -1)
 
     def forward(self, tokens: Tensor, tail: Tensor, env_tail: Tensor, states: list[Tensor]) -> tuple[Tensor, ...]:
         m = self.m

@@ -201,3 +201,27 @@ def test_fast_step_equals_the_modules_state_by_state():
         got.append((ola.tail / ola.env_tail.clamp(min=m.stft.env_floor)).reshape(-1))  # what flush() returns
         # the stream runs in padded time: its first ``pad`` samples precede the offline signal's first
         torch.testing.assert_close(torch.cat(got)[m.stft.pad:], m.stft.synthesise(spec)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_a_longer_synthesis_window_streams_and_keeps_old_fingerprints(tmp_path):
+    """istft_window_hops 8 (a 40 ms window at 8 kHz, which resolves pitch harmonics): streams equal offline, the
+    latency counts 7 STFT hops of synthesis window, the ONNX steps equal the stream; 4 (the default) is left out of
+    the fingerprint, so folders saved before the field existed keep theirs."""
+    tok = causal_tokenizer(istft_window_hops=8, clip_samples=6400)  # 80 vectors for k-means: no duplicate codes
+    assert tok.model.stft.n_fft == 8 * HOP // 4 and tok.latency_ms == pytest.approx(1000 * (HOP + 7 * HOP // 4) / 16000)
+    n = 9 * HOP + 41
+    x = speechlike(n)
+    offline = tok.encode(F.pad(x, (0, -n % HOP))[None])[0]
+    assert torch.equal(stream_encode(tok, x, [3 * HOP + 13, 1, 23]), offline)
+    torch.testing.assert_close(stream_decode(tok, offline, 3), tok.decode(offline[None])[0], atol=1e-5, rtol=0)
+    assert tok.fingerprint != causal_tokenizer(clip_samples=6400).fingerprint
+    assert causal_tokenizer(istft_window_hops=4).fingerprint == causal_tokenizer().fingerprint
+    assert "istft_window_hops" not in causal_tokenizer().config.to_dict()
+    tok.save_pretrained(tmp_path / "t")
+    assert load_tokenizer(tmp_path / "t").model.stft.window_hops == 8
+    with pytest.raises(ValueError, match="istft_window_hops must be >= 2"):
+        TokenizerConfig(modality="audio", istft_window_hops=1)
+    from tokenizers_vq.onnx_export import export_onnx
+
+    export_onnx(tok, tmp_path / "onnx")  # checks its streaming steps against stream_encoder / stream_decoder
+    assert (tmp_path / "onnx" / "decoder_step.onnx").exists()

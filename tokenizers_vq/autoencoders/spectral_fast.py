@@ -167,27 +167,28 @@ class FastSpectralStep:
 
 class OverlapAdd:
     """Streaming inverse STFT, time-major: complex frames [m, bins] -> the m * hop samples they complete, divided by
-    the summed squared window (at least ``floor``), with the last 3 hops' sums carried between calls: what
-    ``FrameSTFT.synthesise`` computes on a whole signal, in padded time (the first ``stft.pad`` samples precede it)."""
+    the summed squared window (at least ``floor``), with the last ``window_hops`` - 1 hops' sums carried between
+    calls: what ``FrameSTFT.synthesise`` computes on a whole signal, in padded time (the first ``stft.pad`` samples precede it)."""
 
-    def __init__(self, window: Tensor, floor: float):
+    def __init__(self, window: Tensor, floor: float, window_hops: int = WINDOW_HOPS):
         self.window, self.floor = window.float(), floor
-        self.n_fft = window.shape[0]
-        self.hop = self.n_fft // WINDOW_HOPS
-        self.wsq = (self.window ** 2).view(WINDOW_HOPS, self.hop)
+        self.n_fft, self.hops = window.shape[0], int(window_hops)
+        self.hop = self.n_fft // self.hops
+        self.wsq = (self.window ** 2).view(self.hops, self.hop)
         self._env: dict[int, Tensor] = {}
         self.reset()
 
     def reset(self) -> None:
-        self.tail = torch.zeros(WINDOW_HOPS - 1, self.hop, device=self.window.device)
-        self.env_tail = torch.zeros(WINDOW_HOPS - 1, self.hop, device=self.window.device)
+        self.tail = torch.zeros(self.hops - 1, self.hop, device=self.window.device)
+        self.env_tail = torch.zeros(self.hops - 1, self.hop, device=self.window.device)
 
     def _env_of(self, m: int) -> Tensor:
-        """The squared windows of m frames summed into m + 3 hops [m + 3, hop] (cached per m: data-independent)."""
+        """The squared windows of m frames summed into [m + h - 1, hop] (h = window_hops; cached per m:
+        data-independent)."""
         env = self._env.get(m)
         if env is None:
-            env = torch.zeros(m + WINDOW_HOPS - 1, self.hop, device=self.window.device)
-            for j in range(WINDOW_HOPS):
+            env = torch.zeros(m + self.hops - 1, self.hop, device=self.window.device)
+            for j in range(self.hops):
                 env[j:j + m] += self.wsq[j]
             self._env[m] = env
         return env
@@ -202,13 +203,14 @@ class OverlapAdd:
 def overlap_add(frames: Tensor, tail: Tensor, env_tail: Tensor, wsq: Tensor, floor: float,
                 env: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One streaming overlap-add, out of place (so the ONNX decoder step traces it too): windowed frames float32
-    [k, n_fft] plus the carried sums ``tail`` / ``env_tail`` [3, hop] -> (the k * hop finished samples divided by
+    [k, n_fft] plus the carried sums ``tail`` / ``env_tail`` [h - 1, hop] -> (the k * hop finished samples divided by
     the summed squared window, at least ``floor``; the new tail; the new env_tail). ``wsq``: the squared window as
-    [4, hop]; ``env``: its k frames summed into [k + 3, hop] when the caller has it (``OverlapAdd`` caches it)."""
+    [h, hop] (h = window_hops, 4 by default); ``env``: its k frames summed into [k + h - 1, hop] when the caller
+    has it (``OverlapAdd`` caches it)."""
     k = frames.shape[0]
     hops, hop = wsq.shape
     blocks = frames.view(k, hops, hop)
-    # hop j of frame i lands on row i + j of the k + 3 rows this call touches
+    # hop j of frame i lands on row i + j of the k + h - 1 rows this call touches
     y = sum(F.pad(blocks[:, j], (0, 0, j, hops - 1 - j)) for j in range(hops))
     if env is None:
         env = sum(F.pad(wsq[j].expand(k, hop), (0, 0, j, hops - 1 - j)) for j in range(hops))

@@ -2,14 +2,16 @@
 
 Each object keeps what the next chunk needs: the encoder the mu-law samples of an unfinished token and the last STFT
 window's worth of past samples; both the last inputs of every causal convolution (``FrameStack.step``); the decoder
-the overlap-add tail of the inverse STFT (the 3 hops of the last frames' windows that later frames still add to).
+the overlap-add tail of the inverse STFT (the window_hops - 1 hops, 3 by default, of the last frames' windows that
+later frames still add to).
 Both run ``FastSpectralStep`` (``spectral_fast.py``): the modules' computation written for a frame per call (time-
 major, weights as contiguous [in, out] matrices, no submodule calls), ~2x faster on one frame than the modules'
 ``step``; the concatenated outputs of a stream equal offline ``encode`` / ``decode`` (to float rounding: the tests
 hold it to 1e-5).
 
-Latency: a token is emitted once its ``downsample`` samples have arrived; a sample is emitted once the 3 STFT frames
-after its own are added, i.e. ``latency_ms`` = (downsample + 3 STFT hops) / sample rate: 35 ms at 16 kHz.
+Latency: a token is emitted once its ``downsample`` samples have arrived; a sample is emitted once the window_hops - 1
+STFT frames after its own are added, i.e. ``latency_ms`` = (downsample + window_hops - 1 STFT hops) / sample rate:
+35 ms at 16 kHz.
 """
 
 from __future__ import annotations
@@ -85,12 +87,12 @@ class StreamEncoder:
 
 class StreamDecoder:
     """``dec(tokens)``: int64 tokens [t] or [t, q'] -> float32 samples [T'] in [-1, 1] that no later token changes;
-    ``dec.flush()``: the last 3 STFT hops of samples and a fresh state for a new stream."""
+    ``dec.flush()``: the last window_hops - 1 STFT hops of samples and a fresh state for a new stream."""
 
     def __init__(self, model: SpectralAudioAutoencoder, check_tokens: Callable[[Tensor], None] | None = None):
         self.model, self.check_tokens = model, check_tokens
         self.step = FastSpectralStep(model)
-        self.ola = OverlapAdd(model.stft.window, model.stft.env_floor)
+        self.ola = OverlapAdd(model.stft.window, model.stft.env_floor, model.stft.window_hops)
         self.reset()
 
     def reset(self) -> None:
