@@ -16,6 +16,15 @@ from .config import TrainConfig
 from .trackers import default_trackers
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX tiles), where bf16 autocast can be faster than
+    fp32 (without it, bf16 is emulated and slower)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these (private) probes: assume not
+        return False
+
+
 def resolve_mixed_precision(requested: str, device: torch.device) -> str:
     """The precision a run uses: ``requested`` unless it is "auto"; "auto" takes the launcher's setting when
     ``accelerate launch`` gave one (a config's ``mixed_precision``), else bf16 on a CUDA device that supports

@@ -25,7 +25,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio on the last step
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation)
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # no (fp32), fp16, bf16 or auto: the launcher's, else bf16 on CUDA, else no
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # no (fp32), fp16, bf16 or auto: the launcher's, else bf16 on CUDA, else (train-tokenizer, the spectral codec) bf16 on a CPU with bf16 in hardware, else no
     eval_every: int = 500  # evaluate on the test split every N steps (and after the last step)
     save_every: int = 500  # write a resumable checkpoint every N steps (and after the last step)
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep under OUT/checkpoints

@@ -205,6 +205,30 @@ def test_audio_pipeline_end_to_end(tmp_path, capsys):
     assert (tmp_path / "samples" / "spectrograms.png").is_file()
 
 
+def test_spectral_codec_trains_in_bf16_on_a_cpu_with_bf16_in_hardware(tmp_path, monkeypatch):
+    """--mixed-precision auto (the default) gives the spectral family bf16 autocast on a CPU with bf16 in hardware
+    (1.38x the steps on real speech), fp32 without; an explicit --mixed-precision, and the image families, as
+    before."""
+    import pipelines.training.accelerator as acc
+
+    monkeypatch.setattr(acc.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    run = ["train-tokenizer", "--dataset", "tones", "--steps", "1", "--batch-size", "2", "--eval-limit", "2",
+           "--quiet", "--clip-seconds", "0.32", "--limit", "4", "--istft-dim", "16", "--istft-layers", "1"]
+
+    def precision(out: str) -> str:
+        return json.loads((tmp_path / out / "train_config.json").read_text())["mixed_precision"]
+
+    for native, extra, out, want in ((True, [], "a", "bf16"), (False, [], "b", "auto"),
+                                     (True, ["--mixed-precision", "no"], "c", "no")):
+        monkeypatch.setattr(acc, "cpu_has_native_bf16", lambda native=native: native)
+        assert main([*run, *extra, "--out", str(tmp_path / out)]) == 0
+        assert precision(out) == want, (native, extra)
+    assert main(["train-tokenizer", "--dataset", "mnist5k", "--steps", "1", "--batch-size", "4", "--quiet",
+                 "--limit", "8", "--eval-limit", "4", "--out", str(tmp_path / "img")]) == 0
+    assert precision("img") == "auto"  # the image families keep fp32 on CPU
+
+
 def test_audio_tokenizer_defaults_to_the_spectral_codec(tmp_path, capsys):
     """No family and no quantizer named: the spectral codec with the shipped tokenizer's 5 residual codebooks of 512
     codes (issue 24), whether the modality is given or read from the data; a mu-law flag is refused by name."""

@@ -242,6 +242,10 @@ class SpectralAudioAutoencoder(nn.Module):
     # Without --lr (train-tokenizer's default is 2e-3): 1e-3, as every speech recipe. 10 minutes on real 8 kHz speech,
     # two seeds: STOI 0.811 / 0.812 against 0.798 / 0.803 at 2e-3; spoken digits at 10 minutes: 0.799 against 0.776.
     default_lr = 1e-3
+    # With --mixed-precision auto on a CPU with bf16 in hardware (AVX-512 BF16, AMX): bf16 autocast. Real 8 kHz speech,
+    # 10 minutes, one thread, AMD EPYC: 1.38x the steps (857 against 622 in 150 s), STOI 0.815 / 0.810 against
+    # 0.804 / 0.808 in fp32 (seeds 0 / 1); the shipped spoken-digits tokenizer was trained in bf16.
+    cpu_bf16 = True
 
     @staticmethod
     def train_crop_samples(config: TokenizerConfig) -> int:
