@@ -70,20 +70,27 @@ def _family_lr(cfg: TrainConfig, family: str, resumed: Path | None) -> TrainConf
     return dataclasses.replace(cfg, lr=lr)
 
 
-def _family_precision(cfg: TrainConfig, family: str) -> TrainConfig:
+def _family_precision(cfg: TrainConfig, config: TokenizerConfig, resumed: Path | None) -> TrainConfig:
     """``cfg`` with bf16 autocast where ``--mixed-precision auto`` would run fp32 on a CPU that has bf16 in hardware
-    and the autoencoder family declares ``cpu_bf16`` (it trains faster so, and as well); else ``cfg``."""
+    and the autoencoder family declares ``cpu_bf16`` (it trains faster so, and as well); else ``cfg``. A resumed run
+    (``resumed``: its folder) keeps the precision it recorded; the experimental harmonic source stays fp32 (its
+    measurements were)."""
     from ..training.accelerator import cpu_has_native_bf16
 
-    if cfg.mixed_precision != "auto" or not getattr(AUTOENCODERS.get(family), "cpu_bf16", False):
+    if cfg.mixed_precision != "auto" or not getattr(AUTOENCODERS.get(config.autoencoder), "cpu_bf16", False):
         return cfg
+    if getattr(config, "harmonics", 0):
+        return cfg
+    if resumed is not None and (resumed / "train_config.json").is_file():
+        return dataclasses.replace(cfg, mixed_precision=json.loads(
+            (resumed / "train_config.json").read_text()).get("mixed_precision", "auto"))
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):  # a launcher's setting wins, as in resolve_mixed_precision
         return cfg
     on_cpu = cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available())
     if not on_cpu or not cpu_has_native_bf16():
         return cfg
     log.info("bf16 autocast: this CPU has bf16 in hardware and the %s family trains faster so "
-             "(--mixed-precision no for fp32)", family)
+             "(--mixed-precision no for fp32)", config.autoencoder)
     return dataclasses.replace(cfg, mixed_precision="bf16")
 
 
@@ -121,7 +128,7 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
         _refuse_other_model(saved, config, out, "tokenizer")
     if family_lr:
         cfg = _family_lr(cfg, config.autoencoder, out if saved is not None else None)
-    cfg = _family_precision(cfg, config.autoencoder)
+    cfg = _family_precision(cfg, config, out if saved is not None else None)
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
     if kind.timed and crop_samples is None:  # training windows cut along time

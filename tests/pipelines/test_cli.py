@@ -227,6 +227,13 @@ def test_spectral_codec_trains_in_bf16_on_a_cpu_with_bf16_in_hardware(tmp_path, 
     assert main(["train-tokenizer", "--dataset", "mnist5k", "--steps", "1", "--batch-size", "4", "--quiet",
                  "--limit", "8", "--eval-limit", "4", "--out", str(tmp_path / "img")]) == 0
     assert precision("img") == "auto"  # the image families keep fp32 on CPU
+    monkeypatch.setattr(acc, "cpu_has_native_bf16", lambda: True)
+    assert main([*run, "--harmonics", "4", "--out", str(tmp_path / "h")]) == 0
+    assert precision("h") == "auto"  # the experimental harmonic source was measured in fp32
+    # a run started in fp32 (before this rule, or on another CPU) resumes in fp32, and a bf16 run in bf16
+    for out in ("b", "a"):
+        assert main([*run[:3], *run[5:], "--steps", "2", "--resume", "--out", str(tmp_path / out)]) == 0
+    assert (precision("b"), precision("a")) == ("auto", "bf16")
 
 
 def test_audio_tokenizer_defaults_to_the_spectral_codec(tmp_path, capsys):

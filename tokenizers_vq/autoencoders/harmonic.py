@@ -67,7 +67,8 @@ def track_f0(x: Tensor, sample_rate: int, hop: int, f0_min: float = 60.0, f0_max
         i0, i2 = (best - 1).clamp(min=0), (best + 1).clamp(max=dn.shape[-1] - 1)
         y0, y1, y2 = (dn.gather(-1, i[..., None])[..., 0] for i in (i0, best, i2))
         curve = y0 - 2 * y1 + y2
-        shift = torch.where(curve > 1e-9, 0.5 * (y0 - y2) / curve.clamp(min=1e-9), torch.zeros_like(curve))
+        inside = (best > 0) & (best < dn.shape[-1] - 1)  # at either end of the lag range there is no parabola
+        shift = torch.where((curve > 1e-9) & inside, 0.5 * (y0 - y2) / curve.clamp(min=1e-9), torch.zeros_like(curve))
         tau = best.float() + min_lag + shift.clamp(-1, 1)
         rms = (a * a).mean(-1).sqrt()
         voiced = ((y1 < YIN_THRESHOLD) & (rms > SILENCE_RMS)).float()
@@ -100,7 +101,7 @@ def harmonic_source(f0: Tensor, amps: Tensor, hop: int, sample_rate: int, block:
     ``hop`` samples (frame i centred on samples [i * hop, (i + 1) * hop)) -> float32 [B, n * hop].
 
     Both are interpolated linearly to the samples; harmonic k's phase is k times the pitch's phase, accumulated
-    from 0 at the first sample (in float64); harmonics at or above Nyquist are silent. Computed ``block`` frames at
+    sample by sample in float64 (the first sample is one sample's advance past 0); harmonics at or above Nyquist are silent. Computed ``block`` frames at
     a time (the phase carried across), so long signals take bounded memory and give what one block would.
     """
     b, h, n = amps.shape

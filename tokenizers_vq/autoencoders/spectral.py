@@ -342,7 +342,7 @@ class SpectralAudioAutoencoder(nn.Module):
             return y, None
         from .harmonic import f0_from_logit, harmonic_amplitudes, harmonic_source
 
-        extra = out[:, 2 * self.bins:]
+        extra = out[:, 2 * self.bins:].float()  # fp32 under bf16 autocast: a bf16 pitch is 0.03-0.06 octave coarse
         f0 = f0_from_logit(extra[:, 0])
         amps = harmonic_amplitudes(extra[:, 1], extra[:, 2:])
         source = f0.detach() if pitch is None else pitch
@@ -428,13 +428,15 @@ class SpectralAudioAutoencoder(nn.Module):
         self._check_length(x)
         q = self.quantizer(self._encode_latent(x))
         c = self.config
-        if self.harmonics:  # the pitch target, YIN on the input; the source plays it where voiced (teacher forcing)
+        if self.harmonics:  # the pitch target, YIN on the input; in training the source plays it where voiced
             from .harmonic import f0_from_logit, track_f0
 
             target, voiced = track_f0(x, c.sample_rate, self.stft.hop)
             out = self._frames_out(q.quantized)
-            guess = f0_from_logit(out[:, 2 * self.bins]).detach()
-            recon, f0 = self._waveform(out, torch.where(voiced > 0, target, guess))
+            guess = f0_from_logit(out[:, 2 * self.bins].float()).detach()
+            # evaluation decodes at the predicted pitch, as decode() does: no pitch that did not pass the tokens
+            pitch = torch.where(voiced > 0, target, guess) if self.training else None
+            recon, f0 = self._waveform(out, pitch)
         else:
             recon, f0 = self._waveform(self._frames_out(q.quantized))
         mel, mag = self.spectral_losses(recon, x)
