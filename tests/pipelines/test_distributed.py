@@ -47,7 +47,7 @@ def _one_thread():
 
 def launch(nproc: int, *args: str, timeout: float = 280) -> str:
     """Start ``nproc`` ddp_worker.py processes the way torchrun does (``tests/launch_workers.py``); their output."""
-    return launch_workers(WORKER, list(args), nproc, timeout, prefix="ddp-logs-")
+    return "".join(launch_workers([str(WORKER), *args], nproc, timeout, prefix="ddp-logs-"))
 
 
 @pytest.fixture(scope="module")

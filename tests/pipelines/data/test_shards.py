@@ -9,10 +9,8 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from pipelines.data.shards import ShardedArray, default_shard_rows, token_dtype
 from pipelines.data.tokens import TokenHeader, check_token_folder, load_token_header, load_tokens, save_tokens
 from pipelines.stages import tokenize as stage
 from pipelines.training.tasks import TokenGridDataset
+from tests.launch_workers import launch_workers
 from tokenizers_vq import RawCodec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -212,37 +211,13 @@ def test_resume_rewrites_damaged_shards_and_those_of_another_run(tmp_path, monke
     assert len(calls) == 9
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cli(args: list[str], nproc: int = 1, timeout: float = 240, prelude: str = "") -> list[str]:
     """Run ``vqgen ARGS`` in ``nproc`` processes launched the way torchrun launches them (RANK, WORLD_SIZE,
-    MASTER_ADDR/PORT; one thread each), ``prelude`` (Python) run first in each. Returns each process's output."""
-    port, procs, logs = _free_port(), [], Path(tempfile.mkdtemp(prefix="shard-logs-"))
+    MASTER_ADDR/PORT; one thread each; ``tests/launch_workers.py``), ``prelude`` (Python) run first in each. Returns
+    each process's output."""
     code = f"import sys\n{prelude}\nfrom pipelines.cli import main\nsys.exit(main(sys.argv[1:]))"
-    for r in range(nproc):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        if nproc > 1:
-            env |= {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        with (logs / f"{r}.log").open("w") as f:
-            procs.append(subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=ROOT, stdout=f,
-                                          stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.returncode not in (None, 0) for p in procs):
-            break
-        time.sleep(0.1)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    out = [(logs / f"{r}.log").read_text() for r in range(nproc)]
-    assert all(p.returncode == 0 for p in procs), out
-    return out
+    return launch_workers(["-c", code, *args], nproc, timeout, prefix="shard-logs-", env={"PYTHONPATH": str(ROOT)},
+                          cwd=ROOT)
 
 
 TOKENIZE = ["tokenize", "--raw", "--levels", "256", "--dataset", "shapes", "--limit", "120", "--shard-rows", "40",

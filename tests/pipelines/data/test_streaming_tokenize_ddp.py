@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="th
 def launch(nproc: int, out: Path, steps: list[dict], timeout: float = 200) -> list[list[dict]]:
     """Run the worker's ``steps`` in ``nproc`` processes the way torchrun does (``tests/launch_workers.py``).
     Returns each process's step results."""
-    launch_workers(WORKER, [str(out), json.dumps(steps)], nproc, timeout, prefix="stok-logs-")
+    launch_workers([str(WORKER), str(out), json.dumps(steps)], nproc, timeout, prefix="stok-logs-")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
