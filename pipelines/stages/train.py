@@ -26,6 +26,7 @@ from vqgen_io import atomic_write_text
 from ..data import infer_modality, load_data, report_skips
 from ..data.tokens import load_token_header, load_token_streams, load_tokens, row_chunks, take_rows
 from ..likelihood.reference import reference_split
+from ..training import accelerator
 from ..training.config import TrainConfig, TrainResult
 from ..training.loop import train
 from ..training.tasks import (
@@ -58,36 +59,39 @@ def default_crop_samples(config: TokenizerConfig) -> int:
     return min(want, config.clip_samples // config.downsample * config.downsample)
 
 
-def _family_lr(cfg: TrainConfig, family: str, resumed: Path | None) -> TrainConfig:
-    """``cfg`` at the learning rate a run without --lr gets: a resumed run's own (``resumed``: its folder), else the
-    autoencoder family's ``default_lr`` where it declares one, else ``cfg.lr``."""
+def _recorded(out: Path, resuming: bool) -> dict[str, Any] | None:
+    """The training settings a resumed run recorded (``OUT/train_config.json``), or None (a new run, or none saved)."""
+    path = out / "train_config.json"
+    return json.loads(path.read_text()) if resuming and path.is_file() else None
+
+
+def _family_lr(cfg: TrainConfig, family: str, recorded: dict[str, Any] | None) -> TrainConfig:
+    """``cfg`` at the learning rate a run without --lr gets: a resumed run's own (``recorded``: its settings), else
+    the autoencoder family's ``default_lr`` where it declares one, else ``cfg.lr``."""
     lr, why = getattr(AUTOENCODERS.get(family), "default_lr", None), f"the {family} family's default"
-    if resumed is not None and (resumed / "train_config.json").is_file():
-        lr, why = json.loads((resumed / "train_config.json").read_text()).get("lr", lr), "the resumed run's"
+    if recorded is not None:
+        lr, why = recorded.get("lr", lr), "the resumed run's"
     if lr is None or lr == cfg.lr:
         return cfg
     log.info("lr %g: %s (--lr to change)", lr, why)
     return dataclasses.replace(cfg, lr=lr)
 
 
-def _family_precision(cfg: TrainConfig, config: TokenizerConfig, resumed: Path | None) -> TrainConfig:
+def _family_precision(cfg: TrainConfig, config: TokenizerConfig, recorded: dict[str, Any] | None) -> TrainConfig:
     """``cfg`` with bf16 autocast where ``--mixed-precision auto`` would run fp32 on a CPU that has bf16 in hardware
     and the autoencoder family declares ``cpu_bf16`` (it trains faster so, and as well); else ``cfg``. A resumed run
-    (``resumed``: its folder) keeps the precision it recorded; the experimental harmonic source stays fp32 (its
+    keeps the precision it recorded (``recorded``: its settings); the experimental harmonic source stays fp32 (its
     measurements were)."""
-    from ..training.accelerator import cpu_has_native_bf16
-
     if cfg.mixed_precision != "auto" or not getattr(AUTOENCODERS.get(config.autoencoder), "cpu_bf16", False):
         return cfg
     if getattr(config, "harmonics", 0):
         return cfg
-    if resumed is not None and (resumed / "train_config.json").is_file():
-        return dataclasses.replace(cfg, mixed_precision=json.loads(
-            (resumed / "train_config.json").read_text()).get("mixed_precision", "auto"))
+    if recorded is not None:
+        return dataclasses.replace(cfg, mixed_precision=recorded.get("mixed_precision", "auto"))
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):  # a launcher's setting wins, as in resolve_mixed_precision
         return cfg
     on_cpu = cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available())
-    if not on_cpu or not cpu_has_native_bf16():
+    if not on_cpu or not accelerator.cpu_has_native_bf16():
         return cfg
     log.info("bf16 autocast: this CPU has bf16 in hardware and the %s family trains faster so "
              "(--mixed-precision no for fp32)", config.autoencoder)
@@ -126,9 +130,10 @@ def train_tokenizer(data: dict[str, Any], model: dict[str, Any], cfg: TrainConfi
     config = TokenizerConfig(**fields)
     if saved is not None:
         _refuse_other_model(saved, config, out, "tokenizer")
+    recorded = _recorded(out, saved is not None)
     if family_lr:
-        cfg = _family_lr(cfg, config.autoencoder, out if saved is not None else None)
-    cfg = _family_precision(cfg, config, out if saved is not None else None)
+        cfg = _family_lr(cfg, config.autoencoder, recorded)
+    cfg = _family_precision(cfg, config, recorded)
     tokenizer = build_tokenizer(config)
     atomic_write_text(out / "config.json", config.to_json())  # lets `vqgen export` rebuild from any checkpoint
     if kind.timed and crop_samples is None:  # training windows cut along time

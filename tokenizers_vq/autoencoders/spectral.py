@@ -333,10 +333,10 @@ class SpectralAudioAutoencoder(nn.Module):
         """Quantized latent [B, D, L] -> refine's output [B, 2 * bins (+ 2 + harmonics), L * sub] at the STFT rate."""
         return self.refine(self._depth_to_space(self.decoder(latent)))  # decoder: [B, fine * sub, L]
 
-    def _waveform(self, out: Tensor, pitch: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def _waveform(self, out: Tensor, teacher: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """refine's output -> (waveform float32 [B, L * hop], the predicted pitch in Hz [B, L * sub] or None): the
-        inverse STFT, plus the harmonic source when ``harmonics`` > 0, at ``pitch`` (Hz [B, L * sub]) when given
-        (training: YIN's on voiced frames), else at the predicted pitch (read without gradient)."""
+        inverse STFT, plus the harmonic source when ``harmonics`` > 0, at the predicted pitch (read without gradient)
+        or, where ``teacher`` = (pitch Hz, voiced 0/1, both [B, L * sub]) says voiced, at the teacher's pitch."""
         y = self.stft.synthesise(self._spectrum(out))
         if not self.harmonics:
             return y, None
@@ -345,7 +345,7 @@ class SpectralAudioAutoencoder(nn.Module):
         extra = out[:, 2 * self.bins:].float()  # fp32 under bf16 autocast: a bf16 pitch is 0.03-0.06 octave coarse
         f0 = f0_from_logit(extra[:, 0])
         amps = harmonic_amplitudes(extra[:, 1], extra[:, 2:])
-        source = f0.detach() if pitch is None else pitch
+        source = f0.detach() if teacher is None else torch.where(teacher[1] > 0, teacher[0], f0.detach())
         return y + harmonic_source(source, amps, self.stft.hop, self.config.sample_rate), f0
 
     def _depth_to_space(self, h: Tensor) -> Tensor:
@@ -429,14 +429,11 @@ class SpectralAudioAutoencoder(nn.Module):
         q = self.quantizer(self._encode_latent(x))
         c = self.config
         if self.harmonics:  # the pitch target, YIN on the input; in training the source plays it where voiced
-            from .harmonic import f0_from_logit, track_f0
+            from .harmonic import track_f0
 
             target, voiced = track_f0(x, c.sample_rate, self.stft.hop)
-            out = self._frames_out(q.quantized)
-            guess = f0_from_logit(out[:, 2 * self.bins].float()).detach()
             # evaluation decodes at the predicted pitch, as decode() does: no pitch that did not pass the tokens
-            pitch = torch.where(voiced > 0, target, guess) if self.training else None
-            recon, f0 = self._waveform(out, pitch)
+            recon, f0 = self._waveform(self._frames_out(q.quantized), (target, voiced) if self.training else None)
         else:
             recon, f0 = self._waveform(self._frames_out(q.quantized))
         mel, mag = self.spectral_losses(recon, x)
